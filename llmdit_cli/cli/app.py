@@ -1,0 +1,46 @@
+"""The root of the `llmdit` command: it only registers commands."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmdit_cli import __version__
+from llmdit_cli.cli.config_cmd import config_app
+from llmdit_cli.cli.decode import decode
+from llmdit_cli.cli.encode import encode
+from llmdit_cli.cli.generate import generate, img2img
+from llmdit_cli.cli.inspect import inspect
+
+app = typer.Typer(
+    name="llmdit",
+    help="Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmdit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                          help="Print the version and exit.")] = None):
+    """Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."""
+
+
+app.command("encode")(encode)
+app.command("generate")(generate)
+app.command("img2img")(img2img)
+app.command("decode")(decode)
+app.command("inspect")(inspect)
+app.add_typer(config_app, name="config")
+
+
+def main() -> None:
+    app()

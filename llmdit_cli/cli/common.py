@@ -1,0 +1,24 @@
+"""Helpers the command modules share: settings from flags, and the model flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmdit_cli.config import FIELD_SECTION, Resolved, resolve
+
+
+def settings(config: str | None, profile: str | None, **flags: Any) -> Resolved:
+    """Resolve settings; `flags` are field names (model, steps, ...) with None for 'not given'."""
+    unknown = [k for k in flags if k != "model" and k not in FIELD_SECTION]
+    assert not unknown, unknown  # a programming error, not a user one
+    return resolve(config, profile, flags)
+
+
+def model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora=None):
+    return dict(model=model, dtype=dtype, device=device, text_encoder_device=text_encoder_device,
+                dit_device=dit_device, vae_device=vae_device, cpu_offload=cpu_offload, loras=lora or None)
+
+
+def encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content, hidden_layer, max_length):
+    return dict(system_prompt=system_prompt, thinking_content=thinking_content, enable_thinking=enable_thinking,
+                assistant_content=assistant_content, hidden_layer=hidden_layer, max_length=max_length)

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import typer
+
+from llmdit_cli.cli.common import settings
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import Annotated, ConfigOpt, ModelOpt, ProfileOpt
+from llmdit_cli.cli.output import Output
+
+config_app = typer.Typer(help="Show the resolved settings and where they come from.", no_args_is_help=True)
+
+
+@config_app.command("show")
+@handle_errors
+def show(config: ConfigOpt = None, profile: ProfileOpt = None, model: ModelOpt = None,
+         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Print every setting after layering defaults < config profile < LLMDIT_* env < flags.
+
+    Settings left to the model family (size, steps, guidance, shift) show that family's value.
+    """
+    import json
+
+    from llmdit_cli.models import FAMILIES, family_of
+
+    out = Output()
+    r = settings(config, profile, model=model)
+    family = family_of(r["model"])
+    for key, value in FAMILIES[family].items():
+        r.set_default(key, value, f"model family {family}")
+    if json_out:
+        out.data(json.dumps({"config_file": str(r.config_path) if r.config_path else None, "profile": r.profile,
+                             "settings": {k: {"value": v, "source": r.sources[k]} for k, v in r.values.items()}},
+                            indent=2))
+        return
+    out.data(f"# config file: {r.config_path or 'none'}   profile: {r.profile}")
+    width = max(len(k) for k in r.values)
+    for key, value in r.values.items():
+        out.data(f"{key:<{width}} = {json.dumps(value)}   # {r.sources[key]}")

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from llmdit_cli.cli.common import model_flags, settings
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.output import Output
+
+LatentsArg = Annotated[str, typer.Argument(help="A .latents.safetensors file from --save-latents ('-' for stdin).", show_default=False)]
+
+
+@handle_errors
+def decode(
+    latents: LatentsArg, output: OutputOpt = None,
+    model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None, vae_device: VaeDeviceOpt = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+):
+    """Decode a latents file to PNG images with the model's VAE.
+
+    The model defaults to the one recorded in the file; the PNGs carry the settings that made the
+    latents, so they match what `generate` would have written directly.
+
+    Example: llmdit decode circle.latents.safetensors -o circle.png
+    """
+    from llmdit_cli.artifacts import read_stage, write_bytes_atomic
+    from llmdit_cli.errors import InputError
+    from llmdit_cli.outputs import plan_paths
+    from llmdit_cli.pngmeta import png_bytes
+    from llmdit_cli.stages.vae import decode_latents
+    from llmdit_cli.workflows import open_model
+
+    out = Output(quiet)
+    stage = read_stage(latents, expect="latents")
+    r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
+                                                None, None, vae_device, None))
+    tensor = stage.tensors().get("latents")
+    if tensor is None or tensor.ndim != 4:
+        raise InputError(f"{stage.source}: no 4-D 'latents' tensor in the file")
+    images = stage.params.get("images") or [{} for _ in range(tensor.shape[0])]
+    paths = plan_paths(output, [(i, s.get("seed", 0), s.get("prompt", "image")) for i, s in enumerate(images)])
+    handle = open_model(r)
+    channels = handle.component_config("vae").get("latent_channels")
+    if tensor.shape[1] != channels:
+        raise InputError(f"{stage.source}: latents have {tensor.shape[1]} channels, the VAE of --model "
+                         f"{handle.ref} takes {channels}")
+    with out.status(f"decoding with {handle.ref}"):
+        pipe = handle.pipeline("vae")
+    for i, path in enumerate(paths):
+        img = decode_latents(pipe, tensor[i : i + 1])[0]
+        write_bytes_atomic(path, png_bytes(img, images[i]))
+        if path != "-":
+            out.data(path)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from llmdit_cli.cli.common import encoder_flags, model_flags, settings
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.output import Output
+
+
+@handle_errors
+def encode(
+    prompts: PromptsArg = None, file: FileOpt = None, output: OutputOpt = None,
+    negative_prompt: NegativeOpt = None, system_prompt: SystemPromptOpt = None,
+    thinking_content: ThinkingOpt = None, enable_thinking: EnableThinkingOpt = None,
+    assistant_content: AssistantOpt = None, hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
+    show_format: Annotated[bool, typer.Option("--show-format", help="Print the formatted chat text and token count; load no model weights.", rich_help_panel=G_PROMPT)] = False,
+    model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+):
+    """Encode prompts with the text encoder into an embeds file for `generate --from-embeds`.
+
+    Prompts come as arguments, from --file (one per line) or from stdin ('-'). The default chat
+    formatting and hidden layer equal what stock diffusers' ZImagePipeline feeds its transformer.
+
+    Example: llmdit encode "a red circle on a blue background" --model demo -o circle.embeds.safetensors
+    """
+    from llmdit_cli.artifacts import check_binary_target
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.prompts import collect_prompts
+    from llmdit_cli.workflows import chat_format, encode as encode_prompts, open_model, write_embeds
+
+    out = Output(quiet)
+    r = settings(config, profile, negative_prompt=negative_prompt,
+                 **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
+                                 hidden_layer, max_length),
+                 **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload))
+    texts = collect_prompts(prompts, file)
+    if not texts:
+        raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
+    if r["max_length"] < 1:
+        raise UsageError(f"--max-length {r['max_length']}: must be at least 1")
+    handle = open_model(r)
+    if show_format:
+        _show_format(handle, chat_format(r), texts, r["max_length"], out)
+        return
+    target = output or "-"
+    check_binary_target(target)
+    with out.status(f"encoding {len(texts)} prompt(s) with {handle.ref}"):
+        e = encode_prompts(handle, texts, r["negative_prompt"], r)
+    write_embeds(target, handle, e)
+    for text, n in zip(texts, e.params["token_counts"]):
+        out.log(f"encoded {n} tokens: {text[:60]}")
+    if target != "-":
+        out.data(target)
+
+
+def _show_format(handle, fmt, texts, max_length, out) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(handle.folder / "tokenizer", local_files_only=True)
+    for text in texts:
+        formatted = fmt.format(text)
+        n = len(tokenizer(formatted).input_ids)
+        out.data(formatted)
+        note = f" (truncated to {max_length})" if n > max_length else ""
+        out.data(f"[{n} tokens{note}]")

@@ -1,0 +1,53 @@
+"""Exceptions -> one line on stderr and an exit code. `LLMDIT_DEBUG=1` shows the traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+
+from llmdit_cli.errors import LlmditError
+
+# Types not raised by llmdit itself, with the message shown for them.
+FOREIGN: list[tuple[type, str, int]] = [
+    (KeyboardInterrupt, "interrupted", 130),
+    (MemoryError, "out of memory", 1),
+    (BrokenPipeError, "output pipe closed", 1),
+]
+
+
+def message_for(exc: BaseException) -> tuple[str, int]:
+    if isinstance(exc, LlmditError):
+        return str(exc), exc.exit_code
+    for kind, text, code in FOREIGN:
+        if isinstance(exc, kind):
+            return text, code
+    lines = str(exc).strip().splitlines()
+    detail = lines[0] if lines else ""
+    return f"unexpected {type(exc).__name__}: {detail} (set LLMDIT_DEBUG=1 for the traceback)", 1
+
+
+def handle_errors(fn):
+    """Run a command body; turn any failure into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = os.environ.get("LLMDIT_DEBUG") == "1"
+        if not debug:
+            # Library warnings are for library developers; users get our one-line messages.
+            warnings.filterwarnings("ignore")
+        try:
+            return fn(*args, **kwargs)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - this is the one place that maps them all
+            if debug:
+                raise
+            text, code = message_for(exc)
+            print(f"llmdit: error: {text}", file=sys.stderr, flush=True)
+            if isinstance(exc, BrokenPipeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(code) from None
+
+    return wrapper

@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+from llmdit_cli.cli.common import encoder_flags, model_flags, settings
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.output import Output
+
+FromPngOpt = Annotated[Optional[str], typer.Option("--from-png", help="Regenerate from the settings stored in a PNG made by llmdit (flags given override them).", rich_help_panel=G_PROMPT)]
+ImageOpt = Annotated[Optional[str], typer.Option("--image", "-i", help="Input image.", rich_help_panel=G_PROMPT)]
+FromLatentsOpt = Annotated[Optional[str], typer.Option("--from-latents", help="Start from a latents file (from --save-latents; '-' for stdin) instead of an image.", rich_help_panel=G_PROMPT)]
+
+# Settings a PNG records that --from-png feeds back in as flags.
+_PNG_FLAGS = ("model", "negative_prompt", "width", "height", "steps", "guidance_scale", "cfg_normalization",
+              "cfg_truncation", "shift", "loras")
+
+
+@handle_errors
+def generate(
+    prompts: PromptsArg = None, file: FileOpt = None, from_embeds: FromEmbedsOpt = None, from_png: FromPngOpt = None,
+    output: OutputOpt = None, save_latents: SaveLatentsOpt = None,
+    seed: SeedOpt = None, num_images: NumImagesOpt = 1, width: WidthOpt = None, height: HeightOpt = None,
+    steps: StepsOpt = None, shift: ShiftOpt = None, guidance_scale: GuidanceOpt = None,
+    cfg_normalization: CfgNormOpt = None, cfg_truncation: CfgTruncOpt = None, negative_prompt: NegativeOpt = None,
+    system_prompt: SystemPromptOpt = None, thinking_content: ThinkingOpt = None,
+    enable_thinking: EnableThinkingOpt = None, assistant_content: AssistantOpt = None,
+    hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
+    model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+):
+    """Generate images from prompts (encoded in-process) or from an embeds file.
+
+    Each prompt is made once per seed. Output PNGs carry every setting, so
+    `llmdit generate --from-png IMG` makes the same image again.
+
+    Example: llmdit generate "a red circle on a blue background" --model demo --seed 7 -o circle.png
+    """
+    _render("txt2img", **locals())
+
+
+@handle_errors
+def img2img(
+    prompts: PromptsArg = None, image: ImageOpt = None, from_latents: FromLatentsOpt = None,
+    strength: StrengthOpt = None, file: FileOpt = None, from_embeds: FromEmbedsOpt = None,
+    output: OutputOpt = None, save_latents: SaveLatentsOpt = None,
+    seed: SeedOpt = None, num_images: NumImagesOpt = 1, width: WidthOpt = None, height: HeightOpt = None,
+    steps: StepsOpt = None, shift: ShiftOpt = None, guidance_scale: GuidanceOpt = None,
+    cfg_normalization: CfgNormOpt = None, cfg_truncation: CfgTruncOpt = None, negative_prompt: NegativeOpt = None,
+    system_prompt: SystemPromptOpt = None, thinking_content: ThinkingOpt = None,
+    enable_thinking: EnableThinkingOpt = None, assistant_content: AssistantOpt = None,
+    hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
+    model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+):
+    """Change an image (--image) or finished latents (--from-latents) towards the prompts.
+
+    --strength sets how far: 0 keeps the input, 1 ignores it. Only the last
+    strength x steps of the schedule run. The size defaults to the input's.
+
+    Example: llmdit img2img "a green square" --image circle.png --strength 0.6 --model demo -o square.png
+    """
+    _render("img2img", **locals())
+
+
+def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed, num_images, width, height,
+            steps, shift, guidance_scale, cfg_normalization, cfg_truncation, negative_prompt, system_prompt,
+            thinking_content, enable_thinking, assistant_content, hidden_layer, max_length, model, lora, dtype,
+            device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet,
+            from_png=None, image=None, from_latents=None, strength=None):
+    from llmdit_cli import workflows as wf
+    from llmdit_cli.artifacts import check_binary_target, read_bytes, read_stage, write_bytes_atomic, write_stage
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.outputs import plan_paths
+    from llmdit_cli.pngmeta import png_bytes
+    from llmdit_cli.prompts import collect_prompts
+
+    out = Output(quiet)
+    flags = dict(width=width, height=height, steps=steps, shift=shift, guidance_scale=guidance_scale,
+                 cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
+                 negative_prompt=negative_prompt, strength=strength,
+                 **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
+                                 hidden_layer, max_length),
+                 **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora))
+    texts = collect_prompts(prompts, file)
+    if from_png:
+        stored = _png_settings(from_png)
+        flags = {**{k: stored.get(k) for k in _PNG_FLAGS}, **stored.get("encoder", {}),
+                 **{k: v for k, v in flags.items() if v is not None}}
+        texts = texts or [stored.get("prompt", "")]
+        seed = seed or [stored["seed"]]
+    if texts and from_embeds:
+        raise UsageError("give prompts or --from-embeds, not both")
+    if not texts and not from_embeds:
+        raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
+    init = _init_source(mode, image, from_latents, read_bytes, read_stage)
+
+    r = settings(config, profile, **flags)
+    handle = wf.open_model(r)
+    if init is not None and not wf.is_image(init):
+        r.set_default("height", init.meta_int("height"), "latents file")
+        r.set_default("width", init.meta_int("width"), "latents file")
+    elif init is not None:
+        r.set_default("height", init.height // 16 * 16, "input image")
+        r.set_default("width", init.width // 16 * 16, "input image")
+    wf.fill_family_defaults(r, handle)
+    wf.check_generation(r)
+    if save_latents:
+        check_binary_target(save_latents)
+
+    e = wf.read_embeds(from_embeds) if from_embeds else None
+    n_prompts = len(e.cond) if e else len(texts)
+    seeds = wf.seeds_for(seed, num_images)
+    prompt_names = e.prompts if e else texts
+    paths = plan_paths(output, [(i * len(seeds) + k, s, prompt_names[i]) for i in range(n_prompts)
+                                for k, s in enumerate(seeds)])
+    if seed is None:
+        out.log(f"seed {seeds[0]} (random; pass --seed to choose)")
+
+    if e is None:
+        with out.status(f"encoding {len(texts)} prompt(s)"):
+            e = wf.encode(handle, texts, r["negative_prompt"], r)
+    wf.check_embeds_fit(e, handle)
+    start = _start_latents(init, handle, r)
+    jobs = wf.plan_jobs(e, seeds, r, handle, mode)
+    with out.status(f"loading {handle.ref}"):
+        handle.pipeline("transformer", "vae")
+    latents = wf.run_jobs(handle, e, jobs, r, out, start)
+
+    import torch
+
+    from llmdit_cli.stages.vae import decode_latents
+
+    if save_latents:
+        stacked = torch.cat(latents, dim=0)
+        params = {"images": [j.settings for j in jobs]}
+        write_stage(save_latents, "latents", {"latents": stacked},
+                    wf.latents_identity(handle, stacked, r["height"], r["width"]), params)
+        if save_latents != "-":
+            out.data(save_latents)
+    for job, lat, path in zip(jobs, latents, paths):
+        img = decode_latents(handle.pipeline("vae"), lat)[0]
+        write_bytes_atomic(path, png_bytes(img, job.settings))
+        if path != "-":
+            out.data(path)
+
+
+def _png_settings(path: str) -> dict:
+    from llmdit_cli.artifacts import read_bytes
+    from llmdit_cli.errors import InputError
+    from llmdit_cli.pngmeta import settings_of
+
+    data, name = read_bytes(path, "a PNG made by llmdit")
+    stored = settings_of(data, name)
+    if stored.get("mode", "txt2img") != "txt2img":
+        raise InputError(f"--from-png {path}: made by {stored.get('mode')}, which needs its input image; "
+                         f"rerun that command with the settings shown by `llmdit inspect {path}`")
+    return stored
+
+
+def _init_source(mode, image, from_latents, read_bytes, read_stage):
+    """The img2img starting point: a PIL image or a latents stage file (None for txt2img)."""
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.pngmeta import open_image
+
+    if mode == "txt2img":
+        return None
+    if bool(image) == bool(from_latents):
+        raise UsageError("img2img needs exactly one of --image or --from-latents")
+    if image:
+        data, name = read_bytes(image, "an image")
+        return open_image(data, f"--image {name}").convert("RGB")
+    return read_stage(from_latents, expect="latents")
+
+
+def _start_latents(init, handle, r):
+    """The latents img2img starts from: the stage file's own, validated, or the image (encoded later)."""
+    from llmdit_cli import workflows as wf
+    from llmdit_cli.errors import InputError
+
+    if init is None or wf.is_image(init):
+        return init
+    lat = init.tensors()["latents"]
+    channels = handle.component_config("transformer").get("in_channels")
+    if lat.ndim != 4 or lat.shape[1] != channels:
+        raise InputError(f"{init.source}: latents of shape {list(lat.shape)} do not fit this transformer "
+                         f"({channels} channels)")
+    if lat.shape[0] != 1:
+        raise InputError(f"{init.source}: holds {lat.shape[0]} latents; img2img takes one")
+    f = handle.vae_scale_factor()
+    expected = (r["height"] // f, r["width"] // f)
+    if tuple(lat.shape[-2:]) != expected:
+        raise InputError(f"{init.source}: latents are {lat.shape[-1] * f}x{lat.shape[-2] * f}, "
+                         f"but --width/--height ask for {r['width']}x{r['height']}")
+    return lat

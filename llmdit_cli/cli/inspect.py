@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.output import Output
+
+FileArg = Annotated[str, typer.Argument(help="An embeds or latents file, or a PNG made by llmdit ('-' for stdin).", show_default=False)]
+
+
+@handle_errors
+def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Show the header of an embeds / latents file, or the settings stored in a PNG.
+
+    Reads headers only: no model, no torch.
+    """
+    import json
+
+    from llmdit_cli.artifacts import parse_stage, read_bytes
+    from llmdit_cli.pngmeta import settings_of
+
+    out = Output()
+    data, name = read_bytes(file, "a stage file or PNG")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        info = {"kind": "png", "settings": settings_of(data, name)}
+    else:
+        stage = parse_stage(data, name)
+        info = {"kind": stage.kind, "schema": stage.schema,
+                "header": {k.removeprefix("llmdit."): v for k, v in stage.meta.items()
+                           if k.startswith("llmdit.") and k not in ("llmdit.params", "llmdit.kind", "llmdit.schema")},
+                "tensors": {k: {"shape": stage.shapes[k], "dtype": stage.dtypes[k]} for k in sorted(stage.shapes)},
+                "params": stage.params}
+    if json_out:
+        out.data(json.dumps(info, indent=2, sort_keys=True))
+        return
+    for line in _lines(info):
+        out.data(line)
+
+
+def _lines(info: dict, indent: str = "") -> list[str]:
+    lines = []
+    for key, value in info.items():
+        if isinstance(value, dict) and value:
+            lines.append(f"{indent}{key}:")
+            lines.extend(_lines(value, indent + "  "))
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return lines

@@ -1,0 +1,52 @@
+"""Options declared once and shared by commands. Every setting defaults to None so that the config
+layering (defaults < config profile < LLMDIT_* env < flags) can tell "not given" from a value."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+G_MODEL = "Model"
+G_PROMPT = "Prompt formatting"
+G_GEN = "Generation"
+G_OUT = "Output"
+G_CFG = "Config"
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config TOML file (default: the user config dir's config.toml; env LLMDIT_CONFIG).", rich_help_panel=G_CFG)]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile (table) of the config file to use (env LLMDIT_PROFILE).", rich_help_panel=G_CFG)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr (errors still show).", rich_help_panel=G_OUT)]
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id, local diffusers folder, or 'demo' (tiny offline model). Default: Tongyi-MAI/Z-Image-Turbo.", rich_help_panel=G_MODEL)]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.", rich_help_panel=G_MODEL)]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps ...", rich_help_panel=G_MODEL)]
+TextEncoderDeviceOpt = Annotated[Optional[str], typer.Option("--text-encoder-device", help="Device for the text encoder (default: --device).", rich_help_panel=G_MODEL)]
+DitDeviceOpt = Annotated[Optional[str], typer.Option("--dit-device", help="Device for the transformer (default: --device).", rich_help_panel=G_MODEL)]
+VaeDeviceOpt = Annotated[Optional[str], typer.Option("--vae-device", help="Device for the VAE (default: --device).", rich_help_panel=G_MODEL)]
+CpuOffloadOpt = Annotated[Optional[bool], typer.Option("--cpu-offload/--no-cpu-offload", help="Keep components on the CPU and move each to the GPU only while it runs.", show_default=False, rich_help_panel=G_MODEL)]
+LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file as PATH[:SCALE]; repeat for several. diffusers/PEFT and Kohya/ComfyUI key styles.", rich_help_panel=G_MODEL)]
+
+PromptsArg = Annotated[Optional[list[str]], typer.Argument(help="Prompts; '-' reads prompts from stdin, one per line.", show_default=False)]
+FileOpt = Annotated[Optional[str], typer.Option("--file", "-f", help="Read prompts from a file, one per line.", rich_help_panel=G_PROMPT)]
+NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", "-n", help="Negative prompt (used when --guidance-scale > 0).", rich_help_panel=G_PROMPT)]
+SystemPromptOpt = Annotated[Optional[str], typer.Option("--system-prompt", help="System turn put before the prompt.", rich_help_panel=G_PROMPT)]
+ThinkingOpt = Annotated[Optional[str], typer.Option("--thinking-content", help="Text of a <think> block in the assistant turn.", rich_help_panel=G_PROMPT)]
+EnableThinkingOpt = Annotated[Optional[bool], typer.Option("--enable-thinking/--no-enable-thinking", help="Qwen3 thinking switch; --no-enable-thinking adds the empty think block. Default on (= stock diffusers).", show_default=False, rich_help_panel=G_PROMPT)]
+AssistantOpt = Annotated[Optional[str], typer.Option("--assistant-content", help="Text that opens the assistant turn.", rich_help_panel=G_PROMPT)]
+HiddenLayerOpt = Annotated[Optional[int], typer.Option("--hidden-layer", help="Text-encoder hidden state to use (default -2, as stock).", rich_help_panel=G_PROMPT)]
+MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Token limit of the formatted prompt, template included (default 512).", rich_help_panel=G_PROMPT)]
+
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", "-s", help="Denoising steps (model default: 8 for Z-Image-Turbo).", rich_help_panel=G_GEN)]
+ShiftOpt = Annotated[Optional[float], typer.Option("--shift", help="Scheduler shift (model default: 3.0).", rich_help_panel=G_GEN)]
+GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", "-g", help="CFG scale; 0 turns CFG off (Turbo default 0).", rich_help_panel=G_GEN)]
+CfgNormOpt = Annotated[Optional[float], typer.Option("--cfg-normalization", help="Clamp |guided| to this multiple of |conditional|; 0 = off.", rich_help_panel=G_GEN)]
+CfgTruncOpt = Annotated[Optional[float], typer.Option("--cfg-truncation", help="Turn CFG off once progress (0..1) passes this value; 1 = never.", rich_help_panel=G_GEN)]
+SeedOpt = Annotated[Optional[list[int]], typer.Option("--seed", help="Seed; repeat for several images. Default: a random seed (printed and recorded).", rich_help_panel=G_GEN)]
+NumImagesOpt = Annotated[int, typer.Option("--num-images", min=1, help="Images per prompt, with seeds SEED, SEED+1, ...", rich_help_panel=G_GEN)]
+WidthOpt = Annotated[Optional[int], typer.Option("--width", "-W", help="Width in pixels, a multiple of 16 (model default).", rich_help_panel=G_GEN)]
+HeightOpt = Annotated[Optional[int], typer.Option("--height", "-H", help="Height in pixels, a multiple of 16 (model default).", rich_help_panel=G_GEN)]
+StrengthOpt = Annotated[Optional[float], typer.Option("--strength", help="How much to change the input, 0..1 (default 0.6).", rich_help_panel=G_GEN)]
+
+OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.", rich_help_panel=G_OUT)]
+SaveLatentsOpt = Annotated[Optional[str], typer.Option("--save-latents", help="Also write the final latents to this .latents.safetensors file ('-' for stdout).", rich_help_panel=G_OUT)]
+FromEmbedsOpt = Annotated[Optional[str], typer.Option("--from-embeds", help="Use an embeds file from `llmdit encode` ('-' for stdin) instead of prompts.", rich_help_panel=G_PROMPT)]

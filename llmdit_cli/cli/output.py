@@ -1,0 +1,53 @@
+"""One output object: data on stdout, logs / progress / hints on stderr."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+
+class Output:
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._console = None
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def data(self, line: str) -> None:
+        """A line of data (e.g. a written path) on stdout."""
+        print(line, file=sys.stdout, flush=True)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    def hint(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"hint: {message}", style="dim", markup=False)
+
+    @contextmanager
+    def progress(self, description: str, total: int):
+        """A Rich progress bar on stderr; yields `advance(done, total)`."""
+        if self.quiet:
+            yield lambda done, total_: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done, total_: bar.update(task, completed=done, total=total_)
+
+    @contextmanager
+    def status(self, message: str):
+        if self.quiet:
+            yield
+            return
+        with self.console.status(message):
+            yield

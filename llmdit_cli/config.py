@@ -1,0 +1,211 @@
+"""Settings: built-in defaults < config-file profile < LLMDIT_* environment < command-line flags.
+
+The config file is TOML with one table per profile (`[default]`, `[low_vram]`, ...), each with the
+sections below. A non-default profile is applied on top of `[default]`. Every key is validated; an
+unknown key or a wrong type is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmdit_cli.errors import ConfigError
+
+DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
+ENV_PREFIX = "LLMDIT_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderSettings(_Section):
+    system_prompt: str | None = None
+    thinking_content: str | None = None
+    enable_thinking: bool = True
+    assistant_content: str | None = None
+    hidden_layer: int = -2
+    max_length: int = 512
+
+
+class GenerationSettings(_Section):
+    # None means: the model family's default (see models.FAMILIES).
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    cfg_normalization: float = 0.0
+    cfg_truncation: float = 1.0
+    negative_prompt: str = ""
+    strength: float = 0.6
+
+
+class SchedulerSettings(_Section):
+    shift: float | None = None
+
+
+class LoraSettings(_Section):
+    loras: list[str] = []
+
+
+class OptimizationSettings(_Section):
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    text_encoder_device: str | None = None
+    dit_device: str | None = None
+    vae_device: str | None = None
+    cpu_offload: bool = False
+
+
+class Settings(_Section):
+    model: str = DEFAULT_MODEL
+    encoder: EncoderSettings = EncoderSettings()
+    generation: GenerationSettings = GenerationSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    lora: LoraSettings = LoraSettings()
+    optimization: OptimizationSettings = OptimizationSettings()
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: info.annotation for name, info in Settings.model_fields.items() if name != "model"
+}
+# Every field name is unique across sections, so a flag name alone finds its key.
+FIELD_SECTION: dict[str, str] = {f: s for s, cls in SECTIONS.items() for f in cls.model_fields}
+
+
+def key_of(field: str) -> str:
+    return field if field == "model" else f"{FIELD_SECTION[field]}.{field}"
+
+
+def default_config_path() -> Path:
+    import typer
+
+    return Path(typer.get_app_dir("llmdit")) / "config.toml"
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """A profile table as {'section.field': value}, rejecting unknown keys."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "model":
+            flat["model"] = value
+        elif key in SECTIONS and isinstance(value, dict):
+            for field, v in value.items():
+                if field not in SECTIONS[key].model_fields:
+                    known = ", ".join(SECTIONS[key].model_fields)
+                    raise ConfigError(f"{where}: unknown key '{key}.{field}' (known in [{key}]: {known})")
+                flat[f"{key}.{field}"] = v
+        else:
+            known = ", ".join(["model", *SECTIONS])
+            raise ConfigError(f"{where}: unknown key '{key}' (known: {known})")
+    return flat
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    section, _, field = key.rpartition(".")
+    try:
+        if not section:
+            return Settings.model_validate({field: value}).model
+        obj = SECTIONS[section]()
+        setattr(obj, field, value)
+        return getattr(obj, field)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"]
+        raise ConfigError(f"{where}: bad value for '{key}' ({value!r}): {msg}") from None
+
+
+def _env_layer() -> dict[str, Any]:
+    layer = {}
+    for field, section in [("model", ""), *FIELD_SECTION.items()]:
+        name = ENV_PREFIX + (f"{section}_{field}" if section else field).upper()
+        if name in os.environ:
+            raw: Any = os.environ[name]
+            if field == "loras":
+                raw = [s for s in raw.split(",") if s]
+            layer[key_of(field)] = (_check_value(key_of(field), raw, f"environment variable {name}"), name)
+    return layer
+
+
+class Resolved:
+    """Resolved settings plus where each value came from."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str], config_path: Path | None, profile: str):
+        self.values = values
+        self.sources = sources
+        self.config_path = config_path
+        self.profile = profile
+        self.settings = Settings.model_validate(_nest(values))
+
+    def __getitem__(self, field: str) -> Any:
+        return self.values[key_of(field)]
+
+    def set_default(self, field: str, value: Any, source: str) -> None:
+        """Fill a value that is still unset (None) from a lower layer, e.g. the model family."""
+        key = key_of(field)
+        if self.values.get(key) is None:
+            self.values[key] = value
+            self.sources[key] = source
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, field = key.rpartition(".")
+        (nested.setdefault(section, {}) if section else nested)[field] = value
+    return nested
+
+
+def resolve(config: str | None = None, profile: str | None = None,
+            flags: dict[str, Any] | None = None) -> Resolved:
+    """Layer defaults, the config file's profile, LLMDIT_* variables and flags (None = not given)."""
+    values: dict[str, Any] = {"model": DEFAULT_MODEL}
+    for section, cls in SECTIONS.items():
+        values.update({f"{section}.{f}": getattr(cls(), f) for f in cls.model_fields})
+    sources = {k: "default" for k in values}
+
+    explicit = config or os.environ.get(ENV_PREFIX + "CONFIG")
+    path = Path(explicit) if explicit else default_config_path()
+    profile = profile or os.environ.get(ENV_PREFIX + "PROFILE") or "default"
+    if explicit and not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.is_file():
+        doc = _load_toml(path)
+        if profile not in doc:
+            names = ", ".join(k for k, v in doc.items() if isinstance(v, dict)) or "none"
+            raise ConfigError(f"{path}: unknown profile '{profile}' (profiles in this file: {names})")
+        for name in dict.fromkeys(["default", profile]):
+            if name in doc:
+                for key, v in _flatten(doc[name], f"{path} [{name}]").items():
+                    values[key] = _check_value(key, v, f"{path} [{name}]")
+                    sources[key] = f"{path} [{name}]"
+    else:
+        if profile != "default":
+            raise ConfigError(f"unknown profile '{profile}': no config file at {path} (pass --config FILE)")
+        path = None
+
+    for key, (v, name) in _env_layer().items():
+        values[key], sources[key] = v, name
+    for field, v in (flags or {}).items():
+        if v is not None:
+            key = key_of(field)
+            values[key], sources[key] = _check_value(key, v, f"--{field.replace('_', '-')}"), "flag"
+    return Resolved(values, sources, path, profile)

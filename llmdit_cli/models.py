@@ -1,0 +1,246 @@
+"""Model references, family defaults, and loading components once per process.
+
+`--model` is a Hub id, a local diffusers folder, or `demo` (the tiny pipeline shipped in the
+package). Components load lazily: `encode` never loads the transformer, `generate --from-embeds`
+never loads the text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli.errors import InputError, ModelError, UsageError
+
+DEMO = "demo"
+DEMO_PATH = Path(__file__).parent / "assets" / "demo"
+
+# One source of truth for per-family defaults. `shift: None` keeps the model's own scheduler config.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "z-image-turbo": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0),
+    "z-image": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None),
+    "demo": dict(width=64, height=64, steps=4, guidance_scale=0.0, shift=3.0),
+}
+COMPONENTS = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
+
+
+def family_of(ref: str) -> str:
+    if ref == DEMO:
+        return "demo"
+    if "z-image-turbo" in ref.lower():
+        return "z-image-turbo"
+    return "z-image"
+
+
+def resolve_folder(ref: str) -> tuple[Path, str | None]:
+    """The local diffusers folder for `ref`, and the Hub revision it came from (if any)."""
+    if ref == DEMO:
+        return DEMO_PATH, None
+    path = Path(ref).expanduser()
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        if not path.is_dir():
+            raise ModelError(f"--model {ref}: no such folder")
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"--model {ref}: not a diffusers folder (no model_index.json)")
+        return path, None
+    return _hub_snapshot(ref)
+
+
+def _hub_snapshot(repo_id: str) -> tuple[Path, str | None]:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.jinja", "*.txt", "*.safetensors", "tokenizer/*"]
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+            raise ModelError(
+                f"--model {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"run `hf download {repo_id}` on a connected machine or pass a local folder"
+            ) from None
+        try:
+            folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as exc:
+            raise ModelError(
+                f"--model {repo_id}: not cached and cannot be downloaded ({type(exc).__name__}); "
+                f"run `hf download {repo_id}` on a connected machine, or pass a local folder or `demo`"
+            ) from None
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"--model {repo_id}: the Hub repo is not a diffusers pipeline (no model_index.json)")
+    return folder, folder.name
+
+
+def config_hash(folder: Path, component: str) -> str:
+    cfg = folder / component / "config.json"
+    data = cfg.read_bytes() if cfg.is_file() else b""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """`PATH[:SCALE]` -> (path, scale)."""
+    path, sep, scale = spec.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+@dataclass
+class Placement:
+    dtype: str = "auto"
+    device: str = "auto"
+    text_encoder_device: str | None = None
+    dit_device: str | None = None
+    vae_device: str | None = None
+    cpu_offload: bool = False
+
+    def base_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def torch_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.base_device().startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)
+
+    def device_for(self, component: str) -> str:
+        specific = {"text_encoder": self.text_encoder_device, "transformer": self.dit_device,
+                    "vae": self.vae_device}.get(component)
+        return specific or self.base_device()
+
+
+@dataclass
+class ModelHandle:
+    """A resolved model whose components load on first use and are then kept."""
+
+    ref: str
+    placement: Placement = field(default_factory=Placement)
+    loras: list[str] = field(default_factory=list)
+    _pipe: Any = None
+    _loaded: set = field(default_factory=set)
+
+    def __post_init__(self):
+        check_lora_files(self.loras)
+        self.folder, self.revision = resolve_folder(self.ref)
+        self.family = family_of(self.ref)
+
+    def identity(self, component: str) -> dict[str, Any]:
+        return {"model": self.ref, "revision": self.revision,
+                f"{component}_config": config_hash(self.folder, component)}
+
+    def component_config(self, component: str) -> dict[str, Any]:
+        path = self.folder / component / ("scheduler_config.json" if component == "scheduler" else "config.json")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"--model {self.ref}: cannot read {component} config ({exc})") from None
+
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.component_config("vae").get("block_out_channels", [0] * 4)) - 1)
+
+    def pipeline(self, *needed: str):
+        """The ZImagePipeline with at least `needed` components loaded."""
+        missing = [c for c in needed if c not in self._loaded]
+        if self._pipe is not None and not missing:
+            return self._pipe
+        want = self._loaded | set(needed) | {"scheduler"}
+        self._pipe = self._load(want)
+        self._loaded = want
+        return self._pipe
+
+    def _load(self, want: set):
+        quiet_libraries()
+        from diffusers import ZImagePipeline
+
+        kept = {c: getattr(self._pipe, c) for c in self._loaded} if self._pipe is not None else {}
+        skip = {c: None for c in COMPONENTS if c not in want}
+        try:
+            pipe = ZImagePipeline.from_pretrained(
+                self.folder, dtype=self.placement.torch_dtype(), local_files_only=True, **skip, **kept)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(f"--model {self.ref}: cannot load as a Z-Image pipeline ({_first_line(exc)})") from None
+        pipe.set_progress_bar_config(disable=True)
+        if "transformer" in want and "transformer" not in self._loaded and self.loras:
+            apply_loras(pipe, self.loras)
+        self._place(pipe, want - self._loaded)
+        return pipe
+
+    def _place(self, pipe, new: set) -> None:
+        if self.placement.cpu_offload:
+            pipe.enable_model_cpu_offload(device=self.placement.base_device())
+            return
+        for name in ("text_encoder", "transformer", "vae"):
+            if name in new:
+                getattr(pipe, name).to(self.placement.device_for(name))
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and info logs would interleave with ours on stderr."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.disable_progress_bar()
+        # Failures reach the user as our own one-line errors, so even ERROR logs are noise.
+        lib.set_verbosity(lib.CRITICAL)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def check_lora_files(specs: list[str]) -> None:
+    """Fail early, before any model loads, on a LoRA file that is missing or not safetensors."""
+    from llmdit_cli.artifacts import parse_header, read_bytes
+
+    for spec in specs:
+        path, _ = parse_lora(spec)
+        if not Path(path).is_file():
+            raise InputError(f"--lora {path}: no such file")
+        try:
+            parse_header(read_bytes(path, "a LoRA file")[0], path)
+        except InputError:
+            raise InputError(f"--lora {path}: cannot load (not a safetensors file)") from None
+
+
+def apply_loras(pipe, specs: list[str]) -> None:
+    """Load each `PATH[:SCALE]` LoRA into the pipeline and activate them with their scales."""
+    check_lora_files(specs)
+    names, scales = [], []
+    for i, spec in enumerate(specs):
+        path, scale = parse_lora(spec)
+        name = f"lora_{i}"
+        before = _lora_param_count(pipe.transformer)
+        try:
+            pipe.load_lora_weights(path, adapter_name=name)
+        except Exception as exc:
+            if "not found in the base model" in str(exc):
+                raise InputError(f"--lora {path}: no key matches a module of this model's transformer") from None
+            raise InputError(f"--lora {path}: cannot load ({_first_line(exc)})") from None
+        if _lora_param_count(pipe.transformer) == before:
+            raise InputError(f"--lora {path}: no key matches a module of this model's transformer")
+        names.append(name)
+        scales.append(scale)
+    pipe.set_adapters(names, adapter_weights=scales)
+
+
+def _lora_param_count(module) -> int:
+    return sum(1 for n, _ in module.named_parameters() if "lora_" in n)
+
+
+def check_size(width: int, height: int, multiple: int = 16) -> None:
+    for flag, value in (("--width", width), ("--height", height)):
+        if value < multiple or value % multiple:
+            raise UsageError(f"{flag} {value}: must be a positive multiple of {multiple}")

@@ -1,0 +1,39 @@
+"""Where images go: one path, a folder, '-', or a pattern with {index}, {seed}, {slug}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmdit_cli.artifacts import STDIO, check_binary_target
+from llmdit_cli.errors import UsageError
+from llmdit_cli.prompts import slug
+
+DEFAULT_PATTERN = "{slug}-{seed}.png"
+FOLDER_PATTERN = "{index:03d}_{seed}_{slug}.png"
+
+
+def plan_paths(output: str | None, items: list[tuple[int, int, str]]) -> list[str]:
+    """One path per (index, seed, prompt); checks everything before any work is done."""
+    n = len(items)
+    if output == STDIO:
+        if n != 1:
+            raise UsageError(f"-o -: {n} images cannot go to stdout; give a pattern or a folder")
+        check_binary_target(output)
+        return [STDIO]
+    if output is None:
+        pattern = DEFAULT_PATTERN
+    elif output.endswith(("/", "\\")) or Path(output).is_dir():
+        pattern = str(Path(output) / FOLDER_PATTERN)
+    elif "{" in output:
+        pattern = output
+    elif n > 1:
+        raise UsageError(f"-o {output}: {n} images need a folder or a pattern with {{index}}, {{seed}} or {{slug}}")
+    else:
+        return [output]
+    try:
+        paths = [pattern.format(index=i, seed=s, slug=slug(p)) for i, s, p in items]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"-o {pattern}: bad pattern ({exc}); use {{index}}, {{seed}}, {{slug}}") from None
+    if len(set(paths)) != len(paths):
+        raise UsageError(f"-o {pattern}: several images would get the same name; add {{index}}")
+    return paths

@@ -1,0 +1,59 @@
+"""PNG files that carry their full settings: JSON in an `llmdit` text chunk, plus an A1111-style
+`parameters` chunk that image viewers and galleries understand."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from llmdit_cli.errors import InputError
+
+CHUNK = "llmdit"
+
+
+def a1111_parameters(s: dict[str, Any]) -> str:
+    lines = [s.get("prompt", "")]
+    if s.get("negative_prompt"):
+        lines.append(f"Negative prompt: {s['negative_prompt']}")
+    fields = [("Steps", s.get("steps")), ("Sampler", "Euler (flow matching)"),
+              ("CFG scale", s.get("guidance_scale")), ("Seed", s.get("seed")),
+              ("Size", f"{s.get('width')}x{s.get('height')}"), ("Model", s.get("model")),
+              ("Shift", s.get("shift")), ("Denoising strength", s.get("strength")),
+              ("Lora", ", ".join(s.get("loras") or []) or None), ("Version", f"llmdit {s.get('llmdit_version')}")]
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def png_bytes(image, settings: dict[str, Any]) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(CHUNK, json.dumps(settings, sort_keys=True))
+    info.add_text("parameters", a1111_parameters(settings))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def open_image(data: bytes, name: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"{name}: not an image (cannot identify the image format)") from None
+    return img
+
+
+def settings_of(data: bytes, name: str) -> dict[str, Any]:
+    """The llmdit settings stored in a PNG, or an InputError."""
+    img = open_image(data, name)
+    raw = getattr(img, "text", {}).get(CHUNK)
+    if raw is None:
+        raise InputError(f"{name}: the image carries no llmdit settings (not made by llmdit)")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{name}: the llmdit settings in the image are not valid JSON") from None

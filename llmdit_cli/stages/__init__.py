@@ -1,0 +1,1 @@
+"""Plain functions over loaded components: the CLI, sweeps and tests all call these."""

@@ -1,0 +1,37 @@
+"""Text encoding: formatted chat text -> ragged list of hidden-state tensors, as stock Z-Image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmdit_cli.errors import UsageError
+
+
+@dataclass
+class Encoded:
+    embeds: list  # one [seq_i, hidden] tensor per text
+    token_counts: list[int]
+
+
+def encode_texts(tokenizer, text_encoder, texts: list[str], hidden_layer: int = -2,
+                 max_length: int = 512, device=None) -> Encoded:
+    """Encode already-formatted chat texts the way `ZImagePipeline._encode_prompt` does."""
+    import torch
+
+    n_states = text_encoder.config.num_hidden_layers + 1
+    if not -n_states <= hidden_layer < n_states:
+        raise UsageError(f"--hidden-layer {hidden_layer}: the text encoder has {n_states} hidden states "
+                         f"(valid: {-n_states}..{n_states - 1})")
+    inputs = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True,
+                       return_tensors="pt")
+    device = device or text_encoder.device
+    ids = inputs.input_ids.to(device)
+    mask = inputs.attention_mask.to(device).bool()
+    with torch.no_grad():
+        states = text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    chosen = states[hidden_layer]
+    return Encoded([chosen[i][mask[i]] for i in range(len(texts))], [int(m.sum()) for m in mask])
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text).input_ids)

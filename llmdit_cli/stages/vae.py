@@ -1,0 +1,33 @@
+"""VAE encode / decode with Z-Image's latent normalisation: z_norm = (z - shift) * scaling."""
+
+from __future__ import annotations
+
+
+def image_processor(pipe):
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor * 2)
+
+
+def encode_image(pipe, image, generator, height: int | None = None, width: int | None = None):
+    """A PIL image -> normalised latents `[1, 16, h, w]`, sampling the posterior like img2img."""
+    import torch
+    from diffusers.pipelines.z_image.pipeline_z_image_img2img import retrieve_latents
+
+    vae = pipe.vae
+    pixels = image_processor(pipe).preprocess(image, height=height, width=width).to(dtype=torch.float32)
+    pixels = pixels.to(device=vae.device, dtype=torch.float32)
+    with torch.no_grad():
+        z = retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator)
+    return ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
+
+
+def decode_latents(pipe, latents) -> list:
+    """Normalised latents `[B, 16, h, w]` -> list of PIL images."""
+    import torch
+
+    vae = pipe.vae
+    z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    with torch.no_grad():
+        pixels = vae.decode(z, return_dict=False)[0]
+    return image_processor(pipe).postprocess(pixels, output_type="pil")

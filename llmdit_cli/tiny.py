@@ -1,0 +1,88 @@
+"""Tiny Z-Image-architecture components built from configs.
+
+They run the stock diffusers code on CPU in well under a second per image. The shipped `demo`
+model, the test suite and the benchmarks all build from these one definitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+# Qwen3-style chat template, reduced to what the toolkit uses. With enable_thinking=false the
+# generation prompt gets the empty think block, as Qwen3's own template does.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}"
+    "{{- '<think>\\n\\n</think>\\n\\n' -}}"
+    "{%- endif -%}"
+    "{%- endif -%}"
+)
+
+TRANSFORMER = dict(
+    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
+    n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32,
+    rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32],
+)
+TEXT_ENCODER = dict(
+    vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
+VAE = dict(
+    in_channels=3, out_channels=3, block_out_channels=[8, 16, 16, 16],
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=1, latent_channels=16, norm_num_groups=8, scaling_factor=0.3611,
+    shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)
+SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+
+
+def byte_tokenizer():
+    """A Qwen2Tokenizer over the 256 byte symbols (no merges) plus the Qwen chat specials."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {sym: i for i, sym in enumerate(alphabet)}
+    for tok in SPECIAL_TOKENS:
+        vocab[tok] = len(vocab)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_pipeline(seed: int = 0, transformer: dict | None = None, text_encoder: dict | None = None,
+                   vae: dict | None = None):
+    """A ZImagePipeline with seeded random weights; the dicts override the tiny configs."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline,
+                           ZImageTransformer2DModel)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    te = Qwen3ForCausalLM(Qwen3Config(**{**TEXT_ENCODER, **(text_encoder or {})})).eval()
+    dit = ZImageTransformer2DModel(**{**TRANSFORMER, **(transformer or {})}).eval()
+    # Random init leaves the final projection at zero in diffusers; perturb every weight so
+    # tests see real signal through all layers.
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    ae = AutoencoderKL(**{**VAE, **(vae or {})}).eval()
+    sched = FlowMatchEulerDiscreteScheduler(**SCHEDULER)
+    return ZImagePipeline(scheduler=sched, vae=ae, text_encoder=te, tokenizer=byte_tokenizer(),
+                          transformer=dit)
+
+
+def save_pipeline(pipe, folder: str | Path) -> Path:
+    folder = Path(folder)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder

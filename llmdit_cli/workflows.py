@@ -1,0 +1,187 @@
+"""The steps a command strings together: resolve settings, encode or read embeddings, denoise,
+decode and write. Commands stay thin; sweeps and tests call these directly."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmdit_cli import __version__
+from llmdit_cli.artifacts import embeds_tensors, read_stage, split_embeds, write_stage
+from llmdit_cli.config import Resolved
+from llmdit_cli.errors import InputError, ModelError, UsageError
+from llmdit_cli.models import FAMILIES, ModelHandle, Placement, check_size
+from llmdit_cli.prompts import ChatFormat
+
+ENCODER_FIELDS = ("system_prompt", "thinking_content", "enable_thinking", "assistant_content",
+                  "hidden_layer", "max_length")
+GEN_FIELDS = ("width", "height", "steps", "guidance_scale", "cfg_normalization", "cfg_truncation", "shift")
+
+
+def open_model(r: Resolved) -> ModelHandle:
+    """The model handle (nothing loaded yet) for resolved settings."""
+    placement = Placement(**{f: r[f] for f in ("dtype", "device", "text_encoder_device", "dit_device",
+                                                 "vae_device", "cpu_offload")})
+    return ModelHandle(r["model"], placement, list(r["loras"]))
+
+
+def fill_family_defaults(r: Resolved, handle: ModelHandle) -> None:
+    """Settings still unset take the model family's defaults (models.FAMILIES)."""
+    for key, value in FAMILIES[handle.family].items():
+        r.set_default(key, value, f"model family {handle.family}")
+
+
+def chat_format(r: Resolved) -> ChatFormat:
+    return ChatFormat(r["system_prompt"], r["thinking_content"], r["enable_thinking"], r["assistant_content"])
+
+
+@dataclass
+class Embeds:
+    """Positive and negative embeddings for a batch of prompts, with how they were made."""
+
+    cond: list
+    uncond: list
+    params: dict[str, Any]
+    hidden_size: int
+    source: str = "in-process"
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.params["prompts"]
+
+
+def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, progress=None) -> Embeds:
+    from llmdit_cli.stages.encode import encode_texts
+
+    fmt = chat_format(r)
+    pipe = handle.pipeline("tokenizer", "text_encoder")
+    device = pipe.text_encoder.device
+    texts = [fmt.format(p) for p in prompts]
+    neg_texts = [fmt.format(negative) for _ in prompts]
+    pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, r["hidden_layer"], r["max_length"], device)
+    neg = encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, r["hidden_layer"], r["max_length"], device)
+    params = {"prompts": prompts, "negative_prompts": [negative] * len(prompts), "formatted": texts,
+              "token_counts": pos.token_counts, "negative_token_counts": neg.token_counts,
+              "encoder": {f: r[f] for f in ENCODER_FIELDS}, "llmdit_version": __version__}
+    return Embeds(pos.embeds, neg.embeds, params, pipe.text_encoder.config.hidden_size)
+
+
+def embeds_identity(handle: ModelHandle, e: Embeds) -> dict[str, Any]:
+    return {**handle.identity("text_encoder"), "hidden_size": e.hidden_size,
+            "hidden_layer": e.params["encoder"]["hidden_layer"], "dtype": str(e.cond[0].dtype).replace("torch.", ""),
+            "count": len(e.cond)}
+
+
+def write_embeds(path: str, handle: ModelHandle, e: Embeds) -> None:
+    write_stage(path, "embeds", embeds_tensors(e.cond, e.uncond), embeds_identity(handle, e), e.params)
+
+
+def read_embeds(path: str) -> Embeds:
+    stage = read_stage(path, expect="embeds")
+    cond, uncond = split_embeds(stage.tensors())
+    if not cond:
+        raise InputError(f"{stage.source}: the embeds file holds no prompt embeddings")
+    hidden = stage.meta_int("hidden_size") or int(cond[0].shape[-1])
+    params = dict(stage.params)
+    params.setdefault("prompts", [""] * len(cond))
+    params.setdefault("negative_prompts", [""] * len(uncond))
+    params.setdefault("encoder", {})
+    return Embeds(cond, uncond, params, hidden, stage.source)
+
+
+def check_embeds_fit(e: Embeds, handle: ModelHandle) -> None:
+    cap = handle.component_config("transformer").get("cap_feat_dim")
+    if cap is not None and cap != e.hidden_size:
+        raise ModelError(f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
+                         f"--model {handle.ref} expects cap_feat_dim {cap} (encode with the same model)")
+
+
+def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
+    if r_seeds:
+        return list(r_seeds) if num_images == 1 else [s + k for s in r_seeds for k in range(num_images)]
+    base = random.SystemRandom().randrange(2**32)
+    return [base + k for k in range(num_images)]
+
+
+def check_generation(r: Resolved) -> None:
+    check_size(r["width"], r["height"])
+    if r["steps"] < 1:
+        raise UsageError(f"--steps {r['steps']}: must be at least 1")
+    if r["guidance_scale"] < 0:
+        raise UsageError(f"--guidance-scale {r['guidance_scale']}: must be 0 (off) or positive")
+    if not 0.0 <= r["strength"] <= 1.0:
+        raise UsageError(f"--strength {r['strength']}: must be in [0, 1]")
+
+
+@dataclass
+class Job:
+    """One image to make: which prompt, which seed, and the settings recorded with it."""
+
+    index: int
+    prompt_index: int
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mode: str) -> list[Job]:
+    jobs = []
+    negatives = e.params.get("negative_prompts") or [""] * len(e.cond)
+    for pi, prompt in enumerate(e.prompts):
+        for seed in seeds:
+            s = {"llmdit_version": __version__, "mode": mode, "model": handle.ref, "revision": handle.revision,
+                 "prompt": prompt, "negative_prompt": negatives[pi] if pi < len(negatives) else "",
+                 "seed": seed, "loras": list(r["loras"]), "encoder": e.params.get("encoder", {}),
+                 **{f: r[f] for f in GEN_FIELDS}}
+            if mode == "img2img":
+                s["strength"] = r["strength"]
+            jobs.append(Job(len(jobs), pi, seed, s))
+    return jobs
+
+
+def denoise_params(r: Resolved):
+    from llmdit_cli.stages.denoise import DenoiseParams
+
+    return DenoiseParams(steps=r["steps"], guidance_scale=r["guidance_scale"],
+                         cfg_normalization=r["cfg_normalization"], cfg_truncation=r["cfg_truncation"],
+                         shift=r["shift"])
+
+
+def generator(seed: int):
+    import torch
+
+    # A CPU generator gives the same noise on every device, so seeds reproduce across machines.
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, init=None) -> list:
+    """Denoise every job; `init` is None (txt2img), a PIL image, or finished latents `[1, C, h, w]`."""
+    from llmdit_cli.stages import denoise, vae
+
+    pipe = handle.pipeline("transformer", "vae")
+    device = pipe._execution_device
+    p = denoise_params(r)
+    results = []
+    for job in jobs:
+        cond = [e.cond[job.prompt_index].to(device)]
+        uncond = [e.uncond[job.prompt_index].to(device)] if e.uncond else []
+        gen = generator(job.seed)
+        with out.progress(f"image {job.index + 1}/{len(jobs)} seed {job.seed}", p.steps) as advance:
+            if init is None:
+                lat = denoise.txt2img(pipe, cond, uncond, p, r["height"], r["width"], gen, advance)
+            else:
+                start = vae.encode_image(pipe, init, gen, r["height"], r["width"]) if is_image(init) else init
+                lat = denoise.img2img(pipe, cond, uncond, p, start, r["strength"], gen, advance)
+        results.append(lat)
+    return results
+
+
+def is_image(obj) -> bool:
+    from PIL import Image
+
+    return isinstance(obj, Image.Image)
+
+
+def latents_identity(handle: ModelHandle, lat, height: int, width: int) -> dict[str, Any]:
+    return {**handle.identity("transformer"), "vae_config": handle.identity("vae")["vae_config"],
+            "height": height, "width": width, "sigma": 0, "channels": int(lat.shape[1]), "count": int(lat.shape[0])}

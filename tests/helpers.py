@@ -1,0 +1,59 @@
+import numpy as np
+from PIL import Image
+
+
+def pixels(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def max_diff(a, b) -> int:
+    a = pixels(a) if not isinstance(a, np.ndarray) else a
+    b = pixels(b) if not isinstance(b, np.ndarray) else b
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return int(np.abs(a - b).max())
+
+
+def as_array(img) -> np.ndarray:
+    return np.asarray(img.convert("RGB")).astype(np.int16)
+
+
+def make_lora(model_folder, path, style="diffusers", rank=4, seed=0, targets=("to_q", "to_k", "to_v")):
+    """Write a random LoRA for the folder's transformer in the diffusers/PEFT or Kohya key style."""
+    import torch
+    from diffusers import ZImagePipeline, ZImageTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    dit = ZImageTransformer2DModel.from_pretrained(model_folder, subfolder="transformer", local_files_only=True)
+    dit.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    state = get_peft_model_state_dict(dit)
+    if style == "diffusers":
+        ZImagePipeline.save_lora_weights(str(path.parent), transformer_lora_layers=state,
+                                         weight_name=path.name, safe_serialization=True)
+        return path
+    kohya = {}
+    for key, value in state.items():
+        base = "diffusion_model." + key.replace(".lora_A.weight", ".lora_down.weight").replace(
+            ".lora_B.weight", ".lora_up.weight")
+        kohya[base] = value.contiguous()
+        if key.endswith("lora_A.weight"):
+            kohya[base.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(rank))
+    save_file(kohya, str(path))
+    return path
+
+
+def assert_one_line_error(r, *needles):
+    """A failed command: non-zero exit, exactly one `llmdit: error:` line, no traceback."""
+    assert r.code not in (0, None), r.stdout
+    errors = [line for line in r.stderr.splitlines() if line.startswith("llmdit: error:")]
+    assert len(errors) == 1, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
