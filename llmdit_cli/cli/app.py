@@ -43,4 +43,16 @@ app.add_typer(config_app, name="config")
 
 
 def main() -> None:
-    app()
+    """Entry point. Usage errors from parsing become one line, like every other llmdit error."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("llmdit: error: interrupted", file=sys.stderr)
+        code = 130
+    except typer.TyperException as exc:
+        message = getattr(exc, "format_message", lambda: str(exc))()
+        print(f"llmdit: error: {message} (see `llmdit COMMAND --help`)", file=sys.stderr)
+        code = getattr(exc, "exit_code", 2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -29,6 +29,7 @@ def decode(
     from llmdit_cli.workflows import open_model
 
     out = Output(quiet)
+    out.stdout_is_binary = output == "-"
     stage = read_stage(latents, expect="latents")
     r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
                                                 None, None, vae_device, None))

@@ -78,6 +78,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     from llmdit_cli.prompts import collect_prompts
 
     out = Output(quiet)
+    out.stdout_is_binary = "-" in (output, save_latents)
     flags = dict(width=width, height=height, steps=steps, shift=shift, guidance_scale=guidance_scale,
                  cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
                  negative_prompt=negative_prompt, strength=strength,
@@ -91,6 +92,8 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
                  **{k: v for k, v in flags.items() if v is not None}}
         texts = texts or [stored.get("prompt", "")]
         seed = seed or [stored["seed"]]
+    if output == "-" and save_latents == "-":
+        raise UsageError("-o - and --save-latents - cannot both use stdout")
     if texts and from_embeds:
         raise UsageError("give prompts or --from-embeds, not both")
     if not texts and not from_embeds:

@@ -10,6 +10,7 @@ class Output:
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self._console = None
+        self.stdout_is_binary = False  # set once a binary stream went to stdout
 
     @property
     def console(self):
@@ -20,8 +21,11 @@ class Output:
         return self._console
 
     def data(self, line: str) -> None:
-        """A line of data (e.g. a written path) on stdout."""
-        print(line, file=sys.stdout, flush=True)
+        """A line of data (e.g. a written path) on stdout, or stderr once stdout carries binary data."""
+        if self.stdout_is_binary:
+            self.log(line)
+        else:
+            print(line, file=sys.stdout, flush=True)
 
     def log(self, message: str) -> None:
         if not self.quiet:

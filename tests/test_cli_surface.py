@@ -1,0 +1,81 @@
+"""The command surface: fast help without torch, completions, inspect."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "config"]
+
+
+def python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [[], *[[c] for c in COMMANDS], ["config", "show"]])
+def test_help_never_imports_torch(argv):
+    code = (
+        "import sys\nfrom llmdit_cli.cli.app import app\n"
+        f"try:\n    app({[*argv, '--help']!r})\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'safetensors.torch') if m in sys.modules]\n"
+        "assert not heavy, heavy\nprint('ok')\n"
+    )
+    r = python(code)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr + r.stdout
+
+
+def test_python_m_and_version():
+    r = subprocess.run([sys.executable, "-m", "llmdit_cli", "--version"], capture_output=True, text=True)
+    from llmdit_cli import __version__
+
+    assert r.returncode == 0 and r.stdout.strip() == f"llmdit {__version__}"
+
+
+@pytest.mark.parametrize("cmd", ["generate", "img2img"])
+def test_help_lists_the_flags(cli, cmd):
+    r = cli(cmd, "--help")
+    for flag in ["--steps", "--shift", "--guidance-scale", "--cfg-normalization", "--cfg-truncation", "--seed",
+                 "--num-images", "--width", "--height", "--save-latents", "--lora", "--dtype", "--cpu-offload",
+                 "--dit-device", "--from-embeds", "--config", "--profile"]:
+        assert flag in r.stdout, flag
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completions_are_current(shell):
+    from llmdit_cli.completions import render
+
+    path = ROOT / "completions" / {"bash": "llmdit.bash", "zsh": "_llmdit", "fish": "llmdit.fish"}[shell]
+    assert path.read_text() == render(shell), f"{path} is stale: run python scripts/gen_completions.py"
+
+
+def test_inspect_embeds_needs_no_torch(cli, tmp_path):
+    assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
+    code = ("import sys\nfrom llmdit_cli.cli.app import app\n"
+            f"try:\n    app(['inspect', {str(tmp_path / 'e.embeds.safetensors')!r}, '--json'])\n"
+            "except SystemExit as e:\n    assert e.code in (0, None)\n"
+            "assert 'torch' not in sys.modules\n")
+    r = python(code)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["kind"] == "embeds" and info["header"]["model"] == "demo"
+    assert info["tensors"]["prompt_embeds.0"]["shape"][1] == 32
+
+
+def test_inspect_png(cli):
+    assert cli("generate", "a cat", "--model", "demo", "--seed", 2, "-o", "a.png").code == 0
+    r = cli("inspect", "a.png")
+    assert r.code == 0 and "seed: 2" in r.stdout and "prompt: a cat" in r.stdout
+
+
+@pytest.mark.parametrize("argv,needle", [(["generate", "x", "--steps", "abc"], "'--steps'"),
+                                         (["generate", "--bogus"], "No such option: --bogus"),
+                                         (["nope"], "No such command 'nope'")])
+def test_usage_errors_are_one_line(argv, needle):
+    r = subprocess.run([sys.executable, "-m", "llmdit_cli", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("llmdit: error:") and needle in r.stderr, r.stderr
+    assert r.stdout == ""

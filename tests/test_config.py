@@ -1,0 +1,104 @@
+"""Settings layering: defaults < config profile < LLMDIT_* env < flags, with validation."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_one_line_error
+from llmdit_cli.config import resolve
+from llmdit_cli.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_layers_in_order(tmp_path, monkeypatch):
+    cfg = write(tmp_path, "[default.generation]\nsteps = 5\nwidth = 512\nheight = 256\n"
+                          "[fast.generation]\nsteps = 2\nwidth = 128\n")
+    r = resolve(cfg, "fast", {})
+    assert (r["steps"], r["width"], r["height"]) == (2, 128, 256)
+    assert r.sources["generation.height"].endswith("[default]") and r.sources["generation.steps"].endswith("[fast]")
+    monkeypatch.setenv("LLMDIT_GENERATION_WIDTH", "64")
+    r = resolve(cfg, "fast", {})
+    assert r["width"] == 64 and r.sources["generation.width"] == "LLMDIT_GENERATION_WIDTH"
+    r = resolve(cfg, "fast", {"width": 32, "steps": None})
+    assert r["width"] == 32 and r.sources["generation.width"] == "flag" and r["steps"] == 2
+
+
+def test_env_profile_and_model(tmp_path, monkeypatch):
+    cfg = write(tmp_path, "[default]\nmodel = 'a'\n[other]\nmodel = 'b'\n")
+    monkeypatch.setenv("LLMDIT_PROFILE", "other")
+    assert resolve(cfg)["model"] == "b"
+    monkeypatch.setenv("LLMDIT_MODEL", "demo")
+    assert resolve(cfg)["model"] == "demo"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    cfg = write(tmp_path, "[default.generation]\nstepz = 4\n")
+    with pytest.raises(ConfigError, match=r"c\.toml.*unknown key 'generation\.stepz'"):
+        resolve(cfg)
+    cfg = write(tmp_path, "[default]\nsampler = 'x'\n")
+    with pytest.raises(ConfigError, match="unknown key 'sampler'"):
+        resolve(cfg)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    cfg = write(tmp_path, "[default.generation]\nsteps = 'many'\n")
+    with pytest.raises(ConfigError, match=r"c\.toml \[default\].*'generation\.steps'"):
+        resolve(cfg)
+
+
+def test_bad_env_value(monkeypatch):
+    monkeypatch.setenv("LLMDIT_OPTIMIZATION_DTYPE", "int3")
+    with pytest.raises(ConfigError, match="LLMDIT_OPTIMIZATION_DTYPE"):
+        resolve()
+
+
+def test_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve(write(tmp_path, "[default\n"))
+
+
+def test_missing_explicit_config(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        resolve(str(tmp_path / "nope.toml"))
+
+
+def test_example_config_is_valid():
+    for profile in ("default", "low_vram", "cpu", "demo"):
+        resolve(str(EXAMPLE), profile)
+
+
+def test_config_show_reports_sources(cli, tmp_path, monkeypatch):
+    shutil.copy(EXAMPLE, tmp_path / "c.toml")
+    monkeypatch.setenv("LLMDIT_GENERATION_STEPS", "3")
+    r = cli("config", "show", "--config", "c.toml", "--profile", "demo", "--json")
+    assert r.code == 0, r.stderr
+    s = json.loads(r.stdout)["settings"]
+    assert s["model"] == {"value": "demo", "source": "c.toml [demo]"}
+    assert s["generation.steps"] == {"value": 3, "source": "LLMDIT_GENERATION_STEPS"}
+    assert s["generation.width"] == {"value": 64, "source": "model family demo"}
+    text = cli("config", "show", "--config", "c.toml").stdout
+    assert "generation.guidance_scale" in text and "model family z-image-turbo" in text
+
+
+def test_config_applies_to_generate(cli, tmp_path):
+    write(tmp_path, "[default]\nmodel = 'demo'\n[default.generation]\nwidth = 32\nheight = 48\nsteps = 2\n")
+    r = cli("generate", "a cat", "--config", "c.toml", "--seed", 1, "-o", "a.png")
+    assert r.code == 0, r.stderr
+    from PIL import Image
+
+    img = Image.open("a.png")
+    assert img.size == (32, 48) and json.loads(img.text["llmdit"])["steps"] == 2
+
+
+def test_config_error_is_one_line(cli, tmp_path):
+    write(tmp_path, "[default.generation]\nsteps = 'x'\n")
+    assert_one_line_error(cli("generate", "a", "--config", "c.toml"), "generation.steps", "c.toml")

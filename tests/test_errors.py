@@ -1,0 +1,169 @@
+"""Bad input: one clear line on stderr naming the file or flag, non-zero exit, no output file."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from helpers import assert_one_line_error
+
+
+@pytest.fixture
+def embeds(cli):
+    assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
+    return "e.embeds.safetensors"
+
+
+@pytest.fixture
+def latents(cli):
+    assert cli("generate", "a cat", "--model", "demo", "--seed", 1, "--save-latents", "l.latents.safetensors",
+               "-o", "first.png").code == 0
+    os.remove("first.png")
+    return "l.latents.safetensors"
+
+
+def no_outputs(tmp_path, *keep):
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name not in keep)
+    assert left == [], left
+
+
+def test_missing_embeds_file(cli, tmp_path):
+    r = cli("generate", "--from-embeds", "gone.embeds.safetensors", "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, "gone.embeds.safetensors: no such file")
+    no_outputs(tmp_path)
+
+
+def test_unreadable_input(cli, tmp_path):
+    if os.geteuid() == 0:
+        # root reads any file: a folder stands in for an unreadable path
+        (tmp_path / "dir.safetensors").mkdir()
+        r = cli("decode", "dir.safetensors", "-o", "x.png")
+        assert_one_line_error(r, "dir.safetensors: is a folder")
+        no_outputs(tmp_path, "dir.safetensors")
+    else:
+        (tmp_path / "locked.safetensors").write_bytes(b"x")
+        os.chmod(tmp_path / "locked.safetensors", 0)
+        assert_one_line_error(cli("decode", "locked.safetensors", "-o", "x.png"), "cannot read")
+
+
+def test_not_a_stage_file(cli, tmp_path):
+    (tmp_path / "junk.bin").write_bytes(os.urandom(256))
+    assert_one_line_error(cli("generate", "--from-embeds", "junk.bin", "--model", "demo", "-o", "x.png"),
+                          "junk.bin: not a llmdit stage file")
+    save_file({"t": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    assert_one_line_error(cli("decode", "plain.safetensors", "-o", "x.png"),
+                          "plain.safetensors", "not a llmdit stage file")
+    no_outputs(tmp_path, "junk.bin", "plain.safetensors")
+
+
+def test_embeds_where_latents_expected(cli, tmp_path, embeds):
+    assert_one_line_error(cli("decode", embeds, "-o", "x.png"), embeds, "holds embeds, but latents are expected")
+    assert_one_line_error(cli("img2img", "x", "--from-latents", embeds, "--model", "demo", "-o", "x.png"),
+                          "holds embeds")
+    no_outputs(tmp_path, embeds)
+
+
+def test_latents_where_embeds_expected(cli, tmp_path, latents):
+    r = cli("generate", "--from-embeds", latents, "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, latents, "holds latents, but embeds are expected")
+    no_outputs(tmp_path, latents)
+
+
+def test_hidden_size_mismatch(cli, tmp_path, embeds):
+    from llmdit_cli.tiny import build_pipeline, save_pipeline
+
+    save_pipeline(build_pipeline(transformer={"cap_feat_dim": 48}, text_encoder={"hidden_size": 48}), tmp_path / "m48")
+    r = cli("generate", "--from-embeds", embeds, "--model", tmp_path / "m48", "-o", "x.png")
+    assert_one_line_error(r, embeds, "hidden size 32", "cap_feat_dim 48")
+    no_outputs(tmp_path, embeds, "m48")
+
+
+def test_empty_stdin(cli, tmp_path):
+    assert_one_line_error(cli("generate", "--from-embeds", "-", "--model", "demo", "-o", "x.png", input=b""),
+                          "stdin is empty")
+    assert_one_line_error(cli("encode", "-", "--model", "demo", "-o", "e.safetensors", input=""), "stdin is empty")
+    assert_one_line_error(cli("decode", "-", "-o", "x.png", input=b""), "stdin is empty")
+    no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("flag,value", [("--width", 100), ("--height", 40), ("--width", 0)])
+def test_size_not_multiple_of_16(cli, tmp_path, flag, value):
+    r = cli("generate", "a cat", "--model", "demo", flag, value, "-o", "x.png")
+    assert_one_line_error(r, f"{flag} {value}", "multiple of 16")
+    no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_steps_below_one(cli, tmp_path, steps):
+    assert_one_line_error(cli("generate", "a cat", "--model", "demo", "--steps", steps, "-o", "x.png"),
+                          f"--steps {steps}", "at least 1")
+    no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5])
+def test_strength_out_of_range(cli, tmp_path, strength):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save("in.png")
+    r = cli("img2img", "a cat", "--image", "in.png", "--strength", strength, "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, f"--strength {strength}", "[0, 1]")
+    no_outputs(tmp_path, "in.png")
+
+
+def test_input_image_not_an_image(cli, tmp_path):
+    (tmp_path / "fake.png").write_text("not a picture")
+    r = cli("img2img", "a cat", "--image", "fake.png", "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, "fake.png", "not an image")
+    assert_one_line_error(cli("img2img", "a cat", "--image", "gone.png", "--model", "demo"), "gone.png: no such file")
+    no_outputs(tmp_path, "fake.png")
+
+
+def test_model_path_not_a_diffusers_folder(cli, tmp_path):
+    (tmp_path / "empty_model").mkdir()
+    assert_one_line_error(cli("generate", "a cat", "--model", "./empty_model", "-o", "x.png"),
+                          "./empty_model", "not a diffusers folder")
+    assert_one_line_error(cli("generate", "a cat", "--model", "./missing_model", "-o", "x.png"),
+                          "./missing_model", "no such folder")
+    no_outputs(tmp_path, "empty_model")
+
+
+def test_uncached_hub_model_offline(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = cli("generate", "a cat", "--model", "someone/not-cached", "-o", "x.png")
+    assert_one_line_error(r, "someone/not-cached", "hf download")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unknown_profile(cli, tmp_path):
+    (tmp_path / "c.toml").write_text("[default]\nmodel = 'demo'\n[fast]\n")
+    r = cli("generate", "a cat", "--config", "c.toml", "--profile", "slow", "-o", "x.png")
+    assert_one_line_error(r, "unknown profile 'slow'", "default, fast")
+    no_outputs(tmp_path, "c.toml")
+
+
+def test_no_prompt(cli, tmp_path):
+    assert_one_line_error(cli("generate", "--model", "demo", "-o", "x.png"), "no prompt")
+
+
+def test_binary_refused_on_terminal(monkeypatch, capsys):
+    import sys
+
+    from llmdit_cli.artifacts import check_binary_target
+    from llmdit_cli.errors import UsageError
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    with pytest.raises(UsageError, match="terminal"):
+        check_binary_target("-")
+
+
+def test_several_images_need_a_pattern(cli, tmp_path):
+    r = cli("generate", "a cat", "a dog", "--model", "demo", "--seed", 1, "-o", "one.png")
+    assert_one_line_error(r, "-o one.png", "pattern")
+    no_outputs(tmp_path)
+
+
+def test_debug_shows_traceback(cli, monkeypatch):
+    monkeypatch.setenv("LLMDIT_DEBUG", "1")
+    r = cli("decode", "nothing.safetensors")
+    assert r.code != 0 and r.exception is not None and "no such file" in str(r.exception)
