@@ -16,7 +16,7 @@ _llmdit() {
         "encode") opts="--assistant-content --config --cpu-offload --device --dtype --enable-thinking --file --help --hidden-layer --max-length --model --negative-prompt --no-cpu-offload --no-enable-thinking --output --profile --quiet --show-format --system-prompt --text-encoder-device --thinking-content" ;;
         "generate") opts="--assistant-content --cfg-normalization --cfg-truncation --config --cpu-offload --device --dit-device --dtype --enable-thinking --file --from-embeds --from-png --guidance-scale --height --help --hidden-layer --lora --max-length --model --negative-prompt --no-cpu-offload --no-enable-thinking --num-images --output --profile --quiet --save-latents --seed --shift --steps --system-prompt --text-encoder-device --thinking-content --vae-device --width" ;;
         "img2img") opts="--assistant-content --cfg-normalization --cfg-truncation --config --cpu-offload --device --dit-device --dtype --enable-thinking --file --from-embeds --from-latents --guidance-scale --height --help --hidden-layer --image --lora --max-length --model --negative-prompt --no-cpu-offload --no-enable-thinking --num-images --output --profile --quiet --save-latents --seed --shift --steps --strength --system-prompt --text-encoder-device --thinking-content --vae-device --width" ;;
-        "inspect") opts="--help --json" ;;
+        "inspect") opts="--config --help --json --profile" ;;
     esac
     if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
 }

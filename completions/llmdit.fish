@@ -109,5 +109,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l text-encoder-devi
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l json -d 'Print JSON' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F

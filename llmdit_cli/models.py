@@ -114,6 +114,27 @@ class Placement:
             return torch.bfloat16 if self.base_device().startswith("cuda") else torch.float32
         return getattr(torch, self.dtype)
 
+    def validate(self) -> None:
+        """Every device named must parse and exist on this machine."""
+        import torch
+
+        for name in ("device", "text_encoder_device", "dit_device", "vae_device"):
+            value = getattr(self, name)
+            if value in (None, "auto"):
+                continue
+            flag = "--" + name.replace("_", "-")
+            try:
+                dev = torch.device(value)
+            except (RuntimeError, ValueError):
+                raise UsageError(f"{flag} {value}: not a device (use cpu, cuda, cuda:N, mps or auto)") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise UsageError(f"{flag} {value}: no CUDA device is available here (torch {torch.__version__}); "
+                                 f"use --device cpu")
+            if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise UsageError(f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            if dev.type == "mps" and not torch.backends.mps.is_available():
+                raise UsageError(f"{flag} {value}: MPS is not available here; use --device cpu")
+
     def device_for(self, component: str) -> str:
         specific = {"text_encoder": self.text_encoder_device, "transformer": self.dit_device,
                     "vae": self.vae_device}.get(component)
@@ -131,6 +152,7 @@ class ModelHandle:
     _loaded: set = field(default_factory=set)
 
     def __post_init__(self):
+        self.placement.validate()
         check_lora_files(self.loras)
         self.folder, self.revision = resolve_folder(self.ref)
         self.family = family_of(self.ref)

@@ -51,7 +51,8 @@ class Embeds:
         return self.params["prompts"]
 
 
-def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, progress=None) -> Embeds:
+def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, with_negative: bool = True) -> Embeds:
+    """Encode prompts (and, unless `with_negative` is False, the negative prompt once per prompt)."""
     from llmdit_cli.stages.encode import encode_texts
 
     fmt = chat_format(r)
@@ -60,11 +61,12 @@ def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, 
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
     pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, r["hidden_layer"], r["max_length"], device)
-    neg = encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, r["hidden_layer"], r["max_length"], device)
+    neg = (encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, r["hidden_layer"], r["max_length"], device)
+           if with_negative else None)
     params = {"prompts": prompts, "negative_prompts": [negative] * len(prompts), "formatted": texts,
-              "token_counts": pos.token_counts, "negative_token_counts": neg.token_counts,
+              "token_counts": pos.token_counts, "negative_token_counts": neg.token_counts if neg else [],
               "encoder": {f: r[f] for f in ENCODER_FIELDS}, "llmdit_version": __version__}
-    return Embeds(pos.embeds, neg.embeds, params, pipe.text_encoder.config.hidden_size)
+    return Embeds(pos.embeds, neg.embeds if neg else [], params, pipe.text_encoder.config.hidden_size)
 
 
 def embeds_identity(handle: ModelHandle, e: Embeds) -> dict[str, Any]:
@@ -91,10 +93,20 @@ def read_embeds(path: str) -> Embeds:
 
 
 def check_embeds_fit(e: Embeds, handle: ModelHandle) -> None:
-    cap = handle.component_config("transformer").get("cap_feat_dim")
+    cfg = handle.component_config("transformer")
+    cap = cfg.get("cap_feat_dim")
     if cap is not None and cap != e.hidden_size:
         raise ModelError(f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
                          f"--model {handle.ref} expects cap_feat_dim {cap} (encode with the same model)")
+    # Captions are padded to a multiple of 32 and image positions follow them on the caption axis
+    # of the RoPE, so a caption may use at most axes_lens[0] - 32 positions (1504 for Z-Image).
+    limit = cfg.get("axes_lens", [None])[0]
+    if limit:
+        limit -= 32
+        longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
+        if longest > limit:
+            raise UsageError(f"{e.source}: a prompt has {longest} tokens, but --model {handle.ref} takes at most "
+                             f"{limit}; shorten it or pass --max-length {limit}")
 
 
 def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
@@ -159,7 +171,7 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
     from llmdit_cli.stages import denoise, vae
 
     pipe = handle.pipeline("transformer", "vae")
-    device = pipe._execution_device
+    device = denoise.transformer_device(pipe)
     p = denoise_params(r)
     results = []
     for job in jobs:

@@ -167,3 +167,20 @@ def test_debug_shows_traceback(cli, monkeypatch):
     monkeypatch.setenv("LLMDIT_DEBUG", "1")
     r = cli("decode", "nothing.safetensors")
     assert r.code != 0 and r.exception is not None and "no such file" in str(r.exception)
+
+
+def test_prompt_longer_than_the_caption_axis(cli, tmp_path):
+    long_prompt = "a red circle on a blue background " * 10
+    r = cli("generate", long_prompt, "--model", "demo", "--seed", 1, "-o", "x.png")
+    assert_one_line_error(r, "tokens", "at most 224", "--max-length 224")
+    no_outputs(tmp_path)
+    assert cli("generate", long_prompt, "--model", "demo", "--seed", 1, "--max-length", 224, "-o", "x.png").code == 0
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--device", "nonsense", "not a device"),
+                                               ("--dit-device", "cuda:7", "CUDA")])
+def test_bad_device(cli, tmp_path, flag, value, needle):
+    if value.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    assert_one_line_error(cli("generate", "a cat", "--model", "demo", flag, value, "-o", "x.png"), flag, needle)
+    no_outputs(tmp_path)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmdit_cli.config import FIELD_SECTION, Resolved, resolve
 
-
-def settings(config: str | None, profile: str | None, **flags: Any) -> Resolved:
+def settings(config: str | None, profile: str | None, **flags: Any):
     """Resolve settings; `flags` are field names (model, steps, ...) with None for 'not given'."""
+    # pydantic loads here, not at import, to keep `--help` fast.
+    from llmdit_cli.config import FIELD_SECTION, resolve
+
     unknown = [k for k in flags if k != "model" and k not in FIELD_SECTION]
     assert not unknown, unknown  # a programming error, not a user one
     return resolve(config, profile, flags)

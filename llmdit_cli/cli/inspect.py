@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from llmdit_cli.cli.common import settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
 from llmdit_cli.cli.output import Output
@@ -8,7 +9,8 @@ FileArg = Annotated[str, typer.Argument(help="An embeds or latents file, or a PN
 
 
 @handle_errors
-def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+            config: ConfigOpt = None, profile: ProfileOpt = None):
     """Show the header of an embeds / latents file, or the settings stored in a PNG.
 
     Reads headers only: no model, no torch.
@@ -19,6 +21,7 @@ def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help
     from llmdit_cli.pngmeta import settings_of
 
     out = Output()
+    settings(config, profile)  # a bad config or profile is reported here as everywhere
     data, name = read_bytes(file, "a stage file or PNG")
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         info = {"kind": "png", "settings": settings_of(data, name)}

@@ -46,6 +46,13 @@ def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
     return scheduler.timesteps
 
 
+def transformer_device(pipe):
+    """Where the transformer runs: its own device, or the offload target when hooks move it."""
+    if getattr(pipe.transformer, "_hf_hook", None) is not None:
+        return pipe._execution_device
+    return pipe.transformer.device
+
+
 def latent_shape(transformer, vae_scale_factor: int, height: int, width: int, batch: int = 1):
     h = 2 * (int(height) // (vae_scale_factor * 2))
     w = 2 * (int(width) // (vae_scale_factor * 2))
@@ -107,7 +114,7 @@ def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    device = pipe._execution_device
+    device = transformer_device(pipe)
     shape = latent_shape(pipe.transformer, pipe.vae_scale_factor, height, width, len(cond))
     latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
     scheduler = make_scheduler(pipe.scheduler, p.shift)
@@ -123,7 +130,7 @@ def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, str
 
     if not 0.0 <= strength <= 1.0:
         raise UsageError(f"--strength {strength}: must be in [0, 1]")
-    device = pipe._execution_device
+    device = transformer_device(pipe)
     shape = tuple(image_latents.shape)
     scheduler = make_scheduler(pipe.scheduler, p.shift)
     timesteps = set_timesteps(scheduler, p.steps, (shape[2] // 2) * (shape[3] // 2), device)

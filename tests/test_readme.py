@@ -1,0 +1,40 @@
+"""The README's examples are part of the contract: every `llmdit` command in it runs."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if "pip install" in line:
+                line = line.split("&&", 1)[1].strip() if "&&" in line else ""
+            if line.startswith("llmdit "):
+                commands.append(line)
+    return commands
+
+
+def test_readme_has_the_two_start_commands():
+    first = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)[:2]
+    assert "llmdit generate" in first[0] and "--model demo" in first[0] and "-o " in first[0]
+    assert "pytest" in first[1] and ".[dev]" in first[1]
+
+
+def test_readme_commands_run(tmp_path):
+    commands = readme_commands()
+    assert len(commands) >= 6
+    script = "set -e\n" + "\n".join(commands) + "\n"
+    llmdit = f"{sys.executable} -m llmdit_cli"
+    script = re.sub(r"(^|\| )llmdit ", lambda m: m.group(1) + llmdit + " ", script, flags=re.M)
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ["demo.png", "piped.png", "cat.png", "cat-again.png", "cat-regenerated.png"]:
+        assert (tmp_path / name).is_file(), name
+    assert len(list((tmp_path / "out").glob("*.png"))) == 4
