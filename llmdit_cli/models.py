@@ -80,6 +80,15 @@ def config_hash(folder: Path, component: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def weights_fingerprint(folder: Path, component: str, span: int = 1 << 20) -> str:
+    """A cheap fingerprint of a component's weights: hash of the first MiB of its first weights file."""
+    files = sorted((folder / component).glob("*.safetensors"))
+    if not files:
+        return ""
+    with files[0].open("rb") as fh:
+        return hashlib.sha256(fh.read(span)).hexdigest()[:16]
+
+
 def parse_lora(spec: str) -> tuple[str, float]:
     """`PATH[:SCALE]` -> (path, scale)."""
     path, sep, scale = spec.rpartition(":")
@@ -159,7 +168,8 @@ class ModelHandle:
 
     def identity(self, component: str) -> dict[str, Any]:
         return {"model": self.ref, "revision": self.revision,
-                f"{component}_config": config_hash(self.folder, component)}
+                f"{component}_config": config_hash(self.folder, component),
+                f"{component}_weights": weights_fingerprint(self.folder, component)}
 
     def component_config(self, component: str) -> dict[str, Any]:
         path = self.folder / component / ("scheduler_config.json" if component == "scheduler" else "config.json")

@@ -45,6 +45,7 @@ class Embeds:
     params: dict[str, Any]
     hidden_size: int
     source: str = "in-process"
+    made_by: dict[str, str] = field(default_factory=dict)  # the producing model's identity, from a file
 
     @property
     def prompts(self) -> list[str]:
@@ -89,10 +90,17 @@ def read_embeds(path: str) -> Embeds:
     params.setdefault("prompts", [""] * len(cond))
     params.setdefault("negative_prompts", [""] * len(uncond))
     params.setdefault("encoder", {})
-    return Embeds(cond, uncond, params, hidden, stage.source)
+    made_by = {k: stage.meta.get(f"llmdit.{k}", "") for k in ("model", "text_encoder_config", "text_encoder_weights")}
+    return Embeds(cond, uncond, params, hidden, stage.source, made_by)
 
 
-def check_embeds_fit(e: Embeds, handle: ModelHandle) -> None:
+def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
+    """Refuse embeddings this transformer cannot take; hint when another text encoder made them."""
+    ours = handle.identity("text_encoder")
+    keys = ("text_encoder_config", "text_encoder_weights")
+    if out is not None and any(e.made_by.get(k) and e.made_by[k] != ours[k] for k in keys):
+        out.hint(f"{e.source} was encoded by another text encoder ({e.made_by.get('model')}) than "
+                 f"--model {handle.ref} has")
     cfg = handle.component_config("transformer")
     cap = cfg.get("cap_feat_dim")
     if cap is not None and cap != e.hidden_size:
@@ -195,5 +203,6 @@ def is_image(obj) -> bool:
 
 
 def latents_identity(handle: ModelHandle, lat, height: int, width: int) -> dict[str, Any]:
-    return {**handle.identity("transformer"), "vae_config": handle.identity("vae")["vae_config"],
+    vae = handle.identity("vae")
+    return {**handle.identity("transformer"), "vae_config": vae["vae_config"], "vae_weights": vae["vae_weights"],
             "height": height, "width": width, "sigma": 0, "channels": int(lat.shape[1]), "count": int(lat.shape[0])}

@@ -168,3 +168,13 @@ def test_hidden_layer_changes_embeddings(cli):
     b = parse_stage(cli("encode", "x", "--model", "demo", "-o", "-", "--hidden-layer", -1).stdout_bytes,
                     "b").tensors()
     assert not (a["prompt_embeds.0"] == b["prompt_embeds.0"]).all()
+
+
+def test_hint_when_embeds_come_from_another_text_encoder(cli, tiny_model):
+    assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
+    r = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", tiny_model, "--seed", 1, "-W", 32,
+            "-H", 32, "-o", "x.png")
+    assert r.code == 0, r.stderr
+    assert "hint:" in r.stderr and "another text encoder" in r.stderr
+    same = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", "demo", "--seed", 1, "-o", "y.png")
+    assert "another text encoder" not in same.stderr

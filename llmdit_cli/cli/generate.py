@@ -125,7 +125,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     if e is None:
         with out.status(f"encoding {len(texts)} prompt(s)"):
             e = wf.encode(handle, texts, r["negative_prompt"], r, with_negative=r["guidance_scale"] > 0)
-    wf.check_embeds_fit(e, handle)
+    wf.check_embeds_fit(e, handle, out)
     if r["guidance_scale"] > 0 and len(e.uncond) != len(e.cond):
         raise UsageError(f"{e.source}: --guidance-scale > 0 needs negative embeddings, and this file has none")
     start = _start_latents(init, handle, r)
