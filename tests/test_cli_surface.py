@@ -79,3 +79,21 @@ def test_usage_errors_are_one_line(argv, needle):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("llmdit: error:") and needle in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize("shell,name", [("bash", "llmdit.bash"), ("zsh", "_llmdit"), ("fish", "llmdit.fish")])
+def test_completion_scripts_parse(shell, name):
+    import shutil
+
+    if not shutil.which(shell):
+        pytest.skip(f"{shell} not installed")
+    r = subprocess.run([shell, "-n", str(ROOT / "completions" / name)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_bash_completion_completes_flags():
+    script = (f"source {ROOT / 'completions' / 'llmdit.bash'}\n"
+              "COMP_WORDS=(llmdit generate --guid); COMP_CWORD=2; _llmdit; echo \"${COMPREPLY[*]}\"\n"
+              "COMP_WORDS=(llmdit con); COMP_CWORD=1; _llmdit; echo \"${COMPREPLY[*]}\"\n")
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert r.stdout.splitlines() == ["--guidance-scale", "config"], r.stdout + r.stderr
