@@ -6,7 +6,7 @@ _llmdit() {
         [[ "$cmd" == config ]] || break
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "config decode encode generate img2img inspect --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "config decode encode generate img2img inspect train --help --version" -- "$cur")); return
     fi
     [[ "$cmd" == config && "$cur" != -* ]] && { COMPREPLY=($(compgen -W "show" -- "$cur")); return; }
     local opts=""
@@ -17,6 +17,7 @@ _llmdit() {
         "generate") opts="--assistant-content --cfg-normalization --cfg-truncation --config --cpu-offload --device --dit-device --dtype --enable-thinking --file --from-embeds --from-png --guidance-scale --height --help --hidden-layer --lora --max-length --model --negative-prompt --no-cpu-offload --no-enable-thinking --num-images --output --profile --quiet --save-latents --seed --shift --steps --system-prompt --text-encoder-device --thinking-content --vae-device --width" ;;
         "img2img") opts="--assistant-content --cfg-normalization --cfg-truncation --config --cpu-offload --device --dit-device --dtype --enable-thinking --file --from-embeds --from-latents --guidance-scale --height --help --hidden-layer --image --lora --max-length --model --negative-prompt --no-cpu-offload --no-enable-thinking --num-images --output --profile --quiet --save-latents --seed --shift --steps --strength --system-prompt --text-encoder-device --thinking-content --vae-device --width" ;;
         "inspect") opts="--config --help --json --profile" ;;
+        "train") opts="--alpha --assistant-lora --batch-size --cache-dir --cache-only --caption-dropout --checkpoint-every --dataset --epochs --grad-accum --gradient-checkpointing --help --lr --max-steps --method --mixed-precision --model --no-gradient-checkpointing --no-tensorboard --optimizer --output --quiet --rank --resolution --resume --schedule --seed --stop-at --target --tensorboard --timestep-sampling --validate-every --validation-prompt --warmup-steps" ;;
     esac
     if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
 }

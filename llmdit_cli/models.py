@@ -44,6 +44,8 @@ def resolve_folder(ref: str) -> tuple[Path, str | None]:
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         if not path.is_dir():
             raise ModelError(f"--model {ref}: no such folder")
+        if (path / "model" / "model_index.json").is_file():  # a `llmdit train --method full` run folder
+            path = path / "model"
         if not (path / "model_index.json").is_file():
             raise ModelError(f"--model {ref}: not a diffusers folder (no model_index.json)")
         return path, None
@@ -178,6 +180,18 @@ class ModelHandle:
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"--model {self.ref}: cannot read {component} config ({exc})") from None
 
+    def release(self, *components: str) -> None:
+        """Drop loaded components (e.g. the text encoder once training data is cached)."""
+        if self._pipe is None:
+            return
+        for name in components:
+            if name in self._loaded:
+                setattr(self._pipe, name, None)
+                self._loaded.discard(name)
+        import gc
+
+        gc.collect()
+
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.component_config("vae").get("block_out_channels", [0] * 4)) - 1)
 
@@ -195,7 +209,7 @@ class ModelHandle:
         quiet_libraries()
         from diffusers import ZImagePipeline
 
-        kept = {c: getattr(self._pipe, c) for c in self._loaded} if self._pipe is not None else {}
+        kept = {c: getattr(self._pipe, c) for c in self._loaded if c in want} if self._pipe is not None else {}
         skip = {c: None for c in COMPONENTS if c not in want}
         try:
             pipe = ZImagePipeline.from_pretrained(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "config"]
+COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "config", "train"]
 
 
 def python(code: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ from llmdit_cli.cli.decode import decode
 from llmdit_cli.cli.encode import encode
 from llmdit_cli.cli.generate import generate, img2img
 from llmdit_cli.cli.inspect import inspect
+from llmdit_cli.cli.train import train
 
 app = typer.Typer(
     name="llmdit",
@@ -39,6 +40,7 @@ app.command("generate")(generate)
 app.command("img2img")(img2img)
 app.command("decode")(decode)
 app.command("inspect")(inspect)
+app.command("train")(train)
 app.add_typer(config_app, name="config")
 
 

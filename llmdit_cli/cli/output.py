@@ -37,16 +37,17 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, total: int):
-        """A Rich progress bar on stderr; yields `advance(done, total)`."""
+        """A Rich progress bar on stderr; yields `advance(done, total, info="")`."""
         if self.quiet:
-            yield lambda done, total_: None
+            yield lambda done, total_, info="": None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=self.console, transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda done, total_: bar.update(task, completed=done, total=total_)
+                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console,
+                      transient=True) as bar:
+            task = bar.add_task(description, total=total, info="")
+            yield lambda done, total_, info="": bar.update(task, completed=done, total=total_, info=info)
 
     @contextmanager
     def status(self, message: str):

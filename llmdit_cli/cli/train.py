@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.output import Output
+
+G_TRAIN = "Training (override the recipe)"
+
+
+def _opt(*names: str, help: str):
+    return typer.Option(*names, help=help, rich_help_panel=G_TRAIN)
+
+
+RecipeArg = Annotated[Optional[str], typer.Argument(help="Recipe TOML (see recipes/); flags override it.", show_default=False)]
+
+# flag name -> recipe key, for every override flag below
+OVERRIDES = {
+    "model": "model", "dataset": "data.path", "method": "method", "resolution": "data.resolution",
+    "caption_dropout": "data.caption_dropout", "cache_dir": "data.cache_dir",
+    "rank": "lora.rank", "alpha": "lora.alpha", "targets": "lora.targets",
+    "optimizer": "optim.optimizer", "lr": "optim.lr", "schedule": "optim.schedule",
+    "warmup_steps": "optim.warmup_steps", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
+    "max_steps": "train.max_steps", "epochs": "train.epochs", "mixed_precision": "train.mixed_precision",
+    "gradient_checkpointing": "train.gradient_checkpointing", "seed": "train.seed",
+    "timestep_sampling": "train.timestep_sampling", "output": "output.dir",
+    "checkpoint_every": "output.checkpoint_every", "validate_every": "validation.every",
+    "validation_prompt": "validation.prompts", "tensorboard": "output.tensorboard",
+    "assistant_lora": "assistant_lora",
+}
+
+
+@handle_errors
+def train(
+    recipe: RecipeArg = None,
+    model: ModelOpt = None,
+    dataset: Annotated[Optional[str], _opt("--dataset", help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME.")] = None,
+    method: Annotated[Optional[str], _opt("--method", help="lora or full.")] = None,
+    resolution: Annotated[Optional[int], _opt("--resolution", help="Training resolution (bucket area = resolution^2).")] = None,
+    caption_dropout: Annotated[Optional[float], _opt("--caption-dropout", help="Fraction of examples trained on the empty caption.")] = None,
+    cache_dir: Annotated[Optional[str], _opt("--cache-dir", help="Folder for cached embeds/latents stage files.")] = None,
+    rank: Annotated[Optional[int], _opt("--rank", help="LoRA rank (default 32).")] = None,
+    alpha: Annotated[Optional[float], _opt("--alpha", help="LoRA alpha (default = rank).")] = None,
+    targets: Annotated[Optional[list[str]], _opt("--target", help="LoRA target module name; repeat (default: attention projections).")] = None,
+    optimizer: Annotated[Optional[str], _opt("--optimizer", help="adamw or adamw8bit (bitsandbytes).")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", help="Peak learning rate.")] = None,
+    schedule: Annotated[Optional[str], _opt("--schedule", help="constant, linear or cosine.")] = None,
+    warmup_steps: Annotated[Optional[int], _opt("--warmup-steps", help="Linear warm-up steps.")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", help="Examples per process per micro-batch.")] = None,
+    grad_accum: Annotated[Optional[int], _opt("--grad-accum", help="Micro-batches per optimiser step.")] = None,
+    max_steps: Annotated[Optional[int], _opt("--max-steps", help="Optimiser steps.")] = None,
+    epochs: Annotated[Optional[int], _opt("--epochs", help="Epochs (when --max-steps is not set).")] = None,
+    mixed_precision: Annotated[Optional[str], _opt("--mixed-precision", help="no, fp16 or bf16.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")] = None,
+    seed: Annotated[Optional[int], _opt("--seed", help="Seed of data order, noise and timesteps.")] = None,
+    timestep_sampling: Annotated[Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted.")] = None,
+    output: Annotated[Optional[str], _opt("--output", "-o", help="Run folder (checkpoints, result, logs).")] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("--checkpoint-every", help="Steps between checkpoints.")] = None,
+    validate_every: Annotated[Optional[int], _opt("--validate-every", help="Steps between validation images.")] = None,
+    validation_prompt: Annotated[Optional[list[str]], _opt("--validation-prompt", help="Prompt for validation images; repeat.")] = None,
+    tensorboard: Annotated[Optional[bool], _opt("--tensorboard/--no-tensorboard", help="Log loss and lr to TensorBoard.")] = None,
+    assistant_lora: Annotated[Optional[str], _opt("--assistant-lora", help="Training-adapter LoRA merged while training and left out of the result (for distilled models).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
+    cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the embeds/latents cache and stop.")] = False,
+    stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume.")] = None,
+    quiet: QuietOpt = False,
+):
+    """Fine-tune (LoRA or full) a Z-Image transformer with flow matching, on 1 CPU ... N GPUs.
+
+    Captions and images are cached as embeds/latents stage files first, so training holds only the
+    transformer. Several processes: `accelerate launch -m llmdit_cli train RECIPE` or `torchrun`.
+    The result is a diffusers LoRA file (`--lora` / `load_lora_weights`) or a model folder
+    (`--model RUN/model`); the resolved recipe is saved next to every checkpoint.
+
+    Example: llmdit train recipes/demo-shapes.toml --max-steps 50 -o runs/quick
+    """
+    from pathlib import Path
+
+    from llmdit_cli.train.loop import Run
+    from llmdit_cli.train.loop import train as run_training
+    from llmdit_cli.train.recipe import load_recipe
+
+    out = Output(quiet)
+    values = dict(locals())
+    r = load_recipe(recipe, {key: values[flag] for flag, key in OVERRIDES.items()})
+    run = Run(r, Path(r.output.dir), out.log, _progress(out))
+    result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
+    out.data(str(result))
+
+
+def _progress(out: Output):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def progress(description: str, total: int):
+        import time
+
+        start = {"t": time.perf_counter(), "step": None}
+        with out.progress(description, total) as advance:
+            def update(step: int, loss: float | None = None, lr: float | None = None):
+                if start["step"] is None:
+                    start["step"] = step
+                    start["t"] = time.perf_counter()
+                    advance(step, total)
+                    return
+                rate = (step - start["step"]) / max(time.perf_counter() - start["t"], 1e-9)
+                advance(step, total, f"loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} steps/s")
+                if step % max(1, total // 10) == 0:
+                    out.log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} steps/s")
+            yield update
+
+    return progress

@@ -1,0 +1,453 @@
+"""The training recipe, top to bottom: base model -> cached data -> transformer (+LoRA) ->
+optimiser and schedule -> steps (Accelerate: 1 CPU ... N GPUs) -> checkpoints -> result.
+
+Every random draw of a step comes from a generator seeded by (seed, step, rank, micro-batch) and
+the data order from (seed, epoch), so a run stopped at step k and resumed gives the same losses and
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+from llmdit_cli.errors import InputError, LlmditError, UsageError
+from llmdit_cli.train.recipe import Recipe
+
+CHECKPOINTS = "checkpoints"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+class Interrupted(LlmditError):
+    exit_code = 130
+
+
+@dataclass
+class Run:
+    recipe: Recipe
+    output: Path
+    log: Callable[[str], None]
+    progress: Callable  # progress(description, total) context manager yielding update(step, **fields)
+
+
+def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int | None = None) -> Path:
+    """Run the recipe; returns the result path (LoRA file or model folder, or the cache folder)."""
+    import torch
+    from accelerate import Accelerator
+
+    r = run.recipe
+    _check_output(run.output, resume)
+    run.output.mkdir(parents=True, exist_ok=True)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=r.train.mixed_precision,
+                      gradient_accumulation_steps=r.train.grad_accum,
+                      log_with="tensorboard" if r.output.tensorboard else None, project_dir=str(run.output))
+    log = run.log if acc.is_main_process else (lambda msg: None)
+    torch.manual_seed(r.train.seed)
+
+    handle = _base_model(r, run.output, acc, log)
+    examples, extra = _cache(r, handle, acc, log)
+    if cache_only:
+        return Path(_cache_dir(r))
+    transformer = _transformer(r, handle)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    log(f"training {sum(p.numel() for p in params):,} parameters ({r.method}) on {acc.num_processes} "
+        f"process(es), {acc.device}")
+    optimizer = _optimizer(r, params)
+    total = _total_steps(r, len(examples), examples, acc.num_processes)
+    scheduler = _lr_schedule(r, optimizer, total)
+    # The schedule steps once per optimiser step, outside Accelerate (which would step it once per
+    # process); it is registered so checkpoints carry its state.
+    transformer, optimizer = acc.prepare(transformer, optimizer)
+    acc.register_for_checkpointing(scheduler)
+    ema = _Ema(params, r.train.ema) if r.train.ema > 0 else None
+
+    start = _resume(run, acc, ema) if resume else 0
+    if acc.is_main_process:
+        (run.output / "recipe.resolved.toml").write_text(r.to_toml())
+    stop = _StopFlag()
+    end = min(total, stop_at) if stop_at else total
+    empty = extra.get("")
+    with run.progress("training", total) as update:
+        update(start)
+        for step in range(start, end):
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
+            loss = _step(r, acc, transformer, optimizer, scheduler, params, examples, empty, step)
+            if ema is not None:
+                ema.update(params)
+            if acc.is_main_process:
+                with (run.output / "losses.jsonl").open("a") as fh:
+                    fh.write(json.dumps({"step": step + 1, "loss": loss, "lr": lr}) + "\n")
+                if r.output.tensorboard:
+                    acc.log({"loss": loss, "lr": lr}, step=step + 1)
+            update(step + 1, loss=loss, lr=lr)
+            done = step + 1
+            if r.validation.prompts and r.validation.every and done % r.validation.every == 0 and done < total:
+                _validate(r, acc, transformer, handle, extra, run.output, done)
+            if stop.check(acc):
+                _save_checkpoint(run, acc, done, ema)
+                raise Interrupted(f"interrupted at step {done}: checkpoint saved in "
+                                  f"{run.output / CHECKPOINTS}; continue with --resume")
+            if done % r.output.checkpoint_every == 0 or done == end:
+                _save_checkpoint(run, acc, done, ema)
+    stop.restore()
+    if end < total:
+        log(f"stopped at step {end} of {total}; continue with --resume")
+        return run.output / CHECKPOINTS
+    if r.validation.prompts:
+        _validate(r, acc, transformer, handle, extra, run.output, total)
+    _check_ranks_in_sync(run, acc, params)
+    result = _save_result(run, acc, transformer, handle, ema)
+    acc.end_training()
+    return result
+
+
+# -- base model and data ---------------------------------------------------------------------------
+
+def _check_output(output: Path, resume: bool) -> None:
+    ckpts = output / CHECKPOINTS
+    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise UsageError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
+
+
+def _base_model(r: Recipe, output: Path, acc, log):
+    from llmdit_cli.models import ModelHandle
+
+    if r.scratch is None:
+        return ModelHandle(r.model)
+    base = output / "base"
+    if acc.is_main_process and not (base / "model_index.json").is_file():
+        from llmdit_cli.train.scratch import build_base
+
+        build_base(r, base, log)
+    acc.wait_for_everyone()
+    return ModelHandle(str(base))
+
+
+def _cache_dir(r: Recipe) -> str:
+    if r.data.cache_dir:
+        return r.data.cache_dir
+    p = Path(r.data.path)
+    return str((p if p.is_dir() else p.parent) / ".llmdit-cache")
+
+
+def _cache(r: Recipe, handle, acc, log):
+    from llmdit_cli.train import cache
+    from llmdit_cli.train.data import load_items
+
+    items = load_items(r.data.path, r.data.image_column, r.data.caption_column)
+    with acc.main_process_first():
+        examples, extra = cache.build(handle, items, r.data, Path(_cache_dir(r)), ["", *r.validation.prompts], log)
+    handle.release("text_encoder", "tokenizer")
+    return examples, extra
+
+
+def _transformer(r: Recipe, handle):
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    transformer = ZImageTransformer2DModel.from_pretrained(handle.folder / "transformer", local_files_only=True,
+                                                           dtype=torch.float32)
+    if r.assistant_lora:
+        from llmdit_cli.train.assistant import merge_assistant
+
+        merge_assistant(transformer, r.assistant_lora)
+    if r.method == "lora":
+        from peft import LoraConfig
+
+        transformer.requires_grad_(False)
+        try:
+            transformer.add_adapter(LoraConfig(r=r.lora.rank, lora_alpha=r.lora.alpha,
+                                               target_modules=list(r.lora.targets), init_lora_weights="gaussian"))
+        except ValueError as exc:
+            if "not found in the base model" in str(exc):
+                raise UsageError(f"[lora] targets {r.lora.targets}: match no module of the transformer") from None
+            raise
+    else:
+        transformer.requires_grad_(True)
+    if r.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    return transformer
+
+
+# -- optimisation ----------------------------------------------------------------------------------
+
+def _optimizer(r: Recipe, params):
+    import torch
+
+    o = r.optim
+    if o.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UsageError("--optimizer adamw8bit: needs bitsandbytes (pip install bitsandbytes) and a GPU") from None
+        return bnb.optim.AdamW8bit(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def _lr_schedule(r: Recipe, optimizer, total: int):
+    import torch
+
+    o = r.optim
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        shape = 1 - progress if o.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_batches(examples, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Micro-batches of one epoch: same-size examples together, order fixed by (seed, epoch)."""
+    rng = random.Random(f"{seed}/{epoch}")
+    by_size: dict = {}
+    for i, ex in enumerate(examples):
+        by_size.setdefault(ex.size, []).append(i)
+    batches = []
+    for size in sorted(by_size):
+        idx = by_size[size]
+        rng.shuffle(idx)
+        batches += [idx[k:k + batch_size] for k in range(0, len(idx), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _total_steps(r: Recipe, n: int, examples, world: int) -> int:
+    per_step = world * r.train.grad_accum
+    per_epoch = len(_epoch_batches(examples, r.train.batch_size, r.train.seed, 0)) // per_step
+    if per_epoch < 1:
+        raise UsageError(f"dataset of {n} examples is too small for batch size {r.train.batch_size} x "
+                         f"{r.train.grad_accum} accumulation x {world} process(es)")
+    if r.train.max_steps:
+        return r.train.max_steps
+    if r.train.epochs:
+        return r.train.epochs * per_epoch
+    raise UsageError("set [train] max_steps or epochs")
+
+
+def _step(r: Recipe, acc, transformer, optimizer, scheduler, params, examples, empty, step: int) -> float:
+    import torch
+
+    from llmdit_cli.train.cache import load_embeds, load_latents
+    from llmdit_cli.train.objective import flow_loss, loss_weights, sample_sigmas
+
+    t = r.train
+    per_step = acc.num_processes * t.grad_accum
+    per_epoch = len(_epoch_batches(examples, t.batch_size, t.seed, 0)) // per_step
+    epoch, within = divmod(step, per_epoch)
+    batches = _epoch_batches(examples, t.batch_size, t.seed, epoch)[within * per_step:(within + 1) * per_step]
+    mine = batches[acc.process_index * t.grad_accum:(acc.process_index + 1) * t.grad_accum]
+    losses = []
+    for micro, batch in enumerate(mine):
+        gen = torch.Generator().manual_seed(hash((t.seed, step, acc.process_index, micro)) % 2**63)
+        x0 = torch.stack([load_latents(examples[i].latents) for i in batch]).to(acc.device)
+        drop = torch.rand(len(batch), generator=gen) < r.data.caption_dropout
+        embeds = [load_embeds(empty if d and empty else examples[i].embeds).to(acc.device)
+                  for i, d in zip(batch, drop.tolist())]
+        sigmas = sample_sigmas(len(batch), t.timestep_sampling, gen, t.shift, t.logit_mean, t.logit_std)
+        noise = torch.randn(x0.shape, generator=gen).to(acc.device)
+        weights = loss_weights(sigmas, t.loss_weighting, t.weighting_center, t.weighting_width)
+        with acc.accumulate(transformer), acc.autocast():
+            loss = flow_loss(transformer, x0, embeds, sigmas.to(acc.device), noise, weights)
+            acc.backward(loss)
+            if acc.sync_gradients and r.optim.grad_clip > 0:
+                acc.clip_grad_norm_(params, r.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(loss.detach())
+    scheduler.step()
+    mean = torch.stack(losses).mean()
+    return float(acc.gather(mean.reshape(1)).mean())
+
+
+class _Ema:
+    def __init__(self, params, decay: float):
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    def update(self, params) -> None:
+        import torch
+
+        with torch.no_grad():
+            for s, p in zip(self.shadow, params):
+                s.lerp_(p.detach(), 1 - self.decay)
+
+    def state(self) -> dict:
+        return {str(i): s.contiguous() for i, s in enumerate(self.shadow)}
+
+    def load(self, state: dict) -> None:
+        for i, s in enumerate(self.shadow):
+            s.copy_(state[str(i)])
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to save a checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handler(self, signum, frame) -> None:
+        self.hit = True
+
+    def check(self, acc) -> bool:
+        if acc.num_processes == 1:
+            return self.hit
+        import torch
+
+        flag = torch.tensor([1.0 if self.hit else 0.0], device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _check_ranks_in_sync(run: Run, acc, params) -> None:
+    """Every process must end with the same weights; `ranks.json` records each one's checksum."""
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    sums = gather_object([(acc.process_index, digest.hexdigest()[:16])])
+    if acc.is_main_process:
+        (run.output / "ranks.json").write_text(json.dumps(dict((str(i), h) for i, h in sums)))
+        if len({h for _, h in sums}) > 1:
+            raise LlmditError(f"processes ended with different weights ({run.output / 'ranks.json'})")
+
+
+# -- checkpoints, validation, result ---------------------------------------------------------------
+
+def _checkpoints(output: Path) -> list[Path]:
+    return sorted((output / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
+    path = run.output / CHECKPOINTS / f"step-{step:06d}"
+    acc.wait_for_everyone()
+    acc.save_state(str(path))
+    if acc.is_main_process:
+        from safetensors.torch import save_file
+
+        (path / "trainer.json").write_text(json.dumps({"step": step, "fingerprint": run.recipe.fingerprint()}))
+        (path / "recipe.resolved.toml").write_text(run.recipe.to_toml())
+        if ema is not None:
+            save_file(ema.state(), str(path / "ema.safetensors"))
+        for old in _checkpoints(run.output)[:-run.recipe.output.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _resume(run: Run, acc, ema) -> int:
+    ckpts = _checkpoints(run.output)
+    if not ckpts:
+        raise InputError(f"--resume: no checkpoint in {run.output / CHECKPOINTS}")
+    latest = ckpts[-1]
+    try:
+        meta = json.loads((latest / "trainer.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"--resume: {latest} is not a complete checkpoint (no trainer.json)") from None
+    if meta.get("fingerprint") != run.recipe.fingerprint():
+        raise InputError(f"--resume: {latest} was made by another recipe (model, data, method or training "
+                         f"settings differ); use the same recipe or another --output")
+    acc.load_state(str(latest))
+    if ema is not None and (latest / "ema.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        ema.load(load_file(str(latest / "ema.safetensors")))
+    run.log(f"resuming from {latest} (step {meta['step']})")
+    return int(meta["step"])
+
+
+def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, step: int) -> None:
+    if not acc.is_main_process:
+        return
+    import torch
+
+    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.stages.denoise import DenoiseParams, txt2img
+    from llmdit_cli.stages.vae import decode_latents
+    from llmdit_cli.train.cache import load_embeds
+
+    v, fam = r.validation, FAMILIES[handle.family]
+    model = acc.unwrap_model(transformer)
+    pipe = handle.pipeline("vae", "scheduler")
+    view = SimpleNamespace(transformer=model, vae=pipe.vae, scheduler=pipe.scheduler,
+                           vae_scale_factor=pipe.vae_scale_factor)
+    p = DenoiseParams(steps=v.steps or fam["steps"], guidance_scale=v.guidance_scale or 0.0, shift=fam["shift"])
+    folder = output / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    for i, prompt in enumerate(v.prompts):
+        cond = [load_embeds(extra[prompt]).to(acc.device)]
+        uncond = [load_embeds(extra[""]).to(acc.device)]
+        gen = torch.Generator().manual_seed(v.seed)
+        lat = txt2img(view, cond, uncond, p, v.height or fam["height"], v.width or fam["width"], gen)
+        decode_latents(view, lat)[0].save(folder / f"step-{step:06d}_{i:02d}.png")
+    model.train()
+
+
+def _save_result(run: Run, acc, transformer, handle, ema) -> Path:
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return run.output
+    model = acc.unwrap_model(transformer)
+    if ema is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p, s in zip(params, ema.shadow):
+            p.data.copy_(s)
+    if run.recipe.assistant_lora:
+        from llmdit_cli.train.assistant import unmerge_assistant
+
+        unmerge_assistant(model)
+    if run.recipe.method == "lora":
+        from diffusers import ZImagePipeline
+        from peft.utils import get_peft_model_state_dict
+
+        ZImagePipeline.save_lora_weights(str(run.output), transformer_lora_layers=get_peft_model_state_dict(model),
+                                         weight_name=LORA_FILE, safe_serialization=True)
+        result = run.output / LORA_FILE
+    else:
+        result = _save_pipeline(model, handle.folder, run.output / "model")
+    run.log(f"saved {result}")
+    return result
+
+
+def _save_pipeline(transformer, base: Path, target: Path, copy_limit: int = 64 << 20) -> Path:
+    """A complete diffusers folder: the trained transformer plus the base model's other components
+    (copied when small, linked when large so a 6B run does not duplicate its text encoder)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    transformer.save_pretrained(tmp / "transformer", safe_serialization=True)
+    shutil.copy(base / "model_index.json", tmp / "model_index.json")
+    for comp in base.iterdir():
+        if comp.is_dir() and comp.name != "transformer" and not comp.name.startswith("."):
+            size = sum(f.stat().st_size for f in comp.rglob("*") if f.is_file())
+            if size <= copy_limit:
+                shutil.copytree(comp, tmp / comp.name, symlinks=False)
+            else:
+                (tmp / comp.name).symlink_to(comp.resolve(), target_is_directory=True)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

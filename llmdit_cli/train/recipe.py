@@ -1,0 +1,187 @@
+"""Training recipes: a TOML file validated here; flags override it; the resolved recipe is saved
+next to every checkpoint (`recipe.resolved.toml`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from llmdit_cli.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    path: str = ""  # folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME for `datasets`
+    image_column: str = "file_name"
+    caption_column: str = "text"
+    resolution: int = 1024  # bucket area is resolution**2; sides are multiples of 16
+    buckets: bool = True  # aspect-ratio buckets; False = centre-crop squares
+    caption_dropout: float = 0.0  # fraction of steps trained on the empty caption (enables CFG)
+    cache_dir: str | None = None  # default: <data folder>/.llmdit-cache
+
+
+class LoraConfig(_Section):
+    rank: int = 32
+    alpha: float = 32.0
+    targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+class TrainConfig(_Section):
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int | None = 1000
+    epochs: int | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    timestep_sampling: Literal["uniform", "logit_normal", "shifted"] = "shifted"
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    loss_weighting: Literal["none", "gaussian"] = "none"
+    weighting_center: float = 0.5  # gaussian weighting over sigma
+    weighting_width: float = 0.3
+    ema: float = 0.0  # EMA decay of the trained weights for the saved result; 0 = off (full only)
+
+
+class OutputConfig(_Section):
+    dir: str = "runs/train"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+
+
+class ValidationConfig(_Section):
+    prompts: list[str] = []
+    every: int = 0  # steps; 0 = only at the end (when prompts are given)
+    seed: int = 0
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    guidance_scale: float | None = None
+
+
+class ScratchConfig(_Section):
+    """Build the base model from configs (tiny models: the shipped demo) instead of loading one."""
+
+    text_encoder: dict[str, Any] = {}
+    transformer: dict[str, Any] = {}
+    vae: dict[str, Any] = {}
+    vae_steps: int = 0  # train the VAE on the dataset's images (reconstruction) before the transformer
+    vae_lr: float = 2e-3
+    vae_batch_size: int = 64
+    vae_kl_weight: float = 1e-7
+    seed: int = 0
+
+
+class Recipe(_Section):
+    model: str = "Tongyi-MAI/Z-Image-Turbo"
+    method: Literal["lora", "full"] = "lora"
+    assistant_lora: str | None = None  # merged while training, not part of the saved result
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+    validation: ValidationConfig = ValidationConfig()
+    scratch: ScratchConfig | None = None
+
+    def fingerprint(self) -> str:
+        """What must match for `--resume`: everything but the output cadence and step budget."""
+        data = self.model_dump(mode="json")
+        data["train"].pop("max_steps", None)
+        data["train"].pop("epochs", None)
+        data.pop("output", None)
+        data.pop("validation", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return dump_toml(self.model_dump(mode="json", exclude_none=True))
+
+
+def _set(doc: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        doc = doc.setdefault(p, {})
+    doc[last] = value
+
+
+def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
+    """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given)."""
+    import tomllib
+
+    doc: dict[str, Any] = {}
+    where = path or "flags"
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{path}: recipe not found")
+        try:
+            doc = tomllib.loads(p.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read recipe ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for key, value in overrides.items():
+        if value is not None:
+            _set(doc, key, value)
+    try:
+        return Recipe.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}: unknown key '{key}'") from None
+        raise ConfigError(f"{where}: bad value for '{key}': {err['msg']}") from None
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """A small TOML writer for the recipe's plain types (tables, lists, scalars)."""
+    lines: list[str] = []
+    tables = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for sub, values in subs.items():
+            lines.append(f"\n[{name}.{sub}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

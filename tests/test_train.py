@@ -1,0 +1,244 @@
+"""`llmdit train`: LoRA and full fine-tuning on tiny real models, resume, processes, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import assert_one_line_error, max_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["--target", "to_q", "--target", "to_k", "--target", "to_v", "--target", "to_out.0",
+           "--target", "w1", "--target", "w2", "--target", "w3"]
+
+
+@pytest.fixture(scope="module")
+def red_data(tmp_path_factory):
+    """Eight near-identical red images captioned 'a red square'."""
+    folder = tmp_path_factory.mktemp("red")
+    rows = []
+    for i in range(8):
+        Image.new("RGB", (32, 32), (200 + 5 * i, 20, 20)).save(folder / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": "a red square"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def train_args(data, out, *extra):
+    return ["train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4,
+            "-o", out, "-q", *extra]
+
+
+def latents_of(path):
+    from llmdit_cli.artifacts import read_stage
+
+    return read_stage(str(path)).tensors()["latents"]
+
+
+def cached_latents(data):
+    return torch.stack([latents_of(p)[0] for p in (Path(data) / ".llmdit-cache" / "latents").glob("*")])
+
+
+def test_lora_moves_generation_towards_training_images(cli, red_data):
+    r = cli(*train_args(red_data, "run", "--rank", 8, "--alpha", 8, *TARGETS, "--lr", 1e-2, "--max-steps", 300))
+    assert r.code == 0, r.stderr
+    lora = Path("run/pytorch_lora_weights.safetensors")
+    assert r.stdout.strip() == str(lora)
+    common = ["a red square", "--model", "demo", "-W", 32, "-H", 32, "--seed", 1]
+    assert cli("generate", *common, "--lora", lora, "--save-latents", "with.lat", "-o", "with.png").code == 0
+    assert cli("generate", *common, "--save-latents", "without.lat", "-o", "without.png").code == 0
+    target = cached_latents(red_data).mean(0)
+    err_with = (latents_of("with.lat")[0] - target).pow(2).mean()
+    err_without = (latents_of("without.lat")[0] - target).pow(2).mean()
+    assert err_with < 0.9 * err_without, (err_with, err_without)
+    # the file is a diffusers LoRA: stock load_lora_weights gives the same image
+    from diffusers import ZImagePipeline
+
+    from helpers import as_array
+    from llmdit_cli.models import DEMO_PATH
+
+    pipe = ZImagePipeline.from_pretrained(DEMO_PATH, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora))
+    ref = pipe("a red square", height=32, width=32, num_inference_steps=4, guidance_scale=0.0,
+               generator=torch.Generator().manual_seed(1)).images[0]
+    assert max_diff("with.png", as_array(ref)) <= 1
+    saved = (Path("run") / "recipe.resolved.toml").read_text()
+    assert 'method = "lora"' in saved and "rank = 8" in saved
+
+
+def test_full_training_result_loads_in_stock_and_as_model(cli, red_data):
+    r = cli(*train_args(red_data, "full", "--method", "full", "--lr", 1e-3, "--max-steps", 30,
+                        "--validation-prompt", "a red square"))
+    assert r.code == 0, r.stderr
+    model = Path("full/model")
+    assert (model / "model_index.json").is_file() and (model / "transformer" / "config.json").is_file()
+    assert sorted(p.name for p in Path("full/validation").iterdir()) == ["step-000030_00.png"]
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(model, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe("a red square", height=32, width=32, num_inference_steps=4, guidance_scale=0.0,
+               generator=torch.Generator().manual_seed(2)).images[0]
+    from helpers import as_array
+
+    # --model accepts the run folder itself
+    assert cli("generate", "a red square", "--model", "full", "-W", 32, "-H", 32, "--seed", 2, "--steps", 4,
+               "-o", "a.png").code == 0
+    assert max_diff("a.png", as_array(ref)) <= 1
+    assert cli("generate", "a red square", "--model", "demo", "-W", 32, "-H", 32, "--seed", 2, "-o", "b.png").code == 0
+    assert max_diff("a.png", "b.png") > 1  # training changed the model
+
+
+def test_resume_is_exact(cli, red_data):
+    common = ["--method", "full", "--lr", 1e-3, "--max-steps", 8, "--checkpoint-every", 100]
+    assert cli(*train_args(red_data, "straight", *common)).code == 0
+    r = cli(*train_args(red_data, "split", *common, "--stop-at", 3))
+    assert r.code == 0, r.stderr
+    assert [p.name for p in Path("split/checkpoints").iterdir()] == ["step-000003"]
+    assert not Path("split/model").exists()
+    again = cli(*train_args(red_data, "split", *common))
+    assert_one_line_error(again, "already holds a run", "--resume")
+    r = cli(*train_args(red_data, "split", *common, "--resume"))
+    assert r.code == 0, r.stderr
+    losses = [[json.loads(line) for line in Path(f"{run}/losses.jsonl").read_text().splitlines()]
+              for run in ("straight", "split")]
+    assert losses[0] == losses[1]
+    from safetensors.torch import load_file
+
+    a = load_file("straight/model/transformer/diffusion_pytorch_model.safetensors")
+    b = load_file("split/model/transformer/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_another_recipe(cli, red_data):
+    assert cli(*train_args(red_data, "run", "--max-steps", 4, "--stop-at", 2)).code == 0
+    r = cli(*train_args(red_data, "run", "--max-steps", 4, "--lr", 0.5, "--resume"))
+    assert_one_line_error(r, "--resume", "another recipe")
+    r = cli(*train_args(red_data, "empty", "--max-steps", 4, "--resume"))
+    assert_one_line_error(r, "--resume", "no checkpoint")
+
+
+def test_cache_only_fills_the_cache_and_reuses_it(cli, red_data, tmp_path):
+    r = cli(*train_args(red_data, "c", "--cache-dir", "cache", "--cache-only"))
+    assert r.code == 0, r.stderr
+    files = sorted(p.name for p in Path("cache").rglob("*.safetensors"))
+    assert len([f for f in files if f.endswith(".latents.safetensors")]) == 8
+    assert len([f for f in files if f.endswith(".embeds.safetensors")]) == 2  # the caption and ""
+    mtimes = {p: p.stat().st_mtime_ns for p in Path("cache").rglob("*.safetensors")}
+    assert cli(*train_args(red_data, "c", "--cache-dir", "cache", "--cache-only")).code == 0
+    assert {p: p.stat().st_mtime_ns for p in Path("cache").rglob("*.safetensors")} == mtimes
+    # another resolution is another cache entry, not a stale reuse
+    assert cli(*train_args(red_data, "c", "--cache-dir", "cache", "--cache-only", "--resolution", 48)).code == 0
+    assert len(list(Path("cache").rglob("*.latents.safetensors"))) == 16
+    from llmdit_cli.artifacts import read_stage
+
+    some = next(Path("cache").rglob("*.embeds.safetensors"))
+    assert read_stage(str(some), expect="embeds").kind == "embeds"
+
+
+def test_two_processes_end_identical(red_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "llmdit_cli", "train", "--model", "demo", "--dataset", str(red_data), "--resolution", "32",
+           "--batch-size", "2", "--method", "full", "--max-steps", "4", "--lr", "1e-3", "-o", str(tmp_path / "ddp"),
+           "--cache-dir", str(tmp_path / "cache"), "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sums = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
+    assert len(sums) == 2 and sums["0"] == sums["1"]
+    from diffusers import ZImagePipeline
+
+    ZImagePipeline.from_pretrained(tmp_path / "ddp" / "model", local_files_only=True)
+
+
+def test_sigterm_saves_a_checkpoint(red_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "llmdit_cli", "train", "--model", "demo", "--dataset", str(red_data),
+           "--resolution", "32", "--batch-size", "2", "--max-steps", "100000", "--checkpoint-every", "100000",
+           "-o", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    losses = tmp_path / "run" / "losses.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (losses.is_file() and losses.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "--resume" in err
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def write_meta(folder, rows):
+    folder.mkdir(exist_ok=True)
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_missing_image(cli, tmp_path):
+    data = write_meta(tmp_path / "d", [{"file_name": "nope.png", "text": "x"}])
+    assert_one_line_error(cli(*train_args(data, "o")), "metadata.jsonl:1", "nope.png not found")
+
+
+def test_missing_caption(cli, tmp_path):
+    data = write_meta(tmp_path / "d", [{"file_name": "a.png"}])
+    Image.new("RGB", (32, 32)).save(data / "a.png")
+    assert_one_line_error(cli(*train_args(data, "o")), "metadata.jsonl:1", "caption missing")
+
+
+def test_not_an_image(cli, tmp_path):
+    data = write_meta(tmp_path / "d", [{"file_name": "a.png", "text": "x"}])
+    (data / "a.png").write_text("text, not pixels")
+    assert_one_line_error(cli(*train_args(data, "o")), "a.png is not an image")
+
+
+def test_no_metadata(cli, tmp_path):
+    (tmp_path / "d").mkdir()
+    assert_one_line_error(cli(*train_args(tmp_path / "d", "o")), "no metadata.jsonl")
+
+
+def test_recipe_unknown_key(cli, tmp_path):
+    (tmp_path / "r.toml").write_text("[train]\nbatch_size = 2\nlearning_rate = 1\n")
+    assert_one_line_error(cli("train", "r.toml"), "r.toml", "unknown key 'train.learning_rate'")
+    (tmp_path / "s.toml").write_text("[optim]\nlr = 'fast'\n")
+    assert_one_line_error(cli("train", "s.toml"), "s.toml", "optim.lr")
+
+
+def test_lora_targets_matching_nothing(cli, red_data):
+    r = cli(*train_args(red_data, "o", "--target", "no_such_module", "--max-steps", 2))
+    assert_one_line_error(r, "targets", "match no module")
+
+
+def test_csv_and_json_metadata(cli, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 48), (i * 60, 0, 0)).save(d / f"{i}.png")
+    (d / "data.csv").write_text("file_name,text\n" + "".join(f"{i}.png,shade {i}\n" for i in range(4)))
+    (d / "data.json").write_text(json.dumps([{"file_name": f"{i}.png", "text": f"shade {i}"} for i in range(4)]))
+    from llmdit_cli.train.data import load_items
+
+    for table in ("data.csv", "data.json"):
+        items = load_items(str(d / table))
+        assert [i.caption for i in items] == [f"shade {i}" for i in range(4)]
+    r = cli(*train_args(d / "data.csv", "o", "--max-steps", 2, "--resolution", 32))
+    assert r.code == 0, r.stderr
+
+
+def test_buckets_are_multiples_of_16_near_the_area():
+    from llmdit_cli.train.data import bucket_sizes, pick_bucket
+
+    sizes = bucket_sizes(512)
+    assert all(w % 16 == 0 and h % 16 == 0 for w, h in sizes)
+    assert all(0.8 * 512 * 512 <= w * h <= 1.2 * 512 * 512 for w, h in sizes)
+    assert pick_bucket(1920, 1080, 512, True)[0] > pick_bucket(1920, 1080, 512, True)[1]
+    assert pick_bucket(1920, 1080, 512, False) == (512, 512)
