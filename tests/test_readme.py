@@ -16,7 +16,7 @@ def readme_commands() -> list[str]:
             line = line.split("  #")[0].strip()
             if "pip install" in line:
                 line = line.split("&&", 1)[1].strip() if "&&" in line else ""
-            if line.startswith("llmdit "):
+            if line.startswith(("llmdit ", "python -m llmdit_cli")):
                 commands.append(line)
     return commands
 
@@ -33,8 +33,9 @@ def test_readme_commands_run(tmp_path):
     script = "set -e\n" + "\n".join(commands) + "\n"
     llmdit = f"{sys.executable} -m llmdit_cli"
     script = re.sub(r"(^|\| )llmdit ", lambda m: m.group(1) + llmdit + " ", script, flags=re.M)
+    script = re.sub(r"^python -m ", sys.executable + " -m ", script, flags=re.M)
     r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    for name in ["demo.png", "piped.png", "cat.png", "cat-again.png", "cat-regenerated.png"]:
+    for name in ["demo.png", "piped.png", "cat.png", "cat-again.png", "cat-regenerated.png", "lora.png"]:
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "out").glob("*.png"))) == 4

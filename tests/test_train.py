@@ -242,3 +242,23 @@ def test_buckets_are_multiples_of_16_near_the_area():
     assert all(0.8 * 512 * 512 <= w * h <= 1.2 * 512 * 512 for w, h in sizes)
     assert pick_bucket(1920, 1080, 512, True)[0] > pick_bucket(1920, 1080, 512, True)[1]
     assert pick_bucket(1920, 1080, 512, False) == (512, 512)
+
+
+def test_assistant_lora_is_merged_for_training_and_left_out_of_the_result(cli, red_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from helpers import make_lora
+    from llmdit_cli.models import DEMO_PATH
+
+    adapter = make_lora(DEMO_PATH, tmp_path / "assistant.safetensors", "kohya", seed=3)
+    common = ["--method", "full", "--lr", 0.0, "--max-steps", 3]
+    assert cli(*train_args(red_data, "plain", *common)).code == 0
+    r = cli(*train_args(red_data, "assisted", *common, "--assistant-lora", adapter))
+    assert r.code == 0, r.stderr
+    losses = [Path(f"{run}/losses.jsonl").read_text() for run in ("plain", "assisted")]
+    assert losses[0] != losses[1]  # the adapter took part in training
+    base = load_file(str(DEMO_PATH / "transformer" / "diffusion_pytorch_model.safetensors"))
+    saved = load_file("assisted/model/transformer/diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(saved[k].float(), base[k].float(), atol=1e-6) for k in base)  # lr 0: adapter removed
+    bad = cli(*train_args(red_data, "bad", *common, "--assistant-lora", tmp_path / "missing.safetensors"))
+    assert_one_line_error(bad, "--assistant-lora")

@@ -4,6 +4,7 @@ stage file per (image, bucket size). Files are reused across runs and named by c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from llmdit_cli.artifacts import read_stage, split_embeds, write_stage
@@ -84,9 +85,12 @@ def build(handle, items: list[Item], data_cfg, cache: Path, extra_captions: list
     return examples, {c: captions[c] for c in extra_captions}
 
 
+# Small datasets are read once and then served from memory; large ones cycle through this window.
+@lru_cache(maxsize=16384)
 def load_embeds(path: Path):
     return split_embeds(read_stage(str(path), expect="embeds").tensors())[0][0]
 
 
+@lru_cache(maxsize=16384)
 def load_latents(path: Path):
     return read_stage(str(path), expect="latents").tensors()["latents"][0]

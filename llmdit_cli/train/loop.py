@@ -116,9 +116,20 @@ def _check_output(output: Path, resume: bool) -> None:
         raise UsageError(f"{output}: already holds a run; pass --resume to continue it or choose another --output")
 
 
+def _synthetic_data(r: Recipe, acc, log) -> None:
+    if r.data.synthetic and not (Path(r.data.path) / "metadata.jsonl").is_file():
+        if acc.is_main_process:
+            from llmdit_cli.train.shapes import write_dataset
+
+            log(f"writing the synthetic '{r.data.synthetic}' dataset to {r.data.path}")
+            write_dataset(r.data.path, r.data.synthetic_size, r.data.synthetic_per_combo, r.train.seed)
+        acc.wait_for_everyone()
+
+
 def _base_model(r: Recipe, output: Path, acc, log):
     from llmdit_cli.models import ModelHandle
 
+    _synthetic_data(r, acc, log)
     if r.scratch is None:
         return ModelHandle(r.model)
     base = output / "base"
@@ -402,7 +413,7 @@ def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, st
         cond = [load_embeds(extra[prompt]).to(acc.device)]
         uncond = [load_embeds(extra[""]).to(acc.device)]
         gen = torch.Generator().manual_seed(v.seed)
-        lat = txt2img(view, cond, uncond, p, v.height or fam["height"], v.width or fam["width"], gen)
+        lat = txt2img(view, cond, uncond, p, v.height or r.data.resolution, v.width or r.data.resolution, gen)
         decode_latents(view, lat)[0].save(folder / f"step-{step:06d}_{i:02d}.png")
     model.train()
 

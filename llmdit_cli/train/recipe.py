@@ -25,6 +25,9 @@ class DataConfig(_Section):
     buckets: bool = True  # aspect-ratio buckets; False = centre-crop squares
     caption_dropout: float = 0.0  # fraction of steps trained on the empty caption (enables CFG)
     cache_dir: str | None = None  # default: <data folder>/.llmdit-cache
+    synthetic: Literal["shapes"] | None = None  # write this generated dataset to `path` if it is missing
+    synthetic_size: int = 32
+    synthetic_per_combo: int = 24
 
 
 class LoraConfig(_Section):

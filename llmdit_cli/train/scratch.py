@@ -16,7 +16,9 @@ def build_base(r: Recipe, folder: Path, log) -> Path:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from llmdit_cli import tiny
+    from llmdit_cli.models import quiet_libraries
 
+    quiet_libraries()
     s = r.scratch
     torch.manual_seed(s.seed)
     text_encoder = Qwen3ForCausalLM(Qwen3Config(**{**tiny.TEXT_ENCODER, **s.text_encoder})).eval()
