@@ -43,8 +43,9 @@ VAE = dict(
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 
 
-def byte_tokenizer():
-    """A Qwen2Tokenizer over the 256 byte symbols (no merges) plus the Qwen chat specials."""
+def byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
+    """A Qwen2Tokenizer over the 256 byte symbols plus the Qwen chat specials; with a `corpus`, also
+    byte-level BPE merges learned from it (whole words become single tokens, as in real vocabularies)."""
     from tokenizers import pre_tokenizers
     from transformers import Qwen2Tokenizer
 
@@ -52,12 +53,37 @@ def byte_tokenizer():
     vocab = {sym: i for i, sym in enumerate(alphabet)}
     for tok in SPECIAL_TOKENS:
         vocab[tok] = len(vocab)
+    merges: list = []
+    if corpus:
+        learned, merges = _learn_merges(corpus, vocab_size)
+        for tok in learned:
+            vocab.setdefault(tok, len(vocab))
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def _learn_merges(corpus: list[str], vocab_size: int) -> tuple[list[str], list]:
+    """BPE merges learned from `corpus` with the Qwen2 pre-tokenisation (a leading space joins the word)."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    ordered = sorted(model["vocab"], key=model["vocab"].get)
+    return ordered, [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
 
 
 def build_pipeline(seed: int = 0, transformer: dict | None = None, text_encoder: dict | None = None,

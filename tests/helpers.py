@@ -6,6 +6,14 @@ def pixels(path):
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
+def demo_config(component: str) -> dict:
+    import json
+
+    from llmdit_cli.models import DEMO_PATH
+
+    return json.loads((DEMO_PATH / component / "config.json").read_text())
+
+
 def max_diff(a, b) -> int:
     a = pixels(a) if not isinstance(a, np.ndarray) else a
     b = pixels(b) if not isinstance(b, np.ndarray) else b

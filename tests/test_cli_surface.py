@@ -62,7 +62,9 @@ def test_inspect_embeds_needs_no_torch(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["kind"] == "embeds" and info["header"]["model"] == "demo"
-    assert info["tensors"]["prompt_embeds.0"]["shape"][1] == 32
+    from helpers import demo_config
+
+    assert info["tensors"]["prompt_embeds.0"]["shape"][1] == demo_config("text_encoder")["hidden_size"]
 
 
 def test_inspect_png(cli):

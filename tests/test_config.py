@@ -84,7 +84,9 @@ def test_config_show_reports_sources(cli, tmp_path, monkeypatch):
     s = json.loads(r.stdout)["settings"]
     assert s["model"] == {"value": "demo", "source": "c.toml [demo]"}
     assert s["generation.steps"] == {"value": 3, "source": "LLMDIT_GENERATION_STEPS"}
-    assert s["generation.width"] == {"value": 64, "source": "model family demo"}
+    from llmdit_cli.models import FAMILIES
+
+    assert s["generation.width"] == {"value": FAMILIES["demo"]["width"], "source": "model family demo"}
     text = cli("config", "show", "--config", "c.toml").stdout
     assert "generation.guidance_scale" in text and "model family z-image-turbo" in text
 

@@ -73,9 +73,12 @@ def test_latents_where_embeds_expected(cli, tmp_path, latents):
 def test_hidden_size_mismatch(cli, tmp_path, embeds):
     from llmdit_cli.tiny import build_pipeline, save_pipeline
 
+    from helpers import demo_config
+
     save_pipeline(build_pipeline(transformer={"cap_feat_dim": 48}, text_encoder={"hidden_size": 48}), tmp_path / "m48")
     r = cli("generate", "--from-embeds", embeds, "--model", tmp_path / "m48", "-o", "x.png")
-    assert_one_line_error(r, embeds, "hidden size 32", "cap_feat_dim 48")
+    hidden = demo_config("text_encoder")["hidden_size"]
+    assert_one_line_error(r, embeds, f"hidden size {hidden}", "cap_feat_dim 48")
     no_outputs(tmp_path, embeds, "m48")
 
 
@@ -169,12 +172,14 @@ def test_debug_shows_traceback(cli, monkeypatch):
     assert r.code != 0 and r.exception is not None and "no such file" in str(r.exception)
 
 
-def test_prompt_longer_than_the_caption_axis(cli, tmp_path):
+def test_prompt_longer_than_the_caption_axis(cli, tmp_path, tiny_model):
+    # the tiny model's caption axis holds 256 positions: at most 224 caption tokens
     long_prompt = "a red circle on a blue background " * 10
-    r = cli("generate", long_prompt, "--model", "demo", "--seed", 1, "-o", "x.png")
+    r = cli("generate", long_prompt, "--model", tiny_model, "--seed", 1, "-W", 32, "-H", 32, "-o", "x.png")
     assert_one_line_error(r, "tokens", "at most 224", "--max-length 224")
     no_outputs(tmp_path)
-    assert cli("generate", long_prompt, "--model", "demo", "--seed", 1, "--max-length", 224, "-o", "x.png").code == 0
+    assert cli("generate", long_prompt, "--model", tiny_model, "--seed", 1, "-W", 32, "-H", 32, "--max-length", 224,
+               "-o", "x.png").code == 0
 
 
 @pytest.mark.parametrize("flag,value,needle", [("--device", "nonsense", "not a device"),

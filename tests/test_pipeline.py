@@ -47,7 +47,9 @@ def test_encode_to_stdout_is_binary_stage_file(cli):
     assert sorted(stage.shapes) == ["negative_prompt_embeds.0", "negative_prompt_embeds.1",
                                     "prompt_embeds.0", "prompt_embeds.1"]
     assert stage.params["prompts"] == [PROMPT, "a green square"]
-    assert stage.meta["llmdit.hidden_size"] == "32"
+    from helpers import demo_config
+
+    assert stage.meta["llmdit.hidden_size"] == str(demo_config("text_encoder")["hidden_size"])
     # ragged: each item keeps its own token count
     assert stage.shapes["prompt_embeds.0"][0] == stage.params["token_counts"][0]
     assert stage.shapes["prompt_embeds.0"][0] != stage.shapes["prompt_embeds.1"][0]
@@ -105,14 +107,16 @@ def test_from_png_regenerates_the_same_image(cli, tiny_model):
 
 
 def test_png_carries_settings_and_a1111_parameters(cli):
+    from llmdit_cli.models import FAMILIES
+
     assert cli("generate", PROMPT, "--model", "demo", "--seed", 5, "-o", "a.png").code == 0
     from PIL import Image
 
     text = Image.open("a.png").text
     settings = json.loads(text["llmdit"])
-    assert settings["prompt"] == PROMPT and settings["seed"] == 5 and settings["steps"] == 4
+    assert settings["prompt"] == PROMPT and settings["seed"] == 5 and settings["steps"] == FAMILIES["demo"]["steps"]
     assert text["parameters"].startswith(PROMPT + "\n")
-    assert "Seed: 5" in text["parameters"] and "Size: 64x64" in text["parameters"]
+    assert "Seed: 5" in text["parameters"] and "Size: 32x32" in text["parameters"]
 
 
 def test_several_prompts_and_seeds_follow_the_pattern(cli):
@@ -170,11 +174,15 @@ def test_hidden_layer_changes_embeddings(cli):
     assert not (a["prompt_embeds.0"] == b["prompt_embeds.0"]).all()
 
 
-def test_hint_when_embeds_come_from_another_text_encoder(cli, tiny_model):
-    assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
-    r = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", tiny_model, "--seed", 1, "-W", 32,
+def test_hint_when_embeds_come_from_another_text_encoder(cli, tiny_model, tmp_path):
+    from llmdit_cli.tiny import build_pipeline, save_pipeline
+
+    other = save_pipeline(build_pipeline(seed=5), tmp_path / "other")  # same shapes, other weights
+    assert cli("encode", "a cat", "--model", tiny_model, "-o", "e.embeds.safetensors").code == 0
+    r = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", other, "--seed", 1, "-W", 32,
             "-H", 32, "-o", "x.png")
     assert r.code == 0, r.stderr
     assert "hint:" in r.stderr and "another text encoder" in r.stderr
-    same = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", "demo", "--seed", 1, "-o", "y.png")
-    assert "another text encoder" not in same.stderr
+    same = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", tiny_model, "--seed", 1, "-W", 32,
+               "-H", 32, "-o", "y.png")
+    assert same.code == 0 and "another text encoder" not in same.stderr

@@ -51,7 +51,7 @@ def test_lora_moves_generation_towards_training_images(cli, red_data):
     assert r.code == 0, r.stderr
     lora = Path("run/pytorch_lora_weights.safetensors")
     assert r.stdout.strip() == str(lora)
-    common = ["a red square", "--model", "demo", "-W", 32, "-H", 32, "--seed", 1]
+    common = ["a red square", "--model", "demo", "-W", 32, "-H", 32, "--seed", 1, "--steps", 4]
     assert cli("generate", *common, "--lora", lora, "--save-latents", "with.lat", "-o", "with.png").code == 0
     assert cli("generate", *common, "--save-latents", "without.lat", "-o", "without.png").code == 0
     target = cached_latents(red_data).mean(0)

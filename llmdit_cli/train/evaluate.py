@@ -8,12 +8,15 @@ from dataclasses import dataclass
 
 from llmdit_cli.train.shapes import COLOURS, SHAPES, caption, combos, held_out
 
-# Fill ratio of the shape inside its bounding box: square ~1, circle ~pi/4, triangle ~1/2.
-SQUARE_MIN, CIRCLE_MIN = 0.88, 0.64
-
-
 def classify(img) -> tuple[str, str | None, str | None]:
-    """(background colour, shape colour, shape kind) read from an image."""
+    """(background colour, shape colour, shape kind) read from an image.
+
+    The background is the commonest palette colour on the border, the shape colour the commonest
+    other one in the middle; each pixel then goes to whichever of the two it is nearer, and the
+    shape's mask inside its bounding box (rows and columns with at least two shape pixels, so stray
+    pixels do not stretch it) is named after the ideal circle, square or triangle it overlaps best
+    (intersection over union).
+    """
     import numpy as np
 
     names = list(COLOURS)
@@ -22,15 +25,33 @@ def classify(img) -> tuple[str, str | None, str | None]:
     labels = ((arr[:, :, None, :] - palette) ** 2).sum(-1).argmin(-1)
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     bg = Counter(border.tolist()).most_common(1)[0][0]
-    inside = labels[labels != bg]
+    h, w = labels.shape
+    middle = labels[h // 4: h - h // 4, w // 4: w - w // 4]
+    inside = middle[middle != bg]
     if inside.size < 4:
         return names[bg], None, None
     colour = Counter(inside.tolist()).most_common(1)[0][0]
-    mask = labels == colour
-    rows, cols = np.where(mask.sum(1) >= 1)[0], np.where(mask.sum(0) >= 1)[0]
-    fill = mask.sum() / ((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1))
-    kind = "square" if fill >= SQUARE_MIN else "circle" if fill >= CIRCLE_MIN else "triangle"
-    return names[bg], names[colour], kind
+    to_bg = ((arr - palette[bg]) ** 2).sum(-1)
+    to_shape = ((arr - palette[colour]) ** 2).sum(-1)
+    mask = to_shape < to_bg
+    rows, cols = np.where(mask.sum(1) >= 2)[0], np.where(mask.sum(0) >= 2)[0]
+    if rows.size == 0 or cols.size == 0:
+        return names[bg], names[colour], None
+    box = mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    ious = {kind: (box & t).sum() / max((box | t).sum(), 1) for kind, t in templates(*box.shape).items()}
+    return names[bg], names[colour], max(ious, key=ious.get)
+
+
+def templates(h: int, w: int) -> dict:
+    """Ideal circle, square and triangle (apex up) filling an h x w box, as boolean masks."""
+    import numpy as np
+
+    y, x = np.mgrid[0:h, 0:w]
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    circle = ((y - cy) / (h / 2)) ** 2 + ((x - cx) / (w / 2)) ** 2 <= 1
+    half_width = (y + 0.5) / h * (w / 2)  # grows linearly from the apex to the base
+    triangle = np.abs(x - cx) <= half_width
+    return {"circle": circle, "square": np.ones((h, w), dtype=bool), "triangle": triangle}
 
 
 @dataclass

@@ -88,6 +88,8 @@ class ScratchConfig(_Section):
     text_encoder: dict[str, Any] = {}
     transformer: dict[str, Any] = {}
     vae: dict[str, Any] = {}
+    tokenizer_corpus: Literal["none", "captions"] = "none"  # "captions": learn BPE merges from the data
+    tokenizer_vocab: int = 512
     vae_steps: int = 0  # train the VAE on the dataset's images (reconstruction) before the transformer
     vae_lr: float = 2e-3
     vae_batch_size: int = 64

@@ -21,13 +21,16 @@ def build_base(r: Recipe, folder: Path, log) -> Path:
     quiet_libraries()
     s = r.scratch
     torch.manual_seed(s.seed)
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(**{**tiny.TEXT_ENCODER, **s.text_encoder})).eval()
+    tokenizer = tiny.byte_tokenizer(_corpus(r), s.tokenizer_vocab)
+    te_config = {**tiny.TEXT_ENCODER, **s.text_encoder}
+    te_config["vocab_size"] = max(te_config["vocab_size"], -(-len(tokenizer) // 8) * 8)
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(**te_config)).eval()
     transformer = ZImageTransformer2DModel(**{**tiny.TRANSFORMER, **s.transformer})
     vae = AutoencoderKL(**{**tiny.VAE, **s.vae})
     if s.vae_steps:
         train_vae(vae, r, log)
     pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**tiny.SCHEDULER), vae=vae.eval(),
-                          text_encoder=text_encoder, tokenizer=tiny.byte_tokenizer(), transformer=transformer)
+                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -35,6 +38,16 @@ def build_base(r: Recipe, folder: Path, log) -> Path:
     tmp.rename(folder)
     log(f"base model built in {folder}")
     return folder
+
+
+def _corpus(r: Recipe) -> list[str] | None:
+    if r.scratch.tokenizer_corpus != "captions":
+        return None
+    from llmdit_cli.train.data import load_items
+
+    # The chat-template words join the captions so they too become single tokens.
+    return [i.caption for i in load_items(r.data.path, r.data.image_column, r.data.caption_column)] + [
+        "user", "assistant", "system"] * 10
 
 
 def _images(r: Recipe, multiple: int):
