@@ -64,5 +64,5 @@ def test_shipped_demo_quality():
     assert s.n == recorded["n"]
     for key in ("background", "colour", "shape"):
         assert abs(getattr(s, key) - recorded[key]) <= 0.05, (key, s.line(), recorded)
-    # far above chance (1/6 colours, 1/3 kinds) on combinations it never saw
-    assert s.background >= 0.9 and s.colour >= 0.9 and s.shape >= 0.7, s.line()
+    # the targets, on combinations it never saw
+    assert s.background >= 0.95 and s.colour >= 0.95 and s.shape >= 0.80, s.line()

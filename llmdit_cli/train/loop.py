@@ -60,7 +60,8 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
     log(f"training {sum(p.numel() for p in params):,} parameters ({r.method}) on {acc.num_processes} "
         f"process(es), {acc.device}")
     optimizer = _optimizer(r, params)
-    total = _total_steps(r, len(examples), examples, acc.num_processes)
+    schedule = _Schedule(examples, r.train.batch_size, r.train.grad_accum, acc.num_processes, r.train.seed)
+    total = _total_steps(r, schedule, acc.num_processes)
     scheduler = _lr_schedule(r, optimizer, total)
     # The schedule steps once per optimiser step, outside Accelerate (which would step it once per
     # process); it is registered so checkpoints carry its state.
@@ -78,7 +79,7 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
         update(start)
         for step in range(start, end):
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            loss = _step(r, acc, transformer, optimizer, scheduler, params, examples, empty, step)
+            loss = _step(r, acc, transformer, optimizer, scheduler, params, examples, schedule, empty, step)
             if ema is not None:
                 ema.update(params)
             if acc.is_main_process:
@@ -235,33 +236,44 @@ def _epoch_batches(examples, batch_size: int, seed: int, epoch: int) -> list[lis
     return batches
 
 
-def _total_steps(r: Recipe, n: int, examples, world: int) -> int:
-    per_step = world * r.train.grad_accum
-    per_epoch = len(_epoch_batches(examples, r.train.batch_size, r.train.seed, 0)) // per_step
-    if per_epoch < 1:
-        raise UsageError(f"dataset of {n} examples is too small for batch size {r.train.batch_size} x "
-                         f"{r.train.grad_accum} accumulation x {world} process(es)")
+class _Schedule:
+    """Which micro-batches each process takes at each step (the epoch's order is built once)."""
+
+    def __init__(self, examples, batch_size: int, grad_accum: int, world: int, seed: int):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.grad_accum, self.per_step = grad_accum, world * grad_accum
+        self.per_epoch = len(_epoch_batches(examples, batch_size, seed, 0)) // self.per_step
+        self._epoch = (None, [])
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        epoch, within = divmod(step, self.per_epoch)
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, _epoch_batches(self.examples, self.batch_size, self.seed, epoch))
+        batches = self._epoch[1][within * self.per_step:(within + 1) * self.per_step]
+        return batches[rank * self.grad_accum:(rank + 1) * self.grad_accum]
+
+
+def _total_steps(r: Recipe, schedule: _Schedule, world: int) -> int:
+    if schedule.per_epoch < 1:
+        raise UsageError(f"dataset of {len(schedule.examples)} examples is too small for batch size "
+                         f"{r.train.batch_size} x {r.train.grad_accum} accumulation x {world} process(es)")
     if r.train.max_steps:
         return r.train.max_steps
     if r.train.epochs:
-        return r.train.epochs * per_epoch
+        return r.train.epochs * schedule.per_epoch
     raise UsageError("set [train] max_steps or epochs")
 
 
-def _step(r: Recipe, acc, transformer, optimizer, scheduler, params, examples, empty, step: int) -> float:
+def _step(r: Recipe, acc, transformer, optimizer, scheduler, params, examples, schedule: _Schedule, empty,
+          step: int) -> float:
     import torch
 
     from llmdit_cli.train.cache import load_embeds, load_latents
     from llmdit_cli.train.objective import flow_loss, loss_weights, sample_sigmas
 
     t = r.train
-    per_step = acc.num_processes * t.grad_accum
-    per_epoch = len(_epoch_batches(examples, t.batch_size, t.seed, 0)) // per_step
-    epoch, within = divmod(step, per_epoch)
-    batches = _epoch_batches(examples, t.batch_size, t.seed, epoch)[within * per_step:(within + 1) * per_step]
-    mine = batches[acc.process_index * t.grad_accum:(acc.process_index + 1) * t.grad_accum]
     losses = []
-    for micro, batch in enumerate(mine):
+    for micro, batch in enumerate(schedule.micro_batches(step, acc.process_index)):
         gen = torch.Generator().manual_seed(hash((t.seed, step, acc.process_index, micro)) % 2**63)
         x0 = torch.stack([load_latents(examples[i].latents) for i in batch]).to(acc.device)
         drop = torch.rand(len(batch), generator=gen) < r.data.caption_dropout
