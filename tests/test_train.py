@@ -262,3 +262,22 @@ def test_assistant_lora_is_merged_for_training_and_left_out_of_the_result(cli, r
     assert all(torch.allclose(saved[k].float(), base[k].float(), atol=1e-6) for k in base)  # lr 0: adapter removed
     bad = cli(*train_args(red_data, "bad", *common, "--assistant-lora", tmp_path / "missing.safetensors"))
     assert_one_line_error(bad, "--assistant-lora")
+
+
+def test_datasets_dataset_and_tensorboard(cli, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("tensorboard")
+    images = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)]
+    ds = datasets.Dataset.from_dict({"image": images, "text": [f"shade {i}" for i in range(4)]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "text": datasets.Value("string")}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    from llmdit_cli.train.data import load_items
+
+    items = load_items(f"hf:{tmp_path / 'ds'}")
+    assert [i.caption for i in items] == [f"shade {i}" for i in range(4)]
+    r = cli(*train_args(f"hf:{tmp_path / 'ds'}", "tb", "--max-steps", 2, "--cache-dir", "cache", "--tensorboard"))
+    assert r.code == 0, r.stderr
+    assert list(Path("tb").rglob("events.out.tfevents.*"))
+    with pytest.raises(Exception, match="no column 'caption'"):
+        load_items(f"hf:{tmp_path / 'ds'}", caption_column="caption")

@@ -72,6 +72,8 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
     start = _resume(run, acc, ema) if resume else 0
     if acc.is_main_process:
         (run.output / "recipe.resolved.toml").write_text(r.to_toml())
+    if r.output.tensorboard:
+        acc.init_trackers("llmdit", config={"method": r.method, "lr": r.optim.lr})
     stop = _StopFlag()
     end = min(total, stop_at) if stop_at else total
     empty = extra.get("")
