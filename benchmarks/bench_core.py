@@ -62,7 +62,7 @@ def in_process(repeats: int) -> tuple[float, float]:
     pipe.set_progress_bar_config(disable=True)
     r = resolve(flags={"model": "demo", "width": 64, "height": 64, "steps": 4})
     handle = wf.open_model(r)
-    wf.fill_family_defaults(r, handle)
+    wf.fill_family_defaults(r, handle.family)
     handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
     out = Output(quiet=True)
 

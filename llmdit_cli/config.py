@@ -88,7 +88,7 @@ def default_config_path() -> Path:
     return Path(typer.get_app_dir("llmdit")) / "config.toml"
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -97,7 +97,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
@@ -188,7 +188,7 @@ def resolve(config: str | None = None, profile: str | None = None,
     if explicit and not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     if path.is_file():
-        doc = _load_toml(path)
+        doc = load_toml(path)
         if profile not in doc:
             names = ", ".join(k for k, v in doc.items() if isinstance(v, dict)) or "none"
             raise ConfigError(f"{path}: unknown profile '{profile}' (profiles in this file: {names})")

@@ -26,10 +26,10 @@ def open_model(r: Resolved) -> ModelHandle:
     return ModelHandle(r["model"], placement, list(r["loras"]))
 
 
-def fill_family_defaults(r: Resolved, handle: ModelHandle) -> None:
+def fill_family_defaults(r: Resolved, family: str) -> None:
     """Settings still unset take the model family's defaults (models.FAMILIES)."""
-    for key, value in FAMILIES[handle.family].items():
-        r.set_default(key, value, f"model family {handle.family}")
+    for key, value in FAMILIES[family].items():
+        r.set_default(key, value, f"model family {family}")
 
 
 def chat_format(r: Resolved) -> ChatFormat:

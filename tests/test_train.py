@@ -211,6 +211,8 @@ def test_recipe_unknown_key(cli, tmp_path):
     assert_one_line_error(cli("train", "r.toml"), "r.toml", "unknown key 'train.learning_rate'")
     (tmp_path / "s.toml").write_text("[optim]\nlr = 'fast'\n")
     assert_one_line_error(cli("train", "s.toml"), "s.toml", "optim.lr")
+    (tmp_path / "t.toml").write_text("[train\n")
+    assert_one_line_error(cli("train", "t.toml"), "t.toml", "not valid TOML")
 
 
 def test_lora_targets_matching_nothing(cli, red_data):

@@ -20,13 +20,12 @@ def show(config: ConfigOpt = None, profile: ProfileOpt = None, model: ModelOpt =
     """
     import json
 
-    from llmdit_cli.models import FAMILIES, family_of
+    from llmdit_cli.models import family_of
+    from llmdit_cli.workflows import fill_family_defaults
 
     out = Output()
     r = settings(config, profile, model=model)
-    family = family_of(r["model"])
-    for key, value in FAMILIES[family].items():
-        r.set_default(key, value, f"model family {family}")
+    fill_family_defaults(r, family_of(r["model"]))
     if json_out:
         out.data(json.dumps({"config_file": str(r.config_path) if r.config_path else None, "profile": r.profile,
                              "settings": {k: {"value": v, "source": r.sources[k]} for k, v in r.values.items()}},

@@ -108,7 +108,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     elif init is not None:
         r.set_default("height", init.height // 16 * 16, "input image")
         r.set_default("width", init.width // 16 * 16, "input image")
-    wf.fill_family_defaults(r, handle)
+    wf.fill_family_defaults(r, handle.family)
     wf.check_generation(r)
     if save_latents:
         check_binary_target(save_latents)

@@ -85,7 +85,7 @@ def evaluate(model: str, seeds: list[int], steps: int = 4, size: int = 32, split
     wanted = sorted(held_out()) if split == "held-out" else [c for c in combos() if c not in held_out()]
     r = resolve(flags={"model": model, "width": size, "height": size, "steps": steps, "guidance_scale": 0.0})
     handle = wf.open_model(r)
-    wf.fill_family_defaults(r, handle)
+    wf.fill_family_defaults(r, handle.family)
     prompts = [caption(*c) for c in wanted]
     e = wf.encode(handle, prompts, "", r, with_negative=False)
     jobs = wf.plan_jobs(e, seeds, r, handle, "txt2img")

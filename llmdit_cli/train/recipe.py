@@ -131,20 +131,14 @@ def _set(doc: dict, dotted: str, value: Any) -> None:
 
 def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given)."""
-    import tomllib
+    from llmdit_cli.config import load_toml
 
     doc: dict[str, Any] = {}
     where = path or "flags"
     if path:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"{path}: recipe not found")
-        try:
-            doc = tomllib.loads(p.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read recipe ({exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        doc = load_toml(Path(path), "recipe")
     for key, value in overrides.items():
         if value is not None:
             _set(doc, key, value)
