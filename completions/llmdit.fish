@@ -12,13 +12,15 @@ complete -c llmdit -n '__fish_seen_subcommand_from decode' -l device -d 'auto, c
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
@@ -28,7 +30,6 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'T
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
@@ -38,13 +39,21 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l system-prompt -d '
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l assistant-content -d 'Text that opens the assistant turn' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-method -d 'vision_yarn (default; isotropic), yarn (per axis) or ntk' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l from-embeds -d 'Use an embeds file from `llmdit encode` (- for stdin) instead of prompts' -r -F
@@ -57,29 +66,48 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l lora -d 'LoRA fi
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-compile -d 'torch' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-slg -d 'Skip-layer guidance with the model familys settings (Z-Image: scale 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l num-images -d 'Images per prompt, with seeds SEED, SEED+1, ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l quantize -d 'none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l save-latents -d 'Also write the final latents to this ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l seed -d 'Seed; repeat for several images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l shift -d 'Scheduler shift (model default: 3' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg -d 'Skip-layer guidance with the model familys settings (Z-Image: scale 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-layers -d 'Transformer blocks the skip pass leaves out, e' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-scale -d 'SLG strength; 0 = off, > 0 turns SLG on' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-start -d 'SLG runs from this fraction of the steps (0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-stop -d '' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l steps -d 'Denoising steps (model default: 8 for Z-Image-Turbo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l system-prompt -d 'System turn put before the prompt' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l assistant-content -d 'Text that opens the assistant turn' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-method -d 'vision_yarn (default; isotropic), yarn (per axis) or ntk' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l from-embeds -d 'Use an embeds file from `llmdit encode` (- for stdin) instead of prompts' -r -F
@@ -93,21 +121,32 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA fil
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-cpu-offload -d 'Keep components on the CPU and move each to the GPU only while it runs' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-compile -d 'torch' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-slg -d 'Skip-layer guidance with the model familys settings (Z-Image: scale 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l num-images -d 'Images per prompt, with seeds SEED, SEED+1, ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l quantize -d 'none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l save-latents -d 'Also write the final latents to this ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l seed -d 'Seed; repeat for several images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l shift -d 'Scheduler shift (model default: 3' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg -d 'Skip-layer guidance with the model familys settings (Z-Image: scale 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-layers -d 'Transformer blocks the skip pass leaves out, e' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-scale -d 'SLG strength; 0 = off, > 0 turns SLG on' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-start -d 'SLG runs from this fraction of the steps (0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-stop -d '' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l steps -d 'Denoising steps (model default: 8 for Z-Image-Turbo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l strength -d 'How much to change the input, 0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l system-prompt -d 'System turn put before the prompt' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show help'

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -22,6 +22,8 @@ ENV_PREFIX = "LLMDIT_"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Flags of a prefixed section are named `<prefix>_<field>` (and `enabled` is just `<prefix>`).
+    flag_prefix: ClassVar[str] = ""
 
 
 class EncoderSettings(_Section):
@@ -53,13 +55,41 @@ class LoraSettings(_Section):
     loras: list[str] = []
 
 
+class SlgSettings(_Section):
+    """Skip-layer guidance. None means: the model family's value (see models.FAMILIES)."""
+
+    flag_prefix: ClassVar[str] = "slg"
+    enabled: bool = False
+    scale: float | None = None
+    layers: list[int] | None = None
+    start: float | None = None
+    stop: float | None = None
+
+
+class DypeSettings(_Section):
+    """Dynamic position extrapolation (docs/dype.md)."""
+
+    flag_prefix: ClassVar[str] = "dype"
+    enabled: bool = False
+    method: Literal["yarn", "ntk", "vision_yarn"] = "vision_yarn"
+    scale: float = 2.0
+    exponent: float = 2.0
+    start_sigma: float = 1.0
+    base_resolution: int | None = None
+
+
 class OptimizationSettings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     text_encoder_device: str | None = None
     dit_device: str | None = None
     vae_device: str | None = None
-    cpu_offload: bool = False
+    cpu_offload: Literal["none", "model", "sequential"] = "none"
+    attention_backend: Literal["auto", "native", "sdpa", "flash", "flash_3", "sage", "xformers"] = "auto"
+    compile: bool = False
+    vae_tiling: bool = False
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+    transformer_file: str | None = None
 
 
 class Settings(_Section):
@@ -68,18 +98,29 @@ class Settings(_Section):
     generation: GenerationSettings = GenerationSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     lora: LoraSettings = LoraSettings()
+    slg: SlgSettings = SlgSettings()
+    dype: DypeSettings = DypeSettings()
     optimization: OptimizationSettings = OptimizationSettings()
 
 
 SECTIONS: dict[str, type[_Section]] = {
     name: info.annotation for name, info in Settings.model_fields.items() if name != "model"
 }
-# Every field name is unique across sections, so a flag name alone finds its key.
-FIELD_SECTION: dict[str, str] = {f: s for s, cls in SECTIONS.items() for f in cls.model_fields}
 
 
-def key_of(field: str) -> str:
-    return field if field == "model" else f"{FIELD_SECTION[field]}.{field}"
+def _flag_name(cls: type[_Section], field: str) -> str:
+    if not cls.flag_prefix:
+        return field
+    return cls.flag_prefix if field == "enabled" else f"{cls.flag_prefix}_{field}"
+
+
+# Flag names are unique across sections, so a flag name alone finds its key ("slg_scale" -> "slg.scale").
+FLAG_KEY: dict[str, str] = {_flag_name(cls, f): f"{s}.{f}" for s, cls in SECTIONS.items() for f in cls.model_fields}
+KEY_FLAG: dict[str, str] = {key: flag for flag, key in FLAG_KEY.items()}
+
+
+def key_of(flag: str) -> str:
+    return flag if flag == "model" else FLAG_KEY[flag]
 
 
 def default_config_path() -> Path:
@@ -135,13 +176,13 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 
 def _env_layer() -> dict[str, Any]:
     layer = {}
-    for field, section in [("model", ""), *FIELD_SECTION.items()]:
-        name = ENV_PREFIX + (f"{section}_{field}" if section else field).upper()
+    for key in ["model", *KEY_FLAG]:
+        name = ENV_PREFIX + key.replace(".", "_").upper()
         if name in os.environ:
             raw: Any = os.environ[name]
-            if field == "loras":
+            if key in ("lora.loras", "slg.layers"):
                 raw = [s for s in raw.split(",") if s]
-            layer[key_of(field)] = (_check_value(key_of(field), raw, f"environment variable {name}"), name)
+            layer[key] = (_check_value(key, raw, f"environment variable {name}"), name)
     return layer
 
 

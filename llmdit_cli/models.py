@@ -20,12 +20,23 @@ DEMO = "demo"
 DEMO_PATH = Path(__file__).parent / "assets" / "demo"
 
 # One source of truth for per-family defaults. `shift: None` keeps the model's own scheduler config.
+# `slg_scale` applies once SLG is switched on (--slg); the SLG values are the ones that worked on
+# Z-Image in the project this toolkit grew out of.
+_Z_IMAGE_SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg_stop=0.5)
 FAMILIES: dict[str, dict[str, Any]] = {
-    "z-image-turbo": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0),
-    "z-image": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None),
-    # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it.
-    "demo": dict(width=32, height=32, steps=2, guidance_scale=0.0, shift=3.0),
+    "z-image-turbo": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0, **_Z_IMAGE_SLG,
+                          dype_base_resolution=1024),
+    "z-image": dict(width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None, **_Z_IMAGE_SLG,
+                    dype_base_resolution=1024),
+    # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it, so
+    # its SLG window starts at the first step. It has 4 blocks.
+    "demo": dict(width=32, height=32, steps=2, guidance_scale=0.0, shift=3.0, slg_scale=2.5, slg_layers=[1, 2],
+                 slg_start=0.0, slg_stop=0.5, dype_base_resolution=32),
 }
+# Our names -> diffusers' attention dispatch backends.
+ATTENTION_BACKENDS = {"native": "_native_math", "sdpa": "native", "flash": "flash", "flash_3": "_flash_3",
+                      "sage": "sage", "xformers": "xformers"}
+_CUDA_ONLY_BACKENDS = {"flash", "flash_3", "sage", "xformers"}
 COMPONENTS = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
 
 
@@ -105,12 +116,19 @@ def parse_lora(spec: str) -> tuple[str, float]:
 
 @dataclass
 class Placement:
+    """How components load and where they run: dtype, devices, offload, quantization, speed-ups."""
+
     dtype: str = "auto"
     device: str = "auto"
     text_encoder_device: str | None = None
     dit_device: str | None = None
     vae_device: str | None = None
-    cpu_offload: bool = False
+    cpu_offload: str = "none"
+    attention_backend: str = "auto"
+    compile: bool = False
+    vae_tiling: bool = False
+    quantize: str = "none"
+    transformer_file: str | None = None
 
     def base_device(self) -> str:
         if self.device != "auto":
@@ -146,6 +164,33 @@ class Placement:
                 raise UsageError(f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
             if dev.type == "mps" and not torch.backends.mps.is_available():
                 raise UsageError(f"{flag} {value}: MPS is not available here; use --device cpu")
+        self._validate_cuda_features()
+        if self.attention_backend != "auto":
+            problem = attention_backend_problem(self.attention_backend, self.device_for("transformer"))
+            if problem:
+                usable = ", ".join(["auto", *(n for n in ATTENTION_BACKENDS
+                                               if not attention_backend_problem(n, self.device_for("transformer")))])
+                raise UsageError(f"--attention-backend {self.attention_backend}: {problem}; usable here: {usable}")
+        if self.compile:
+            check_compile(self.device_for("transformer"))
+        if self.transformer_file:
+            check_transformer_file(self.transformer_file)
+
+    def _validate_cuda_features(self) -> None:
+        import importlib.util
+
+        import torch
+
+        cuda = torch.cuda.is_available() and not self.base_device().startswith(("cpu", "mps"))
+        if self.cpu_offload != "none" and not cuda:
+            raise UsageError(f"--cpu-offload {self.cpu_offload}: needs a CUDA GPU (it moves components between "
+                             f"CPU and GPU); none is in use here, so leave it at none")
+        if self.quantize != "none":
+            if not cuda:
+                raise UsageError(f"--quantize {self.quantize}: bitsandbytes quantization needs a CUDA GPU; "
+                                 f"none is in use here")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise UsageError(f"--quantize {self.quantize}: needs bitsandbytes (pip install 'llmdit[quant]')")
 
     def device_for(self, component: str) -> str:
         specific = {"text_encoder": self.text_encoder_device, "transformer": self.dit_device,
@@ -214,7 +259,8 @@ class ModelHandle:
         skip = {c: None for c in COMPONENTS if c not in want}
         try:
             pipe = ZImagePipeline.from_pretrained(
-                self.folder, dtype=self.placement.torch_dtype(), local_files_only=True, **skip, **kept)
+                self.folder, dtype=self.placement.torch_dtype(), local_files_only=True, **skip, **kept,
+                **self._load_kwargs(want))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"--model {self.ref}: cannot load as a Z-Image pipeline ({_first_line(exc)})") from None
         pipe.set_progress_bar_config(disable=True)
@@ -224,12 +270,114 @@ class ModelHandle:
         return pipe
 
     def _place(self, pipe, new: set) -> None:
-        if self.placement.cpu_offload:
-            pipe.enable_model_cpu_offload(device=self.placement.base_device())
-            return
-        for name in ("text_encoder", "transformer", "vae"):
-            if name in new:
-                getattr(pipe, name).to(self.placement.device_for(name))
+        pl = self.placement
+        if "vae" in new and pl.vae_tiling:
+            enable_vae_tiling(pipe.vae)
+        if "transformer" in new:
+            set_attention_backend(pipe.transformer, pl.attention_backend)
+        if pl.cpu_offload == "model":
+            pipe.enable_model_cpu_offload(device=pl.base_device())
+        elif pl.cpu_offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=pl.base_device())
+        else:
+            for name in ("text_encoder", "transformer", "vae"):
+                # bitsandbytes places quantized weights on the GPU itself and refuses `.to()`.
+                if name in new and not getattr(getattr(pipe, name), "is_quantized", False):
+                    getattr(pipe, name).to(pl.device_for(name))
+        if "transformer" in new and pl.compile:
+            # Regional compilation: the repeated blocks compile once and are reused.
+            pipe.transformer.compile_repeated_blocks(fullgraph=False)
+
+    def _load_kwargs(self, want: set) -> dict[str, Any]:
+        """Extra from_pretrained arguments: a single-file transformer, quantization."""
+        kwargs: dict[str, Any] = {}
+        pl = self.placement
+        if "transformer" in want and "transformer" not in self._loaded and pl.transformer_file:
+            kwargs["transformer"] = load_transformer_file(pl.transformer_file, self.folder, pl.torch_dtype())
+        if pl.quantize != "none":
+            from diffusers.quantizers import PipelineQuantizationConfig
+
+            backend = {"8bit": "bitsandbytes_8bit", "4bit": "bitsandbytes_4bit"}[pl.quantize]
+            quant_kwargs = ({"load_in_8bit": True} if pl.quantize == "8bit" else
+                            {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                             "bnb_4bit_compute_dtype": pl.torch_dtype()})
+            targets = [c for c in ("transformer", "text_encoder")
+                       if c in want and c not in self._loaded and c not in kwargs]
+            if targets:
+                kwargs["quantization_config"] = PipelineQuantizationConfig(
+                    quant_backend=backend, quant_kwargs=quant_kwargs, components_to_quantize=targets)
+        return kwargs
+
+
+MIN_TILE_PX = 256
+
+
+def enable_vae_tiling(vae) -> None:
+    """diffusers' own VAE tiling, with tiles of at least MIN_TILE_PX pixels.
+
+    Each tile's attention and group norms see only that tile, so tiles much smaller than the image
+    content show seams (measured on the demo VAE: 32 px tiles 22 dB, 256 px 40 dB PSNR against an
+    untiled decode). The Z-Image VAE's own tile is 1024 px and is kept."""
+    vae.enable_tiling()
+    if getattr(vae, "tile_sample_min_size", MIN_TILE_PX) < MIN_TILE_PX:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size, vae.tile_latent_min_size = MIN_TILE_PX, MIN_TILE_PX // factor
+
+
+def attention_backend_problem(name: str, device: str) -> str | None:
+    """Why attention backend `name` cannot run on `device`, or None when it can."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    if name in _CUDA_ONLY_BACKENDS and not str(device).startswith("cuda"):
+        return f"needs a CUDA device (the transformer runs on {device})"
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(ATTENTION_BACKENDS[name]))
+    except RuntimeError:
+        package = {"flash": "flash-attn", "flash_3": "flash-attn 3", "sage": "sageattention",
+                   "xformers": "xformers"}.get(name, name)
+        return f"{package} is not installed (or too old)"
+    return None
+
+
+def set_attention_backend(transformer, name: str) -> None:
+    if name != "auto":
+        transformer.set_attention_backend(ATTENTION_BACKENDS[name])
+
+
+def check_compile(device: str) -> None:
+    """torch.compile's CPU backend builds C++ kernels; say so up front when no compiler is found."""
+    import shutil
+
+    if str(device).startswith("cpu") and not shutil.which(os.environ.get("CXX", "g++")):
+        raise UsageError("--compile on CPU needs a C++ compiler (g++ or $CXX) for torch.compile's kernels; "
+                         "none was found on PATH")
+
+
+def check_transformer_file(path: str) -> None:
+    import importlib.util
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--transformer-file {path}: no such file")
+    if p.suffix not in (".gguf", ".safetensors"):
+        raise InputError(f"--transformer-file {path}: expected a .gguf or .safetensors file")
+    if p.suffix == ".gguf" and importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"--transformer-file {path}: GGUF files need the gguf package (pip install 'llmdit[gguf]')")
+
+
+def load_transformer_file(path: str, folder: Path, dtype):
+    """A single-file transformer (original or diffusers keys; GGUF through diffusers' GGUF support),
+    configured by the model folder's transformer/config.json."""
+    from diffusers import GGUFQuantizationConfig, ZImageTransformer2DModel
+
+    check_transformer_file(path)
+    extra = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if path.endswith(".gguf") else {}
+    try:
+        return ZImageTransformer2DModel.from_single_file(path, config=str(folder), subfolder="transformer",
+                                                         torch_dtype=dtype, local_files_only=True, **extra)
+    except Exception as exc:
+        raise ModelError(f"--transformer-file {path}: cannot load as this model's transformer "
+                         f"({_first_line(exc)})") from None
 
 
 def quiet_libraries() -> None:

@@ -16,19 +16,26 @@ from llmdit_cli.prompts import ChatFormat
 
 ENCODER_FIELDS = ("system_prompt", "thinking_content", "enable_thinking", "assistant_content",
                   "hidden_layer", "max_length")
+PLACEMENT_FIELDS = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device", "cpu_offload",
+                    "attention_backend", "compile", "vae_tiling", "quantize", "transformer_file")
 GEN_FIELDS = ("width", "height", "steps", "guidance_scale", "cfg_normalization", "cfg_truncation", "shift")
+SLG_FIELDS = ("slg_scale", "slg_layers", "slg_start", "slg_stop")
+DYPE_FIELDS = ("dype", "dype_method", "dype_scale", "dype_exponent", "dype_start_sigma", "dype_base_resolution")
+# Recorded with every image; machine-specific, so --from-png does not reapply them.
+OPT_FIELDS = ("attention_backend", "compile", "cpu_offload", "vae_tiling", "quantize", "transformer_file")
 
 
 def open_model(r: Resolved) -> ModelHandle:
     """The model handle (nothing loaded yet) for resolved settings."""
-    placement = Placement(**{f: r[f] for f in ("dtype", "device", "text_encoder_device", "dit_device",
-                                                 "vae_device", "cpu_offload")})
+    placement = Placement(**{f: r[f] for f in PLACEMENT_FIELDS})
     return ModelHandle(r["model"], placement, list(r["loras"]))
 
 
 def fill_family_defaults(r: Resolved, family: str) -> None:
     """Settings still unset take the model family's defaults (models.FAMILIES)."""
     for key, value in FAMILIES[family].items():
+        if key == "slg_scale" and not r["slg"]:
+            r.set_default(key, 0.0, "default (SLG off; --slg or --slg-scale turns it on)")
         r.set_default(key, value, f"model family {family}")
 
 
@@ -134,6 +141,50 @@ def check_generation(r: Resolved) -> None:
         raise UsageError(f"--strength {r['strength']}: must be in [0, 1]")
 
 
+def slg_config(r: Resolved):
+    from llmdit_cli.guidance.slg import SLGConfig
+
+    return SLGConfig(scale=r["slg_scale"], layers=list(r["slg_layers"] or []), start=r["slg_start"],
+                     stop=r["slg_stop"])
+
+
+def dype_config(r: Resolved, handle: ModelHandle):
+    """The DyPE settings, or None when DyPE is off."""
+    from llmdit_cli.guidance.dype import DyPEConfig
+
+    if not r["dype"]:
+        return None
+    patch = handle.component_config("transformer").get("all_patch_size", [2])[0]
+    return DyPEConfig(base_tokens=r["dype_base_resolution"] // (handle.vae_scale_factor() * patch),
+                      method=r["dype_method"], scale=r["dype_scale"], exponent=r["dype_exponent"],
+                      start_sigma=r["dype_start_sigma"])
+
+
+def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
+    """Refuse SLG/DyPE settings this model cannot run (before it loads); hint at ones with no effect."""
+    from llmdit_cli.guidance.dype import check_dype
+    from llmdit_cli.guidance.slg import check_slg
+
+    cfg = handle.component_config("transformer")
+    slg = slg_config(r)
+    check_slg(slg, int(cfg.get("n_layers", 0)))
+    if r["dype"] and r["dype_base_resolution"] < 1:
+        raise UsageError(f"--dype-base-resolution {r['dype_base_resolution']}: must be positive")
+    dype = dype_config(r, handle)
+    if dype is not None:
+        check_dype(dype)
+    if out is None:
+        return
+    if slg.enabled and not any(slg.active_at(i, r["steps"]) for i in range(r["steps"])):
+        out.hint(f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {r['steps']} steps, so SLG does "
+                 f"nothing; widen --slg-start/--slg-stop")
+    patch = cfg.get("all_patch_size", [2])[0] * handle.vae_scale_factor()
+    trained = min(cfg.get("axes_lens", [0, 0, 0])[1:] or [0]) * patch
+    if not r["dype"] and trained and max(r["width"], r["height"]) > trained:
+        out.hint(f"{r['width']}x{r['height']} is beyond the {trained} px the position embedding of --model "
+                 f"{handle.ref} covers; positions are extrapolated (try --dype)")
+
+
 @dataclass
 class Job:
     """One image to make: which prompt, which seed, and the settings recorded with it."""
@@ -152,19 +203,19 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
             s = {"llmdit_version": __version__, "mode": mode, "model": handle.ref, "revision": handle.revision,
                  "prompt": prompt, "negative_prompt": negatives[pi] if pi < len(negatives) else "",
                  "seed": seed, "loras": list(r["loras"]), "encoder": e.params.get("encoder", {}),
-                 **{f: r[f] for f in GEN_FIELDS}}
+                 **{f: r[f] for f in (*GEN_FIELDS, *SLG_FIELDS, *DYPE_FIELDS, *OPT_FIELDS)}}
             if mode == "img2img":
                 s["strength"] = r["strength"]
             jobs.append(Job(len(jobs), pi, seed, s))
     return jobs
 
 
-def denoise_params(r: Resolved):
+def denoise_params(r: Resolved, handle: ModelHandle):
     from llmdit_cli.stages.denoise import DenoiseParams
 
     return DenoiseParams(steps=r["steps"], guidance_scale=r["guidance_scale"],
                          cfg_normalization=r["cfg_normalization"], cfg_truncation=r["cfg_truncation"],
-                         shift=r["shift"])
+                         shift=r["shift"], slg=slg_config(r), dype=dype_config(r, handle))
 
 
 def generator(seed: int):
@@ -180,7 +231,7 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
 
     pipe = handle.pipeline("transformer", "vae")
     device = denoise.transformer_device(pipe)
-    p = denoise_params(r)
+    p = denoise_params(r, handle)
     results = []
     for job in jobs:
         cond = [e.cond[job.prompt_index].to(device)]

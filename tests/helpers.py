@@ -65,3 +65,49 @@ def assert_one_line_error(r, *needles):
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+def original_zimage_keys(state: dict) -> dict:
+    """A diffusers Z-Image transformer state dict in the original checkpoint's key style
+    (fused qkv, `final_layer.`, `x_embedder.`, `attention.out`, `q_norm`/`k_norm`)."""
+    import torch
+
+    out = {}
+    for key, value in state.items():
+        if ".attention.to_k.weight" in key or ".attention.to_v.weight" in key:
+            continue
+        if ".attention.to_q.weight" in key:
+            stem = key.replace(".attention.to_q.weight", "")
+            out[stem + ".attention.qkv.weight"] = torch.cat([state[f"{stem}.attention.to_{x}.weight"] for x in "qkv"])
+            continue
+        for ours, theirs in (("all_final_layer.2-1.", "final_layer."), ("all_x_embedder.2-1.", "x_embedder."),
+                             (".attention.to_out.0.", ".attention.out."), (".attention.norm_k.", ".attention.k_norm."),
+                             (".attention.norm_q.", ".attention.q_norm.")):
+            key = key.replace(ours, theirs)
+        out[key] = value.contiguous()
+    return out
+
+
+def write_gguf(state: dict, path) -> None:
+    """A GGUF file with the Linear weights as Q8_0 and everything else as F32."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "zimage")
+    for key, value in state.items():
+        array = value.float().numpy()
+        if key.endswith(".weight") and array.ndim == 2 and array.shape[-1] % 32 == 0 and "pad_token" not in key:
+            q = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
+            writer.add_tensor(key, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(key, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def psnr(a, b) -> float:
+    a = pixels(a) if not isinstance(a, np.ndarray) else a
+    b = pixels(b) if not isinstance(b, np.ndarray) else b
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)

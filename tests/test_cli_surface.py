@@ -40,7 +40,10 @@ def test_help_lists_the_flags(cli, cmd):
     r = cli(cmd, "--help")
     for flag in ["--steps", "--shift", "--guidance-scale", "--cfg-normalization", "--cfg-truncation", "--seed",
                  "--num-images", "--width", "--height", "--save-latents", "--lora", "--dtype", "--cpu-offload",
-                 "--dit-device", "--from-embeds", "--config", "--profile"]:
+                 "--dit-device", "--from-embeds", "--config", "--profile", "--slg", "--slg-scale", "--slg-layers",
+                 "--slg-start", "--slg-stop", "--dype", "--dype-method", "--dype-scale", "--dype-exponent",
+                 "--dype-start-sigma", "--dype-base-resolution", "--attention-backend", "--compile", "--vae-tiling",
+                 "--quantize", "--transformer-file"]:
         assert flag in r.stdout, flag
 
 

@@ -104,3 +104,37 @@ def test_config_applies_to_generate(cli, tmp_path):
 def test_config_error_is_one_line(cli, tmp_path):
     write(tmp_path, "[default.generation]\nsteps = 'x'\n")
     assert_one_line_error(cli("generate", "a", "--config", "c.toml"), "generation.steps", "c.toml")
+
+
+def test_guidance_sections_layer_and_show(cli, tmp_path, monkeypatch):
+    cfg = write(tmp_path, "[default.slg]\nscale = 2.0\nlayers = [0, 1]\n[default.dype]\nenabled = true\n"
+                          "method = \"ntk\"\n[default.optimization]\nvae_tiling = true\nattention_backend = \"sdpa\"\n")
+    monkeypatch.setenv("LLMDIT_SLG_STOP", "0.75")
+    r = resolve(cfg, None, {"dype_scale": 1.5})
+    assert (r["slg_scale"], r["slg_layers"], r["slg_stop"], r["dype"], r["dype_method"], r["dype_scale"]) == (
+        2.0, [0, 1], 0.75, True, "ntk", 1.5)
+    assert r.sources["slg.stop"] == "LLMDIT_SLG_STOP" and r.sources["dype.scale"] == "flag"
+    shown = json.loads(cli("config", "show", "--config", cfg, "--model", "demo", "--json").stdout)["settings"]
+    for key in ("slg.enabled", "slg.scale", "slg.layers", "slg.start", "slg.stop", "dype.enabled", "dype.method",
+                "dype.scale", "dype.exponent", "dype.start_sigma", "dype.base_resolution",
+                "optimization.attention_backend", "optimization.compile", "optimization.cpu_offload",
+                "optimization.vae_tiling", "optimization.quantize", "optimization.transformer_file"):
+        assert key in shown, key
+    assert shown["dype.base_resolution"] == {"value": 32, "source": "model family demo"}
+    assert shown["slg.start"]["source"] == "model family demo"
+
+
+def test_guidance_config_reaches_the_image(cli, tmp_path):
+    from llmdit_cli.pngmeta import settings_of
+
+    cfg = write(tmp_path, "[default.slg]\nscale = 2.0\nlayers = [0, 1]\n")
+    r = cli("generate", "a red circle on a blue background", "--model", "demo", "--seed", 1, "--config", cfg,
+            "-o", "o.png")
+    assert r.code == 0, r.stderr
+    s = settings_of(open("o.png", "rb").read(), "o.png")
+    assert (s["slg_scale"], s["slg_layers"]) == (2.0, [0, 1])
+
+
+def test_bad_guidance_config_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"slg.layers"):
+        resolve(write(tmp_path, "[default.slg]\nlayers = \"seven\"\n"), None, {})

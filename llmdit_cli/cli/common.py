@@ -8,9 +8,9 @@ from typing import Any
 def settings(config: str | None, profile: str | None, **flags: Any):
     """Resolve settings; `flags` are field names (model, steps, ...) with None for 'not given'."""
     # pydantic loads here, not at import, to keep `--help` fast.
-    from llmdit_cli.config import FIELD_SECTION, resolve
+    from llmdit_cli.config import FLAG_KEY, resolve
 
-    unknown = [k for k in flags if k != "model" and k not in FIELD_SECTION]
+    unknown = [k for k in flags if k != "model" and k not in FLAG_KEY]
     assert not unknown, unknown  # a programming error, not a user one
     return resolve(config, profile, flags)
 
@@ -23,3 +23,19 @@ def model_flags(model, dtype, device, text_encoder_device, dit_device, vae_devic
 def encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content, hidden_layer, max_length):
     return dict(system_prompt=system_prompt, thinking_content=thinking_content, enable_thinking=enable_thinking,
                 assistant_content=assistant_content, hidden_layer=hidden_layer, max_length=max_length)
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """`7,8,9` or `7-12` (or a mix) -> block indices; None stays None (not given)."""
+    from llmdit_cli.errors import UsageError
+
+    if text is None:
+        return None
+    layers: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, sep, last = part.partition("-")
+            layers += list(range(int(first), int(last) + 1)) if sep and first else [int(part)]
+    except ValueError:
+        raise UsageError(f"--slg-layers {text}: expected block indices like 7,8,9 or 7-12") from None
+    return layers

@@ -12,7 +12,7 @@ LatentsArg = Annotated[str, typer.Argument(help="A .latents.safetensors file fro
 def decode(
     latents: LatentsArg, output: OutputOpt = None,
     model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None, vae_device: VaeDeviceOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    vae_tiling: VaeTilingOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
 ):
     """Decode a latents file to PNG images with the model's VAE.
 
@@ -32,7 +32,7 @@ def decode(
     out.stdout_is_binary = output == "-"
     stage = read_stage(latents, expect="latents")
     r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
-                                                None, None, vae_device, None))
+                                                None, None, vae_device, None), vae_tiling=vae_tiling)
     tensor = stage.tensors().get("latents")
     if tensor is None or tensor.ndim != 4:
         raise InputError(f"{stage.source}: no 4-D 'latents' tensor in the file")

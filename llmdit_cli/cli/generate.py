@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llmdit_cli.cli.common import encoder_flags, model_flags, settings
+from llmdit_cli.cli.common import encoder_flags, model_flags, parse_layers, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
 from llmdit_cli.cli.output import Output
@@ -11,7 +11,8 @@ FromLatentsOpt = Annotated[Optional[str], typer.Option("--from-latents", help="S
 
 # Settings a PNG records that --from-png feeds back in as flags.
 _PNG_FLAGS = ("model", "negative_prompt", "width", "height", "steps", "guidance_scale", "cfg_normalization",
-              "cfg_truncation", "shift", "loras")
+              "cfg_truncation", "shift", "loras", "slg_scale", "slg_layers", "slg_start", "slg_stop", "dype",
+              "dype_method", "dype_scale", "dype_exponent", "dype_start_sigma", "dype_base_resolution")
 
 
 @handle_errors
@@ -27,6 +28,13 @@ def generate(
     model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
     text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
     vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
+    slg: SlgOpt = None, slg_scale: SlgScaleOpt = None, slg_layers: SlgLayersOpt = None,
+    slg_start: SlgStartOpt = None, slg_stop: SlgStopOpt = None,
+    dype: DypeOpt = None, dype_method: DypeMethodOpt = None, dype_scale: DypeScaleOpt = None,
+    dype_exponent: DypeExponentOpt = None, dype_start_sigma: DypeStartSigmaOpt = None,
+    dype_base_resolution: DypeBaseResOpt = None,
+    attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
+    quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
     config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
 ):
     """Generate images from prompts (encoded in-process) or from an embeds file.
@@ -53,6 +61,13 @@ def img2img(
     model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
     text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
     vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
+    slg: SlgOpt = None, slg_scale: SlgScaleOpt = None, slg_layers: SlgLayersOpt = None,
+    slg_start: SlgStartOpt = None, slg_stop: SlgStopOpt = None,
+    dype: DypeOpt = None, dype_method: DypeMethodOpt = None, dype_scale: DypeScaleOpt = None,
+    dype_exponent: DypeExponentOpt = None, dype_start_sigma: DypeStartSigmaOpt = None,
+    dype_base_resolution: DypeBaseResOpt = None,
+    attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
+    quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
     config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
 ):
     """Change an image (--image) or finished latents (--from-latents) towards the prompts.
@@ -69,7 +84,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
             steps, shift, guidance_scale, cfg_normalization, cfg_truncation, negative_prompt, system_prompt,
             thinking_content, enable_thinking, assistant_content, hidden_layer, max_length, model, lora, dtype,
             device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet,
-            from_png=None, image=None, from_latents=None, strength=None):
+            from_png=None, image=None, from_latents=None, strength=None, **guidance):
     from llmdit_cli import workflows as wf
     from llmdit_cli.artifacts import check_binary_target, read_bytes, read_stage, write_bytes_atomic, write_stage
     from llmdit_cli.errors import UsageError
@@ -84,7 +99,8 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
                  negative_prompt=negative_prompt, strength=strength,
                  **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
                                  hidden_layer, max_length),
-                 **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora))
+                 **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora),
+                 **{**guidance, "slg_layers": parse_layers(guidance["slg_layers"])})
     texts = collect_prompts(prompts, file)
     if from_png:
         stored = _png_settings(from_png)
@@ -110,6 +126,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
         r.set_default("width", init.width // 16 * 16, "input image")
     wf.fill_family_defaults(r, handle.family)
     wf.check_generation(r)
+    wf.check_guidance(r, handle, out)
     if save_latents:
         check_binary_target(save_latents)
 

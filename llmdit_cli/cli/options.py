@@ -12,6 +12,9 @@ G_PROMPT = "Prompt formatting"
 G_GEN = "Generation"
 G_OUT = "Output"
 G_CFG = "Config"
+G_SLG = "Skip-layer guidance"
+G_DYPE = "DyPE (sizes beyond the training resolution)"
+G_SPEED = "Speed and memory"
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config TOML file (default: the user config dir's config.toml; env LLMDIT_CONFIG).", rich_help_panel=G_CFG)]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile (table) of the config file to use (env LLMDIT_PROFILE).", rich_help_panel=G_CFG)]
@@ -23,7 +26,7 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, c
 TextEncoderDeviceOpt = Annotated[Optional[str], typer.Option("--text-encoder-device", help="Device for the text encoder (default: --device).", rich_help_panel=G_MODEL)]
 DitDeviceOpt = Annotated[Optional[str], typer.Option("--dit-device", help="Device for the transformer (default: --device).", rich_help_panel=G_MODEL)]
 VaeDeviceOpt = Annotated[Optional[str], typer.Option("--vae-device", help="Device for the VAE (default: --device).", rich_help_panel=G_MODEL)]
-CpuOffloadOpt = Annotated[Optional[bool], typer.Option("--cpu-offload/--no-cpu-offload", help="Keep components on the CPU and move each to the GPU only while it runs.", show_default=False, rich_help_panel=G_MODEL)]
+CpuOffloadOpt = Annotated[Optional[str], typer.Option("--cpu-offload", help="none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest). Needs a CUDA GPU.", show_default=False, rich_help_panel=G_SPEED)]
 LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file as PATH[:SCALE]; repeat for several. diffusers/PEFT and Kohya/ComfyUI key styles.", rich_help_panel=G_MODEL)]
 
 PromptsArg = Annotated[Optional[list[str]], typer.Argument(help="Prompts; '-' reads prompts from stdin, one per line.", show_default=False)]
@@ -50,3 +53,22 @@ StrengthOpt = Annotated[Optional[float], typer.Option("--strength", help="How mu
 OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.", rich_help_panel=G_OUT)]
 SaveLatentsOpt = Annotated[Optional[str], typer.Option("--save-latents", help="Also write the final latents to this .latents.safetensors file ('-' for stdout).", rich_help_panel=G_OUT)]
 FromEmbedsOpt = Annotated[Optional[str], typer.Option("--from-embeds", help="Use an embeds file from `llmdit encode` ('-' for stdin) instead of prompts.", rich_help_panel=G_PROMPT)]
+
+SlgOpt = Annotated[Optional[bool], typer.Option("--slg/--no-slg", help="Skip-layer guidance with the model family's settings (Z-Image: scale 2.5, layers 7-12, 5%-50% of the steps).", show_default=False, rich_help_panel=G_SLG)]
+SlgScaleOpt = Annotated[Optional[float], typer.Option("--slg-scale", help="SLG strength; 0 = off, > 0 turns SLG on. v += scale * (v_cond - v_skip).", rich_help_panel=G_SLG)]
+SlgLayersOpt = Annotated[Optional[str], typer.Option("--slg-layers", help="Transformer blocks the skip pass leaves out, e.g. 7,8,9 or 7-12 (indices into transformer.layers).", rich_help_panel=G_SLG)]
+SlgStartOpt = Annotated[Optional[float], typer.Option("--slg-start", help="SLG runs from this fraction of the steps (0..1) ...", rich_help_panel=G_SLG)]
+SlgStopOpt = Annotated[Optional[float], typer.Option("--slg-stop", help="... until this fraction (exclusive).", rich_help_panel=G_SLG)]
+
+DypeOpt = Annotated[Optional[bool], typer.Option("--dype/--no-dype", help="Dynamic position extrapolation for sizes above the training resolution (docs/dype.md).", show_default=False, rich_help_panel=G_DYPE)]
+DypeMethodOpt = Annotated[Optional[str], typer.Option("--dype-method", help="vision_yarn (default; isotropic), yarn (per axis) or ntk.", rich_help_panel=G_DYPE)]
+DypeScaleOpt = Annotated[Optional[float], typer.Option("--dype-scale", help="lambda_s: strength of the sigma modulation (default 2).", rich_help_panel=G_DYPE)]
+DypeExponentOpt = Annotated[Optional[float], typer.Option("--dype-exponent", help="lambda_t: how fast the extrapolation fades as sigma falls (default 2).", rich_help_panel=G_DYPE)]
+DypeStartSigmaOpt = Annotated[Optional[float], typer.Option("--dype-start-sigma", help="Sigma below which the fading starts (default 1 = from the first step).", rich_help_panel=G_DYPE)]
+DypeBaseResOpt = Annotated[Optional[int], typer.Option("--dype-base-resolution", help="Training resolution in pixels (model default: 1024 for Z-Image).", rich_help_panel=G_DYPE)]
+
+AttentionBackendOpt = Annotated[Optional[str], typer.Option("--attention-backend", help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention dispatch).", rich_help_panel=G_SPEED)]
+CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer's repeated blocks (first image is slower).", show_default=False, rich_help_panel=G_SPEED)]
+VaeTilingOpt = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode (and encode) in overlapping tiles: less memory for large images.", show_default=False, rich_help_panel=G_SPEED)]
+QuantizeOpt = Annotated[Optional[str], typer.Option("--quantize", help="none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer. Needs a CUDA GPU.", rich_help_panel=G_SPEED)]
+TransformerFileOpt = Annotated[Optional[str], typer.Option("--transformer-file", help="Single-file transformer (.safetensors, or .gguf quantized) to use instead of the model folder's.", rich_help_panel=G_SPEED)]

@@ -4,7 +4,8 @@ Per step, with `t` the scheduler timestep and `s` the guidance scale:
 
     v_pos = DiT(x, (1000 - t) / 1000, cond)
     v     = v_pos + s * (v_pos - v_neg)      if CFG is on (s > 0 and progress <= cfg_truncation)
-    v     = v * min(1, c * |v_pos| / |v|)     if cfg_normalization c > 0
+    v     = v + g * (v_pos - v_skip)          in the skip-layer guidance window (guidance/slg.py)
+    v     = v * min(1, c * |v_pos| / |v|)     if CFG is on and cfg_normalization c > 0
     x     = euler_step(-v, t, x)
 
 The DiT output is negated because Z-Image predicts `x0 - noise` while the scheduler steps along
@@ -13,10 +14,15 @@ The DiT output is negated because Z-Image predicts `x0 - noise` while the schedu
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from llmdit_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from llmdit_cli.guidance.dype import DyPEConfig
+    from llmdit_cli.guidance.slg import SLGConfig
 
 
 @dataclass
@@ -26,6 +32,8 @@ class DenoiseParams:
     cfg_normalization: float = 0.0
     cfg_truncation: float = 1.0
     shift: float | None = None
+    slg: SLGConfig | None = None
+    dype: DyPEConfig | None = None
 
 
 def make_scheduler(base_scheduler, shift: float | None):
@@ -59,25 +67,34 @@ def latent_shape(transformer, vae_scale_factor: int, height: int, width: int, ba
     return (batch, transformer.config.in_channels, h, w)
 
 
+def _forward(transformer, x, timestep, embeds: list) -> list:
+    return transformer(list(x.unsqueeze(2).unbind(dim=0)), timestep, embeds, return_dict=False)[0]
+
+
 def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, scale: float,
-                    normalization: float):
-    """The DiT prediction for the batch, with CFG applied when `scale > 0`."""
+                    normalization: float, slg_scale: float = 0.0, skipper=None):
+    """The DiT prediction for the batch, with CFG when `scale > 0` and SLG when `skipper` is given."""
     import torch
 
     n = latents.shape[0]
     x = latents.to(transformer.dtype)
     if scale > 0:
-        x, embeds, tt = x.repeat(2, 1, 1, 1), cond + uncond, timestep.repeat(2)
+        out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond)
     else:
-        embeds, tt = cond, timestep
-    out = transformer(list(x.unsqueeze(2).unbind(dim=0)), tt, embeds, return_dict=False)[0]
-    if scale <= 0:
-        return torch.stack([o.float() for o in out], dim=0)
+        out = _forward(transformer, x, timestep, cond)
+    skipped = None
+    if skipper is not None:
+        with skipper.skipping():
+            skipped = _forward(transformer, x, timestep, cond)
     preds = []
-    for pos, neg in zip(out[:n], out[n:]):
-        pos, neg = pos.float(), neg.float()
-        pred = pos + scale * (pos - neg)
-        if normalization and normalization > 0:
+    for i in range(n):
+        pos = out[i].float()
+        pred = pos
+        if scale > 0:
+            pred = pos + scale * (pos - out[n + i].float())
+        if skipped is not None:
+            pred = pred + slg_scale * (pos - skipped[i].float())
+        if scale > 0 and normalization and normalization > 0:
             pos_norm, new_norm = torch.linalg.vector_norm(pos), torch.linalg.vector_norm(pred)
             limit = pos_norm * float(normalization)
             if new_norm > limit:
@@ -87,21 +104,34 @@ def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, sc
 
 
 def run_loop(transformer, scheduler, timesteps, latents, cond: list, uncond: list, p: DenoiseParams,
-             on_step: Callable[[int, int], None] | None = None):
+             on_step: Callable[[int, int], None] | None = None, first_step: int = 0):
+    """Denoise over `timesteps`; `first_step` is where they start in the full `p.steps` schedule
+    (img2img), so the SLG window keeps its place in the schedule."""
     import torch
+
+    from llmdit_cli.guidance.dype import dype_applied, positions_for
+    from llmdit_cli.guidance.slg import slg_applied
 
     use_cfg = p.guidance_scale > 0
     if use_cfg and len(uncond) != len(cond):
         raise UsageError("--guidance-scale > 0 needs negative embeddings for every prompt")
-    with torch.no_grad():
+    patch = transformer.config.all_patch_size[0]
+    grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
+    # Hooks come off in reverse order however the loop ends (error, Ctrl-C), so the next run is clean.
+    with torch.no_grad(), ExitStack() as hooks:
+        hooks.enter_context(positions_for(transformer, grid))
+        hooks.enter_context(dype_applied(transformer, p.dype))
+        skipper = hooks.enter_context(slg_applied(transformer, p.slg))
         for i, t in enumerate(timesteps):
             timestep = (1000 - t.expand(latents.shape[0])) / 1000
             scale = p.guidance_scale
             if use_cfg and p.cfg_truncation is not None and float(p.cfg_truncation) <= 1:
                 if float((1000 - t.float()) / 1000) > p.cfg_truncation:
                     scale = 0.0
+            in_window = skipper is not None and p.slg.active_at(first_step + i, p.steps)
             v = guided_velocity(transformer, latents, timestep, cond, uncond if scale > 0 else [], scale,
-                                p.cfg_normalization)
+                                p.cfg_normalization, p.slg.scale if in_window else 0.0,
+                                skipper if in_window else None)
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
             if on_step:
                 on_step(i + 1, len(timesteps))
@@ -142,4 +172,4 @@ def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, str
         raise UsageError(f"--strength {strength} with --steps {p.steps} leaves no denoising step; raise either")
     noise = randn_tensor(shape, generator=generator, device=device, dtype=cond[0].dtype)
     latents = scheduler.scale_noise(image_latents.to(device), timesteps[:1].repeat(shape[0]), noise)
-    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step)
+    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step, start)

@@ -1,0 +1,1 @@
+"""Guidance and position hooks that join the denoising loop (diffusers' hook style)."""

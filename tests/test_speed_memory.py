@@ -1,0 +1,138 @@
+"""--attention-backend, --compile, --cpu-offload, --vae-tiling, --quantize, --transformer-file:
+what runs on a CPU runs here on the demo; what needs CUDA says so in one line."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import assert_one_line_error, max_diff, original_zimage_keys, psnr, write_gguf
+
+PROMPT = "a red circle on a blue background"
+
+
+def gen(cli, out, *extra):
+    return cli("generate", PROMPT, "--model", "demo", "--seed", 6, "-o", out, *extra)
+
+
+@pytest.fixture
+def baseline(cli):
+    assert gen(cli, "base.png").code == 0
+    return "base.png"
+
+
+@pytest.mark.parametrize("backend", ["native", "sdpa"])
+def test_cpu_attention_backends_match_the_default(cli, baseline, backend):
+    r = gen(cli, "o.png", "--attention-backend", backend)
+    assert r.code == 0, r.stderr
+    assert max_diff(baseline, "o.png") <= 1
+
+
+@pytest.mark.parametrize("backend", ["flash", "flash_3", "sage", "xformers"])
+def test_gpu_attention_backends_say_what_is_usable(cli, backend):
+    r = gen(cli, "o.png", "--attention-backend", backend)
+    assert_one_line_error(r, f"--attention-backend {backend}", "usable here: auto, native, sdpa")
+
+
+def test_unknown_attention_backend(cli):
+    assert_one_line_error(gen(cli, "o.png", "--attention-backend", "fast"), "--attention-backend")
+
+
+def test_compile_works_on_cpu_or_says_why_not(cli, baseline):
+    import os
+    import shutil
+
+    r = gen(cli, "c.png", "--compile")
+    if not shutil.which(os.environ.get("CXX", "g++")):
+        assert_one_line_error(r, "--compile", "C++ compiler")
+        return
+    assert r.code == 0, r.stderr
+    assert max_diff(baseline, "c.png") <= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--cpu-offload", "model"], "needs a CUDA GPU"),
+    (["--cpu-offload", "sequential"], "needs a CUDA GPU"),
+    (["--cpu-offload", "lots"], "--cpu-offload"),
+    (["--quantize", "8bit"], "needs a CUDA GPU"),
+    (["--quantize", "4bit"], "needs a CUDA GPU"),
+    (["--quantize", "2bit"], "--quantize"),
+    (["--transformer-file", "missing.gguf"], "no such file"),
+])
+def test_what_cannot_run_here_is_one_line(cli, args, needle):
+    r = gen(cli, "o.png", *args)
+    assert_one_line_error(r, needle)
+    assert not __import__("os").path.exists("o.png")
+
+
+def _demo_transformer_state():
+    from safetensors.torch import load_file
+
+    from llmdit_cli.models import DEMO_PATH
+
+    return load_file(str(DEMO_PATH / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("style", ["diffusers", "original"])
+def test_single_file_transformer_gives_the_same_image(cli, baseline, style):
+    from safetensors.torch import save_file
+
+    state = _demo_transformer_state()
+    save_file(original_zimage_keys(state) if style == "original" else state, "dit.safetensors")
+    r = gen(cli, "f.png", "--transformer-file", "dit.safetensors")
+    assert r.code == 0, r.stderr
+    assert max_diff(baseline, "f.png") == 0
+
+
+def test_gguf_transformer_loads_and_stays_close(cli, baseline):
+    write_gguf(original_zimage_keys({k: v.float() for k, v in _demo_transformer_state().items()}), "dit.gguf")
+    r = gen(cli, "g.png", "--transformer-file", "dit.gguf")
+    assert r.code == 0, r.stderr
+    assert 0 < max_diff(baseline, "g.png") and psnr(baseline, "g.png") > 40  # Q8_0: close, not equal
+
+
+def test_transformer_file_of_another_model_is_one_line(cli, tiny_model):
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(tiny_model / "transformer" / "diffusion_pytorch_model.safetensors")), "other.safetensors")
+    assert_one_line_error(gen(cli, "o.png", "--transformer-file", "other.safetensors"), "--transformer-file")
+    open("t.bin", "wb").write(b"x")
+    assert_one_line_error(gen(cli, "o.png", "--transformer-file", "t.bin"), ".gguf or .safetensors")
+
+
+def test_vae_tiling_decodes_in_tiles_close_to_whole(cli):
+    """diffusers' own tiling: several decoder calls, and within 30 dB PSNR of the untiled decode."""
+    from safetensors.torch import load_file
+
+    from helpers import as_array
+    from llmdit_cli.models import ModelHandle, Placement
+    from llmdit_cli.stages.vae import decode_latents
+
+    r = cli("generate", PROMPT, "--model", "demo", "--seed", 2, "-W", 384, "-H", 320, "--save-latents",
+            "l.safetensors", "-o", "whole.png")
+    assert r.code == 0, r.stderr
+    pipe = ModelHandle("demo", Placement(vae_tiling=True)).pipeline("vae")
+    calls = []
+    pipe.vae.decoder.register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape[-2:])))
+    tiled = as_array(decode_latents(pipe, load_file("l.safetensors")["latents"])[0])
+    assert len(calls) > 1 and all(h < 160 or w < 192 for h, w in calls)
+    assert psnr("whole.png", tiled) >= 30 and max_diff("whole.png", tiled) > 0
+
+    r = cli("decode", "l.safetensors", "--model", "demo", "--vae-tiling", "-o", "tiled.png")
+    assert r.code == 0, r.stderr
+    assert max_diff("tiled.png", tiled) == 0
+
+
+def test_settings_record_the_speed_and_memory_choices(cli):
+    from llmdit_cli.pngmeta import settings_of
+
+    assert gen(cli, "o.png", "--attention-backend", "sdpa", "--vae-tiling", "--dype", "--slg-scale", 1.5,
+               "--slg-layers", "2", "--save-latents", "o.latents.safetensors").code == 0
+    s = settings_of(open("o.png", "rb").read(), "o.png")
+    keys = ("attention_backend", "vae_tiling", "compile", "cpu_offload", "quantize", "transformer_file", "dype",
+            "dype_method", "dype_base_resolution", "slg_scale", "slg_layers")
+    expected = ("sdpa", True, False, "none", "none", None, True, "vision_yarn", 32, 1.5, [2])
+    assert tuple(s[k] for k in keys) == expected
+    r = cli("inspect", "o.latents.safetensors", "--json")
+    assert r.code == 0, r.stderr
+    assert tuple(json.loads(r.stdout)["params"]["images"][0][k] for k in keys) == expected
