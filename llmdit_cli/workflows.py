@@ -61,11 +61,12 @@ class Embeds:
 
 def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, with_negative: bool = True) -> Embeds:
     """Encode prompts (and, unless `with_negative` is False, the negative prompt once per prompt)."""
+    from llmdit_cli.stages import run_device
     from llmdit_cli.stages.encode import encode_texts
 
     fmt = chat_format(r)
     pipe = handle.pipeline("tokenizer", "text_encoder")
-    device = pipe.text_encoder.device
+    device = run_device(pipe, pipe.text_encoder)
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
     pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, r["hidden_layer"], r["max_length"], device)
@@ -178,6 +179,9 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     if slg.enabled and not any(slg.active_at(i, r["steps"]) for i in range(r["steps"])):
         out.hint(f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {r['steps']} steps, so SLG does "
                  f"nothing; widen --slg-start/--slg-stop")
+    if dype is not None and max(r["width"], r["height"]) <= r["dype_base_resolution"]:
+        out.hint(f"--dype changes nothing at {r['width']}x{r['height']}: it acts above the base resolution "
+                 f"{r['dype_base_resolution']} px (--dype-base-resolution)")
     patch = cfg.get("all_patch_size", [2])[0] * handle.vae_scale_factor()
     trained = min(cfg.get("axes_lens", [0, 0, 0])[1:] or [0]) * patch
     if not r["dype"] and trained and max(r["width"], r["height"]) > trained:

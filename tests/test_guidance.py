@@ -32,6 +32,13 @@ def test_slg_bad_layer_is_one_line_naming_the_layer_count(cli):
     assert_one_line_error(r, "--slg-layers a,b")
 
 
+def test_hints_for_settings_that_do_nothing(cli):
+    r = gen(cli, "a.png", "--slg-scale", 2, "--slg-layers", "1", "--slg-start", 0.6, "--slg-stop", 0.9)
+    assert "holds none of the 2 steps" in r.stderr
+    r = gen(cli, "b.png", "--dype")
+    assert "--dype changes nothing at 32x32" in r.stderr
+
+
 def test_slg_switch_uses_family_defaults_and_records_them(cli):
     from llmdit_cli.models import FAMILIES
     from llmdit_cli.pngmeta import settings_of

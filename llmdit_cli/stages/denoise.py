@@ -56,9 +56,9 @@ def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
 
 def transformer_device(pipe):
     """Where the transformer runs: its own device, or the offload target when hooks move it."""
-    if getattr(pipe.transformer, "_hf_hook", None) is not None:
-        return pipe._execution_device
-    return pipe.transformer.device
+    from llmdit_cli.stages import run_device
+
+    return run_device(pipe, pipe.transformer)
 
 
 def latent_shape(transformer, vae_scale_factor: int, height: int, width: int, batch: int = 1):

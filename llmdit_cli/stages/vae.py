@@ -14,9 +14,11 @@ def encode_image(pipe, image, generator, height: int | None = None, width: int |
     import torch
     from diffusers.pipelines.z_image.pipeline_z_image_img2img import retrieve_latents
 
+    from llmdit_cli.stages import run_device
+
     vae = pipe.vae
     pixels = image_processor(pipe).preprocess(image, height=height, width=width).to(dtype=torch.float32)
-    pixels = pixels.to(device=vae.device, dtype=torch.float32)
+    pixels = pixels.to(device=run_device(pipe, vae), dtype=torch.float32)
     with torch.no_grad():
         z = retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator)
     return ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
@@ -26,8 +28,10 @@ def decode_latents(pipe, latents) -> list:
     """Normalised latents `[B, 16, h, w]` -> list of PIL images."""
     import torch
 
+    from llmdit_cli.stages import run_device
+
     vae = pipe.vae
-    z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    z = latents.to(device=run_device(pipe, vae), dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
     with torch.no_grad():
         pixels = vae.decode(z, return_dict=False)[0]
     return image_processor(pipe).postprocess(pixels, output_type="pil")
