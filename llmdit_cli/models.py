@@ -33,9 +33,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "demo": dict(width=32, height=32, steps=2, guidance_scale=0.0, shift=3.0, slg_scale=2.5, slg_layers=[1, 2],
                  slg_start=0.0, slg_stop=0.5, dype_base_resolution=32),
 }
-# Our names -> diffusers' attention dispatch backends.
-ATTENTION_BACKENDS = {"native": "_native_math", "sdpa": "native", "flash": "flash", "flash_3": "_flash_3",
-                      "sage": "sage", "xformers": "xformers"}
+# Our names -> diffusers' attention dispatch backends. Z-Image always passes a padding mask, which
+# diffusers' plain flash/flash-3/sage kernels refuse; their varlen forms take it.
+ATTENTION_BACKENDS = {"native": "_native_math", "sdpa": "native", "flash": "flash_varlen",
+                      "flash_3": "_flash_varlen_3", "sage": "sage_varlen", "xformers": "xformers"}
 _CUDA_ONLY_BACKENDS = {"flash", "flash_3", "sage", "xformers"}
 COMPONENTS = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
 
@@ -281,8 +282,8 @@ class ModelHandle:
             pipe.enable_sequential_cpu_offload(device=pl.base_device())
         else:
             for name in ("text_encoder", "transformer", "vae"):
-                # bitsandbytes places quantized weights on the GPU itself and refuses `.to()`.
-                if name in new and not getattr(getattr(pipe, name), "is_quantized", False):
+                # A device-only `.to()` also moves bitsandbytes (>= 0.48) and GGUF weights.
+                if name in new:
                     getattr(pipe, name).to(pl.device_for(name))
         if "transformer" in new and pl.compile:
             # Regional compilation: the repeated blocks compile once and are reused.
