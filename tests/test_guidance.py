@@ -223,11 +223,35 @@ def test_dype_bad_values_are_one_line_errors(cli):
     assert_one_line_error(r, "--dype-start-sigma")
 
 
-def test_img2img_takes_slg_and_dype(cli):
+def test_img2img_takes_every_guidance_and_speed_flag(cli):
+    from llmdit_cli.pngmeta import settings_of
+
     gen(cli, "start.png")
-    r = cli("img2img", PROMPT, "--image", "start.png", "--model", "demo", "--seed", 1, "--strength", 1.0,
-            "--slg-scale", 2.0, "--slg-layers", "1", "--dype", "-o", "out.png")
+    flags = ["--slg", "--slg-scale", 2.0, "--slg-layers", "1", "--slg-start", 0.0, "--slg-stop", 1.0, "--dype",
+             "--dype-method", "ntk", "--dype-scale", 1.5, "--dype-exponent", 1.0, "--dype-start-sigma", 0.9,
+             "--dype-base-resolution", 16, "--attention-backend", "sdpa", "--no-compile", "--vae-tiling",
+             "--cpu-offload", "none", "--quantize", "none"]
+    common = ["img2img", PROMPT, "--image", "start.png", "--model", "demo", "--seed", 1, "--strength", 1.0]
+    r = cli(*common, *flags, "-o", "out.png")
     assert r.code == 0, r.stderr
-    plain = cli("img2img", PROMPT, "--image", "start.png", "--model", "demo", "--seed", 1, "--strength", 1.0,
-                "-o", "plain.png")
-    assert plain.code == 0 and max_diff("out.png", "plain.png") > 0
+    assert cli(*common, "-o", "plain.png").code == 0 and max_diff("out.png", "plain.png") > 0
+    s = settings_of(open("out.png", "rb").read(), "out.png")
+    assert (s["mode"], s["slg_scale"], s["slg_layers"], s["dype"], s["dype_method"], s["dype_base_resolution"],
+            s["attention_backend"], s["vae_tiling"]) == ("img2img", 2.0, [1], True, "ntk", 16, "sdpa", True)
+
+
+def test_img2img_keeps_the_slg_window_in_the_full_schedule():
+    """img2img runs the last steps of the schedule; the window is a fraction of the full one."""
+    from llmdit_cli.guidance.slg import SLGConfig
+    from llmdit_cli.stages.denoise import DenoiseParams, img2img
+    from llmdit_cli.tiny import build_pipeline
+
+    pipe = build_pipeline(seed=1)
+    lat, cond, _ = _inputs(1)
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    for window, extra in (((0.0, 0.5), 0), ((0.5, 1.0), 2)):
+        calls.clear()
+        p = DenoiseParams(steps=4, slg=SLGConfig(scale=2.0, layers=[0], start=window[0], stop=window[1]))
+        img2img(pipe, cond, [], p, lat, 0.5, torch.Generator().manual_seed(0))
+        assert len(calls) == 2 + extra, window  # strength 0.5 of 4 steps: steps 2 and 3 run

@@ -59,8 +59,15 @@ def test_compile_works_on_cpu_or_says_why_not(cli, baseline):
     (["--quantize", "2bit"], "--quantize"),
     (["--transformer-file", "missing.gguf"], "no such file"),
 ])
-def test_what_cannot_run_here_is_one_line(cli, args, needle):
-    r = gen(cli, "o.png", *args)
+@pytest.mark.parametrize("cmd", ["generate", "img2img"])
+def test_what_cannot_run_here_is_one_line(cli, cmd, args, needle):
+    if cmd == "img2img":
+        from PIL import Image
+
+        Image.new("RGB", (32, 32), (200, 30, 30)).save("in.png")
+        r = cli(cmd, PROMPT, "--model", "demo", "--image", "in.png", "-o", "o.png", *args)
+    else:
+        r = gen(cli, "o.png", *args)
     assert_one_line_error(r, needle)
     assert not __import__("os").path.exists("o.png")
 
