@@ -33,6 +33,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quantize -d 'none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l show-format -d 'Print the formatted chat text and token count; load no model weights' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l system-prompt -d 'System turn put before the prompt' -r -F

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmdit_cli import __version__
 from llmdit_cli.artifacts import embeds_tensors, read_stage, split_embeds, write_stage
-from llmdit_cli.config import Resolved
+from llmdit_cli.config import KEY_FLAG, Resolved
 from llmdit_cli.errors import InputError, ModelError, UsageError
 from llmdit_cli.models import FAMILIES, ModelHandle, Placement, check_size
 from llmdit_cli.prompts import ChatFormat
@@ -176,6 +176,8 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
         check_dype(dype)
     if out is None:
         return
+    _hint_unused_flags(r, out, "slg", "SLG", slg.enabled, "--slg or --slg-scale > 0")
+    _hint_unused_flags(r, out, "dype", "DyPE", dype is not None, "--dype")
     if slg.enabled and not any(slg.active_at(i, r["steps"]) for i in range(r["steps"])):
         out.hint(f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {r['steps']} steps, so SLG does "
                  f"nothing; widen --slg-start/--slg-stop")
@@ -187,6 +189,13 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     if not r["dype"] and trained and max(r["width"], r["height"]) > trained:
         out.hint(f"{r['width']}x{r['height']} is beyond the {trained} px the position embedding of --model "
                  f"{handle.ref} covers; positions are extrapolated (try --dype)")
+
+
+def _hint_unused_flags(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:
+    given = [k for k, src in r.sources.items() if k.startswith(section + ".") and src == "flag"]
+    if given and not on:
+        names = ", ".join("--" + KEY_FLAG[k].replace("_", "-") for k in given)
+        out.hint(f"{names} given, but {label} is off; switch it on with {switch}")
 
 
 @dataclass

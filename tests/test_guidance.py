@@ -37,6 +37,9 @@ def test_hints_for_settings_that_do_nothing(cli):
     assert "holds none of the 2 steps" in r.stderr
     r = gen(cli, "b.png", "--dype")
     assert "--dype changes nothing at 32x32" in r.stderr
+    r = gen(cli, "c.png", "--slg-layers", "1", "--dype-scale", 1.0)
+    assert "--slg-layers given, but SLG is off" in r.stderr and "--dype-scale given, but DyPE is off" in r.stderr
+    assert max_diff("c.png", "b.png") == 0
 
 
 def test_slg_switch_uses_family_defaults_and_records_them(cli):

@@ -15,7 +15,7 @@ def encode(
     show_format: Annotated[bool, typer.Option("--show-format", help="Print the formatted chat text and token count; load no model weights.", rich_help_panel=G_PROMPT)] = False,
     model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
     text_encoder_device: TextEncoderDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    quantize: QuantizeOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
 ):
     """Encode prompts with the text encoder into an embeds file for `generate --from-embeds`.
 
@@ -33,7 +33,7 @@ def encode(
     r = settings(config, profile, negative_prompt=negative_prompt,
                  **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
                                  hidden_layer, max_length),
-                 **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload))
+                 **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload), quantize=quantize)
     texts = collect_prompts(prompts, file)
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
