@@ -258,3 +258,12 @@ def test_img2img_keeps_the_slg_window_in_the_full_schedule():
         p = DenoiseParams(steps=4, slg=SLGConfig(scale=2.0, layers=[0], start=window[0], stop=window[1]))
         img2img(pipe, cond, [], p, lat, 0.5, torch.Generator().manual_seed(0))
         assert len(calls) == 2 + extra, window  # strength 0.5 of 4 steps: steps 2 and 3 run
+
+
+def test_dype_at_512_on_the_demo(cli):
+    """The issue's acceptance size: 16x the demo's base, beyond its 256 px position table."""
+    plain = gen(cli, "plain.png", "-W", 512, "-H", 512, "--steps", 1)
+    assert "beyond the 256 px" in plain.stderr and "--dype" in plain.stderr
+    gen(cli, "dype.png", "-W", 512, "-H", 512, "--steps", 1, "--dype")
+    assert pixels("dype.png").shape == (512, 512, 3) and pixels("dype.png").std() > 5
+    assert max_diff("plain.png", "dype.png") > 10
