@@ -16,13 +16,14 @@ from llmdit_cli.prompts import ChatFormat
 
 ENCODER_FIELDS = ("system_prompt", "thinking_content", "enable_thinking", "assistant_content",
                   "hidden_layer", "max_length")
-PLACEMENT_FIELDS = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device", "cpu_offload",
-                    "attention_backend", "compile", "vae_tiling", "quantize", "transformer_file")
 GEN_FIELDS = ("width", "height", "steps", "guidance_scale", "cfg_normalization", "cfg_truncation", "shift")
 SLG_FIELDS = ("slg_scale", "slg_layers", "slg_start", "slg_stop")
 DYPE_FIELDS = ("dype", "dype_method", "dype_scale", "dype_exponent", "dype_start_sigma", "dype_base_resolution")
 # Recorded with every image; machine-specific, so --from-png does not reapply them.
 OPT_FIELDS = ("attention_backend", "compile", "cpu_offload", "vae_tiling", "quantize", "transformer_file")
+PLACEMENT_FIELDS = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device", *OPT_FIELDS)
+# Settings a PNG records that `generate --from-png` feeds back in as flags.
+PNG_FLAGS = ("model", "negative_prompt", *GEN_FIELDS, "loras", *SLG_FIELDS, *DYPE_FIELDS)
 
 
 def open_model(r: Resolved) -> ModelHandle:
@@ -169,8 +170,6 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     cfg = handle.component_config("transformer")
     slg = slg_config(r)
     check_slg(slg, int(cfg.get("n_layers", 0)))
-    if r["dype"] and r["dype_base_resolution"] < 1:
-        raise UsageError(f"--dype-base-resolution {r['dype_base_resolution']}: must be positive")
     dype = dype_config(r, handle)
     if dype is not None:
         check_dype(dype)

@@ -9,11 +9,6 @@ FromPngOpt = Annotated[Optional[str], typer.Option("--from-png", help="Regenerat
 ImageOpt = Annotated[Optional[str], typer.Option("--image", "-i", help="Input image.", rich_help_panel=G_PROMPT)]
 FromLatentsOpt = Annotated[Optional[str], typer.Option("--from-latents", help="Start from a latents file (from --save-latents; '-' for stdin) instead of an image.", rich_help_panel=G_PROMPT)]
 
-# Settings a PNG records that --from-png feeds back in as flags.
-_PNG_FLAGS = ("model", "negative_prompt", "width", "height", "steps", "guidance_scale", "cfg_normalization",
-              "cfg_truncation", "shift", "loras", "slg_scale", "slg_layers", "slg_start", "slg_stop", "dype",
-              "dype_method", "dype_scale", "dype_exponent", "dype_start_sigma", "dype_base_resolution")
-
 
 @handle_errors
 def generate(
@@ -104,7 +99,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     texts = collect_prompts(prompts, file)
     if from_png:
         stored = _png_settings(from_png)
-        flags = {**{k: stored.get(k) for k in _PNG_FLAGS}, **stored.get("encoder", {}),
+        flags = {**{k: stored.get(k) for k in wf.PNG_FLAGS}, **stored.get("encoder", {}),
                  **{k: v for k, v in flags.items() if v is not None}}
         texts = texts or [stored.get("prompt", "")]
         seed = seed or [stored["seed"]]

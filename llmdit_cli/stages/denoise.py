@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from llmdit_cli.errors import UsageError
+from llmdit_cli.stages import run_device
 
 if TYPE_CHECKING:
     from llmdit_cli.guidance.dype import DyPEConfig
@@ -56,8 +57,6 @@ def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
 
 def transformer_device(pipe):
     """Where the transformer runs: its own device, or the offload target when hooks move it."""
-    from llmdit_cli.stages import run_device
-
     return run_device(pipe, pipe.transformer)
 
 

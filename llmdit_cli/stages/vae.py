@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from llmdit_cli.stages import run_device
+
 
 def image_processor(pipe):
     from diffusers.image_processor import VaeImageProcessor
@@ -14,8 +16,6 @@ def encode_image(pipe, image, generator, height: int | None = None, width: int |
     import torch
     from diffusers.pipelines.z_image.pipeline_z_image_img2img import retrieve_latents
 
-    from llmdit_cli.stages import run_device
-
     vae = pipe.vae
     pixels = image_processor(pipe).preprocess(image, height=height, width=width).to(dtype=torch.float32)
     pixels = pixels.to(device=run_device(pipe, vae), dtype=torch.float32)
@@ -27,8 +27,6 @@ def encode_image(pipe, image, generator, height: int | None = None, width: int |
 def decode_latents(pipe, latents) -> list:
     """Normalised latents `[B, 16, h, w]` -> list of PIL images."""
     import torch
-
-    from llmdit_cli.stages import run_device
 
     vae = pipe.vae
     z = latents.to(device=run_device(pipe, vae), dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
