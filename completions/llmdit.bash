@@ -6,7 +6,7 @@ _llmdit() {
         [[ "$cmd" == config ]] || break
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "config decode encode generate img2img inspect train --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "config decode encode generate img2img inspect lora train --help --version" -- "$cur")); return
     fi
     [[ "$cmd" == config && "$cur" != -* ]] && { COMPREPLY=($(compgen -W "show" -- "$cur")); return; }
     local opts=""
@@ -17,6 +17,8 @@ _llmdit() {
         "generate") opts="--assistant-content --attention-backend --cfg-normalization --cfg-truncation --compile --config --cpu-offload --device --dit-device --dtype --dype --dype-base-resolution --dype-exponent --dype-method --dype-scale --dype-start-sigma --enable-thinking --file --from-embeds --from-png --guidance-scale --height --help --hidden-layer --lora --max-length --model --negative-prompt --no-compile --no-dype --no-enable-thinking --no-slg --no-vae-tiling --num-images --output --profile --quantize --quiet --save-latents --seed --shift --slg --slg-layers --slg-scale --slg-start --slg-stop --steps --system-prompt --text-encoder-device --thinking-content --transformer-file --vae-device --vae-tiling --width" ;;
         "img2img") opts="--assistant-content --attention-backend --cfg-normalization --cfg-truncation --compile --config --cpu-offload --device --dit-device --dtype --dype --dype-base-resolution --dype-exponent --dype-method --dype-scale --dype-start-sigma --enable-thinking --file --from-embeds --from-latents --guidance-scale --height --help --hidden-layer --image --lora --max-length --model --negative-prompt --no-compile --no-dype --no-enable-thinking --no-slg --no-vae-tiling --num-images --output --profile --quantize --quiet --save-latents --seed --shift --slg --slg-layers --slg-scale --slg-start --slg-stop --steps --strength --system-prompt --text-encoder-device --thinking-content --transformer-file --vae-device --vae-tiling --width" ;;
         "inspect") opts="--config --help --json --profile" ;;
+        "lora convert") opts="--help --quiet --to" ;;
+        "lora inspect") opts="--help --json" ;;
         "train") opts="--alpha --assistant-lora --batch-size --cache-dir --cache-only --caption-dropout --checkpoint-every --dataset --epochs --grad-accum --gradient-checkpointing --help --lr --max-steps --method --mixed-precision --model --no-gradient-checkpointing --no-tensorboard --optimizer --output --quiet --rank --resolution --resume --schedule --seed --stop-at --target --tensorboard --timestep-sampling --validate-every --validation-prompt --warmup-steps" ;;
     esac
     if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi

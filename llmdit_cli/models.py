@@ -412,7 +412,13 @@ def check_lora_files(specs: list[str]) -> None:
 
 
 def apply_loras(pipe, specs: list[str]) -> None:
-    """Load each `PATH[:SCALE]` LoRA into the pipeline and activate them with their scales."""
+    """Load each `PATH[:SCALE]` LoRA into the pipeline and activate them with their scales.
+
+    Files are read by `llmdit_cli.lora` (every key style, alpha from tensors or adapter metadata,
+    fused qkv split) and handed to diffusers with their strength folded in; layouts it does not
+    convert (LoKr, ...) go to diffusers' own loader as they are."""
+    from llmdit_cli.lora import UnsupportedLora, read_lora
+
     check_lora_files(specs)
     names, scales = [], []
     for i, spec in enumerate(specs):
@@ -420,7 +426,11 @@ def apply_loras(pipe, specs: list[str]) -> None:
         name = f"lora_{i}"
         before = _lora_param_count(pipe.transformer)
         try:
-            pipe.load_lora_weights(path, adapter_name=name)
+            source = read_lora(path).diffusers_state()
+        except UnsupportedLora:
+            source = path
+        try:
+            pipe.load_lora_weights(source, adapter_name=name)
         except Exception as exc:
             if "not found in the base model" in str(exc):
                 raise InputError(f"--lora {path}: no key matches a module of this model's transformer") from None

@@ -28,18 +28,11 @@ def as_array(img) -> np.ndarray:
 def make_lora(model_folder, path, style="diffusers", rank=4, seed=0, targets=("to_q", "to_k", "to_v")):
     """Write a random LoRA for the folder's transformer in the diffusers/PEFT or Kohya key style."""
     import torch
-    from diffusers import ZImagePipeline, ZImageTransformer2DModel
-    from peft import LoraConfig
+    from diffusers import ZImagePipeline
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    dit = ZImageTransformer2DModel.from_pretrained(model_folder, subfolder="transformer", local_files_only=True)
-    dit.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in dit.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    dit = random_lora_model(model_folder, seed, r=rank, lora_alpha=rank, target_modules=list(targets))
     state = get_peft_model_state_dict(dit)
     if style == "diffusers":
         ZImagePipeline.save_lora_weights(str(path.parent), transformer_lora_layers=state,
@@ -54,6 +47,22 @@ def make_lora(model_folder, path, style="diffusers", rank=4, seed=0, targets=("t
             kohya[base.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(rank))
     save_file(kohya, str(path))
     return path
+
+
+def random_lora_model(model_folder, seed=0, **lora_config):
+    """The folder's transformer with a PEFT LoRA of random (not zero) weights."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+    from peft import LoraConfig
+
+    dit = ZImageTransformer2DModel.from_pretrained(model_folder, subfolder="transformer", local_files_only=True)
+    dit.add_adapter(LoraConfig(init_lora_weights=False, **lora_config))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return dit
 
 
 def assert_one_line_error(r, *needles):

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "config", "train"]
+COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "config", "train", "lora"]
 
 
 def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
-@pytest.mark.parametrize("argv", [[], *[[c] for c in COMMANDS], ["config", "show"]])
+@pytest.mark.parametrize("argv", [[], *[[c] for c in COMMANDS], ["config", "show"], ["lora", "inspect"],
+                                  ["lora", "convert"]])
 def test_help_never_imports_torch(argv):
     code = (
         "import sys\nfrom llmdit_cli.cli.app import app\n"

@@ -12,6 +12,7 @@ from llmdit_cli.cli.decode import decode
 from llmdit_cli.cli.encode import encode
 from llmdit_cli.cli.generate import generate, img2img
 from llmdit_cli.cli.inspect import inspect
+from llmdit_cli.cli.lora_cmd import lora_app
 from llmdit_cli.cli.train import train
 
 app = typer.Typer(
@@ -42,6 +43,7 @@ app.command("decode")(decode)
 app.command("inspect")(inspect)
 app.command("train")(train)
 app.add_typer(config_app, name="config")
+app.add_typer(lora_app, name="lora")
 
 
 def main() -> None:

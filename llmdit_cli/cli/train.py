@@ -39,7 +39,7 @@ def train(
     caption_dropout: Annotated[Optional[float], _opt("--caption-dropout", help="Fraction of examples trained on the empty caption.")] = None,
     cache_dir: Annotated[Optional[str], _opt("--cache-dir", help="Folder for cached embeds/latents stage files.")] = None,
     rank: Annotated[Optional[int], _opt("--rank", help="LoRA rank (default 32).")] = None,
-    alpha: Annotated[Optional[float], _opt("--alpha", help="LoRA alpha (default = rank).")] = None,
+    alpha: Annotated[Optional[float], _opt("--alpha", help="LoRA alpha; the update is scaled by alpha/rank while training (default: the rank, i.e. scale 1). The written file has that scale folded in, so every loader applies it.")] = None,
     targets: Annotated[Optional[list[str]], _opt("--target", help="LoRA target module name; repeat (default: attention projections).")] = None,
     optimizer: Annotated[Optional[str], _opt("--optimizer", help="adamw or adamw8bit (bitsandbytes).")] = None,
     lr: Annotated[Optional[float], _opt("--lr", help="Peak learning rate.")] = None,

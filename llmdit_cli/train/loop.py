@@ -446,15 +446,26 @@ def _save_result(run: Run, acc, transformer, handle, ema) -> Path:
 
         unmerge_assistant(model)
     if run.recipe.method == "lora":
-        from diffusers import ZImagePipeline
-        from peft.utils import get_peft_model_state_dict
-
-        ZImagePipeline.save_lora_weights(str(run.output), transformer_lora_layers=get_peft_model_state_dict(model),
-                                         weight_name=LORA_FILE, safe_serialization=True)
-        result = run.output / LORA_FILE
+        result = _save_lora(run, model)
     else:
         result = _save_pipeline(model, handle.folder, run.output / "model")
     run.log(f"saved {result}")
+    return result
+
+
+def _save_lora(run: Run, model) -> Path:
+    """The portable LoRA file: alpha/rank folded into lora_B and alpha = rank stated, so diffusers,
+    ComfyUI and `--lora` all apply the trained strength; the trained rank and alpha are recorded."""
+    from peft.utils import get_peft_model_state_dict
+
+    from llmdit_cli.lora import from_peft_state, write_lora
+
+    lora_cfg = run.recipe.lora
+    lora = from_peft_state(get_peft_model_state_dict(model), lora_cfg.rank, lora_cfg.alpha)
+    result = run.output / LORA_FILE
+    write_lora(lora, result, "diffusers", {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha,
+                                           "folded_scale": lora_cfg.alpha / lora_cfg.rank,
+                                           "targets": list(lora_cfg.targets), "trained_by": "llmdit train"})
     return result
 
 

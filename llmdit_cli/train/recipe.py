@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from llmdit_cli.errors import ConfigError
 
@@ -32,8 +32,14 @@ class DataConfig(_Section):
 
 class LoraConfig(_Section):
     rank: int = 32
-    alpha: float = 32.0
+    alpha: float | None = None  # None: the rank (scale alpha/rank = 1), resolved when the recipe loads
     targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+    @model_validator(mode="after")
+    def _alpha_defaults_to_rank(self):
+        if self.alpha is None:
+            self.alpha = float(self.rank)
+        return self
 
 
 class OptimConfig(_Section):
