@@ -13,6 +13,7 @@ import os
 import struct
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ SCHEMA = 1
 KINDS = ("embeds", "latents")
 STDIO = "-"
 _HEADER_LIMIT = 100 * 1024 * 1024
+_UMASK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -142,12 +144,32 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); a written file gets what `cp` would give it
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask. Reading it means setting it, so it is set straight back, under a lock
+    because the umask is process-wide and a server writes files from several threads."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def give_usual_modes(folder: str | Path) -> None:
+    """Files in `folder` get 0666 minus the umask. Libraries that write atomically (safetensors
+    0.8's save_file, so Accelerate checkpoints and diffusers' save_pretrained) leave them 0600."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def write_stage(path: str, kind: str, tensors: dict, identity: dict[str, Any], params: dict[str, Any]) -> None:

@@ -374,10 +374,13 @@ def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
     if acc.is_main_process:
         from safetensors.torch import save_file
 
+        from llmdit_cli.artifacts import give_usual_modes
+
         (path / "trainer.json").write_text(json.dumps({"step": step, "fingerprint": run.recipe.fingerprint()}))
         (path / "recipe.resolved.toml").write_text(run.recipe.to_toml())
         if ema is not None:
             save_file(ema.state(), str(path / "ema.safetensors"))
+        give_usual_modes(path)
         for old in _checkpoints(run.output)[:-run.recipe.output.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
@@ -472,6 +475,8 @@ def _save_lora(run: Run, model) -> Path:
 def _save_pipeline(transformer, base: Path, target: Path, copy_limit: int = 64 << 20) -> Path:
     """A complete diffusers folder: the trained transformer plus the base model's other components
     (copied when small, linked when large so a 6B run does not duplicate its text encoder)."""
+    from llmdit_cli.artifacts import give_usual_modes
+
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -484,6 +489,7 @@ def _save_pipeline(transformer, base: Path, target: Path, copy_limit: int = 64 <
                 shutil.copytree(comp, tmp / comp.name, symlinks=False)
             else:
                 (tmp / comp.name).symlink_to(comp.resolve(), target_is_directory=True)
+    give_usual_modes(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
