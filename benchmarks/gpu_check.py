@@ -1,6 +1,6 @@
 """Exercise the GPU-only paths of `generate` on the demo model and print one line per check.
 
-    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check_out]
+    python benchmarks/gpu_check.py [--device cuda] [--out gpu_check_out] [--only PREFIX ...]
 
 Each check runs `python -m llmdit_cli generate` in its own process (so a crash or a stuck kernel in
 one does not hide the others) and reports: ok / failed, seconds, and the PSNR of its image against
@@ -66,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="gpu_check_out")
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only the checks whose label starts with PREFIX (repeatable; 'plain' always runs)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,8 @@ def main() -> None:
     refs: dict[str, Path] = {}
     print("| check | result | seconds | PSNR vs plain (dB) |\n| --- | --- | --- | --- |")
     for label, extra in checks(gguf_file, st_file):
+        if args.only and label != "plain" and not label.startswith(tuple(args.only)):
+            continue
         png = out / (label.replace(" ", "_").replace(",", "") + ".png")
         cmd = [sys.executable, "-m", "llmdit_cli", "generate", PROMPT, "--model", "demo", "--seed", "3",
                "--device", args.device, "-q", "-o", str(png), *extra]
