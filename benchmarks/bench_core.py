@@ -51,30 +51,25 @@ def in_process(repeats: int) -> tuple[float, float]:
     import torch
     from diffusers import ZImagePipeline
 
-    from llmdit_cli.cli.output import Output
     from llmdit_cli.config import resolve
+    from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.models import DEMO_PATH
-    from llmdit_cli.stages.vae import decode_latents
-    from llmdit_cli import workflows as wf
 
     torch.set_num_threads(1)
     pipe = ZImagePipeline.from_pretrained(DEMO_PATH, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    r = resolve(flags={"model": "demo", "width": 64, "height": 64, "steps": 4})
-    handle = wf.open_model(r)
-    wf.fill_family_defaults(r, handle.family)
-    handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
-    out = Output(quiet=True)
+    engine = Engine()
+
+    def request():
+        return GenerateRequest(resolve(flags={"model": "demo", "width": 64, "height": 64, "steps": 4}), seeds=[7],
+                               prompts=[PROMPT])
 
     def stock_once():
         pipe(PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=0.0,
              generator=torch.Generator().manual_seed(7)).images[0]
 
     def ours_once():
-        e = wf.encode(handle, [PROMPT], "", r, with_negative=False)
-        jobs = wf.plan_jobs(e, [7], r, handle, "txt2img")
-        lat = wf.run_jobs(handle, e, jobs, r, out)
-        decode_latents(handle.pipeline("vae"), lat[0])
+        engine.generate(request())
 
     def median(fn):
         fn()  # warm-up

@@ -32,17 +32,18 @@ def main() -> None:
 
     import torch
 
-    from llmdit_cli import workflows as wf
     from llmdit_cli.config import resolve
+    from llmdit_cli.engine import EncodeRequest, Engine
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
     from llmdit_cli.stages.denoise import DenoiseParams, txt2img
 
     torch.set_num_threads(1)
     r = resolve(flags={"model": "demo"})
-    handle = wf.open_model(r)
-    pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
-    e = wf.encode(handle, [PROMPT], "", r, with_negative=True)
+    engine = Engine()
+    e = engine.encode(EncodeRequest(r, [PROMPT]))
+    handle, _ = engine.model(r)
+    pipe = handle.pipeline("transformer", "vae")  # the stage functions are what is timed here
     n = args.steps
     all_steps = SLGConfig(scale=2.5, layers=[1, 2], start=0.0, stop=1.0)
     z_window = SLGConfig(scale=2.5, layers=[1, 2], start=0.05, stop=0.5)

@@ -24,9 +24,9 @@ if __name__ == "__main__":
     parser.add_argument("--save", type=Path, help="also write the images here")
     a = parser.parse_args()
 
-    def save(job, img, got):
+    def save(index, img, got):
         if a.save:
             a.save.mkdir(parents=True, exist_ok=True)
-            img.resize((128, 128), 0).save(a.save / f"{job.index:03d}_{'-'.join(map(str, got))}.png")
+            img.resize((128, 128), 0).save(a.save / f"{index:03d}_{'-'.join(map(str, got))}.png")
 
     print(evaluate(a.model, list(range(a.seeds)), a.steps, split=a.split, on_image=save).line())

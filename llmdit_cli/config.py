@@ -218,10 +218,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 def resolve(config: str | None = None, profile: str | None = None,
             flags: dict[str, Any] | None = None) -> Resolved:
     """Layer defaults, the config file's profile, LLMDIT_* variables and flags (None = not given)."""
-    values: dict[str, Any] = {"model": DEFAULT_MODEL}
-    for section, cls in SECTIONS.items():
-        values.update({f"{section}.{f}": getattr(cls(), f) for f in cls.model_fields})
-    sources = {k: "default" for k in values}
+    values, sources = _defaults()
 
     explicit = config or os.environ.get(ENV_PREFIX + "CONFIG")
     path = Path(explicit) if explicit else default_config_path()
@@ -245,8 +242,27 @@ def resolve(config: str | None = None, profile: str | None = None,
 
     for key, (v, name) in _env_layer().items():
         values[key], sources[key] = v, name
+    _apply_flags(values, sources, flags)
+    return Resolved(values, sources, path, profile)
+
+
+def resolve_defaults(flags: dict[str, Any] | None = None) -> Resolved:
+    """Built-in defaults and `flags` only, with no config file or environment: for runs a recipe
+    defines in full (the trainer's validation images)."""
+    values, sources = _defaults()
+    _apply_flags(values, sources, flags)
+    return Resolved(values, sources, None, "default")
+
+
+def _defaults() -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {"model": DEFAULT_MODEL}
+    for section, cls in SECTIONS.items():
+        values.update({f"{section}.{f}": getattr(cls(), f) for f in cls.model_fields})
+    return values, {k: "default" for k in values}
+
+
+def _apply_flags(values: dict[str, Any], sources: dict[str, str], flags: dict[str, Any] | None) -> None:
     for field, v in (flags or {}).items():
         if v is not None:
             key = key_of(field)
             values[key], sources[key] = _check_value(key, v, f"--{field.replace('_', '-')}"), "flag"
-    return Resolved(values, sources, path, profile)

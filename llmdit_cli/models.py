@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,24 @@ class ModelHandle:
         import gc
 
         gc.collect()
+
+    @contextmanager
+    def using_transformer(self, transformer):
+        """Run with `transformer` in place of the model's own (None: no change), e.g. the one a
+        training run is updating; the pipeline's own is put back afterwards."""
+        if transformer is None:
+            yield
+            return
+        pipe = self.pipeline("vae", "scheduler")
+        had, previous = "transformer" in self._loaded, pipe.transformer
+        pipe.transformer = transformer
+        self._loaded.add("transformer")
+        try:
+            yield
+        finally:
+            pipe.transformer = previous
+            if not had:
+                self._loaded.discard("transformer")
 
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.component_config("vae").get("block_out_channels", [0] * 4)) - 1)

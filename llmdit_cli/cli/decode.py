@@ -22,11 +22,10 @@ def decode(
     Example: llmdit decode circle.latents.safetensors -o circle.png
     """
     from llmdit_cli.artifacts import read_stage, write_bytes_atomic
+    from llmdit_cli.engine import DecodeRequest, Engine
     from llmdit_cli.errors import InputError
     from llmdit_cli.outputs import plan_paths
     from llmdit_cli.pngmeta import png_bytes
-    from llmdit_cli.stages.vae import decode_latents
-    from llmdit_cli.workflows import open_model
 
     out = Output(quiet)
     out.stdout_is_binary = output == "-"
@@ -38,15 +37,8 @@ def decode(
         raise InputError(f"{stage.source}: no 4-D 'latents' tensor in the file")
     images = stage.params.get("images") or [{} for _ in range(tensor.shape[0])]
     paths = plan_paths(output, [(i, s.get("seed", 0), s.get("prompt", "image")) for i, s in enumerate(images)])
-    handle = open_model(r)
-    channels = handle.component_config("vae").get("latent_channels")
-    if tensor.shape[1] != channels:
-        raise InputError(f"{stage.source}: latents have {tensor.shape[1]} channels, the VAE of --model "
-                         f"{handle.ref} takes {channels}")
-    with out.status(f"decoding with {handle.ref}"):
-        pipe = handle.pipeline("vae")
-    for i, path in enumerate(paths):
-        img = decode_latents(pipe, tensor[i : i + 1])[0]
-        write_bytes_atomic(path, png_bytes(img, images[i]))
+    decoded = Engine().decode(DecodeRequest(r, tensor, stage.source), out)
+    for img, settings_record, path in zip(decoded, images, paths):
+        write_bytes_atomic(path, png_bytes(img, settings_record))
         if path != "-":
             out.data(path)

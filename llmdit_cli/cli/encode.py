@@ -25,9 +25,10 @@ def encode(
     Example: llmdit encode "a red circle on a blue background" --model demo -o circle.embeds.safetensors
     """
     from llmdit_cli.artifacts import check_binary_target
+    from llmdit_cli.engine import EncodeRequest, Engine
     from llmdit_cli.errors import UsageError
     from llmdit_cli.prompts import collect_prompts
-    from llmdit_cli.workflows import chat_format, encode as encode_prompts, open_model, write_embeds
+    from llmdit_cli.workflows import chat_format, write_embeds
 
     out = Output(quiet)
     r = settings(config, profile, negative_prompt=negative_prompt,
@@ -39,14 +40,14 @@ def encode(
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
     if r["max_length"] < 1:
         raise UsageError(f"--max-length {r['max_length']}: must be at least 1")
-    handle = open_model(r)
+    engine = Engine()
+    handle, _ = engine.model(r)
     if show_format:
         _show_format(handle, chat_format(r), texts, r["max_length"], out)
         return
     target = output or "-"
     check_binary_target(target)
-    with out.status(f"encoding {len(texts)} prompt(s) with {handle.ref}"):
-        e = encode_prompts(handle, texts, r["negative_prompt"], r)
+    e = engine.encode(EncodeRequest(r, texts), out)
     write_embeds(target, handle, e)
     for text, n in zip(texts, e.params["token_counts"]):
         out.log(f"encoded {n} tokens: {text[:60]}")

@@ -81,7 +81,8 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
             device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet,
             from_png=None, image=None, from_latents=None, strength=None, **guidance):
     from llmdit_cli import workflows as wf
-    from llmdit_cli.artifacts import check_binary_target, read_bytes, read_stage, write_bytes_atomic, write_stage
+    from llmdit_cli.artifacts import check_binary_target, write_bytes_atomic, write_stage
+    from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.errors import UsageError
     from llmdit_cli.outputs import plan_paths
     from llmdit_cli.pngmeta import png_bytes
@@ -109,57 +110,32 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
         raise UsageError("give prompts or --from-embeds, not both")
     if not texts and not from_embeds:
         raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
-    init = _init_source(mode, image, from_latents, read_bytes, read_stage)
-
-    r = settings(config, profile, **flags)
-    handle = wf.open_model(r)
-    if init is not None and not wf.is_image(init):
-        r.set_default("height", init.meta_int("height"), "latents file")
-        r.set_default("width", init.meta_int("width"), "latents file")
-    elif init is not None:
-        r.set_default("height", init.height // 16 * 16, "input image")
-        r.set_default("width", init.width // 16 * 16, "input image")
-    wf.fill_family_defaults(r, handle.family)
-    wf.check_generation(r)
-    wf.check_guidance(r, handle, out)
+    init = _init_source(mode, image, from_latents)
+    req = GenerateRequest(settings(config, profile, **flags), seeds=[], prompts=texts, mode=mode, **init)
+    engine = Engine()
+    engine.prepare(req, out)
     if save_latents:
         check_binary_target(save_latents)
-
-    e = wf.read_embeds(from_embeds) if from_embeds else None
-    n_prompts = len(e.cond) if e else len(texts)
-    seeds = wf.seeds_for(seed, num_images)
-    prompt_names = e.prompts if e else texts
-    paths = plan_paths(output, [(i * len(seeds) + k, s, prompt_names[i]) for i in range(n_prompts)
-                                for k, s in enumerate(seeds)])
+    req.embeds = wf.read_embeds(from_embeds) if from_embeds else None
+    req.seeds = wf.seeds_for(seed, num_images)
+    names = req.embeds.prompts if req.embeds else texts
+    paths = plan_paths(output, [(i * len(req.seeds) + k, s, names[i]) for i in range(len(names))
+                                for k, s in enumerate(req.seeds)])
     if seed is None:
-        out.log(f"seed {seeds[0]} (random; pass --seed to choose)")
-
-    if e is None:
-        with out.status(f"encoding {len(texts)} prompt(s)"):
-            e = wf.encode(handle, texts, r["negative_prompt"], r, with_negative=r["guidance_scale"] > 0)
-    wf.check_embeds_fit(e, handle, out)
-    if r["guidance_scale"] > 0 and len(e.uncond) != len(e.cond):
-        raise UsageError(f"{e.source}: --guidance-scale > 0 needs negative embeddings, and this file has none")
-    start = _start_latents(init, handle, r)
-    jobs = wf.plan_jobs(e, seeds, r, handle, mode)
-    with out.status(f"loading {handle.ref}"):
-        handle.pipeline("transformer", "vae")
-    latents = wf.run_jobs(handle, e, jobs, r, out, start)
-
-    import torch
-
-    from llmdit_cli.stages.vae import decode_latents
-
+        out.log(f"seed {req.seeds[0]} (random; pass --seed to choose)")
+    results = engine.generate(req, out)
     if save_latents:
-        stacked = torch.cat(latents, dim=0)
-        params = {"images": [j.settings for j in jobs]}
+        import torch
+
+        stacked = torch.cat([g.latents for g in results], dim=0)
+        handle, _ = engine.model(req.settings)
         write_stage(save_latents, "latents", {"latents": stacked},
-                    wf.latents_identity(handle, stacked, r["height"], r["width"]), params)
+                    wf.latents_identity(handle, stacked, req.settings["height"], req.settings["width"]),
+                    {"images": [g.settings for g in results]})
         if save_latents != "-":
             out.data(save_latents)
-    for job, lat, path in zip(jobs, latents, paths):
-        img = decode_latents(handle.pipeline("vae"), lat)[0]
-        write_bytes_atomic(path, png_bytes(img, job.settings))
+    for g, path in zip(results, paths):
+        write_bytes_atomic(path, png_bytes(g.image, g.settings))
         if path != "-":
             out.data(path)
 
@@ -177,38 +153,25 @@ def _png_settings(path: str) -> dict:
     return stored
 
 
-def _init_source(mode, image, from_latents, read_bytes, read_stage):
-    """The img2img starting point: a PIL image or a latents stage file (None for txt2img)."""
+def _init_source(mode, image, from_latents) -> dict:
+    """The img2img input as request fields: a PIL image, or a latents file's tensor and size."""
+    from llmdit_cli.artifacts import read_bytes, read_stage
     from llmdit_cli.errors import UsageError
     from llmdit_cli.pngmeta import open_image
 
     if mode == "txt2img":
-        return None
+        return {}
     if bool(image) == bool(from_latents):
         raise UsageError("img2img needs exactly one of --image or --from-latents")
     if image:
         data, name = read_bytes(image, "an image")
-        return open_image(data, f"--image {name}").convert("RGB")
-    return read_stage(from_latents, expect="latents")
-
-
-def _start_latents(init, handle, r):
-    """The latents img2img starts from: the stage file's own, validated, or the image (encoded later)."""
-    from llmdit_cli import workflows as wf
+        return {"init": open_image(data, f"--image {name}").convert("RGB"), "init_source": name}
     from llmdit_cli.errors import InputError
 
-    if init is None or wf.is_image(init):
-        return init
-    lat = init.tensors()["latents"]
-    channels = handle.component_config("transformer").get("in_channels")
-    if lat.ndim != 4 or lat.shape[1] != channels:
-        raise InputError(f"{init.source}: latents of shape {list(lat.shape)} do not fit this transformer "
-                         f"({channels} channels)")
-    if lat.shape[0] != 1:
-        raise InputError(f"{init.source}: holds {lat.shape[0]} latents; img2img takes one")
-    f = handle.vae_scale_factor()
-    expected = (r["height"] // f, r["width"] // f)
-    if tuple(lat.shape[-2:]) != expected:
-        raise InputError(f"{init.source}: latents are {lat.shape[-1] * f}x{lat.shape[-2] * f}, "
-                         f"but --width/--height ask for {r['width']}x{r['height']}")
-    return lat
+    stage = read_stage(from_latents, expect="latents")
+    size = (stage.meta_int("height"), stage.meta_int("width"))
+    latents = stage.tensors().get("latents")
+    if latents is None:
+        raise InputError(f"{stage.source}: no 'latents' tensor in the file")
+    return {"init": latents, "init_source": stage.source,
+            "init_size": size if None not in size else None}

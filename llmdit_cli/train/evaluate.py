@@ -77,26 +77,19 @@ def score(results: list[tuple[tuple[str, str, str], tuple]]) -> Scores:
 def evaluate(model: str, seeds: list[int], steps: int = 4, size: int = 32, split: str = "held-out",
              on_image=None) -> Scores:
     """Generate each combination of `split` ('held-out' or 'train') once per seed and score it."""
-    from llmdit_cli import workflows as wf
-    from llmdit_cli.cli.output import Output
     from llmdit_cli.config import resolve
-    from llmdit_cli.stages.vae import decode_latents
+    from llmdit_cli.engine import Engine, GenerateRequest
 
     wanted = sorted(held_out()) if split == "held-out" else [c for c in combos() if c not in held_out()]
     r = resolve(flags={"model": model, "width": size, "height": size, "steps": steps, "guidance_scale": 0.0})
-    handle = wf.open_model(r)
-    wf.fill_family_defaults(r, handle.family)
     prompts = [caption(*c) for c in wanted]
-    e = wf.encode(handle, prompts, "", r, with_negative=False)
-    jobs = wf.plan_jobs(e, seeds, r, handle, "txt2img")
-    latents = wf.run_jobs(handle, e, jobs, r, Output(quiet=True))
+    made = Engine().generate(GenerateRequest(r, seeds=list(seeds), prompts=prompts))
     results = []
-    for job, lat in zip(jobs, latents):
-        img = decode_latents(handle.pipeline("vae"), lat)[0]
-        got = classify(img)
-        results.append((wanted[job.prompt_index], got))
+    for i, g in enumerate(made):
+        got = classify(g.image)
+        results.append((wanted[i // len(seeds)], got))
         if on_image:
-            on_image(job, img, got)
+            on_image(i, g.image, got)
     return score(results)
 
 

@@ -15,7 +15,6 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 from llmdit_cli.errors import InputError, LlmditError, UsageError
@@ -408,30 +407,31 @@ def _resume(run: Run, acc, ema) -> int:
 
 
 def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, step: int) -> None:
+    """Validation images of the transformer being trained, made by the engine from the cached
+    captions (the text encoder was released after caching)."""
     if not acc.is_main_process:
         return
-    import torch
-
-    from llmdit_cli.models import FAMILIES
-    from llmdit_cli.stages.denoise import DenoiseParams, txt2img
-    from llmdit_cli.stages.vae import decode_latents
+    from llmdit_cli.config import resolve_defaults
+    from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.train.cache import load_embeds
+    from llmdit_cli.workflows import Embeds
 
-    v, fam = r.validation, FAMILIES[handle.family]
-    model = acc.unwrap_model(transformer)
-    pipe = handle.pipeline("vae", "scheduler")
-    view = SimpleNamespace(transformer=model, vae=pipe.vae, scheduler=pipe.scheduler,
-                           vae_scale_factor=pipe.vae_scale_factor)
-    p = DenoiseParams(steps=v.steps or fam["steps"], guidance_scale=v.guidance_scale or 0.0, shift=fam["shift"])
+    v = r.validation
+    settings = resolve_defaults({"model": handle.ref, "steps": v.steps, "guidance_scale": v.guidance_scale or 0.0,
+                                 "height": v.height or r.data.resolution, "width": v.width or r.data.resolution})
+    engine = Engine()
+    engine.adopt(handle, settings)
     folder = output / "validation"
     folder.mkdir(parents=True, exist_ok=True)
+    model = acc.unwrap_model(transformer)
     model.eval()
     for i, prompt in enumerate(v.prompts):
-        cond = [load_embeds(extra[prompt]).to(acc.device)]
-        uncond = [load_embeds(extra[""]).to(acc.device)]
-        gen = torch.Generator().manual_seed(v.seed)
-        lat = txt2img(view, cond, uncond, p, v.height or r.data.resolution, v.width or r.data.resolution, gen)
-        decode_latents(view, lat)[0].save(folder / f"step-{step:06d}_{i:02d}.png")
+        cond, uncond = load_embeds(extra[prompt]).to(acc.device), load_embeds(extra[""]).to(acc.device)
+        embeds = Embeds([cond], [uncond], {"prompts": [prompt], "negative_prompts": [""]}, int(cond.shape[-1]),
+                        source="training cache")
+        request = GenerateRequest(settings, seeds=[v.seed], embeds=embeds)
+        image = engine.generate(request, transformer=model)[0].image
+        image.save(folder / f"step-{step:06d}_{i:02d}.png")
     model.train()
 
 

@@ -1,0 +1,179 @@
+"""The engine: loaded models for one process, and the requests it serves.
+
+Thread safety: a model's transformer carries per-run state while it denoises (SLG and DyPE hooks,
+RoPE position tables, a training-time transformer swapped in), so every request holds its model's
+lock from encoding to decoding; requests for different models (another folder, other LoRAs or
+placement) run in parallel. A LoRA set is part of what identifies a model, so LoRA scales never
+change under a running request.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager, nullcontext
+from typing import Any, Protocol
+
+from llmdit_cli import workflows as wf
+from llmdit_cli.config import Resolved
+from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, GenerateRequest, Generated
+from llmdit_cli.errors import InputError, UsageError
+
+
+class Reporter(Protocol):
+    """Where the engine sends hints, status lines and progress (the CLI's Output is one)."""
+
+    def hint(self, message: str) -> None: ...
+    def log(self, message: str) -> None: ...
+    def status(self, message: str): ...
+    def progress(self, description: str, total: int): ...
+
+
+class Silent:
+    def hint(self, message: str) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def status(self, message: str):
+        return nullcontext()
+
+    @contextmanager
+    def progress(self, description: str, total: int):
+        yield lambda done, total_, info="": None
+
+
+def model_key(r: Resolved) -> tuple:
+    return (r["model"], tuple(r["loras"]), tuple(str(r[f]) for f in wf.PLACEMENT_FIELDS))
+
+
+class Engine:
+    """Loads each model once and serves encode / generate / decode requests, from any thread."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, Any] = {}
+        self._locks: dict[tuple, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def model(self, r: Resolved):
+        """The handle for the settings' model (components load on first use) and its lock."""
+        key = model_key(r)
+        with self._guard:
+            if key not in self._models:
+                self._models[key] = wf.open_model(r)
+                self._locks[key] = threading.RLock()
+            return self._models[key], self._locks[key]
+
+    def adopt(self, handle, r: Resolved) -> None:
+        """Serve requests for `r`'s model with an already opened handle (the trainer's)."""
+        with self._guard:
+            self._models[model_key(r)] = handle
+            self._locks.setdefault(model_key(r), threading.RLock())
+
+    # -- encode ------------------------------------------------------------------------------------
+
+    def encode(self, req: EncodeRequest, report: Reporter | None = None):
+        """Prompt embeddings (`workflows.Embeds`) for the request's prompts."""
+        report = report or Silent()
+        r = req.settings
+        if r["max_length"] < 1:
+            raise UsageError(f"--max-length {r['max_length']}: must be at least 1")
+        handle, lock = self.model(r)
+        with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
+            return wf.encode(handle, list(req.prompts), r["negative_prompt"], r, with_negative=req.with_negative)
+
+    # -- generate ----------------------------------------------------------------------------------
+
+    def prepare(self, req: GenerateRequest, report: Reporter | None = None) -> None:
+        """Fill what the settings leave open (input size, model family defaults) and check them,
+        before anything loads. `generate` calls it too; calling it first lets a caller check
+        everything (and plan its output paths) before the work starts."""
+        if getattr(req, "_prepared", False):
+            return
+        report = report or Silent()
+        r = req.settings
+        handle, _ = self.model(r)
+        if req.mode == "img2img" and req.init is None:
+            raise UsageError("img2img needs an input image or latents")
+        if req.init is not None and not wf.is_image(req.init):
+            f = handle.vae_scale_factor()
+            height, width = req.init_size or (int(req.init.shape[-2]) * f, int(req.init.shape[-1]) * f)
+            r.set_default("height", height, "latents file")
+            r.set_default("width", width, "latents file")
+        elif req.init is not None:
+            r.set_default("height", req.init.height // 16 * 16, "input image")
+            r.set_default("width", req.init.width // 16 * 16, "input image")
+        wf.fill_family_defaults(r, handle.family)
+        wf.check_generation(r)
+        wf.check_guidance(r, handle, report)
+        req._prepared = True
+
+    def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:
+        """Make the request's images; `transformer` runs in place of the model's own (validation
+        images of a transformer being trained)."""
+        report = report or Silent()
+        self.prepare(req, report)
+        r = req.settings
+        handle, lock = self.model(r)
+        with lock:
+            e = req.embeds
+            if e is None:
+                with report.status(f"encoding {len(req.prompts)} prompt(s)"):
+                    e = wf.encode(handle, req.prompts, r["negative_prompt"], r, with_negative=r["guidance_scale"] > 0)
+            wf.check_embeds_fit(e, handle, report)
+            if r["guidance_scale"] > 0 and len(e.uncond) != len(e.cond):
+                raise UsageError(f"{e.source}: --guidance-scale > 0 needs negative embeddings, and this file has none")
+            start = self._start_latents(req, handle)
+            jobs = wf.plan_jobs(e, req.seeds, r, handle, req.mode)
+            with handle.using_transformer(transformer):
+                with report.status(f"loading {handle.ref}"):
+                    handle.pipeline("transformer", "vae")
+                latents = wf.run_jobs(handle, e, jobs, r, report, start)
+            images = self._decode_all(handle, latents) if req.decode else [None] * len(latents)
+        return [Generated(lat, job.settings, img) for job, lat, img in zip(jobs, latents, images)]
+
+    def _start_latents(self, req: GenerateRequest, handle):
+        """The img2img start: the image (encoded in the loop), or the given latents, validated."""
+        init, r = req.init, req.settings
+        if init is None or wf.is_image(init):
+            return init
+        name = req.init_source or "latents"
+        channels = handle.component_config("transformer").get("in_channels")
+        if init.ndim != 4 or init.shape[1] != channels:
+            raise InputError(f"{name}: latents of shape {list(init.shape)} do not fit this transformer "
+                             f"({channels} channels)")
+        if init.shape[0] != 1:
+            raise InputError(f"{name}: holds {init.shape[0]} latents; img2img takes one")
+        f = handle.vae_scale_factor()
+        expected = (r["height"] // f, r["width"] // f)
+        if tuple(init.shape[-2:]) != expected:
+            raise InputError(f"{name}: latents are {init.shape[-1] * f}x{init.shape[-2] * f}, "
+                             f"but --width/--height ask for {r['width']}x{r['height']}")
+        return init
+
+    # -- decode ------------------------------------------------------------------------------------
+
+    def decode(self, req: DecodeRequest, report: Reporter | None = None) -> list:
+        """PIL images of latents `[B, C, h, w]`."""
+        report = report or Silent()
+        handle, lock = self.model(req.settings)
+        lat = req.latents
+        if lat is None or lat.ndim != 4:
+            raise InputError(f"{req.source}: no 4-D 'latents' tensor in the file")
+        channels = handle.component_config("vae").get("latent_channels")
+        if lat.shape[1] != channels:
+            raise InputError(f"{req.source}: latents have {lat.shape[1]} channels, the VAE of --model "
+                             f"{handle.ref} takes {channels}")
+        with lock:
+            with report.status(f"decoding with {handle.ref}"):
+                handle.pipeline("vae")
+            return self._decode_all(handle, [lat[i:i + 1] for i in range(lat.shape[0])])
+
+    @staticmethod
+    def _decode_all(handle, latents: list) -> list:
+        from llmdit_cli.stages.vae import decode_latents
+
+        vae = handle.pipeline("vae")
+        return [decode_latents(vae, lat)[0] for lat in latents]

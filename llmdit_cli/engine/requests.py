@@ -1,0 +1,63 @@
+"""What the engine is asked for and what it gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmdit_cli.config import Resolved
+
+
+@dataclass
+class EncodeRequest:
+    """Prompts to encode with the settings' model and chat formatting."""
+
+    settings: Resolved
+    prompts: list[str]
+    with_negative: bool = True  # also encode the negative prompt once per prompt
+
+
+@dataclass
+class GenerateRequest:
+    """Images to make: each prompt (or each item of `embeds`) once per seed.
+
+    `settings` are resolved (defaults < config < env < flags); the engine fills what is left from
+    the model family and the input's size. `init` is the img2img input: a PIL image or finished
+    latents `[1, C, h, w]` (with `init_source` naming them in messages)."""
+
+    settings: Resolved
+    seeds: list[int]
+    prompts: list[str] = field(default_factory=list)
+    embeds: Any = None  # workflows.Embeds, e.g. read from an embeds file
+    mode: Literal["txt2img", "img2img"] = "txt2img"
+    init: Any = None
+    init_source: str = ""
+    init_size: tuple[int, int] | None = None  # (height, width) recorded with input latents
+    decode: bool = True  # False: latents only (the caller decodes later, or never)
+
+
+@dataclass
+class Generated:
+    """One image: its latents `[1, C, h, w]`, the PIL image (when decoded) and the settings record
+    that goes into its PNG and latents header."""
+
+    latents: Any
+    settings: dict[str, Any]
+    image: Any = None
+
+    @property
+    def seed(self) -> int:
+        return self.settings["seed"]
+
+    @property
+    def prompt(self) -> str:
+        return self.settings["prompt"]
+
+
+@dataclass
+class DecodeRequest:
+    """Latents `[B, C, h, w]` to decode with the settings' model (its VAE)."""
+
+    settings: Resolved
+    latents: Any
+    source: str = "latents"
