@@ -11,6 +11,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decode' -l config -d 'Config 
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l help -d 'Show help'
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
@@ -27,6 +28,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l enable-thinking -d
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
@@ -63,6 +65,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l guidance-scale -
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l height -d 'Height in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
@@ -118,6 +121,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l height -d 'Height
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l image -d 'Input image' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
@@ -154,6 +158,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show hel
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l json -d 'Print JSON' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from convert' -l help -d 'Show help'
+complete -c llmdit -n '__fish_seen_subcommand_from convert' -l json -d 'Print a JSON object for the written file instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from convert' -l quiet -d 'No logs on stderr' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from convert' -l to -d 'diffusers: transformer' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show help'
@@ -170,6 +175,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l epochs -d 'Epochs (
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l grad-accum -d 'Micro-batches per optimiser step' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l gradient-checkpointing -d 'Recompute activations to save memory' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l help -d 'Show help'
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l lr -d 'Peak learning rate' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l max-steps -d 'Optimiser steps' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l method -d 'lora or full' -r -F

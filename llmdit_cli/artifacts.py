@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -41,13 +42,22 @@ class StageFile:
     data: bytes = field(repr=False, default=b"")
 
     def tensors(self) -> dict:
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
-        return load(self.data)
+        try:
+            return load(self.data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise InputError(f"{self.source}: cannot read its tensors ({str(exc).splitlines()[0]})") from None
 
     def meta_int(self, key: str) -> int | None:
         value = self.meta.get(f"llmdit.{key}")
-        return int(value) if value not in (None, "") else None
+        if value in (None, ""):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise InputError(f"{self.source}: header llmdit.{key} is {value!r}, not a whole number") from None
 
 
 def read_bytes(path: str, what: str) -> tuple[bytes, str]:
@@ -86,9 +96,17 @@ def parse_header(data: bytes, name: str) -> dict[str, Any]:
     return header
 
 
+# safetensors dtype names and their sizes in bytes
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_EMBED_KEY = re.compile(r"^(negative_)?prompt_embeds\.(0|[1-9][0-9]*)$")
+
+
 def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
+    """A stage file's header, every part of it checked: a corrupt file is an InputError that says
+    what is wrong, never a KeyError or a library error later."""
     header = parse_header(data, name)
-    meta = header.pop("__metadata__", None) or {}
+    meta = _metadata(header.pop("__metadata__", None) or {}, name)
     kind = meta.get("llmdit.kind")
     if kind not in KINDS:
         raise InputError(f"{name}: a safetensors file, but not a llmdit stage file (no llmdit.kind header)")
@@ -98,6 +116,8 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
         raise InputError(f"{name}: bad llmdit.schema header {meta.get('llmdit.schema')!r}") from None
     if schema > SCHEMA:
         raise InputError(f"{name}: stage file schema {schema} is newer than this llmdit reads ({SCHEMA}); upgrade llmdit")
+    if schema < 1:
+        raise InputError(f"{name}: bad llmdit.schema header {schema} (expected 1 to {SCHEMA})")
     if expect and kind != expect:
         hint = {"latents": "give it to `llmdit decode` or `img2img --from-latents`",
                 "embeds": "give it to `llmdit generate --from-embeds`"}[kind]
@@ -106,11 +126,76 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
         params = json.loads(meta.get("llmdit.params", "{}"))
     except json.JSONDecodeError:
         raise InputError(f"{name}: llmdit.params header is not valid JSON") from None
-    return StageFile(
-        source=name, kind=kind, schema=schema, meta=meta, params=params,
-        shapes={k: v["shape"] for k, v in header.items()},
-        dtypes={k: v["dtype"] for k, v in header.items()}, data=data,
-    )
+    if not isinstance(params, dict):
+        raise InputError(f"{name}: llmdit.params header is JSON {type(params).__name__}, not an object")
+    shapes, dtypes = _tensor_table(header, len(data) - 8 - struct.unpack("<Q", data[:8])[0], name)
+    _check_tensor_names(kind, shapes, name)
+    stage = StageFile(source=name, kind=kind, schema=schema, meta=meta, params=params, shapes=shapes,
+                      dtypes=dtypes, data=data)
+    for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels"):
+        stage.meta_int(key)  # a header number that is not one fails here, naming the field
+    return stage
+
+
+def _metadata(meta: Any, name: str) -> dict[str, str]:
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise InputError(f"{name}: its safetensors __metadata__ is not a table of strings")
+    return meta
+
+
+def _tensor_table(header: dict, body: int, name: str) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """Shapes and dtypes of every tensor entry, each entry checked against the file's size."""
+    shapes, dtypes, spans = {}, {}, []
+    for key, entry in header.items():
+        where = f"{name}: tensor {key!r}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise InputError(f"{where}: entry needs dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise InputError(f"{where}: unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+            raise InputError(f"{where}: shape {shape!r} is not a list of sizes")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets)
+                or not offsets[0] <= offsets[1] <= body):
+            raise InputError(f"{where}: data_offsets {offsets!r} lie outside the file ({body} data bytes)")
+        if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * _prod(shape):
+            raise InputError(f"{where}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} tensor of shape {shape}")
+        shapes[key], dtypes[key] = shape, dtype
+        spans.append(tuple(offsets))
+    spans.sort()
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise InputError(f"{name}: tensors overlap in the file (not a valid safetensors file)")
+    return shapes, dtypes
+
+
+def _is_count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
+
+
+def _prod(shape: list[int]) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _check_tensor_names(kind: str, shapes: dict[str, list[int]], name: str) -> None:
+    if kind == "latents":
+        extra = sorted(set(shapes) - {"latents"})
+        if "latents" not in shapes or extra:
+            raise InputError(f"{name}: a latents file holds one tensor named 'latents' (found {sorted(shapes)})")
+        if len(shapes["latents"]) != 4:
+            raise InputError(f"{name}: latents have shape {shapes['latents']}, expected [batch, channels, h, w]")
+        return
+    for key, shape in shapes.items():
+        if not _EMBED_KEY.match(key):
+            raise InputError(f"{name}: tensor {key!r} is not an embedding (prompt_embeds.N or "
+                             f"negative_prompt_embeds.N)")
+        if len(shape) != 2:
+            raise InputError(f"{name}: embedding {key!r} has shape {shape}, expected [tokens, hidden]")
+    hidden = {shape[1] for shape in shapes.values()}
+    if len(hidden) > 1:
+        raise InputError(f"{name}: embeddings of different hidden sizes {sorted(hidden)} in one file")
 
 
 def read_stage(path: str, expect: str | None = None) -> StageFile:

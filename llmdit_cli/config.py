@@ -199,6 +199,15 @@ class Resolved:
     def __getitem__(self, field: str) -> Any:
         return self.values[key_of(field)]
 
+    def origin(self, field: str) -> str:
+        """How to name a setting in a message: the flag when the user typed it, else the key and
+        where its value came from (`generation.steps from img.png (stored settings)`)."""
+        key = key_of(field)
+        source = self.sources.get(key, "default")
+        if source == "flag":
+            return "--" + KEY_FLAG.get(key, key).replace("_", "-")
+        return f"{key} (from {source})"
+
     def set_default(self, field: str, value: Any, source: str) -> None:
         """Fill a value that is still unset (None) from a lower layer, e.g. the model family."""
         key = key_of(field)
@@ -216,8 +225,10 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve(config: str | None = None, profile: str | None = None,
-            flags: dict[str, Any] | None = None) -> Resolved:
-    """Layer defaults, the config file's profile, LLMDIT_* variables and flags (None = not given)."""
+            flags: dict[str, Any] | None = None, stored: dict[str, Any] | None = None,
+            stored_source: str = "") -> Resolved:
+    """Layer defaults, the config file's profile, LLMDIT_* variables, `stored` settings (e.g. read
+    from a PNG, named by `stored_source`) and flags (None = not given)."""
     values, sources = _defaults()
 
     explicit = config or os.environ.get(ENV_PREFIX + "CONFIG")
@@ -242,6 +253,10 @@ def resolve(config: str | None = None, profile: str | None = None,
 
     for key, (v, name) in _env_layer().items():
         values[key], sources[key] = v, name
+    for field, v in (stored or {}).items():
+        if v is not None and (flags or {}).get(field) is None:  # a flag given replaces it unread
+            key = key_of(field)
+            values[key], sources[key] = _check_value(key, v, stored_source), stored_source
     _apply_flags(values, sources, flags)
     return Resolved(values, sources, path, profile)
 

@@ -465,7 +465,6 @@ def _lora_param_count(module) -> int:
     return sum(1 for n, _ in module.named_parameters() if "lora_" in n)
 
 
-def check_size(width: int, height: int, multiple: int = 16) -> None:
-    for flag, value in (("--width", width), ("--height", height)):
-        if value < multiple or value % multiple:
-            raise UsageError(f"{flag} {value}: must be a positive multiple of {multiple}")
+def check_size(value: int, label: str, multiple: int = 16) -> None:
+    if value < multiple or value % multiple:
+        raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")

@@ -54,6 +54,23 @@ def settings_of(data: bytes, name: str) -> dict[str, Any]:
     if raw is None:
         raise InputError(f"{name}: the image carries no llmdit settings (not made by llmdit)")
     try:
-        return json.loads(raw)
+        settings = json.loads(raw)
     except json.JSONDecodeError:
         raise InputError(f"{name}: the llmdit settings in the image are not valid JSON") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"{name}: the llmdit settings in the image are a JSON {type(settings).__name__}, "
+                         f"not an object")
+    for key, types, what in _SHAPES:
+        if key in settings and settings[key] is not None and (
+                not isinstance(settings[key], types) or isinstance(settings[key], bool) and bool not in types):
+            raise InputError(f"{name}: stored setting {key!r} is {settings[key]!r}, not {what}")
+    if isinstance(settings.get("loras"), list) and not all(isinstance(x, str) for x in settings["loras"]):
+        raise InputError(f"{name}: stored setting 'loras' is {settings['loras']!r}, not a list of LoRA paths")
+    return settings
+
+
+# Stored settings whose type the readers rely on; the values themselves are checked like any
+# other setting when they are used (naming the PNG as their source).
+_SHAPES = [("seed", (int,), "a whole number"), ("prompt", (str,), "text"), ("negative_prompt", (str,), "text"),
+           ("model", (str,), "a model reference"), ("mode", (str,), "text"), ("encoder", (dict,), "a table"),
+           ("loras", (list,), "a list of LoRA paths")]

@@ -134,13 +134,15 @@ def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
 
 
 def check_generation(r: Resolved) -> None:
-    check_size(r["width"], r["height"])
+    """Values each setting must have; a message names the flag, or the key and the file it came from."""
+    for field in ("width", "height"):
+        check_size(r[field], label=r.origin(field))
     if r["steps"] < 1:
-        raise UsageError(f"--steps {r['steps']}: must be at least 1")
+        raise UsageError(f"{r.origin('steps')} {r['steps']}: must be at least 1")
     if r["guidance_scale"] < 0:
-        raise UsageError(f"--guidance-scale {r['guidance_scale']}: must be 0 (off) or positive")
+        raise UsageError(f"{r.origin('guidance_scale')} {r['guidance_scale']}: must be 0 (off) or positive")
     if not 0.0 <= r["strength"] <= 1.0:
-        raise UsageError(f"--strength {r['strength']}: must be in [0, 1]")
+        raise UsageError(f"{r.origin('strength')} {r['strength']}: must be in [0, 1]")
 
 
 def slg_config(r: Resolved):

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 
-def settings(config: str | None, profile: str | None, **flags: Any):
-    """Resolve settings; `flags` are field names (model, steps, ...) with None for 'not given'."""
+def settings(config: str | None, profile: str | None, stored: dict[str, Any] | None = None, stored_source: str = "",
+             **flags: Any):
+    """Resolve settings; `flags` are field names (model, steps, ...) with None for 'not given';
+    `stored` are settings read from a file (`stored_source`), below the flags."""
     # pydantic loads here, not at import, to keep `--help` fast.
     from llmdit_cli.config import FLAG_KEY, resolve
 
-    unknown = [k for k in flags if k != "model" and k not in FLAG_KEY]
+    unknown = [k for k in [*flags, *(stored or {})] if k != "model" and k not in FLAG_KEY]
     assert not unknown, unknown  # a programming error, not a user one
-    return resolve(config, profile, flags)
+    return resolve(config, profile, flags, stored, stored_source)
 
 
 def model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora=None):

@@ -13,6 +13,7 @@ def decode(
     latents: LatentsArg, output: OutputOpt = None,
     model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None, vae_device: VaeDeviceOpt = None,
     vae_tiling: VaeTilingOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ):
     """Decode a latents file to PNG images with the model's VAE.
 
@@ -27,7 +28,7 @@ def decode(
     from llmdit_cli.outputs import plan_paths
     from llmdit_cli.pngmeta import png_bytes
 
-    out = Output(quiet)
+    out = Output(quiet, json_out)
     out.stdout_is_binary = output == "-"
     stage = read_stage(latents, expect="latents")
     r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
@@ -40,5 +41,5 @@ def decode(
     decoded = Engine().decode(DecodeRequest(r, tensor, stage.source), out)
     for img, settings_record, path in zip(decoded, images, paths):
         write_bytes_atomic(path, png_bytes(img, settings_record))
-        if path != "-":
-            out.data(path)
+        out.wrote(path, "image", prompt=settings_record.get("prompt"), seed=settings_record.get("seed"),
+                  settings=settings_record)

@@ -16,6 +16,7 @@ def encode(
     model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
     text_encoder_device: TextEncoderDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
     quantize: QuantizeOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ):
     """Encode prompts with the text encoder into an embeds file for `generate --from-embeds`.
 
@@ -30,7 +31,7 @@ def encode(
     from llmdit_cli.prompts import collect_prompts
     from llmdit_cli.workflows import chat_format, write_embeds
 
-    out = Output(quiet)
+    out = Output(quiet, json_out)
     r = settings(config, profile, negative_prompt=negative_prompt,
                  **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
                                  hidden_layer, max_length),
@@ -47,12 +48,12 @@ def encode(
         return
     target = output or "-"
     check_binary_target(target)
+    out.stdout_is_binary = target == "-"
     e = engine.encode(EncodeRequest(r, texts), out)
     write_embeds(target, handle, e)
     for text, n in zip(texts, e.params["token_counts"]):
         out.log(f"encoded {n} tokens: {text[:60]}")
-    if target != "-":
-        out.data(target)
+    out.wrote(target, "embeds", prompt=texts, seed=None, settings=e.params)
 
 
 def _show_format(handle, fmt, texts, max_length, out) -> None:

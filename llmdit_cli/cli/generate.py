@@ -30,7 +30,7 @@ def generate(
     dype_base_resolution: DypeBaseResOpt = None,
     attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
     quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ):
     """Generate images from prompts (encoded in-process) or from an embeds file.
 
@@ -63,7 +63,7 @@ def img2img(
     dype_base_resolution: DypeBaseResOpt = None,
     attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
     quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False, json_out: JsonOpt = False,
 ):
     """Change an image (--image) or finished latents (--from-latents) towards the prompts.
 
@@ -78,7 +78,7 @@ def img2img(
 def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed, num_images, width, height,
             steps, shift, guidance_scale, cfg_normalization, cfg_truncation, negative_prompt, system_prompt,
             thinking_content, enable_thinking, assistant_content, hidden_layer, max_length, model, lora, dtype,
-            device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet,
+            device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet, json_out,
             from_png=None, image=None, from_latents=None, strength=None, **guidance):
     from llmdit_cli import workflows as wf
     from llmdit_cli.artifacts import check_binary_target, write_bytes_atomic, write_stage
@@ -88,7 +88,7 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     from llmdit_cli.pngmeta import png_bytes
     from llmdit_cli.prompts import collect_prompts
 
-    out = Output(quiet)
+    out = Output(quiet, json_out)
     out.stdout_is_binary = "-" in (output, save_latents)
     flags = dict(width=width, height=height, steps=steps, shift=shift, guidance_scale=guidance_scale,
                  cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
@@ -98,12 +98,12 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
                  **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora),
                  **{**guidance, "slg_layers": parse_layers(guidance["slg_layers"])})
     texts = collect_prompts(prompts, file)
+    stored: dict = {}
     if from_png:
-        stored = _png_settings(from_png)
-        flags = {**{k: stored.get(k) for k in wf.PNG_FLAGS}, **stored.get("encoder", {}),
-                 **{k: v for k, v in flags.items() if v is not None}}
-        texts = texts or [stored.get("prompt", "")]
-        seed = seed or [stored["seed"]]
+        png = _png_settings(from_png)
+        stored = {**{k: png.get(k) for k in wf.PNG_FLAGS}, **png.get("encoder", {})}
+        texts = texts or [png.get("prompt", "")]
+        seed = seed or [png["seed"]]
     if output == "-" and save_latents == "-":
         raise UsageError("-o - and --save-latents - cannot both use stdout")
     if texts and from_embeds:
@@ -111,7 +111,8 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     if not texts and not from_embeds:
         raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
     init = _init_source(mode, image, from_latents)
-    req = GenerateRequest(settings(config, profile, **flags), seeds=[], prompts=texts, mode=mode, **init)
+    r = settings(config, profile, stored, f"{from_png} (stored settings)", **flags)
+    req = GenerateRequest(r, seeds=[], prompts=texts, mode=mode, **init)
     engine = Engine()
     engine.prepare(req, out)
     if save_latents:
@@ -132,21 +133,26 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
         write_stage(save_latents, "latents", {"latents": stacked},
                     wf.latents_identity(handle, stacked, req.settings["height"], req.settings["width"]),
                     {"images": [g.settings for g in results]})
-        if save_latents != "-":
-            out.data(save_latents)
+        out.wrote(save_latents, "latents", prompt=[g.prompt for g in results], seed=[g.seed for g in results],
+                  settings=[g.settings for g in results])
     for g, path in zip(results, paths):
         write_bytes_atomic(path, png_bytes(g.image, g.settings))
-        if path != "-":
-            out.data(path)
+        out.wrote(path, "image", prompt=g.prompt, seed=g.seed, settings=g.settings)
 
 
 def _png_settings(path: str) -> dict:
     from llmdit_cli.artifacts import read_bytes
     from llmdit_cli.errors import InputError
     from llmdit_cli.pngmeta import settings_of
+    from llmdit_cli.workflows import ENCODER_FIELDS
 
     data, name = read_bytes(path, "a PNG made by llmdit")
     stored = settings_of(data, name)
+    if not isinstance(stored.get("seed"), int):
+        raise InputError(f"--from-png {path}: the stored settings hold no seed")
+    unknown = sorted(set(stored.get("encoder") or {}) - set(ENCODER_FIELDS))
+    if unknown:
+        raise InputError(f"--from-png {path}: unknown stored encoder setting {unknown[0]!r}")
     if stored.get("mode", "txt2img") != "txt2img":
         raise InputError(f"--from-png {path}: made by {stored.get('mode')}, which needs its input image; "
                          f"rerun that command with the settings shown by `llmdit inspect {path}`")

@@ -65,7 +65,8 @@ def _join(values: list, sep: str = ", ") -> str:
 def convert(src: LoraFileArg,
             dst: Annotated[str, typer.Argument(help="Output .safetensors file.", show_default=False)],
             to: Annotated[str, typer.Option("--to", help=FORMAT_HELP, show_default=False)] = "diffusers",
-            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No logs on stderr.")] = False):
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No logs on stderr.")] = False,
+            json_out: Annotated[bool, typer.Option("--json", help="Print a JSON object for the written file instead of its path.")] = False):
     """Rewrite a LoRA file in another layout, keeping every module's weight change exactly.
 
     Reads diffusers/PEFT files (alpha from their adapter metadata), PEFT adapter folders, and
@@ -76,7 +77,7 @@ def convert(src: LoraFileArg,
     from llmdit_cli.errors import UsageError
     from llmdit_cli.lora import FORMATS, read_lora, write_lora
 
-    out = Output(quiet)
+    out = Output(quiet, json_out)
     if to not in FORMATS:
         raise UsageError(f"--to {to}: expected one of {', '.join(FORMATS)}")
     lora = read_lora(src)
@@ -84,4 +85,6 @@ def convert(src: LoraFileArg,
                                                  if k not in ("layout", "converted_from")}}
     write_lora(lora, dst, to, record)
     out.log(f"{len(lora.pairs)} modules, {lora.layout} -> {to}")
-    out.data(dst)
+    out.wrote(dst, "lora", prompt=None, seed=None,
+              settings={"layout": to, "source": str(src), "source_layout": lora.layout, "modules": len(lora.pairs),
+                        "rank": lora.ranks(), **record})

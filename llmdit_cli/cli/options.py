@@ -18,6 +18,7 @@ G_SPEED = "Speed and memory"
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config TOML file (default: the user config dir's config.toml; env LLMDIT_CONFIG).", rich_help_panel=G_CFG)]
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile (table) of the config file to use (env LLMDIT_PROFILE).", rich_help_panel=G_CFG)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path.", rich_help_panel=G_OUT)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr (errors still show).", rich_help_panel=G_OUT)]
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id, local diffusers folder, or 'demo' (tiny offline model). Default: Tongyi-MAI/Z-Image-Turbo.", rich_help_panel=G_MODEL)]

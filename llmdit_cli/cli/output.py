@@ -7,8 +7,11 @@ from contextlib import contextmanager
 
 
 class Output:
-    def __init__(self, quiet: bool = False):
+    """`json=True`: each written file is reported as one JSON object (a line) instead of its path."""
+
+    def __init__(self, quiet: bool = False, json: bool = False):
         self.quiet = quiet
+        self.json = json
         self._console = None
         self.stdout_is_binary = False  # set once a binary stream went to stdout
 
@@ -26,6 +29,19 @@ class Output:
             self.log(line)
         else:
             print(line, file=sys.stdout, flush=True)
+
+    def wrote(self, path: str, kind: str, **fields) -> None:
+        """Report a written file: its path (human mode; nothing for stdout) or a JSON record with
+        `path`, `kind` and `fields` (prompt, seed, settings, ...)."""
+        if not self.json:
+            if path != "-":
+                self.data(path)
+            return
+        import json
+
+        line = json.dumps({"path": path, "kind": kind, **fields}, sort_keys=True, default=str)
+        # With binary data on stdout the records go to stderr, whatever --quiet says.
+        print(line, file=sys.stderr if self.stdout_is_binary else sys.stdout, flush=True)
 
     def log(self, message: str) -> None:
         if not self.quiet:

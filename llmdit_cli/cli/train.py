@@ -63,6 +63,7 @@ def train(
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the embeds/latents cache and stop.")] = False,
     stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume.")] = None,
     quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
 ):
     """Fine-tune (LoRA or full) a Z-Image transformer with flow matching, on 1 CPU ... N GPUs.
 
@@ -79,12 +80,14 @@ def train(
     from llmdit_cli.train.loop import train as run_training
     from llmdit_cli.train.recipe import load_recipe
 
-    out = Output(quiet)
+    out = Output(quiet, json_out)
     values = dict(locals())
     r = load_recipe(recipe, {key: values[flag] for flag, key in OVERRIDES.items()})
     run = Run(r, Path(r.output.dir), out.log, _progress(out))
     result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
-    out.data(str(result))
+    kind = "lora" if result.suffix == ".safetensors" else "cache" if cache_only else "model" if (
+        result / "model_index.json").is_file() else "checkpoint"
+    out.wrote(str(result), kind, prompt=None, seed=r.train.seed, settings=r.model_dump(mode="json"))
 
 
 def _progress(out: Output):
