@@ -1,10 +1,12 @@
 """Core benchmarks, reported as ratios measured in one run (never as test assertions).
 
-1. `llmdit --help` wall time against `python -c pass` (interpreter start-up).
+1. `llmdit --help` wall time against `python -c pass` (interpreter start-up), and `llmdit --help` /
+   every `llmdit CMD --help` against the same help of a minimal two-command Typer app (Typer's
+   own import and rendering are the floor), interleaved A B A B, medians of at least 7.
 2. `llmdit generate --model demo` against a plain script calling diffusers' ZImagePipeline on the
    same folder and settings: whole process, and in-process per image.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_core.py [--repeats 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py [--repeats 5] [--help-only]
 """
 
 from __future__ import annotations
@@ -36,6 +38,53 @@ img = pipe({PROMPT!r}, height={SETTINGS['height']}, width={SETTINGS['width']},
            generator=torch.Generator().manual_seed({SETTINGS['seed']})).images[0]
 img.save("plain.png")
 """
+
+
+# The floor for help times: Typer's own import and help rendering, in an app that does nothing.
+MINIMAL_APP = """
+import typer
+
+app = typer.Typer()
+
+
+@app.command()
+def one(name: str = "x"):
+    \"\"\"The first command.\"\"\"
+
+
+@app.command()
+def two(count: int = 1):
+    \"\"\"The second command.\"\"\"
+
+
+app()
+"""
+COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "train", "config", "lora"]
+
+
+def interleaved(cmds: dict[str, list[str]], cwd: str, repeats: int) -> dict[str, float]:
+    """Median wall time of each command, run in turns (A B A B ...) so drift hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in cmds}
+    for _ in range(repeats):
+        for name, cmd in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def help_ratios(repeats: int) -> list[tuple[str, float, float]]:
+    """`llmdit --help` and every `llmdit CMD --help` against the minimal app's help."""
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "minimal.py").write_text(MINIMAL_APP)
+        cmds = {"floor": [py, "minimal.py", "--help"], "floor one": [py, "minimal.py", "one", "--help"],
+                "llmdit": [py, "-m", "llmdit_cli", "--help"]}
+        cmds.update({c: [py, "-m", "llmdit_cli", c, "--help"] for c in COMMANDS})
+        med = interleaved(cmds, tmp, repeats)
+    rows = [("`llmdit --help` / minimal Typer app `--help`", med["llmdit"], med["floor"])]
+    rows += [(f"`llmdit {c} --help` / minimal Typer app `one --help`", med[c], med["floor one"]) for c in COMMANDS]
+    return rows
 
 
 def wall(cmd: list[str], cwd: str, repeats: int) -> float:
@@ -86,7 +135,11 @@ def in_process(repeats: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--help-only", action="store_true", help="only the help-time ratios")
     args = parser.parse_args()
+    if args.help_only:
+        print_rows(help_ratios(max(args.repeats, 7)))
+        return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         base = wall([py, "-c", "pass"], tmp, args.repeats)
@@ -103,6 +156,10 @@ def main() -> None:
         ("`llmdit generate --model demo` / plain ZImagePipeline script (whole process)", ours, plain),
         ("llmdit stages / `ZImagePipeline.__call__` (in-process, per image)", ours_img, stock_img),
     ]
+    print_rows(rows + help_ratios(max(args.repeats, 7)))
+
+
+def print_rows(rows) -> None:
     print("| measurement | llmdit (s) | baseline (s) | ratio |")
     print("| --- | --- | --- | --- |")
     for name, a, b in rows:

@@ -103,3 +103,14 @@ def test_bash_completion_completes_flags():
               "COMP_WORDS=(llmdit con); COMP_CWORD=1; _llmdit; echo \"${COMPREPLY[*]}\"\n")
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert r.stdout.splitlines() == ["--guidance-scale", "config"], r.stdout + r.stderr
+
+
+def test_invoked_command_alone_is_loaded():
+    """`llmdit decode --help` neither imports nor builds the other commands."""
+    code = ("import sys\nsys.argv = ['llmdit', 'decode', '--help']\nfrom llmdit_cli.cli.app import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "loaded = [m for m in ('llmdit_cli.cli.generate', 'llmdit_cli.cli.train', 'llmdit_cli.cli.lora_cmd')\n"
+            "          if m in sys.modules]\nassert not loaded, loaded\nprint('ok')\n")
+    r = python(code)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr + r.stdout
+    assert "Decode a latents file" in r.stdout

@@ -1,27 +1,32 @@
-"""The root of the `llmdit` command: it only registers commands."""
+"""The root of the `llmdit` command: it only registers commands.
+
+`main()` (the `llmdit` entry point) registers just the command being invoked when argv names one,
+so `llmdit generate --help` neither imports nor converts the other commands' options (that work
+is most of what help costs above Typer's own floor, see benchmarks/README.md). `app`, the full
+tree, is built on first access for tests, completions and `llmdit --help`.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated, Optional
 
 import typer
 
 from llmdit_cli import __version__
-from llmdit_cli.cli.config_cmd import config_app
-from llmdit_cli.cli.decode import decode
-from llmdit_cli.cli.encode import encode
-from llmdit_cli.cli.generate import generate, img2img
-from llmdit_cli.cli.inspect import inspect
-from llmdit_cli.cli.lora_cmd import lora_app
-from llmdit_cli.cli.train import train
 
-app = typer.Typer(
-    name="llmdit",
-    help="Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+HELP = "Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."
+# name -> (module, attribute, is a group of subcommands)
+COMMANDS = {
+    "encode": ("llmdit_cli.cli.encode", "encode", False),
+    "generate": ("llmdit_cli.cli.generate", "generate", False),
+    "img2img": ("llmdit_cli.cli.generate", "img2img", False),
+    "decode": ("llmdit_cli.cli.decode", "decode", False),
+    "inspect": ("llmdit_cli.cli.inspect", "inspect", False),
+    "train": ("llmdit_cli.cli.train", "train", False),
+    "config": ("llmdit_cli.cli.config_cmd", "config_app", True),
+    "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
+}
 
 
 def _version(value: bool) -> None:
@@ -30,28 +35,50 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                           help="Print the version and exit.")] = None):
     """Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."""
 
 
-app.command("encode")(encode)
-app.command("generate")(generate)
-app.command("img2img")(img2img)
-app.command("decode")(decode)
-app.command("inspect")(inspect)
-app.command("train")(train)
-app.add_typer(config_app, name="config")
-app.add_typer(lora_app, name="lora")
+def build_app(only: str | None = None) -> typer.Typer:
+    """The command tree: every command, or only `only`."""
+    tree = typer.Typer(name="llmdit", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+    tree.callback()(root)
+    for name, (module, attr, group) in COMMANDS.items():
+        if only not in (None, name):
+            continue
+        target = getattr(importlib.import_module(module), attr)
+        if group:
+            tree.add_typer(target, name=name)
+        else:
+            tree.command(name)(target)
+    return tree
+
+
+def __getattr__(name: str):
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+def _invoked(argv: list[str]) -> str | None:
+    """The command argv names first, if it is one of ours (options before it are the root's)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main() -> None:
     """Entry point. Usage errors from parsing become one line, like every other llmdit error."""
     import sys
 
+    name = _invoked(sys.argv[1:])
+    tree = build_app(name) if name else build_app()
     try:
-        code = app(standalone_mode=False)
+        code = tree(standalone_mode=False)
     except typer.Abort:
         print("llmdit: error: interrupted", file=sys.stderr)
         code = 130

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llmdit_cli.cli.common import encoder_flags, model_flags, parse_layers, settings
+from llmdit_cli.cli.common import parse_layers, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
 from llmdit_cli.cli.output import Output
@@ -10,76 +10,85 @@ ImageOpt = Annotated[Optional[str], typer.Option("--image", "-i", help="Input im
 FromLatentsOpt = Annotated[Optional[str], typer.Option("--from-latents", help="Start from a latents file (from --save-latents; '-' for stdin) instead of an image.", rich_help_panel=G_PROMPT)]
 
 
-@handle_errors
-def generate(
-    prompts: PromptsArg = None, file: FileOpt = None, from_embeds: FromEmbedsOpt = None, from_png: FromPngOpt = None,
-    output: OutputOpt = None, save_latents: SaveLatentsOpt = None,
-    seed: SeedOpt = None, num_images: NumImagesOpt = 1, width: WidthOpt = None, height: HeightOpt = None,
-    steps: StepsOpt = None, shift: ShiftOpt = None, guidance_scale: GuidanceOpt = None,
-    cfg_normalization: CfgNormOpt = None, cfg_truncation: CfgTruncOpt = None, negative_prompt: NegativeOpt = None,
-    system_prompt: SystemPromptOpt = None, thinking_content: ThinkingOpt = None,
-    enable_thinking: EnableThinkingOpt = None, assistant_content: AssistantOpt = None,
-    hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
-    model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
-    text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
-    vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
-    slg: SlgOpt = None, slg_scale: SlgScaleOpt = None, slg_layers: SlgLayersOpt = None,
-    slg_start: SlgStartOpt = None, slg_stop: SlgStopOpt = None,
-    dype: DypeOpt = None, dype_method: DypeMethodOpt = None, dype_scale: DypeScaleOpt = None,
-    dype_exponent: DypeExponentOpt = None, dype_start_sigma: DypeStartSigmaOpt = None,
-    dype_base_resolution: DypeBaseResOpt = None,
-    attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
-    quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False, json_out: JsonOpt = False,
-):
-    """Generate images from prompts (encoded in-process) or from an embeds file.
+# The parameters `generate` and `img2img` share, in --help order: one list, so a new setting is
+# added once (its alias in options.py, then here). Each command's own parameters go in front.
+SHARED = [
+    ("prompts", PromptsArg, None), ("file", FileOpt, None), ("from_embeds", FromEmbedsOpt, None),
+    ("output", OutputOpt, None), ("save_latents", SaveLatentsOpt, None),
+    ("seed", SeedOpt, None), ("num_images", NumImagesOpt, 1), ("width", WidthOpt, None), ("height", HeightOpt, None),
+    ("steps", StepsOpt, None), ("shift", ShiftOpt, None), ("guidance_scale", GuidanceOpt, None),
+    ("cfg_normalization", CfgNormOpt, None), ("cfg_truncation", CfgTruncOpt, None),
+    ("negative_prompt", NegativeOpt, None), ("system_prompt", SystemPromptOpt, None),
+    ("thinking_content", ThinkingOpt, None), ("enable_thinking", EnableThinkingOpt, None),
+    ("assistant_content", AssistantOpt, None), ("hidden_layer", HiddenLayerOpt, None),
+    ("max_length", MaxLengthOpt, None),
+    ("model", ModelOpt, None), ("lora", LoraOpt, None), ("dtype", DtypeOpt, None), ("device", DeviceOpt, None),
+    ("text_encoder_device", TextEncoderDeviceOpt, None), ("dit_device", DitDeviceOpt, None),
+    ("vae_device", VaeDeviceOpt, None), ("cpu_offload", CpuOffloadOpt, None),
+    ("slg", SlgOpt, None), ("slg_scale", SlgScaleOpt, None), ("slg_layers", SlgLayersOpt, None),
+    ("slg_start", SlgStartOpt, None), ("slg_stop", SlgStopOpt, None),
+    ("dype", DypeOpt, None), ("dype_method", DypeMethodOpt, None), ("dype_scale", DypeScaleOpt, None),
+    ("dype_exponent", DypeExponentOpt, None), ("dype_start_sigma", DypeStartSigmaOpt, None),
+    ("dype_base_resolution", DypeBaseResOpt, None),
+    ("attention_backend", AttentionBackendOpt, None), ("compile", CompileOpt, None),
+    ("vae_tiling", VaeTilingOpt, None), ("quantize", QuantizeOpt, None), ("transformer_file", TransformerFileOpt, None),
+    ("config", ConfigOpt, None), ("profile", ProfileOpt, None), ("quiet", QuietOpt, False), ("json_out", JsonOpt, False),
+]
+OWN = {
+    "txt2img": (3, [("from_png", FromPngOpt, None)]),  # after from_embeds
+    "img2img": (1, [("image", ImageOpt, None), ("from_latents", FromLatentsOpt, None),
+                    ("strength", StrengthOpt, None)]),  # after the prompts
+}
+
+
+def _command(mode: str, name: str, doc: str):
+    """A Typer command whose signature is SHARED plus the mode's own parameters."""
+    import inspect
+
+    at, own = OWN[mode]
+    spec = [*SHARED[:at], *own, *SHARED[at:]]
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
+              for n, a, d in spec]
+
+    def command(**opts):
+        _render(mode, {"from_png": None, "image": None, "from_latents": None, "strength": None, **opts})
+
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {n: a for n, a, _ in spec}
+    return handle_errors(command)
+
+
+generate = _command("txt2img", "generate", """Generate images from prompts (encoded in-process) or from an embeds file.
 
     Each prompt is made once per seed. Output PNGs carry every setting, so
     `llmdit generate --from-png IMG` makes the same image again.
 
     Example: llmdit generate "a red circle on a blue background" --model demo --seed 7 -o circle.png
-    """
-    _render("txt2img", **locals())
+    """)
 
-
-@handle_errors
-def img2img(
-    prompts: PromptsArg = None, image: ImageOpt = None, from_latents: FromLatentsOpt = None,
-    strength: StrengthOpt = None, file: FileOpt = None, from_embeds: FromEmbedsOpt = None,
-    output: OutputOpt = None, save_latents: SaveLatentsOpt = None,
-    seed: SeedOpt = None, num_images: NumImagesOpt = 1, width: WidthOpt = None, height: HeightOpt = None,
-    steps: StepsOpt = None, shift: ShiftOpt = None, guidance_scale: GuidanceOpt = None,
-    cfg_normalization: CfgNormOpt = None, cfg_truncation: CfgTruncOpt = None, negative_prompt: NegativeOpt = None,
-    system_prompt: SystemPromptOpt = None, thinking_content: ThinkingOpt = None,
-    enable_thinking: EnableThinkingOpt = None, assistant_content: AssistantOpt = None,
-    hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
-    model: ModelOpt = None, lora: LoraOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
-    text_encoder_device: TextEncoderDeviceOpt = None, dit_device: DitDeviceOpt = None,
-    vae_device: VaeDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
-    slg: SlgOpt = None, slg_scale: SlgScaleOpt = None, slg_layers: SlgLayersOpt = None,
-    slg_start: SlgStartOpt = None, slg_stop: SlgStopOpt = None,
-    dype: DypeOpt = None, dype_method: DypeMethodOpt = None, dype_scale: DypeScaleOpt = None,
-    dype_exponent: DypeExponentOpt = None, dype_start_sigma: DypeStartSigmaOpt = None,
-    dype_base_resolution: DypeBaseResOpt = None,
-    attention_backend: AttentionBackendOpt = None, compile: CompileOpt = None, vae_tiling: VaeTilingOpt = None,
-    quantize: QuantizeOpt = None, transformer_file: TransformerFileOpt = None,
-    config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False, json_out: JsonOpt = False,
-):
-    """Change an image (--image) or finished latents (--from-latents) towards the prompts.
+img2img = _command("img2img", "img2img", """Change an image (--image) or finished latents (--from-latents) towards the prompts.
 
     --strength sets how far: 0 keeps the input, 1 ignores it. Only the last
     strength x steps of the schedule run. The size defaults to the input's.
 
     Example: llmdit img2img "a green square" --image circle.png --strength 0.6 --model demo -o square.png
-    """
-    _render("img2img", **locals())
+    """)
 
 
-def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed, num_images, width, height,
-            steps, shift, guidance_scale, cfg_normalization, cfg_truncation, negative_prompt, system_prompt,
-            thinking_content, enable_thinking, assistant_content, hidden_layer, max_length, model, lora, dtype,
-            device, text_encoder_device, dit_device, vae_device, cpu_offload, config, profile, quiet, json_out,
-            from_png=None, image=None, from_latents=None, strength=None, **guidance):
+def _setting_flags(o: dict) -> dict:
+    """The options that are settings, by setting name (None = not given)."""
+    from llmdit_cli.config import FLAG_KEY
+
+    flags = {k: v for k, v in o.items() if k in FLAG_KEY or k == "model"}
+    flags["loras"] = o["lora"] or None
+    flags["slg_layers"] = parse_layers(o["slg_layers"])
+    return flags
+
+
+def _render(mode: str, o: dict) -> None:
+    """Options -> settings -> engine request -> files written."""
     from llmdit_cli import workflows as wf
     from llmdit_cli.artifacts import check_binary_target, write_bytes_atomic, write_stage
     from llmdit_cli.engine import Engine, GenerateRequest
@@ -88,37 +97,32 @@ def _render(mode: str, *, prompts, file, from_embeds, output, save_latents, seed
     from llmdit_cli.pngmeta import png_bytes
     from llmdit_cli.prompts import collect_prompts
 
-    out = Output(quiet, json_out)
+    output, save_latents, seed = o["output"], o["save_latents"], o["seed"]
+    out = Output(o["quiet"], o["json_out"])
     out.stdout_is_binary = "-" in (output, save_latents)
-    flags = dict(width=width, height=height, steps=steps, shift=shift, guidance_scale=guidance_scale,
-                 cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation,
-                 negative_prompt=negative_prompt, strength=strength,
-                 **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
-                                 hidden_layer, max_length),
-                 **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, lora),
-                 **{**guidance, "slg_layers": parse_layers(guidance["slg_layers"])})
-    texts = collect_prompts(prompts, file)
+    flags = _setting_flags(o)
+    texts = collect_prompts(o["prompts"], o["file"])
     stored: dict = {}
-    if from_png:
-        png = _png_settings(from_png)
+    if o["from_png"]:
+        png = _png_settings(o["from_png"])
         stored = {**{k: png.get(k) for k in wf.PNG_FLAGS}, **png.get("encoder", {})}
         texts = texts or [png.get("prompt", "")]
         seed = seed or [png["seed"]]
     if output == "-" and save_latents == "-":
         raise UsageError("-o - and --save-latents - cannot both use stdout")
-    if texts and from_embeds:
+    if texts and o["from_embeds"]:
         raise UsageError("give prompts or --from-embeds, not both")
-    if not texts and not from_embeds:
+    if not texts and not o["from_embeds"]:
         raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
-    init = _init_source(mode, image, from_latents)
-    r = settings(config, profile, stored, f"{from_png} (stored settings)", **flags)
+    init = _init_source(mode, o["image"], o["from_latents"])
+    r = settings(o["config"], o["profile"], stored, f"{o['from_png']} (stored settings)", **flags)
     req = GenerateRequest(r, seeds=[], prompts=texts, mode=mode, **init)
     engine = Engine()
     engine.prepare(req, out)
     if save_latents:
         check_binary_target(save_latents)
-    req.embeds = wf.read_embeds(from_embeds) if from_embeds else None
-    req.seeds = wf.seeds_for(seed, num_images)
+    req.embeds = wf.read_embeds(o["from_embeds"]) if o["from_embeds"] else None
+    req.seeds = wf.seeds_for(seed, o["num_images"])
     names = req.embeds.prompts if req.embeds else texts
     paths = plan_paths(output, [(i * len(req.seeds) + k, s, names[i]) for i in range(len(names))
                                 for k, s in enumerate(req.seeds)])
