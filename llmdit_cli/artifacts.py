@@ -89,7 +89,7 @@ def parse_header(data: bytes, name: str) -> dict[str, Any]:
         raise InputError(f"{name}: not a llmdit stage file (not a safetensors file)")
     try:
         header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise InputError(f"{name}: not a llmdit stage file (not a safetensors file)") from None
     if not isinstance(header, dict):
         raise InputError(f"{name}: not a llmdit stage file (not a safetensors file)")
@@ -124,17 +124,46 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
         raise InputError(f"{name}: holds {kind}, but {expect} are expected here ({hint})")
     try:
         params = json.loads(meta.get("llmdit.params", "{}"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{name}: llmdit.params header is not valid JSON") from None
     if not isinstance(params, dict):
         raise InputError(f"{name}: llmdit.params header is JSON {type(params).__name__}, not an object")
     shapes, dtypes = _tensor_table(header, len(data) - 8 - struct.unpack("<Q", data[:8])[0], name)
     _check_tensor_names(kind, shapes, name)
+    _check_params(kind, shapes, params, name)
     stage = StageFile(source=name, kind=kind, schema=schema, meta=meta, params=params, shapes=shapes,
                       dtypes=dtypes, data=data)
     for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels"):
         stage.meta_int(key)  # a header number that is not one fails here, naming the field
     return stage
+
+
+def _check_params(kind: str, shapes: dict[str, list[int]], params: dict, name: str) -> None:
+    """The settings record must describe the tensors: one prompt per embedding, one record per image."""
+    def check_list(key: str, n: int | tuple, item_type: type, what: str) -> None:
+        value, sizes = params.get(key), n if isinstance(n, tuple) else (n,)
+        if value is not None and (not isinstance(value, list) or len(value) not in sizes
+                                  or not all(isinstance(x, item_type) for x in value)):
+            raise InputError(f"{name}: llmdit.params {key} should be a list of {' or '.join(map(str, sizes))} "
+                             f"{what}, got {value!r:.80}")
+
+    if kind == "latents":
+        check_list("images", shapes["latents"][0], dict, "settings records")
+        return
+    n = sum(1 for k in shapes if k.startswith("prompt_embeds."))
+    n_neg = len(shapes) - n
+    if n == 0:
+        raise InputError(f"{name}: the embeds file holds no prompt embeddings")
+    if n_neg not in (0, n):
+        raise InputError(f"{name}: {n} prompt embeddings but {n_neg} negative ones (expected 0 or {n})")
+    if sorted(shapes) != sorted(embeds_key(i, neg) for i in range(n) for neg in ((False, True) if n_neg else (False,))):
+        raise InputError(f"{name}: embeddings are not numbered 0 to {n - 1}")
+    check_list("prompts", n, str, "prompts")
+    check_list("negative_prompts", (n_neg, n), str, "negative prompts")  # recorded even when not encoded
+
+
+def embeds_key(i: int, negative: bool = False) -> str:
+    return f"{'negative_' if negative else ''}prompt_embeds.{i}"
 
 
 def _metadata(meta: Any, name: str) -> dict[str, str]:
@@ -240,8 +269,14 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 
 def _umask() -> int:
-    """The process umask. Reading it means setting it, so it is set straight back, under a lock
-    because the umask is process-wide and a server writes files from several threads."""
+    """The process umask: read from /proc on Linux; elsewhere reading it means setting it (set
+    straight back, under a lock, since the umask is process-wide)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _UMASK_LOCK:
         mask = os.umask(0o022)
         os.umask(mask)

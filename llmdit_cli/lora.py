@@ -45,8 +45,9 @@ _SUFFIXES = [
 ]
 _PREFIXES = ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
 _UNDERSCORED_PREFIXES = ("lora_unet_", "lycoris_")
-_UNSUPPORTED = {"lokr_": "LoKr", "hada_": "LoHa", "dora_scale": "DoRA", "lora_magnitude_vector": "DoRA",
-                ".diff": "full-weight difference", "oft_": "OFT"}
+_UNSUPPORTED = [(re.compile(r"\.lokr_"), "LoKr"), (re.compile(r"\.hada_"), "LoHa"), (re.compile(r"dora_scale"), "DoRA"),
+                (re.compile(r"lora_magnitude_vector"), "DoRA"), (re.compile(r"\.diff(_b)?$"), "full-weight difference"),
+                (re.compile(r"\.oft_"), "OFT")]
 
 # Underscored (Kohya / LyCORIS) names -> dotted ones, for every Linear of the Z-Image transformer in
 # both naming schemes. Underscores inside module names make a plain `_` -> `.` swap ambiguous.
@@ -172,7 +173,9 @@ def parse_lora(tensors: dict, meta: dict[str, str], peft_config: dict | None, na
         raise InputError(f"{name}: holds no LoRA weights (no lora_A/lora_B or lora_down/lora_up keys)")
     alpha_config = peft_config or _diffusers_metadata(meta, name)
     pairs: dict[str, Pair] = {}
-    for raw, parts in groups.items():
+    # A fused qkv beside split q/k/v keys of the same block is a redundant copy (some trainers
+    # write both); the split keys win, as in diffusers. So fused groups are read last.
+    for raw, parts in sorted(groups.items(), key=lambda item: _is_fused(item[0])):
         if "down" not in parts or "up" not in parts:
             raise InputError(f"{name}: {raw} has {' and '.join(sorted(parts))} but no "
                              f"{'lora_B/lora_up' if 'down' in parts else 'lora_A/lora_down'}")
@@ -183,6 +186,10 @@ def parse_lora(tensors: dict, meta: dict[str, str], peft_config: dict | None, na
         module = _diffusers_name(raw, name)
         scale = _scale(module, down.shape[0], parts.get("alpha"), alpha_config)
         for target, pair in _split_fused(module, Pair(down, up, scale)):
+            if target in pairs:
+                if _is_fused(raw):
+                    continue
+                raise InputError(f"{name}: two LoRAs for module {target} (one of them is {raw})")
             pairs[target] = pair
     layout = hint or _layout_of(list(tensors))
     return Lora(pairs, layout, _recorded(meta, alpha_config, any("alpha" in g for g in groups.values())))
@@ -191,8 +198,8 @@ def parse_lora(tensors: dict, meta: dict[str, str], peft_config: dict | None, na
 def _group_keys(tensors: dict, name: str) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
-        for marker, what in _UNSUPPORTED.items():
-            if marker in key:
+        for marker, what in _UNSUPPORTED:
+            if marker.search(key):
                 raise UnsupportedLora(f"{name}: holds {what} weights ({key}); only plain LoRA files are supported")
         if key.startswith(("lora_te", "text_encoder.", "te.")):
             raise UnsupportedLora(f"{name}: holds text-encoder weights ({key}); llmdit applies transformer LoRAs only")
@@ -208,6 +215,10 @@ def _group_keys(tensors: dict, name: str) -> dict[str, dict[str, Any]]:
 
 def _raise_lonely_alpha(name: str, key: str) -> bool:
     raise InputError(f"{name}: {key}.alpha has no LoRA weights beside it")
+
+
+def _is_fused(raw: str) -> bool:
+    return bool(re.search(r"[._]qkv$", raw))
 
 
 def _diffusers_name(raw: str, file: str) -> str:
@@ -263,6 +274,8 @@ def _diffusers_metadata(meta: dict[str, str], name: str) -> dict | None:
 def _scale(module: str, rank: int, alpha_tensor, config: dict | None) -> float:
     """The strength the file's author meant: an alpha tensor first, then the adapter config."""
     if alpha_tensor is not None:
+        if alpha_tensor.numel() != 1:
+            raise InputError(f"{module}: its alpha holds {alpha_tensor.numel()} values, not one")
         return float(alpha_tensor) / rank
     if not config:
         return 1.0
@@ -338,8 +351,17 @@ def _diffusers_view(keys, meta, peft_config, tensors, lora: Lora) -> dict:
     ratios = []
     for raw, module, rank in _modules_with_rank(tensors):
         alpha = tensors.get(raw + ".alpha")
-        ratios.append(_scale(module, rank, alpha if converted else None, config) / lora.pairs[module].scale)
-    return {"loads": True, "ratio": _spread(ratios), "note": "load_lora_weights"}
+        ratios.append(_ratio(_scale(module, rank, alpha if converted else None, config), lora.pairs[module].scale))
+    dropped = [k for k in keys if re.match(r"lora_unet_(x_embedder|final_layer)_?", k)]
+    note = (f"load_lora_weights; it drops {len(dropped)} key(s) it cannot name, e.g. {dropped[0]}" if dropped
+            else "load_lora_weights")
+    return {"loads": True, "ratio": _spread(ratios), "note": note}
+
+
+def _ratio(applied: float, meant: float) -> float:
+    if meant == 0:
+        return 1.0 if applied == 0 else float("inf")
+    return applied / meant
 
 
 def _comfy_view(keys, tensors, lora: Lora) -> dict:
@@ -350,7 +372,7 @@ def _comfy_view(keys, tensors, lora: Lora) -> dict:
             ignored.append(raw)
             continue
         alpha = tensors.get(raw + ".alpha")
-        ratios.append((float(alpha) / rank if alpha is not None else 1.0) / lora.pairs[module].scale)
+        ratios.append(_ratio(float(alpha) / rank if alpha is not None else 1.0, lora.pairs[module].scale))
     if not ratios:
         return {"loads": False, "note": f"no key name ComfyUI maps (e.g. {ignored[0]})" if ignored else "nothing"}
     note = f"{len(ignored)} module(s) not mapped, e.g. {ignored[0]}" if ignored else "LoraLoaderModelOnly"

@@ -55,7 +55,7 @@ def settings_of(data: bytes, name: str) -> dict[str, Any]:
         raise InputError(f"{name}: the image carries no llmdit settings (not made by llmdit)")
     try:
         settings = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{name}: the llmdit settings in the image are not valid JSON") from None
     if not isinstance(settings, dict):
         raise InputError(f"{name}: the llmdit settings in the image are a JSON {type(settings).__name__}, "

@@ -22,7 +22,8 @@ def embeds_file() -> bytes:
     meta = artifacts.stage_metadata("embeds", {"model": "demo", "hidden_size": 32, "hidden_layer": -2, "count": 2},
                                     {"prompts": ["a", "b"], "encoder": {}})
     return save({"prompt_embeds.0": torch.randn(3, 32), "prompt_embeds.1": torch.randn(2, 32),
-                 "negative_prompt_embeds.0": torch.randn(1, 32)}, metadata=meta)
+                 "negative_prompt_embeds.0": torch.randn(1, 32), "negative_prompt_embeds.1": torch.randn(1, 32)},
+                metadata=meta)
 
 
 def latents_file() -> bytes:
@@ -178,3 +179,21 @@ def test_bad_stored_value_is_named_with_its_png(cli, tmp_path, stored, needles):
     (field,) = stored
     r = cli("generate", "--from-png", tmp_path / "p.png", f"--{field}", 0, "-o", "x.png")
     assert_one_line_error(r, f"--{field} 0: must be")
+
+
+def test_records_that_do_not_match_the_tensors(cli, tmp_path):
+    header, body = split(embeds_file())
+    header.pop("negative_prompt_embeds.1")  # 2 prompt embeddings, 1 negative
+    path = tmp_path / "bad.embeds.safetensors"
+    path.write_bytes(join(header, body))
+    assert_one_line_error(cli("generate", "--from-embeds", path, "--model", "demo", "-o", "x.png"),
+                          "2 prompt embeddings but 1 negative")
+    header, body = split(latents_file())
+    header["__metadata__"]["llmdit.params"] = json.dumps({"images": [1]})
+    path = tmp_path / "bad.latents.safetensors"
+    path.write_bytes(join(header, body))
+    assert_one_line_error(cli("decode", path, "-o", "x.png"), "llmdit.params images should be a list of 1")
+    deep = tmp_path / "deep.latents.safetensors"
+    header["__metadata__"]["llmdit.params"] = "[" * 100000 + "]" * 100000
+    deep.write_bytes(join(header, body))
+    assert_one_line_error(cli("inspect", deep), "not valid JSON")

@@ -251,3 +251,33 @@ def test_lora_bad_input(cli, tmp_path):
                "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2)}, str(good))
     assert_one_line_error(cli("lora", "convert", good, "x.safetensors", "--to", "a1111"), "--to a1111")
     assert not Path("x.safetensors").exists()
+
+
+def test_awkward_but_valid_files(tiny_model, tiny_base, tmp_path, cli):
+    """`model.diffusion_model.` keys are a prefix, not a `.diff` weight; a fused qkv beside split
+    q/k/v keys of the same block is a redundant copy and the split keys win (as in diffusers)."""
+    from llmdit_cli.lora import read_lora
+
+    src, want = write_source("kohya-alpha", tiny_model, tmp_path / "a")
+    sd = {k.replace("diffusion_model.", "model.diffusion_model.", 1): v for k, v in load_file(str(src)).items()}
+    dim = tiny_base["layers.0.attention.to_q"].shape[0]
+    sd["model.diffusion_model.layers.0.attention.qkv.lora_down.weight"] = torch.ones(2, dim)
+    sd["model.diffusion_model.layers.0.attention.qkv.lora_up.weight"] = torch.ones(3 * dim, 2)
+    path = tmp_path / "prefixed.safetensors"
+    save_file(sd, str(path))
+    assert cli("lora", "inspect", path).code == 0
+    assert_weights_close(diffusers_fused(tiny_model, read_lora(path).diffusers_state()), want, tiny_base)
+
+
+def test_bad_alpha_and_duplicate_modules(tmp_path, cli):
+    stem = "diffusion_model.layers.0.attention.to_q"
+    bad = {f"{stem}.lora_down.weight": torch.zeros(2, 8), f"{stem}.lora_up.weight": torch.zeros(8, 2),
+           f"{stem}.alpha": torch.ones(2)}
+    save_file(bad, str(tmp_path / "a.safetensors"))
+    assert_one_line_error(cli("lora", "inspect", tmp_path / "a.safetensors"), "alpha holds 2 values")
+    twice = {f"{stem}.lora_down.weight": torch.zeros(2, 8), f"{stem}.lora_up.weight": torch.zeros(8, 2),
+             "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8),
+             "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2)}
+    save_file(twice, str(tmp_path / "b.safetensors"))
+    assert_one_line_error(cli("lora", "convert", tmp_path / "b.safetensors", "x.safetensors"),
+                          "two LoRAs for module layers.0.attention.to_q")

@@ -105,7 +105,7 @@ def _render(mode: str, o: dict) -> None:
     stored: dict = {}
     if o["from_png"]:
         png = _png_settings(o["from_png"])
-        stored = {**{k: png.get(k) for k in wf.PNG_FLAGS}, **png.get("encoder", {})}
+        stored = {**{k: png.get(k) for k in wf.PNG_FLAGS}, **(png.get("encoder") or {})}
         texts = texts or [png.get("prompt", "")]
         seed = seed or [png["seed"]]
     if output == "-" and save_latents == "-":
@@ -128,9 +128,12 @@ def _render(mode: str, o: dict) -> None:
                                 for k, s in enumerate(req.seeds)])
     if seed is None:
         out.log(f"seed {req.seeds[0]} (random; pass --seed to choose)")
+    req.decode = not save_latents  # finished latents are on disk before decoding can fail (memory)
     results = engine.generate(req, out)
     if save_latents:
         import torch
+
+        from llmdit_cli.engine import DecodeRequest
 
         stacked = torch.cat([g.latents for g in results], dim=0)
         handle, _ = engine.model(req.settings)
@@ -139,6 +142,8 @@ def _render(mode: str, o: dict) -> None:
                     {"images": [g.settings for g in results]})
         out.wrote(save_latents, "latents", prompt=[g.prompt for g in results], seed=[g.seed for g in results],
                   settings=[g.settings for g in results])
+        for g, image in zip(results, engine.decode(DecodeRequest(req.settings, stacked, save_latents), out)):
+            g.image = image
     for g, path in zip(results, paths):
         write_bytes_atomic(path, png_bytes(g.image, g.settings))
         out.wrote(path, "image", prompt=g.prompt, seed=g.seed, settings=g.settings)

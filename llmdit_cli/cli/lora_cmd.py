@@ -78,6 +78,7 @@ def convert(src: LoraFileArg,
     from llmdit_cli.lora import FORMATS, read_lora, write_lora
 
     out = Output(quiet, json_out)
+    out.stdout_is_binary = dst == "-"
     if to not in FORMATS:
         raise UsageError(f"--to {to}: expected one of {', '.join(FORMATS)}")
     lora = read_lora(src)

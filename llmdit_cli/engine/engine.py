@@ -61,9 +61,14 @@ class Engine:
         """The handle for the settings' model (components load on first use) and its lock."""
         key = model_key(r)
         with self._guard:
-            if key not in self._models:
-                self._models[key] = wf.open_model(r)
-                self._locks[key] = threading.RLock()
+            if key in self._models:
+                return self._models[key], self._locks[key]
+        # Opening validates devices and reads LoRA files (or asks the Hub): not under the guard, so
+        # requests for models already open never wait for it. A race opens a handle twice; one wins.
+        handle = wf.open_model(r)
+        with self._guard:
+            self._models.setdefault(key, handle)
+            self._locks.setdefault(key, threading.RLock())
             return self._models[key], self._locks[key]
 
     def adopt(self, handle, r: Resolved) -> None:
