@@ -9,6 +9,7 @@ safetensors metadata (str -> str): `llmdit.schema`, `llmdit.kind`, model identit
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -187,7 +188,7 @@ def _tensor_table(header: dict, body: int, name: str) -> tuple[dict[str, list[in
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets)
                 or not offsets[0] <= offsets[1] <= body):
             raise InputError(f"{where}: data_offsets {offsets!r} lie outside the file ({body} data bytes)")
-        if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * _prod(shape):
+        if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * math.prod(shape):
             raise InputError(f"{where}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} tensor of shape {shape}")
         shapes[key], dtypes[key] = shape, dtype
         spans.append(tuple(offsets))
@@ -199,13 +200,6 @@ def _tensor_table(header: dict, body: int, name: str) -> tuple[dict[str, list[in
 
 def _is_count(n: Any) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 0
-
-
-def _prod(shape: list[int]) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 def _check_tensor_names(kind: str, shapes: dict[str, list[int]], name: str) -> None:
@@ -300,8 +294,8 @@ def write_stage(path: str, kind: str, tensors: dict, identity: dict[str, Any], p
 
 
 def embeds_tensors(positive: list, negative: list) -> dict:
-    out = {f"prompt_embeds.{i}": t for i, t in enumerate(positive)}
-    out.update({f"negative_prompt_embeds.{i}": t for i, t in enumerate(negative)})
+    out = {embeds_key(i): t for i, t in enumerate(positive)}
+    out.update({embeds_key(i, negative=True): t for i, t in enumerate(negative)})
     return out
 
 

@@ -402,13 +402,17 @@ def lora_bytes(lora: Lora, to: str, record: dict[str, Any] | None = None) -> byt
     """The safetensors bytes of `lora` in layout `to`; `record` goes into the llmdit metadata."""
     from safetensors.torch import save
 
-    if to not in FORMATS:
-        raise UsageError(f"--to {to}: expected one of {', '.join(FORMATS)}")
-    tensors = {"diffusers": _diffusers_tensors, "comfyui": _comfy_tensors, "kohya": _kohya_tensors}[to](lora)
+    check_format(to)
+    tensors = {"diffusers": Lora.diffusers_state, "comfyui": _comfy_tensors, "kohya": _kohya_tensors}[to](lora)
     meta = {"format": "pt", LLMDIT_KEY: json.dumps({"layout": to, **(record or {})}, sort_keys=True)}
     if to == "diffusers":
         meta[DIFFUSERS_KEY] = json.dumps(_adapter_metadata(lora), sort_keys=True)
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+
+
+def check_format(to: str) -> None:
+    if to not in FORMATS:
+        raise UsageError(f"--to {to}: expected one of {', '.join(FORMATS)}")
 
 
 def write_lora(lora: Lora, path: str | Path, to: str, record: dict[str, Any] | None = None) -> None:
@@ -425,10 +429,6 @@ def _adapter_metadata(lora: Lora) -> dict[str, Any]:
     return {"transformer.r": common, "transformer.lora_alpha": common, "transformer.rank_pattern": pattern,
             "transformer.alpha_pattern": dict(pattern), "transformer.target_modules": sorted(ranks),
             "transformer.use_rslora": False}
-
-
-def _diffusers_tensors(lora: Lora) -> dict:
-    return lora.diffusers_state()
 
 
 def _alpha_tensor(pair: Pair):

@@ -10,7 +10,7 @@ from typing import Any
 from llmdit_cli import __version__
 from llmdit_cli.artifacts import embeds_tensors, read_stage, split_embeds, write_stage
 from llmdit_cli.config import KEY_FLAG, Resolved
-from llmdit_cli.errors import InputError, ModelError, UsageError
+from llmdit_cli.errors import ModelError, UsageError
 from llmdit_cli.models import FAMILIES, ModelHandle, Placement, check_size
 from llmdit_cli.prompts import ChatFormat
 
@@ -91,9 +91,7 @@ def write_embeds(path: str, handle: ModelHandle, e: Embeds) -> None:
 
 def read_embeds(path: str) -> Embeds:
     stage = read_stage(path, expect="embeds")
-    cond, uncond = split_embeds(stage.tensors())
-    if not cond:
-        raise InputError(f"{stage.source}: the embeds file holds no prompt embeddings")
+    cond, uncond = split_embeds(stage.tensors())  # parse_stage checked names, counts and shapes
     hidden = stage.meta_int("hidden_size") or int(cond[0].shape[-1])
     params = dict(stage.params)
     params.setdefault("prompts", [""] * len(cond))
@@ -135,8 +133,8 @@ def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
 
 def check_generation(r: Resolved) -> None:
     """Values each setting must have; a message names the flag, or the key and the file it came from."""
-    for field in ("width", "height"):
-        check_size(r[field], label=r.origin(field))
+    for side in ("width", "height"):
+        check_size(r[side], label=r.origin(side))
     if r["steps"] < 1:
         raise UsageError(f"{r.origin('steps')} {r['steps']}: must be at least 1")
     if r["guidance_scale"] < 0:

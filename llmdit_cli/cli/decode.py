@@ -24,7 +24,6 @@ def decode(
     """
     from llmdit_cli.artifacts import read_stage, write_bytes_atomic
     from llmdit_cli.engine import DecodeRequest, Engine
-    from llmdit_cli.errors import InputError
     from llmdit_cli.outputs import plan_paths
     from llmdit_cli.pngmeta import png_bytes
 
@@ -33,9 +32,7 @@ def decode(
     stage = read_stage(latents, expect="latents")
     r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
                                                 None, None, vae_device, None), vae_tiling=vae_tiling)
-    tensor = stage.tensors().get("latents")
-    if tensor is None or tensor.ndim != 4:
-        raise InputError(f"{stage.source}: no 4-D 'latents' tensor in the file")
+    tensor = stage.tensors()["latents"]  # parse_stage checked it is there and 4-D
     images = stage.params.get("images") or [{} for _ in range(tensor.shape[0])]
     paths = plan_paths(output, [(i, s.get("seed", 0), s.get("prompt", "image")) for i, s in enumerate(images)])
     decoded = Engine().decode(DecodeRequest(r, tensor, stage.source), out)

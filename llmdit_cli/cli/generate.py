@@ -51,7 +51,8 @@ def _command(mode: str, name: str, doc: str):
               for n, a, d in spec]
 
     def command(**opts):
-        _render(mode, {"from_png": None, "image": None, "from_latents": None, "strength": None, **opts})
+        other = {n: None for m, (_, params) in OWN.items() if m != mode for n, _, _ in params}
+        _render(mode, {**other, **opts})
 
     command.__name__ = command.__qualname__ = name
     command.__doc__ = doc
@@ -181,12 +182,7 @@ def _init_source(mode, image, from_latents) -> dict:
     if image:
         data, name = read_bytes(image, "an image")
         return {"init": open_image(data, f"--image {name}").convert("RGB"), "init_source": name}
-    from llmdit_cli.errors import InputError
-
-    stage = read_stage(from_latents, expect="latents")
+    stage = read_stage(from_latents, expect="latents")  # checked: one 4-D 'latents' tensor
     size = (stage.meta_int("height"), stage.meta_int("width"))
-    latents = stage.tensors().get("latents")
-    if latents is None:
-        raise InputError(f"{stage.source}: no 'latents' tensor in the file")
-    return {"init": latents, "init_source": stage.source,
+    return {"init": stage.tensors()["latents"], "init_source": stage.source,
             "init_size": size if None not in size else None}

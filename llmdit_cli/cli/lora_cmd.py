@@ -74,13 +74,11 @@ def convert(src: LoraFileArg,
 
     Example: llmdit lora convert run/pytorch_lora_weights.safetensors my-lora.comfy.safetensors --to comfyui
     """
-    from llmdit_cli.errors import UsageError
-    from llmdit_cli.lora import FORMATS, read_lora, write_lora
+    from llmdit_cli.lora import check_format, read_lora, write_lora
 
     out = Output(quiet, json_out)
     out.stdout_is_binary = dst == "-"
-    if to not in FORMATS:
-        raise UsageError(f"--to {to}: expected one of {', '.join(FORMATS)}")
+    check_format(to)  # before reading anything
     lora = read_lora(src)
     record = {"converted_from": lora.layout, **{k: v for k, v in (lora.info.get("llmdit") or {}).items()
                                                  if k not in ("layout", "converted_from")}}

@@ -95,7 +95,7 @@ class Engine:
         """Fill what the settings leave open (input size, model family defaults) and check them,
         before anything loads. `generate` calls it too; calling it first lets a caller check
         everything (and plan its output paths) before the work starts."""
-        if getattr(req, "_prepared", False):
+        if req.prepared:
             return
         report = report or Silent()
         r = req.settings
@@ -113,7 +113,7 @@ class Engine:
         wf.fill_family_defaults(r, handle.family)
         wf.check_generation(r)
         wf.check_guidance(r, handle, report)
-        req._prepared = True
+        req.prepared = True
 
     def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:
         """Make the request's images; `transformer` runs in place of the model's own (validation

@@ -34,6 +34,7 @@ class GenerateRequest:
     init_source: str = ""
     init_size: tuple[int, int] | None = None  # (height, width) recorded with input latents
     decode: bool = True  # False: latents only (the caller decodes later, or never)
+    prepared: bool = field(default=False, repr=False)  # set by Engine.prepare
 
 
 @dataclass
