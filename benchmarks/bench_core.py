@@ -33,9 +33,9 @@ from diffusers import ZImagePipeline
 from llmdit_cli.models import DEMO_PATH
 pipe = ZImagePipeline.from_pretrained(DEMO_PATH, local_files_only=True)
 pipe.set_progress_bar_config(disable=True)
-img = pipe({PROMPT!r}, height={SETTINGS['height']}, width={SETTINGS['width']},
-           num_inference_steps={SETTINGS['steps']}, guidance_scale=0.0,
-           generator=torch.Generator().manual_seed({SETTINGS['seed']})).images[0]
+img = pipe({PROMPT!r}, height={SETTINGS["height"]}, width={SETTINGS["width"]},
+           num_inference_steps={SETTINGS["steps"]}, guidance_scale=0.0,
+           generator=torch.Generator().manual_seed({SETTINGS["seed"]})).images[0]
 img.save("plain.png")
 """
 
@@ -78,8 +78,11 @@ def help_ratios(repeats: int) -> list[tuple[str, float, float]]:
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "minimal.py").write_text(MINIMAL_APP)
-        cmds = {"floor": [py, "minimal.py", "--help"], "floor one": [py, "minimal.py", "one", "--help"],
-                "llmdit": [py, "-m", "llmdit_cli", "--help"]}
+        cmds = {
+            "floor": [py, "minimal.py", "--help"],
+            "floor one": [py, "minimal.py", "one", "--help"],
+            "llmdit": [py, "-m", "llmdit_cli", "--help"],
+        }
         cmds.update({c: [py, "-m", "llmdit_cli", c, "--help"] for c in COMMANDS})
         med = interleaved(cmds, tmp, repeats)
     rows = [("`llmdit --help` / minimal Typer app `--help`", med["llmdit"], med["floor"])]
@@ -110,12 +113,19 @@ def in_process(repeats: int) -> tuple[float, float]:
     engine = Engine()
 
     def request():
-        return GenerateRequest(resolve(flags={"model": "demo", "width": 64, "height": 64, "steps": 4}), seeds=[7],
-                               prompts=[PROMPT])
+        return GenerateRequest(
+            resolve(flags={"model": "demo", "width": 64, "height": 64, "steps": 4}), seeds=[7], prompts=[PROMPT]
+        )
 
     def stock_once():
-        pipe(PROMPT, height=64, width=64, num_inference_steps=4, guidance_scale=0.0,
-             generator=torch.Generator().manual_seed(7)).images[0]
+        pipe(
+            PROMPT,
+            height=64,
+            width=64,
+            num_inference_steps=4,
+            guidance_scale=0.0,
+            generator=torch.Generator().manual_seed(7),
+        ).images[0]
 
     def ours_once():
         engine.generate(request())
@@ -147,8 +157,30 @@ def main() -> None:
         gen_help = wall([py, "-m", "llmdit_cli", "generate", "--help"], tmp, args.repeats)
         Path(tmp, "plain.py").write_text(PLAIN_SCRIPT)
         plain = wall([py, "plain.py"], tmp, args.repeats)
-        ours = wall([py, "-m", "llmdit_cli", "generate", PROMPT, "--model", "demo", "-W", "64", "-H", "64",
-                     "--steps", "4", "--seed", "7", "-q", "-o", "ours.png"], tmp, args.repeats)
+        ours = wall(
+            [
+                py,
+                "-m",
+                "llmdit_cli",
+                "generate",
+                PROMPT,
+                "--model",
+                "demo",
+                "-W",
+                "64",
+                "-H",
+                "64",
+                "--steps",
+                "4",
+                "--seed",
+                "7",
+                "-q",
+                "-o",
+                "ours.png",
+            ],
+            tmp,
+            args.repeats,
+        )
     stock_img, ours_img = in_process(args.repeats)
     rows = [
         ("`llmdit --help` / `python -c pass`", helps, base),

@@ -32,9 +32,20 @@ def llmdit_rate(data: Path, out: Path, steps: int, batch: int, ckpt: bool = Fals
     from llmdit_cli.train.loop import Run, train
     from llmdit_cli.train.recipe import load_recipe
 
-    r = load_recipe(None, {"model": "demo", "method": "full", "data.path": str(data), "data.resolution": 32,
-                           "train.batch_size": batch, "train.max_steps": steps, "output.dir": str(out),
-                           "output.checkpoint_every": 10**9, "train.gradient_checkpointing": ckpt})
+    r = load_recipe(
+        None,
+        {
+            "model": "demo",
+            "method": "full",
+            "data.path": str(data),
+            "data.resolution": 32,
+            "train.batch_size": batch,
+            "train.max_steps": steps,
+            "output.dir": str(out),
+            "output.checkpoint_every": 10**9,
+            "train.gradient_checkpointing": ckpt,
+        },
+    )
     marks = {}
 
     from contextlib import contextmanager
@@ -44,6 +55,7 @@ def llmdit_rate(data: Path, out: Path, steps: int, batch: int, ckpt: bool = Fals
         def update(step, loss=None, lr=None):
             marks.setdefault("first", (step, time.perf_counter()))
             marks["last"] = (step, time.perf_counter())
+
         yield update
 
     train(Run(r, out, lambda m: None, progress))
@@ -85,13 +97,15 @@ def plain_rate(data: Path, steps: int, batch: int) -> float:
 
 def peak_memory(data: Path, steps: int, batch: int, ckpt: bool) -> float:
     """MiB: peak RSS of a fresh process that trains (CPU), or peak CUDA allocation."""
-    code = (f"import sys, json, resource, tempfile, torch; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "from bench_train import llmdit_rate\n"
-            f"llmdit_rate(__import__('pathlib').Path({str(data)!r}), __import__('pathlib').Path(tempfile.mkdtemp()), "
-            f"{steps}, {batch}, {ckpt})\n"
-            "peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-            "print(json.dumps(peak))\n")
+    code = (
+        f"import sys, json, resource, tempfile, torch; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from bench_train import llmdit_rate\n"
+        f"llmdit_rate(__import__('pathlib').Path({str(data)!r}), __import__('pathlib').Path(tempfile.mkdtemp()), "
+        f"{steps}, {batch}, {ckpt})\n"
+        "peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps(peak))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -112,10 +126,14 @@ def main() -> None:
         mem_ckpt = peak_memory(data, 5, a.batch * 4, True)
     print("| measurement | llmdit | baseline | ratio |")
     print("| --- | --- | --- | --- |")
-    print(f"| training steps/s, batch {a.batch} (llmdit train / plain PyTorch loop) | {ours:.2f} | {plain:.2f} | "
-          f"{ours / plain:.2f} |")
-    print(f"| peak memory MiB, batch {a.batch * 4} (gradient checkpointing / none) | {mem_ckpt:.0f} | {mem_plain:.0f} | "
-          f"{mem_ckpt / mem_plain:.2f} |")
+    print(
+        f"| training steps/s, batch {a.batch} (llmdit train / plain PyTorch loop) | {ours:.2f} | {plain:.2f} | "
+        f"{ours / plain:.2f} |"
+    )
+    print(
+        f"| peak memory MiB, batch {a.batch * 4} (gradient checkpointing / none) | {mem_ckpt:.0f} | {mem_plain:.0f} | "
+        f"{mem_ckpt / mem_plain:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 if __name__ == "__main__":
-    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.families.zimage import VARIANTS as FAMILIES
     from llmdit_cli.train.evaluate import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -25,11 +25,29 @@ if __name__ == "__main__":
     args = parser.parse_args()
     env = {**os.environ, "READER_FUZZ_CASES": str(args.cases), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:warnings", "-p", "no:cacheprovider",
-                        str(ROOT / "tests" / "test_fuzz_readers.py"), "-k", "corrupt_stage_files"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:warnings",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "test_fuzz_readers.py"),
+            "-k",
+            "corrupt_stage_files",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     print(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:])
-    print(f"{args.cases} fuzzed stage files: {'all ended in llmdit errors or read cleanly' if r.returncode == 0 else 'FAILED'}"
-          f" ({seconds:.0f} s)")
+    print(
+        f"{args.cases} fuzzed stage files: {'all ended in llmdit errors or read cleanly' if r.returncode == 0 else 'FAILED'}"
+        f" ({seconds:.0f} s)"
+    )
     sys.exit(r.returncode)

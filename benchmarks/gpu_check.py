@@ -27,8 +27,10 @@ def checks(gguf_file: str, st_file: str) -> list[tuple[str, list[str]]]:
     big = ["-W", "384", "-H", "320"]
     return [
         ("plain", []),
-        *[(f"attention {b}", ["--attention-backend", b]) for b in ("native", "sdpa", "flash", "flash_3", "sage",
-                                                                    "xformers")],
+        *[
+            (f"attention {b}", ["--attention-backend", b])
+            for b in ("native", "sdpa", "flash", "flash_3", "sage", "xformers")
+        ],
         ("compile", ["--compile"]),
         ("cpu-offload model", ["--cpu-offload", "model"]),
         ("cpu-offload sequential", ["--cpu-offload", "sequential"]),
@@ -46,9 +48,9 @@ def checks(gguf_file: str, st_file: str) -> list[tuple[str, list[str]]]:
 
 
 def write_single_files(out: Path) -> tuple[str, str]:
+    from helpers import original_zimage_keys, write_gguf
     from safetensors.torch import load_file, save_file
 
-    from helpers import original_zimage_keys, write_gguf
     from llmdit_cli.models import DEMO_PATH
 
     state = load_file(str(DEMO_PATH / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -66,14 +68,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="gpu_check_out")
-    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
-                        help="run only the checks whose label starts with PREFIX (repeatable; 'plain' always runs)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="run only the checks whose label starts with PREFIX (repeatable; 'plain' always runs)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     import torch
-
     from helpers import psnr
 
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
@@ -86,8 +92,23 @@ def main() -> None:
         if args.only and label != "plain" and not label.startswith(tuple(args.only)):
             continue
         png = out / (label.replace(" ", "_").replace(",", "") + ".png")
-        cmd = [sys.executable, "-m", "llmdit_cli", "generate", PROMPT, "--model", "demo", "--seed", "3",
-               "--device", args.device, "-q", "-o", str(png), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llmdit_cli",
+            "generate",
+            PROMPT,
+            "--model",
+            "demo",
+            "--seed",
+            "3",
+            "--device",
+            args.device,
+            "-q",
+            "-o",
+            str(png),
+            *extra,
+        ]
         t = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         seconds = time.perf_counter() - t

@@ -84,13 +84,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GIB = 1024 ** 3
+GIB = 1024**3
 SEQ_MULTIPLE = 32  # Z-Image pads image and caption tokens to multiples of 32
 MAX_TEXT_TOKENS = 512  # the pipelines' max_sequence_length: the text encoder always sees 512
 DIFFUSERS_BACKENDS = ("_native_cudnn", "_native_flash", "_native_efficient")
-PROMPT_TEXT = ("a lighthouse on a rocky coast at dusk, waves breaking over dark rocks, warm light in every "
-               "window, gulls circling above the water, a small red fishing boat in the harbour, mist rolling "
-               "in from the open sea, the first stars over the hills, ")
+PROMPT_TEXT = (
+    "a lighthouse on a rocky coast at dusk, waves breaking over dark rocks, warm light in every "
+    "window, gulls circling above the water, a small red fishing boat in the harbour, mist rolling "
+    "in from the open sea, the first stars over the hills, "
+)
 # Dense bf16 tensor-core peaks from the datasheets (TFLOP/s), matched against the device name.
 DATASHEET_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4))
 
@@ -116,22 +118,61 @@ def full_spec() -> Spec:
     """Z-Image-Turbo as published (DESIGN.md §3); key names checked against diffusers 0.42.1."""
     return Spec(
         name="full",
-        transformer=dict(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30,
-                         n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True,
-                         cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0, axes_dims=[32, 48, 48],
-                         axes_lens=[1536, 512, 512]),
-        text_encoder=dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                          num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                          max_position_embeddings=40960, rms_norm_eps=1e-6, attention_bias=False,
-                          rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-                          tie_word_embeddings=True),
-        vae=dict(in_channels=3, out_channels=3, block_out_channels=[128, 256, 512, 512],
-                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                 layers_per_block=2, latent_channels=16, norm_num_groups=32, act_fn="silu", sample_size=1024,
-                 scaling_factor=0.3611, shift_factor=0.1159, force_upcast=True, use_quant_conv=False,
-                 use_post_quant_conv=False, mid_block_add_attention=True),
+        transformer=dict(
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=16,
+            dim=3840,
+            n_layers=30,
+            n_refiner_layers=2,
+            n_heads=30,
+            n_kv_heads=30,
+            norm_eps=1e-5,
+            qk_norm=True,
+            cap_feat_dim=2560,
+            rope_theta=256.0,
+            t_scale=1000.0,
+            axes_dims=[32, 48, 48],
+            axes_lens=[1536, 512, 512],
+        ),
+        text_encoder=dict(
+            vocab_size=151936,
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=40960,
+            rms_norm_eps=1e-6,
+            attention_bias=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+            tie_word_embeddings=True,
+        ),
+        vae=dict(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=[128, 256, 512, 512],
+            down_block_types=["DownEncoderBlock2D"] * 4,
+            up_block_types=["UpDecoderBlock2D"] * 4,
+            layers_per_block=2,
+            latent_channels=16,
+            norm_num_groups=32,
+            act_fn="silu",
+            sample_size=1024,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            force_upcast=True,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            mid_block_add_attention=True,
+        ),
         scheduler=dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
-        width=1024, height=1024, steps=8, caption_tokens=256, approx_bytes=21 * 10 ** 9,
+        width=1024,
+        height=1024,
+        steps=8,
+        caption_tokens=256,
+        approx_bytes=21 * 10**9,
         timeouts=dict(build=240, stock=180, llmdit=240, compile=300),
     )
 
@@ -139,13 +180,23 @@ def full_spec() -> Spec:
 def tiny_spec() -> Spec:
     from llmdit_cli import tiny
 
-    return Spec(name="tiny", transformer=dict(tiny.TRANSFORMER), text_encoder=dict(tiny.TEXT_ENCODER),
-                vae=dict(tiny.VAE), scheduler=dict(tiny.SCHEDULER), width=64, height=64, steps=2,
-                caption_tokens=64, approx_bytes=10 ** 7,
-                timeouts=dict(build=120, stock=120, llmdit=180, compile=300))
+    return Spec(
+        name="tiny",
+        transformer=dict(tiny.TRANSFORMER),
+        text_encoder=dict(tiny.TEXT_ENCODER),
+        vae=dict(tiny.VAE),
+        scheduler=dict(tiny.SCHEDULER),
+        width=64,
+        height=64,
+        steps=2,
+        caption_tokens=64,
+        approx_bytes=10**7,
+        timeouts=dict(build=120, stock=120, llmdit=180, compile=300),
+    )
 
 
 # -- FLOP arithmetic -------------------------------------------------------------------------------
+
 
 def padded(n: int) -> int:
     return -(-n // SEQ_MULTIPLE) * SEQ_MULTIPLE
@@ -161,16 +212,27 @@ def dit_flops(cfg: dict, image_tokens: int, caption_tokens: int) -> dict[str, fl
     S = N + C
     linear = 2 * (4 * d * d + 3 * d * h) * (L * S + R * N + R * C)
     attention = 4 * d * (L * S * S + R * N * N + R * C * C)
-    small = (2 * patch_in * d * N + 2 * cfg["cap_feat_dim"] * d * C + 2 * d * patch_in * S
-             + 2 * a * 4 * d * (L + R) + 2 * a * d + 2 * (256 * 1024 + 1024 * a))
-    return {"linear": float(linear), "attention": float(attention), "small": float(small),
-            "total": float(linear + attention + small), "tokens": S}
+    small = (
+        2 * patch_in * d * N
+        + 2 * cfg["cap_feat_dim"] * d * C
+        + 2 * d * patch_in * S
+        + 2 * a * 4 * d * (L + R)
+        + 2 * a * d
+        + 2 * (256 * 1024 + 1024 * a)
+    )
+    return {
+        "linear": float(linear),
+        "attention": float(attention),
+        "small": float(small),
+        "total": float(linear + attention + small),
+        "tokens": S,
+    }
 
 
 def crude_dit_flops(params: int, cfg: dict, tokens: int) -> float:
     """The back-of-envelope count: every parameter sees every token, every layer attends over all."""
     layers = cfg["n_layers"] + 2 * cfg["n_refiner_layers"]
-    return float(2 * params * tokens + 4 * cfg["dim"] * tokens ** 2 * layers)
+    return float(2 * params * tokens + 4 * cfg["dim"] * tokens**2 * layers)
 
 
 def datasheet_tflops(device_name: str) -> float | None:
@@ -181,6 +243,7 @@ def datasheet_tflops(device_name: str) -> float | None:
 
 
 # -- small helpers shared by the roles ------------------------------------------------------------
+
 
 def pick_device(tiny: bool) -> str:
     import torch
@@ -229,15 +292,16 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def chat_text(tokenizer, prompt: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
 
 
 def prompt_of_length(tokenizer, tokens: int) -> str:
     """A prompt whose chat-formatted text is exactly `tokens` tokens long, so the caption needs no
     padding and the sequence length in the FLOP count is the one that runs."""
     overhead = len(tokenizer(chat_text(tokenizer, "")).input_ids)
-    text = (PROMPT_TEXT * (1 + tokens // len(PROMPT_TEXT)))[:tokens - overhead]
+    text = (PROMPT_TEXT * (1 + tokens // len(PROMPT_TEXT)))[: tokens - overhead]
     prompt = text[:-1] + "." if text.endswith(" ") else text
     count = len(tokenizer(chat_text(tokenizer, prompt)).input_ids)
     if count != tokens:
@@ -274,6 +338,7 @@ def image_std(path: str | Path) -> float:
 
 
 # -- role: build -----------------------------------------------------------------------------------
+
 
 def check_config_keys(cls, cfg: dict) -> None:
     """Fail loudly if a key is not a constructor argument of the installed class (a typo would
@@ -363,30 +428,46 @@ def measure_components(spec: Spec, dit, te, vae, tokenizer, prompt: str, device:
     n_image = (lat_h // 2) * (lat_w // 2)
     g = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():
-        enc = tokenizer([chat_text(tokenizer, prompt)], padding="max_length", max_length=MAX_TEXT_TOKENS,
-                        truncation=True, return_tensors="pt")
+        enc = tokenizer(
+            [chat_text(tokenizer, prompt)],
+            padding="max_length",
+            max_length=MAX_TEXT_TOKENS,
+            truncation=True,
+            return_tensors="pt",
+        )
         mask = enc.attention_mask.to(device).bool()
-        te_flops, _, te_out = count_flops(lambda: te(input_ids=enc.input_ids.to(device), attention_mask=mask,
-                                                  output_hidden_states=True).hidden_states[-2])
+        te_flops, _, te_out = count_flops(
+            lambda: te(
+                input_ids=enc.input_ids.to(device), attention_mask=mask, output_hidden_states=True
+            ).hidden_states[-2]
+        )
         caption = te_out[0][mask[0]]
         latents = torch.randn(1, 16, lat_h, lat_w, generator=g).to(device, dtype)
         t = torch.tensor([0.5], device=device)
         dit_counted, with_attention, dit_out = count_flops(
-            lambda: dit(list(latents.unsqueeze(2).unbind(0)), t, [caption], return_dict=False)[0])
+            lambda: dit(list(latents.unsqueeze(2).unbind(0)), t, [caption], return_dict=False)[0]
+        )
         vae_flops, _, pixels = count_flops(lambda: vae.decode(latents, return_dict=False)[0])
     analytic = dit_flops(spec.transformer, n_image, int(caption.shape[0]))
     if not with_attention:
         dit_counted += analytic["attention"]
     return {
-        "caption_tokens": int(caption.shape[0]), "image_tokens": n_image, "sequence": analytic["tokens"],
-        "dit_forward_counted": dit_counted, "attention_counted": with_attention,
+        "caption_tokens": int(caption.shape[0]),
+        "image_tokens": n_image,
+        "sequence": analytic["tokens"],
+        "dit_forward_counted": dit_counted,
+        "attention_counted": with_attention,
         "dit_forward_analytic": analytic["total"],
         "dit_forward_parts": {k: analytic[k] for k in ("linear", "attention", "small")},
         "dit_forward_crude": crude_dit_flops(param_count(dit), spec.transformer, analytic["tokens"]),
-        "text_encoder": te_flops, "vae_decode": vae_flops,
+        "text_encoder": te_flops,
+        "vae_decode": vae_flops,
         "per_image": dit_counted * spec.steps + te_flops + vae_flops,
-        "finite": {"text_encoder": bool(torch.isfinite(caption).all()),
-                   "dit": bool(torch.isfinite(dit_out[0]).all()), "vae": bool(torch.isfinite(pixels).all())},
+        "finite": {
+            "text_encoder": bool(torch.isfinite(caption).all()),
+            "dit": bool(torch.isfinite(dit_out[0]).all()),
+            "vae": bool(torch.isfinite(pixels).all()),
+        },
     }
 
 
@@ -405,7 +486,7 @@ def matmul_tflops(device: str, n: int = 8192, reps: int = 10) -> float | None:
     for _ in range(reps):
         a @ b
     torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
 def folder_bytes(folder: Path) -> int:
@@ -416,6 +497,7 @@ def role_build(args) -> dict:
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
+    from llmdit_cli.families import mark_variant
     from llmdit_cli.tiny import byte_tokenizer
 
     spec = tiny_spec() if args.tiny else full_spec()
@@ -430,22 +512,35 @@ def role_build(args) -> dict:
     flops = measure_components(spec, dit, te, vae, tokenizer, prompt, device, dtype)
     folder = Path(args.folder)
     shutil.rmtree(folder, ignore_errors=True)
-    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**spec.scheduler), vae=vae, text_encoder=te,
-                          tokenizer=tokenizer, transformer=dit)
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**spec.scheduler),
+        vae=vae,
+        text_encoder=te,
+        tokenizer=tokenizer,
+        transformer=dit,
+    )
     saving = time.perf_counter()
     pipe.save_pretrained(folder, safe_serialization=True)
+    mark_variant(folder, "z-image-turbo")  # llmdit applies Z-Image-Turbo's defaults to it
     saved = time.perf_counter()
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     return {
-        "device": name, "torch": torch.__version__, "prompt": prompt, "folder": str(folder),
-        "folder_gib": folder_bytes(folder) / GIB, "build_s": built - start, "save_s": saved - saving,
+        "device": name,
+        "torch": torch.__version__,
+        "prompt": prompt,
+        "folder": str(folder),
+        "folder_gib": folder_bytes(folder) / GIB,
+        "build_s": built - start,
+        "save_s": saved - saving,
         "params": {"transformer": param_count(dit), "text_encoder": param_count(te), "vae": param_count(vae)},
-        "flops": flops, "peak_tflops": {"datasheet": datasheet_tflops(name), "measured": matmul_tflops(device)},
+        "flops": flops,
+        "peak_tflops": {"datasheet": datasheet_tflops(name), "measured": matmul_tflops(device)},
         "peak_gib": peak_gib(device),
     }
 
 
 # -- role: stock -----------------------------------------------------------------------------------
+
 
 def role_stock(args) -> dict:
     import torch
@@ -458,8 +553,14 @@ def role_stock(args) -> dict:
     images = {}
 
     def make(seed: int):
-        images["last"] = pipe(args.prompt, height=spec.height, width=spec.width, num_inference_steps=spec.steps,
-                              guidance_scale=0.0, generator=torch.Generator().manual_seed(seed)).images[0]
+        images["last"] = pipe(
+            args.prompt,
+            height=spec.height,
+            width=spec.width,
+            num_inference_steps=spec.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator().manual_seed(seed),
+        ).images[0]
 
     row = timed_images(make, args.repeats, device)
     png = Path(args.work) / "stock.png"
@@ -470,6 +571,7 @@ def role_stock(args) -> dict:
 
 
 # -- role: llmdit (and compile) --------------------------------------------------------------------
+
 
 class MemoModel:
     """Makes `workflows.open_model` load a model once per process, so repeated in-process CLI calls
@@ -523,9 +625,30 @@ def run_cli(argv: list[str], quiet_stdout: bool = True) -> None:
 
 
 def generate_argv(args, spec: Spec, device: str, seed: int, png: Path, extra: list[str]) -> list[str]:
-    return ["generate", args.prompt, "--model", args.folder, "--device", device, "--attention-backend", "sdpa",
-            "-W", str(spec.width), "-H", str(spec.height), "--steps", str(spec.steps), "--guidance-scale", "0",
-            "--seed", str(seed), "-q", "-o", str(png), *extra]
+    return [
+        "generate",
+        args.prompt,
+        "--model",
+        args.folder,
+        "--device",
+        device,
+        "--attention-backend",
+        "sdpa",
+        "-W",
+        str(spec.width),
+        "-H",
+        str(spec.height),
+        "--steps",
+        str(spec.steps),
+        "--guidance-scale",
+        "0",
+        "--seed",
+        str(seed),
+        "-q",
+        "-o",
+        str(png),
+        *extra,
+    ]
 
 
 def stage_image(memo: MemoModel, r, prompt: str, seed: int) -> None:
@@ -534,7 +657,7 @@ def stage_image(memo: MemoModel, r, prompt: str, seed: int) -> None:
     from llmdit_cli.stages.vae import decode_latents
 
     wf, handle = memo.wf, memo.handle
-    e = wf.encode(handle, [prompt], "", r, with_negative=False)
+    e = wf.encode(handle, [prompt], r, with_negative=False)
     latents = wf.run_jobs(handle, e, wf.plan_jobs(e, [seed], r, handle, "txt2img"), r, Output(quiet=True))
     decode_latents(handle.pipeline("vae"), latents[0])
 
@@ -542,9 +665,17 @@ def stage_image(memo: MemoModel, r, prompt: str, seed: int) -> None:
 def stage_settings(args, spec: Spec, device: str, memo: MemoModel):
     from llmdit_cli.config import resolve
 
-    r = resolve(flags={"model": args.folder, "device": device, "width": spec.width, "height": spec.height,
-                       "steps": spec.steps, "guidance_scale": 0.0})
-    memo.wf.fill_family_defaults(r, memo.handle.family)
+    r = resolve(
+        flags={
+            "model": args.folder,
+            "device": device,
+            "width": spec.width,
+            "height": spec.height,
+            "steps": spec.steps,
+            "guidance_scale": 0.0,
+        }
+    )
+    memo.wf.fill_family_defaults(r, memo.handle.defaults(), memo.handle.variant)
     return r
 
 
@@ -574,14 +705,17 @@ def role_llmdit(args) -> dict:
     if not add("llmdit generate (sdpa)", cli(work / "llmdit.png", [])):
         return {"rows": rows}
     r = stage_settings(args, spec, device, memo)
-    add("llmdit stages (sdpa, no PNG)",
-        lambda: timed_images(lambda s: stage_image(memo, r, args.prompt, s), args.repeats, device))
+    add(
+        "llmdit stages (sdpa, no PNG)",
+        lambda: timed_images(lambda s: stage_image(memo, r, args.prompt, s), args.repeats, device),
+    )
     transformer = memo.handle.pipeline("transformer").transformer
 
     def on_backend(backend: str):
         def measure():
             transformer.set_attention_backend(backend)
             return cli(work / f"llmdit{backend}.png", [])()
+
         return measure
 
     for backend in DIFFUSERS_BACKENDS:
@@ -590,6 +724,7 @@ def role_llmdit(args) -> dict:
 
 
 # -- role: train -----------------------------------------------------------------------------------
+
 
 def role_train(args, train_argv: list[str]) -> dict:
     """`llmdit train ARGV` in-process, with each optimiser step timed and the peak memory read.
@@ -661,9 +796,9 @@ def role_dataset(args) -> dict:
 
 # -- orchestration ---------------------------------------------------------------------------------
 
+
 def choose_folder(spec: Spec) -> Path:
-    """/dev/shm (RAM: fast loads) when it has room for the model and a margin, else a disk temp dir.
-    The name contains z-image-turbo so llmdit applies that family's defaults."""
+    """/dev/shm (RAM: fast loads) when it has room for the model and a margin, else a disk temp dir."""
     for base in ("/dev/shm", tempfile.gettempdir()):
         try:
             if os.access(base, os.W_OK) and shutil.disk_usage(base).free > spec.approx_bytes * 1.3 + GIB:
@@ -681,8 +816,20 @@ def kill_group(pid: int) -> None:
 def run_role(role: str, args, work: Path, timeout: float, extra: list[str]) -> dict:
     """This script with --role ROLE in a fresh process (own process group, killed whole on timeout)."""
     result = work / f"{role}.json"
-    cmd = [sys.executable, __file__, "--role", role, "--result", str(result), "--work", str(work),
-           "--repeats", str(args.repeats), *(["--tiny"] if args.tiny else []), *extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--result",
+        str(result),
+        "--work",
+        str(work),
+        "--repeats",
+        str(args.repeats),
+        *(["--tiny"] if args.tiny else []),
+        *extra,
+    ]
     print(f"\n## {role} (timeout {timeout:.0f} s)", flush=True)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -732,13 +879,16 @@ def psnr(a: str, b: str) -> float | None:
         return None
     x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (a, b))
     mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 def best_attention(report: dict) -> dict | None:
     """The fastest uncompiled `llmdit generate` row: sdpa or one of diffusers' torch backends."""
-    rows = [r for r in report.get("rows", []) if r.get("ok") and r["name"].startswith("llmdit generate")
-            and "--compile" not in r["name"]]
+    rows = [
+        r
+        for r in report.get("rows", [])
+        if r.get("ok") and r["name"].startswith("llmdit generate") and "--compile" not in r["name"]
+    ]
     return min(rows, key=lambda r: r["median_s"], default=None)
 
 
@@ -749,24 +899,34 @@ def fmt(value, spec: str = ".3f") -> str:
 def print_report(report: dict) -> None:
     f = report.get("flops", {})
     peaks = report.get("peak_tflops", {})
-    print(f"\n# gpu_full ({report['mode']}): {report.get('device')}, torch {report.get('torch')}, "
-          f"{report['width']}x{report['height']}, {report['steps']} steps, guidance 0, "
-          f"median of {report['repeats']} warm images")
+    print(
+        f"\n# gpu_full ({report['mode']}): {report.get('device')}, torch {report.get('torch')}, "
+        f"{report['width']}x{report['height']}, {report['steps']} steps, guidance 0, "
+        f"median of {report['repeats']} warm images"
+    )
     if f:
-        print(f"DiT forward FLOPs: counted {f['dit_forward_counted']:.4e}, analytic {f['dit_forward_analytic']:.4e}, "
-              f"rough 2*P*S+attention {f['dit_forward_crude']:.4e} (S = {f['sequence']} tokens: "
-              f"{f['image_tokens']} image + {f['caption_tokens']} caption)")
-        print(f"per image: {f['steps']} x DiT + text encoder {f['text_encoder']:.3e} + VAE decode "
-              f"{f['vae_decode']:.3e} = {f['per_image']:.4e} FLOP; outputs finite: {f['finite']}")
-    print(f"bf16 peak: datasheet {fmt(peaks.get('datasheet'), '.1f')} TFLOP/s, measured matmul "
-          f"{fmt(peaks.get('measured'), '.1f')} TFLOP/s; model folder {fmt(report.get('folder_gib'), '.1f')} GiB")
+        print(
+            f"DiT forward FLOPs: counted {f['dit_forward_counted']:.4e}, analytic {f['dit_forward_analytic']:.4e}, "
+            f"rough 2*P*S+attention {f['dit_forward_crude']:.4e} (S = {f['sequence']} tokens: "
+            f"{f['image_tokens']} image + {f['caption_tokens']} caption)"
+        )
+        print(
+            f"per image: {f['steps']} x DiT + text encoder {f['text_encoder']:.3e} + VAE decode "
+            f"{f['vae_decode']:.3e} = {f['per_image']:.4e} FLOP; outputs finite: {f['finite']}"
+        )
+    print(
+        f"bf16 peak: datasheet {fmt(peaks.get('datasheet'), '.1f')} TFLOP/s, measured matmul "
+        f"{fmt(peaks.get('measured'), '.1f')} TFLOP/s; model folder {fmt(report.get('folder_gib'), '.1f')} GiB"
+    )
     print("\n| variant | s / image | peak GiB | vs stock | util (datasheet) | util (measured) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in report["rows"]:
         if row.get("ok"):
-            print(f"| {row['name']} | {row['median_s']:.3f} | {row['peak_gib']:.1f} "
-                  f"| {fmt(row.get('ratio_to_stock'), '.2f')} | {fmt(row.get('util_datasheet'), '.1%')} "
-                  f"| {fmt(row.get('util_measured'), '.1%')} |")
+            print(
+                f"| {row['name']} | {row['median_s']:.3f} | {row['peak_gib']:.1f} "
+                f"| {fmt(row.get('ratio_to_stock'), '.2f')} | {fmt(row.get('util_datasheet'), '.1%')} "
+                f"| {fmt(row.get('util_measured'), '.1%')} |"
+            )
         else:
             print(f"| {row['name']} | failed: {row.get('error', '')} | | | | |")
     best = best_attention(report)
@@ -785,8 +945,15 @@ def bench(args) -> dict:
     folder = Path(args.folder) if args.folder else choose_folder(spec)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu_full_"))
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"mode": spec.name, "width": spec.width, "height": spec.height, "steps": spec.steps,
-                    "repeats": args.repeats, "rows": [], "roles": {}}
+    report: dict = {
+        "mode": spec.name,
+        "width": spec.width,
+        "height": spec.height,
+        "steps": spec.steps,
+        "repeats": args.repeats,
+        "rows": [],
+        "roles": {},
+    }
 
     def left(role: str) -> float:
         return min(spec.timeouts[role], deadline - time.monotonic() - 5)
@@ -806,8 +973,9 @@ def bench(args) -> dict:
                 continue
             data = run_role(role, args, work, left(role), common)
             report["roles"][role] = data.get("role")
-            report["rows"] += data.get("rows") or [{"name": role, "ok": False,
-                                                     "error": f"no result ({data.get('role')})"}]
+            report["rows"] += data.get("rows") or [
+                {"name": role, "ok": False, "error": f"no result ({data.get('role')})"}
+            ]
     finish_rows(report)
     report["psnr_stock_llmdit_db"] = psnr(work / "stock.png", work / "llmdit.png")
     report["work"] = str(work)
@@ -818,24 +986,31 @@ def bench(args) -> dict:
 
 # -- role: summary (the device script's last lines) ------------------------------------------------
 
+
 def summary(args) -> None:
     lines = ["| measurement | result |", "| --- | --- |"]
     if args.result and Path(args.result).is_file():
         report = json.loads(Path(args.result).read_text())
         f, peaks = report.get("flops", {}), report.get("peak_tflops", {})
-        lines.append(f"| device | {report.get('device')}, {report.get('width')}x{report.get('height')}, "
-                     f"{report.get('steps')} steps |")
+        lines.append(
+            f"| device | {report.get('device')}, {report.get('width')}x{report.get('height')}, "
+            f"{report.get('steps')} steps |"
+        )
         if f:
-            lines.append(f"| FLOPs per image | {f['per_image']:.3e} (DiT forward counted "
-                         f"{f['dit_forward_counted']:.4e}, formula {f['dit_forward_analytic']:.4e}); bf16 peak "
-                         f"{fmt(peaks.get('datasheet'), '.0f')} datasheet / {fmt(peaks.get('measured'), '.0f')} "
-                         f"measured TFLOP/s |")
+            lines.append(
+                f"| FLOPs per image | {f['per_image']:.3e} (DiT forward counted "
+                f"{f['dit_forward_counted']:.4e}, formula {f['dit_forward_analytic']:.4e}); bf16 peak "
+                f"{fmt(peaks.get('datasheet'), '.0f')} datasheet / {fmt(peaks.get('measured'), '.0f')} "
+                f"measured TFLOP/s |"
+            )
         for row in report.get("rows", []):
             if row.get("ok"):
-                lines.append(f"| {row['name']} | {row['median_s']:.3f} s/image, peak {row['peak_gib']:.1f} GiB, "
-                             f"x{fmt(row.get('ratio_to_stock'), '.2f')} stock, util "
-                             f"{fmt(row.get('util_datasheet'), '.1%')} of datasheet / "
-                             f"{fmt(row.get('util_measured'), '.1%')} of measured |")
+                lines.append(
+                    f"| {row['name']} | {row['median_s']:.3f} s/image, peak {row['peak_gib']:.1f} GiB, "
+                    f"x{fmt(row.get('ratio_to_stock'), '.2f')} stock, util "
+                    f"{fmt(row.get('util_datasheet'), '.1%')} of datasheet / "
+                    f"{fmt(row.get('util_measured'), '.1%')} of measured |"
+                )
             else:
                 lines.append(f"| {row['name']} | failed: {row.get('error')} |")
         best = best_attention(report)
@@ -852,21 +1027,27 @@ def summary(args) -> None:
             continue
         t = json.loads(Path(path).read_text())
         if t.get("ok"):
-            lines.append(f"| {name} | {fmt(t.get('steps_per_s'), '.2f')} steps/s ({t.get('steps')} steps, first "
-                         f"{fmt(t.get('first_step_s'), '.1f')} s), peak {fmt(t.get('train_peak_gib'), '.1f')} GiB "
-                         f"while training ({fmt(t.get('peak_gib'), '.1f')} with caching), "
-                         f"process {t['wall_s']:.0f} s |")
+            lines.append(
+                f"| {name} | {fmt(t.get('steps_per_s'), '.2f')} steps/s ({t.get('steps')} steps, first "
+                f"{fmt(t.get('first_step_s'), '.1f')} s), peak {fmt(t.get('train_peak_gib'), '.1f')} GiB "
+                f"while training ({fmt(t.get('peak_gib'), '.1f')} with caching), "
+                f"process {t['wall_s']:.0f} s |"
+            )
         else:
             lines.append(f"| {name} | failed: {t.get('error')} |")
     if args.check_log and Path(args.check_log).is_file():
-        rows = [ln for ln in Path(args.check_log).read_text().splitlines()
-                if ln.startswith("| ") and not ln.startswith(("| check", "| ---"))]
+        rows = [
+            ln
+            for ln in Path(args.check_log).read_text().splitlines()
+            if ln.startswith("| ") and not ln.startswith(("| check", "| ---"))
+        ]
         ok = sum(1 for ln in rows if "| ok |" in ln)
         lines.append(f"| gpu_check.py (demo model) | {ok} ok, {len(rows) - ok} failed of {len(rows)} run |")
     print("\n".join(lines))
 
 
 # -- entry point -----------------------------------------------------------------------------------
+
 
 def parse(argv: list[str]):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -877,8 +1058,11 @@ def parse(argv: list[str]):
     p.add_argument("--folder", help="where to save the model folder (default: /dev/shm or a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the model folder (for the training probe)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the --compile variant")
-    p.add_argument("--role", default="bench",
-                   choices=["bench", "build", "stock", "llmdit", "compile", "train", "dataset", "summary"])
+    p.add_argument(
+        "--role",
+        default="bench",
+        choices=["bench", "build", "stock", "llmdit", "compile", "train", "dataset", "summary"],
+    )
     p.add_argument("--result", help="(roles) JSON result file; (summary) the benchmark's JSON")
     p.add_argument("--work", help="folder for the images and per-step results (default: a temp dir)")
     p.add_argument("--prompt", help="(roles) the prompt the build step chose")
@@ -893,11 +1077,16 @@ def parse(argv: list[str]):
 
 def main() -> None:
     argv = sys.argv[1:]
-    train_argv = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parse(argv[:argv.index("--")] if "--" in argv else argv)
+    train_argv = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parse(argv[: argv.index("--")] if "--" in argv else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    roles = {"build": role_build, "stock": role_stock, "llmdit": role_llmdit, "compile": role_llmdit,
-             "dataset": role_dataset}
+    roles = {
+        "build": role_build,
+        "stock": role_stock,
+        "llmdit": role_llmdit,
+        "compile": role_llmdit,
+        "dataset": role_dataset,
+    }
     if args.role == "summary":
         summary(args)
     elif args.role == "train":

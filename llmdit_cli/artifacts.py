@@ -98,8 +98,23 @@ def parse_header(data: bytes, name: str) -> dict[str, Any]:
 
 
 # safetensors dtype names and their sizes in bytes
-DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 _EMBED_KEY = re.compile(r"^(negative_)?prompt_embeds\.(0|[1-9][0-9]*)$")
 
 
@@ -116,12 +131,16 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
     except ValueError:
         raise InputError(f"{name}: bad llmdit.schema header {meta.get('llmdit.schema')!r}") from None
     if schema > SCHEMA:
-        raise InputError(f"{name}: stage file schema {schema} is newer than this llmdit reads ({SCHEMA}); upgrade llmdit")
+        raise InputError(
+            f"{name}: stage file schema {schema} is newer than this llmdit reads ({SCHEMA}); upgrade llmdit"
+        )
     if schema < 1:
         raise InputError(f"{name}: bad llmdit.schema header {schema} (expected 1 to {SCHEMA})")
     if expect and kind != expect:
-        hint = {"latents": "give it to `llmdit decode` or `img2img --from-latents`",
-                "embeds": "give it to `llmdit generate --from-embeds`"}[kind]
+        hint = {
+            "latents": "give it to `llmdit decode` or `img2img --from-latents`",
+            "embeds": "give it to `llmdit generate --from-embeds`",
+        }[kind]
         raise InputError(f"{name}: holds {kind}, but {expect} are expected here ({hint})")
     try:
         params = json.loads(meta.get("llmdit.params", "{}"))
@@ -132,8 +151,9 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
     shapes, dtypes = _tensor_table(header, len(data) - 8 - struct.unpack("<Q", data[:8])[0], name)
     _check_tensor_names(kind, shapes, name)
     _check_params(kind, shapes, params, name)
-    stage = StageFile(source=name, kind=kind, schema=schema, meta=meta, params=params, shapes=shapes,
-                      dtypes=dtypes, data=data)
+    stage = StageFile(
+        source=name, kind=kind, schema=schema, meta=meta, params=params, shapes=shapes, dtypes=dtypes, data=data
+    )
     for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels"):
         stage.meta_int(key)  # a header number that is not one fails here, naming the field
     return stage
@@ -141,12 +161,16 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
 
 def _check_params(kind: str, shapes: dict[str, list[int]], params: dict, name: str) -> None:
     """The settings record must describe the tensors: one prompt per embedding, one record per image."""
+
     def check_list(key: str, n: int | tuple, item_type: type, what: str) -> None:
         value, sizes = params.get(key), n if isinstance(n, tuple) else (n,)
-        if value is not None and (not isinstance(value, list) or len(value) not in sizes
-                                  or not all(isinstance(x, item_type) for x in value)):
-            raise InputError(f"{name}: llmdit.params {key} should be a list of {' or '.join(map(str, sizes))} "
-                             f"{what}, got {value!r:.80}")
+        if value is not None and (
+            not isinstance(value, list) or len(value) not in sizes or not all(isinstance(x, item_type) for x in value)
+        ):
+            raise InputError(
+                f"{name}: llmdit.params {key} should be a list of {' or '.join(map(str, sizes))} "
+                f"{what}, got {value!r:.80}"
+            )
 
     if kind == "latents":
         check_list("images", shapes["latents"][0], dict, "settings records")
@@ -185,8 +209,12 @@ def _tensor_table(header: dict, body: int, name: str) -> tuple[dict[str, list[in
             raise InputError(f"{where}: unknown dtype {dtype!r}")
         if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
             raise InputError(f"{where}: shape {shape!r} is not a list of sizes")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets)
-                or not offsets[0] <= offsets[1] <= body):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(n) for n in offsets)
+            or not offsets[0] <= offsets[1] <= body
+        ):
             raise InputError(f"{where}: data_offsets {offsets!r} lie outside the file ({body} data bytes)")
         if offsets[1] - offsets[0] != DTYPE_SIZES[dtype] * math.prod(shape):
             raise InputError(f"{where}: {offsets[1] - offsets[0]} bytes do not hold a {dtype} tensor of shape {shape}")
@@ -212,8 +240,9 @@ def _check_tensor_names(kind: str, shapes: dict[str, list[int]], name: str) -> N
         return
     for key, shape in shapes.items():
         if not _EMBED_KEY.match(key):
-            raise InputError(f"{name}: tensor {key!r} is not an embedding (prompt_embeds.N or "
-                             f"negative_prompt_embeds.N)")
+            raise InputError(
+                f"{name}: tensor {key!r} is not an embedding (prompt_embeds.N or negative_prompt_embeds.N)"
+            )
         if len(shape) != 2:
             raise InputError(f"{name}: embedding {key!r} has shape {shape}, expected [tokens, hidden]")
     hidden = {shape[1] for shape in shapes.values()}
@@ -291,6 +320,37 @@ def write_stage(path: str, kind: str, tensors: dict, identity: dict[str, Any], p
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     write_bytes_atomic(path, save(tensors, metadata=stage_metadata(kind, identity, params)))
+
+
+def write_embeds_file(
+    path: str, positive: list, negative: list, identity: dict[str, Any], hidden_layer: int, params: dict[str, Any]
+) -> None:
+    """The one writer of embeds files (`encode`, the training cache): one tensor per prompt, and a
+    header with the text encoder's identity and what the reader checks (hidden size, count)."""
+    header = {
+        **identity,
+        "hidden_size": int(positive[0].shape[-1]),
+        "hidden_layer": hidden_layer,
+        "dtype": str(positive[0].dtype).replace("torch.", ""),
+        "count": len(positive),
+    }
+    write_stage(path, "embeds", embeds_tensors(positive, negative), header, params)
+
+
+def write_latents_file(
+    path: str, latents, identity: dict[str, Any], height: int, width: int, params: dict[str, Any]
+) -> None:
+    """The one writer of latents files (`generate --save-latents`, the training cache): finished
+    latents `[B, C, h, w]` (sigma 0) and the image size they decode to."""
+    header = {
+        **identity,
+        "height": height,
+        "width": width,
+        "sigma": 0,
+        "channels": int(latents.shape[1]),
+        "count": int(latents.shape[0]),
+    }
+    write_stage(path, "latents", {"latents": latents}, header, params)
 
 
 def embeds_tensors(positive: list, negative: list) -> dict:

@@ -8,25 +8,32 @@ unknown key or a wrong type is an error that names the key and the file.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from llmdit_cli.errors import ConfigError
+from llmdit_cli.errors import ConfigError, setting
+from llmdit_cli.tomlfiles import StrictModel, load_toml
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
 ENV_PREFIX = "LLMDIT_"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Section(StrictModel):
     # Flags of a prefixed section are named `<prefix>_<field>` (and `enabled` is just `<prefix>`).
     flag_prefix: ClassVar[str] = ""
+    # How an image's settings record (PNG, latents header) keeps the section's fields, by flag name:
+    # "reapply" (`generate --from-png` feeds them back), "note" (machine-specific: recorded only),
+    # "none" (not recorded; the encoder's settings travel with the embeddings instead).
+    record: ClassVar[str] = "reapply"
+    not_recorded: ClassVar[tuple[str, ...]] = ()
+    # Fields recorded only in some modes: {field: modes}.
+    only_in: ClassVar[dict[str, tuple[str, ...]]] = {}
 
 
 class EncoderSettings(_Section):
+    record: ClassVar[str] = "none"
     system_prompt: str | None = None
     thinking_content: str | None = None
     enable_thinking: bool = True
@@ -36,7 +43,8 @@ class EncoderSettings(_Section):
 
 
 class GenerationSettings(_Section):
-    # None means: the model family's default (see models.FAMILIES).
+    # None means: the model family's default (see llmdit_cli.families).
+    only_in: ClassVar[dict[str, tuple[str, ...]]] = {"strength": ("img2img",)}
     width: int | None = None
     height: int | None = None
     steps: int | None = None
@@ -56,7 +64,7 @@ class LoraSettings(_Section):
 
 
 class SlgSettings(_Section):
-    """Skip-layer guidance. None means: the model family's value (see models.FAMILIES)."""
+    """Skip-layer guidance. None means: the model family's value (see llmdit_cli.families)."""
 
     flag_prefix: ClassVar[str] = "slg"
     enabled: bool = False
@@ -79,6 +87,8 @@ class DypeSettings(_Section):
 
 
 class OptimizationSettings(_Section):
+    record: ClassVar[str] = "note"
+    not_recorded: ClassVar[tuple[str, ...]] = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     text_encoder_device: str | None = None
@@ -129,20 +139,6 @@ def default_config_path() -> Path:
     return Path(typer.get_app_dir("llmdit")) / "config.toml"
 
 
-def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
 def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
     """A profile table as {'section.field': value}, rejecting unknown keys."""
     flat: dict[str, Any] = {}
@@ -187,25 +183,35 @@ def _env_layer() -> dict[str, Any]:
 
 
 class Resolved:
-    """Resolved settings plus where each value came from."""
+    """Resolved settings plus where each value came from.
+
+    `r.settings` is the typed view (`r.settings.generation.steps`) that the engine and the stages
+    read; `r["steps"]` / `r["generation.steps"]` reach the same values by flag name or key."""
 
     def __init__(self, values: dict[str, Any], sources: dict[str, str], config_path: Path | None, profile: str):
         self.values = values
         self.sources = sources
         self.config_path = config_path
         self.profile = profile
-        self.settings = Settings.model_validate(_nest(values))
+        self._typed: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._typed is None:
+            self._typed = Settings.model_validate(_nest(self.values))
+        return self._typed
 
     def __getitem__(self, field: str) -> Any:
         return self.values[key_of(field)]
 
     def origin(self, field: str) -> str:
-        """How to name a setting in a message: the flag when the user typed it, else the key and
-        where its value came from (`generation.steps from img.png (stored settings)`)."""
+        """How to name a setting in a message: marked (`errors.setting`) when the caller gave it, so
+        a front end names it its own way (the CLI: `--steps`); else the key and where its value
+        came from (`generation.steps (from img.png (stored settings))`)."""
         key = key_of(field)
         source = self.sources.get(key, "default")
         if source == "flag":
-            return "--" + KEY_FLAG.get(key, key).replace("_", "-")
+            return setting(key)
         return f"{key} (from {source})"
 
     def set_default(self, field: str, value: Any, source: str) -> None:
@@ -214,6 +220,33 @@ class Resolved:
         if self.values.get(key) is None:
             self.values[key] = value
             self.sources[key] = source
+            self._typed = None
+
+    def given(self, section: str) -> list[str]:
+        """Keys of `section` the caller set (flags, or a request's fields)."""
+        return [k for k, src in self.sources.items() if k.startswith(section + ".") and src == "flag"]
+
+    def record(self, mode: str) -> dict[str, Any]:
+        """The settings an image made in `mode` records (PNG, latents header), by flag name."""
+        return {flag: self.values[key] for key, flag in recorded_keys(mode)}
+
+
+def recorded_keys(mode: str, kinds: tuple[str, ...] = ("reapply", "note")) -> list[tuple[str, str]]:
+    """(key, flag name) of every setting an image's record holds, in section order."""
+    keys = [("model", "model")]
+    for section, cls in SECTIONS.items():
+        if cls.record not in kinds:
+            continue
+        for name in cls.model_fields:
+            if name in cls.not_recorded or mode not in cls.only_in.get(name, (mode,)):
+                continue
+            keys.append((f"{section}.{name}", _flag_name(cls, name)))
+    return keys
+
+
+def reapplied_fields() -> list[str]:
+    """Flag names of the recorded settings that `generate --from-png` feeds back in."""
+    return [flag for _, flag in recorded_keys("txt2img", ("reapply",))]
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -224,9 +257,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def resolve(config: str | None = None, profile: str | None = None,
-            flags: dict[str, Any] | None = None, stored: dict[str, Any] | None = None,
-            stored_source: str = "") -> Resolved:
+def resolve(
+    config: str | None = None,
+    profile: str | None = None,
+    flags: dict[str, Any] | None = None,
+    stored: dict[str, Any] | None = None,
+    stored_source: str = "",
+) -> Resolved:
     """Layer defaults, the config file's profile, LLMDIT_* variables, `stored` settings (e.g. read
     from a PNG, named by `stored_source`) and flags (None = not given)."""
     values, sources = _defaults()
@@ -280,4 +317,4 @@ def _apply_flags(values: dict[str, Any], sources: dict[str, str], flags: dict[st
     for field, v in (flags or {}).items():
         if v is not None:
             key = key_of(field)
-            values[key], sources[key] = _check_value(key, v, f"--{field.replace('_', '-')}"), "flag"
+            values[key], sources[key] = _check_value(key, v, setting(key)), "flag"

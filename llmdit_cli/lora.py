@@ -38,36 +38,60 @@ PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 # (suffix, role), longest first so `.lora_A.default.weight` is not taken for `.weight`.
 _SUFFIXES = [
-    (".lora_A.default.weight", "down"), (".lora_B.default.weight", "up"),
-    (".lora_down.weight", "down"), (".lora_up.weight", "up"),
-    (".lora.down.weight", "down"), (".lora.up.weight", "up"),
-    (".lora_A.weight", "down"), (".lora_B.weight", "up"), (".alpha", "alpha"),
+    (".lora_A.default.weight", "down"),
+    (".lora_B.default.weight", "up"),
+    (".lora_down.weight", "down"),
+    (".lora_up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".alpha", "alpha"),
 ]
 _PREFIXES = ("base_model.model.", "transformer.", "model.diffusion_model.", "diffusion_model.")
 _UNDERSCORED_PREFIXES = ("lora_unet_", "lycoris_")
-_UNSUPPORTED = [(re.compile(r"\.lokr_"), "LoKr"), (re.compile(r"\.hada_"), "LoHa"), (re.compile(r"dora_scale"), "DoRA"),
-                (re.compile(r"lora_magnitude_vector"), "DoRA"), (re.compile(r"\.diff(_b)?$"), "full-weight difference"),
-                (re.compile(r"\.oft_"), "OFT")]
+_UNSUPPORTED = [
+    (re.compile(r"\.lokr_"), "LoKr"),
+    (re.compile(r"\.hada_"), "LoHa"),
+    (re.compile(r"dora_scale"), "DoRA"),
+    (re.compile(r"lora_magnitude_vector"), "DoRA"),
+    (re.compile(r"\.diff(_b)?$"), "full-weight difference"),
+    (re.compile(r"\.oft_"), "OFT"),
+]
 
 # Underscored (Kohya / LyCORIS) names -> dotted ones, for every Linear of the Z-Image transformer in
 # both naming schemes. Underscores inside module names make a plain `_` -> `.` swap ambiguous.
 _BLOCK_PARTS = {
-    "attention_to_q": "attention.to_q", "attention_to_k": "attention.to_k", "attention_to_v": "attention.to_v",
-    "attention_to_out_0": "attention.to_out.0", "attention_qkv": "attention.qkv", "attention_out": "attention.out",
-    "feed_forward_w1": "feed_forward.w1", "feed_forward_w2": "feed_forward.w2", "feed_forward_w3": "feed_forward.w3",
+    "attention_to_q": "attention.to_q",
+    "attention_to_k": "attention.to_k",
+    "attention_to_v": "attention.to_v",
+    "attention_to_out_0": "attention.to_out.0",
+    "attention_qkv": "attention.qkv",
+    "attention_out": "attention.out",
+    "feed_forward_w1": "feed_forward.w1",
+    "feed_forward_w2": "feed_forward.w2",
+    "feed_forward_w3": "feed_forward.w3",
     "adaLN_modulation_0": "adaLN_modulation.0",
 }
 _TOP_LEVEL = {
-    "all_x_embedder_2-1": "all_x_embedder.2-1", "x_embedder": "x_embedder",
+    "all_x_embedder_2-1": "all_x_embedder.2-1",
+    "x_embedder": "x_embedder",
     "all_final_layer_2-1_linear": "all_final_layer.2-1.linear",
     "all_final_layer_2-1_adaLN_modulation_1": "all_final_layer.2-1.adaLN_modulation.1",
-    "final_layer_linear": "final_layer.linear", "final_layer_adaLN_modulation_1": "final_layer.adaLN_modulation.1",
-    "t_embedder_mlp_0": "t_embedder.mlp.0", "t_embedder_mlp_2": "t_embedder.mlp.2", "cap_embedder_1": "cap_embedder.1",
+    "final_layer_linear": "final_layer.linear",
+    "final_layer_adaLN_modulation_1": "final_layer.adaLN_modulation.1",
+    "t_embedder_mlp_0": "t_embedder.mlp.0",
+    "t_embedder_mlp_2": "t_embedder.mlp.2",
+    "cap_embedder_1": "cap_embedder.1",
 }
 _BLOCK = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$")
 # original checkpoint name -> diffusers name (the fused qkv is split separately)
-_NATIVE = [(r"^x_embedder$", "all_x_embedder.2-1"), (r"^final_layer\.", "all_final_layer.2-1."),
-           (r"\.attention\.out$", ".attention.to_out.0"), (r"\.attention\.to\.([qkv])$", r".attention.to_\1")]
+_NATIVE = [
+    (r"^x_embedder$", "all_x_embedder.2-1"),
+    (r"^final_layer\.", "all_final_layer.2-1."),
+    (r"\.attention\.out$", ".attention.to_out.0"),
+    (r"\.attention\.to\.([qkv])$", r".attention.to_\1"),
+]
 _QKV = ("to_q", "to_k", "to_v")
 
 
@@ -119,6 +143,7 @@ class Lora:
 
 
 # -- reading -----------------------------------------------------------------------------------------
+
 
 def load_tensors(path: str | Path) -> tuple[dict, dict[str, str], dict | None, str]:
     """Tensors, safetensors metadata, a PEFT adapter config (or None), and a layout hint."""
@@ -177,12 +202,16 @@ def parse_lora(tensors: dict, meta: dict[str, str], peft_config: dict | None, na
     # write both); the split keys win, as in diffusers. So fused groups are read last.
     for raw, parts in sorted(groups.items(), key=lambda item: _is_fused(item[0])):
         if "down" not in parts or "up" not in parts:
-            raise InputError(f"{name}: {raw} has {' and '.join(sorted(parts))} but no "
-                             f"{'lora_B/lora_up' if 'down' in parts else 'lora_A/lora_down'}")
+            raise InputError(
+                f"{name}: {raw} has {' and '.join(sorted(parts))} but no "
+                f"{'lora_B/lora_up' if 'down' in parts else 'lora_A/lora_down'}"
+            )
         down, up = parts["down"], parts["up"]
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            raise InputError(f"{name}: {raw}: shapes {list(down.shape)} and {list(up.shape)} do not form a LoRA "
-                             f"(expected [rank, in] and [out, rank])")
+            raise InputError(
+                f"{name}: {raw}: shapes {list(down.shape)} and {list(up.shape)} do not form a LoRA "
+                f"(expected [rank, in] and [out, rank])"
+            )
         module = _diffusers_name(raw, name)
         scale = _scale(module, down.shape[0], parts.get("alpha"), alpha_config)
         for target, pair in _split_fused(module, Pair(down, up, scale)):
@@ -208,8 +237,9 @@ def _group_keys(tensors: dict, name: str) -> dict[str, dict[str, Any]]:
                 groups.setdefault(key[: -len(suffix)], {})[role] = value
                 break
         else:
-            raise UnsupportedLora(f"{name}: key {key} is not a LoRA weight (expected lora_A/lora_B, lora_down/lora_up "
-                             f"or alpha)")
+            raise UnsupportedLora(
+                f"{name}: key {key} is not a LoRA weight (expected lora_A/lora_B, lora_down/lora_up or alpha)"
+            )
     return {k: v for k, v in groups.items() if set(v) != {"alpha"} or _raise_lonely_alpha(name, k)}
 
 
@@ -225,11 +255,11 @@ def _diffusers_name(raw: str, file: str) -> str:
     name = raw
     for prefix in _PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
             break
     for prefix in _UNDERSCORED_PREFIXES:
         if name.startswith(prefix):
-            name = _undot(name[len(prefix):], raw, file)
+            name = _undot(name[len(prefix) :], raw, file)
             break
     for pattern, repl in _NATIVE:
         name = re.sub(pattern, repl, name)
@@ -252,8 +282,10 @@ def _split_fused(module: str, pair: Pair) -> list[tuple[str, Pair]]:
     if pair.up.shape[0] % 3:
         raise InputError(f"{module}: a fused qkv LoRA needs an output size divisible by 3, got {pair.up.shape[0]}")
     stem = module[: -len("qkv")]
-    return [(stem + proj, Pair(pair.down.clone(), chunk.contiguous(), pair.scale))
-            for proj, chunk in zip(_QKV, pair.up.chunk(3, dim=0))]
+    return [
+        (stem + proj, Pair(pair.down.clone(), chunk.contiguous(), pair.scale))
+        for proj, chunk in zip(_QKV, pair.up.chunk(3, dim=0))
+    ]
 
 
 def _diffusers_metadata(meta: dict[str, str], name: str) -> dict | None:
@@ -310,8 +342,9 @@ def _layout_of(keys: list[str]) -> str:
 
 
 def _recorded(meta: dict[str, str], config: dict | None, alpha_tensors: bool) -> dict[str, Any]:
-    info: dict[str, Any] = {"alpha_source": "alpha tensors" if alpha_tensors else
-                            "adapter metadata" if config else "none (scale 1)"}
+    info: dict[str, Any] = {
+        "alpha_source": "alpha tensors" if alpha_tensors else "adapter metadata" if config else "none (scale 1)"
+    }
     raw = meta.get(LLMDIT_KEY)
     if raw:
         try:
@@ -325,20 +358,26 @@ def _recorded(meta: dict[str, str], config: dict | None, alpha_tensors: bool) ->
 
 # -- what each loader does with a file ----------------------------------------------------------------
 
+
 def loader_scales(tensors: dict, meta: dict[str, str], peft_config: dict | None, lora: Lora) -> dict[str, dict]:
     """Per loader: the scale it applies to each module relative to the strength the file means
     (1.0 = exactly as intended), or why it does not load the file."""
     keys = list(tensors)
-    return {"llmdit": {"ratio": [1.0], "loads": True, "note": "llmdit generate --lora"},
-            "diffusers": _diffusers_view(keys, meta, peft_config, tensors, lora),
-            "comfyui": _comfy_view(keys, tensors, lora)}
+    return {
+        "llmdit": {"ratio": [1.0], "loads": True, "note": "llmdit generate --lora"},
+        "diffusers": _diffusers_view(keys, meta, peft_config, tensors, lora),
+        "comfyui": _comfy_view(keys, tensors, lora),
+    }
 
 
 def _diffusers_view(keys, meta, peft_config, tensors, lora: Lora) -> dict:
     if peft_config is not None or any(k.startswith("base_model.model.") for k in keys):
         return {"loads": False, "note": "a PEFT adapter: load_lora_weights does not read it; convert --to diffusers"}
-    converted = (any(k.endswith(".alpha") for k in keys) or any(k.startswith(("lora_unet_", "diffusion_model."))
-                 for k in keys) or any("default." in k for k in keys))
+    converted = (
+        any(k.endswith(".alpha") for k in keys)
+        or any(k.startswith(("lora_unet_", "diffusion_model.")) for k in keys)
+        or any("default." in k for k in keys)
+    )
     if converted and any(k.startswith("transformer.") for k in keys):
         return {"loads": False, "note": "alpha tensors beside transformer.* keys: NoMatchingPeftModuleError"}
     if any(k.startswith("lycoris_") for k in keys):
@@ -353,8 +392,11 @@ def _diffusers_view(keys, meta, peft_config, tensors, lora: Lora) -> dict:
         alpha = tensors.get(raw + ".alpha")
         ratios.append(_ratio(_scale(module, rank, alpha if converted else None, config), lora.pairs[module].scale))
     dropped = [k for k in keys if re.match(r"lora_unet_(x_embedder|final_layer)_?", k)]
-    note = (f"load_lora_weights; it drops {len(dropped)} key(s) it cannot name, e.g. {dropped[0]}" if dropped
-            else "load_lora_weights")
+    note = (
+        f"load_lora_weights; it drops {len(dropped)} key(s) it cannot name, e.g. {dropped[0]}"
+        if dropped
+        else "load_lora_weights"
+    )
     return {"loads": True, "ratio": _spread(ratios), "note": note}
 
 
@@ -367,8 +409,9 @@ def _ratio(applied: float, meant: float) -> float:
 def _comfy_view(keys, tensors, lora: Lora) -> dict:
     ratios, ignored = [], []
     for raw, module, rank in _modules_with_rank(tensors):
-        if raw.startswith("base_model.model.") or (raw.startswith("lora_unet_") and
-                                                   re.search(r"attention_(to_[qkv]|to_out_0)$|all_", raw)):
+        if raw.startswith("base_model.model.") or (
+            raw.startswith("lora_unet_") and re.search(r"attention_(to_[qkv]|to_out_0)$|all_", raw)
+        ):
             ignored.append(raw)
             continue
         alpha = tensors.get(raw + ".alpha")
@@ -398,6 +441,7 @@ def _spread(values: list[float]) -> list[float]:
 
 # -- writing ------------------------------------------------------------------------------------------
 
+
 def lora_bytes(lora: Lora, to: str, record: dict[str, Any] | None = None) -> bytes:
     """The safetensors bytes of `lora` in layout `to`; `record` goes into the llmdit metadata."""
     from safetensors.torch import save
@@ -426,9 +470,14 @@ def _adapter_metadata(lora: Lora) -> dict[str, Any]:
     ranks = {name: p.rank for name, p in lora.pairs.items()}
     common = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {name: r for name, r in ranks.items() if r != common}
-    return {"transformer.r": common, "transformer.lora_alpha": common, "transformer.rank_pattern": pattern,
-            "transformer.alpha_pattern": dict(pattern), "transformer.target_modules": sorted(ranks),
-            "transformer.use_rslora": False}
+    return {
+        "transformer.r": common,
+        "transformer.lora_alpha": common,
+        "transformer.rank_pattern": pattern,
+        "transformer.alpha_pattern": dict(pattern),
+        "transformer.target_modules": sorted(ranks),
+        "transformer.use_rslora": False,
+    }
 
 
 def _alpha_tensor(pair: Pair):
@@ -495,7 +544,7 @@ def _fuse_qkv(parts: dict[str, Pair]) -> Pair:
     up = torch.zeros(3 * out_dim, rank, dtype=dtype)
     col = 0
     for i, p in present:
-        up[i * out_dim:(i + 1) * out_dim, col:col + p.rank] = p.folded_up().to(dtype)
+        up[i * out_dim : (i + 1) * out_dim, col : col + p.rank] = p.folded_up().to(dtype)
         col += p.rank
     return Pair(down, up, 1.0)
 
@@ -516,10 +565,15 @@ def summary(path: str | Path) -> dict[str, Any]:
     lora = parse_lora(tensors, meta, peft_config, str(path), hint)
     suffixes = sorted({_target_suffix(n) for n in lora.pairs})
     return {
-        "file": str(path), "layout": lora.layout, "modules": len(lora.pairs), "targets": suffixes,
-        "rank": lora.ranks(), "scale": lora.scales(),
+        "file": str(path),
+        "layout": lora.layout,
+        "modules": len(lora.pairs),
+        "targets": suffixes,
+        "rank": lora.ranks(),
+        "scale": lora.scales(),
         "alpha": sorted({round(p.scale * p.rank, 6) for p in lora.pairs.values()}),
-        "alpha_source": lora.info["alpha_source"], "recorded": lora.info.get("llmdit"),
+        "alpha_source": lora.info["alpha_source"],
+        "recorded": lora.info.get("llmdit"),
         "loaders": loader_scales(tensors, meta, peft_config, lora),
         "dtype": sorted({str(p.down.dtype).removeprefix("torch.") for p in lora.pairs.values()}),
     }

@@ -16,11 +16,18 @@ def a1111_parameters(s: dict[str, Any]) -> str:
     lines = [s.get("prompt", "")]
     if s.get("negative_prompt"):
         lines.append(f"Negative prompt: {s['negative_prompt']}")
-    fields = [("Steps", s.get("steps")), ("Sampler", "Euler (flow matching)"),
-              ("CFG scale", s.get("guidance_scale")), ("Seed", s.get("seed")),
-              ("Size", f"{s.get('width')}x{s.get('height')}"), ("Model", s.get("model")),
-              ("Shift", s.get("shift")), ("Denoising strength", s.get("strength")),
-              ("Lora", ", ".join(s.get("loras") or []) or None), ("Version", f"llmdit {s.get('llmdit_version')}")]
+    fields = [
+        ("Steps", s.get("steps")),
+        ("Sampler", "Euler (flow matching)"),
+        ("CFG scale", s.get("guidance_scale")),
+        ("Seed", s.get("seed")),
+        ("Size", f"{s.get('width')}x{s.get('height')}"),
+        ("Model", s.get("model")),
+        ("Shift", s.get("shift")),
+        ("Denoising strength", s.get("strength")),
+        ("Lora", ", ".join(s.get("loras") or []) or None),
+        ("Version", f"llmdit {s.get('llmdit_version')}"),
+    ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
 
@@ -58,11 +65,15 @@ def settings_of(data: bytes, name: str) -> dict[str, Any]:
     except (json.JSONDecodeError, RecursionError):
         raise InputError(f"{name}: the llmdit settings in the image are not valid JSON") from None
     if not isinstance(settings, dict):
-        raise InputError(f"{name}: the llmdit settings in the image are a JSON {type(settings).__name__}, "
-                         f"not an object")
+        raise InputError(
+            f"{name}: the llmdit settings in the image are a JSON {type(settings).__name__}, not an object"
+        )
     for key, types, what in _SHAPES:
-        if key in settings and settings[key] is not None and (
-                not isinstance(settings[key], types) or isinstance(settings[key], bool) and bool not in types):
+        if (
+            key in settings
+            and settings[key] is not None
+            and (not isinstance(settings[key], types) or isinstance(settings[key], bool) and bool not in types)
+        ):
             raise InputError(f"{name}: stored setting {key!r} is {settings[key]!r}, not {what}")
     if isinstance(settings.get("loras"), list) and not all(isinstance(x, str) for x in settings["loras"]):
         raise InputError(f"{name}: stored setting 'loras' is {settings['loras']!r}, not a list of LoRA paths")
@@ -71,6 +82,12 @@ def settings_of(data: bytes, name: str) -> dict[str, Any]:
 
 # Stored settings whose type the readers rely on; the values themselves are checked like any
 # other setting when they are used (naming the PNG as their source).
-_SHAPES = [("seed", (int,), "a whole number"), ("prompt", (str,), "text"), ("negative_prompt", (str,), "text"),
-           ("model", (str,), "a model reference"), ("mode", (str,), "text"), ("encoder", (dict,), "a table"),
-           ("loras", (list,), "a list of LoRA paths")]
+_SHAPES = [
+    ("seed", (int,), "a whole number"),
+    ("prompt", (str,), "text"),
+    ("negative_prompt", (str,), "text"),
+    ("model", (str,), "a model reference"),
+    ("mode", (str,), "text"),
+    ("encoder", (dict,), "a table"),
+    ("loras", (list,), "a list of LoRA paths"),
+]

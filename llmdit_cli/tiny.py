@@ -25,20 +25,46 @@ CHAT_TEMPLATE = (
 )
 
 TRANSFORMER = dict(
-    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
-    n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=32,
-    rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32],
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    in_channels=16,
+    dim=32,
+    n_layers=2,
+    n_refiner_layers=1,
+    n_heads=2,
+    n_kv_heads=2,
+    norm_eps=1e-5,
+    qk_norm=True,
+    cap_feat_dim=32,
+    rope_theta=256.0,
+    t_scale=1000.0,
+    axes_dims=[8, 4, 4],
+    axes_lens=[256, 32, 32],
 )
 TEXT_ENCODER = dict(
-    vocab_size=264, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+    vocab_size=264,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    max_position_embeddings=1024,
     tie_word_embeddings=True,
 )
 VAE = dict(
-    in_channels=3, out_channels=3, block_out_channels=[8, 16, 16, 16],
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    layers_per_block=1, latent_channels=16, norm_num_groups=8, scaling_factor=0.3611,
-    shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=[8, 16, 16, 16],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=1,
+    latent_channels=16,
+    norm_num_groups=8,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
 )
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 
@@ -59,8 +85,12 @@ def byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
         for tok in learned:
             vocab.setdefault(tok, len(vocab))
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, additional_special_tokens=SPECIAL_TOKENS[1:],
+        vocab=vocab,
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -74,24 +104,27 @@ def _learn_merges(corpus: list[str], vocab_size: int) -> tuple[list[str], list]:
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus, trainer)
     model = json.loads(tok.to_str())["model"]
     ordered = sorted(model["vocab"], key=model["vocab"].get)
     return ordered, [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
 
 
-def build_pipeline(seed: int = 0, transformer: dict | None = None, text_encoder: dict | None = None,
-                   vae: dict | None = None):
+def build_pipeline(
+    seed: int = 0, transformer: dict | None = None, text_encoder: dict | None = None, vae: dict | None = None
+):
     """A ZImagePipeline with seeded random weights; the dicts override the tiny configs."""
     import torch
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline,
-                           ZImageTransformer2DModel)
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -104,8 +137,7 @@ def build_pipeline(seed: int = 0, transformer: dict | None = None, text_encoder:
             p.add_(torch.randn_like(p) * 0.02)
     ae = AutoencoderKL(**{**VAE, **(vae or {})}).eval()
     sched = FlowMatchEulerDiscreteScheduler(**SCHEDULER)
-    return ZImagePipeline(scheduler=sched, vae=ae, text_encoder=te, tokenizer=byte_tokenizer(),
-                          transformer=dit)
+    return ZImagePipeline(scheduler=sched, vae=ae, text_encoder=te, tokenizer=byte_tokenizer(), transformer=dit)
 
 
 def save_pipeline(pipe, folder: str | Path) -> Path:

@@ -1,5 +1,6 @@
-"""The steps a command strings together: resolve settings, encode or read embeddings, denoise,
-decode and write. Commands stay thin; sweeps and tests call these directly."""
+"""The steps a request strings together, over typed settings (`Resolved.settings`): open a model,
+fill the family's defaults, check, encode, plan jobs, run jobs. The engine calls these; messages
+name settings by key (`errors.setting`), so every front end can name them its own way."""
 
 from __future__ import annotations
 
@@ -8,40 +9,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmdit_cli import __version__
-from llmdit_cli.artifacts import embeds_tensors, read_stage, split_embeds, write_stage
-from llmdit_cli.config import KEY_FLAG, Resolved
-from llmdit_cli.errors import ModelError, UsageError
-from llmdit_cli.models import FAMILIES, ModelHandle, Placement, check_size
+from llmdit_cli.artifacts import read_stage, split_embeds, write_embeds_file
+from llmdit_cli.config import EncoderSettings, OptimizationSettings, Resolved
+from llmdit_cli.errors import ModelError, UsageError, setting
+from llmdit_cli.models import ModelHandle, Placement
 from llmdit_cli.prompts import ChatFormat
 
-ENCODER_FIELDS = ("system_prompt", "thinking_content", "enable_thinking", "assistant_content",
-                  "hidden_layer", "max_length")
-GEN_FIELDS = ("width", "height", "steps", "guidance_scale", "cfg_normalization", "cfg_truncation", "shift")
-SLG_FIELDS = ("slg_scale", "slg_layers", "slg_start", "slg_stop")
-DYPE_FIELDS = ("dype", "dype_method", "dype_scale", "dype_exponent", "dype_start_sigma", "dype_base_resolution")
-# Recorded with every image; machine-specific, so --from-png does not reapply them.
-OPT_FIELDS = ("attention_backend", "compile", "cpu_offload", "vae_tiling", "quantize", "transformer_file")
-PLACEMENT_FIELDS = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device", *OPT_FIELDS)
-# Settings a PNG records that `generate --from-png` feeds back in as flags.
-PNG_FLAGS = ("model", "negative_prompt", *GEN_FIELDS, "loras", *SLG_FIELDS, *DYPE_FIELDS)
+ENCODER_FIELDS = tuple(EncoderSettings.model_fields)
+PLACEMENT_FIELDS = tuple(OptimizationSettings.model_fields)
 
 
 def open_model(r: Resolved) -> ModelHandle:
     """The model handle (nothing loaded yet) for resolved settings."""
-    placement = Placement(**{f: r[f] for f in PLACEMENT_FIELDS})
-    return ModelHandle(r["model"], placement, list(r["loras"]))
+    s = r.settings
+    return ModelHandle(s.model, Placement(**s.optimization.model_dump()), list(s.lora.loras))
 
 
-def fill_family_defaults(r: Resolved, family: str) -> None:
-    """Settings still unset take the model family's defaults (models.FAMILIES)."""
-    for key, value in FAMILIES[family].items():
-        if key == "slg_scale" and not r["slg"]:
-            r.set_default(key, 0.0, "default (SLG off; --slg or --slg-scale turns it on)")
-        r.set_default(key, value, f"model family {family}")
+def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> None:
+    """Settings still unset take the model family's defaults (`families`), named `label`."""
+    for name, value in defaults.items():
+        if name == "slg_scale" and not r["slg"]:
+            r.set_default(name, 0.0, "default (SLG off; --slg or --slg-scale turns it on)")
+        r.set_default(name, value, f"model family {label}")
 
 
-def chat_format(r: Resolved) -> ChatFormat:
-    return ChatFormat(r["system_prompt"], r["thinking_content"], r["enable_thinking"], r["assistant_content"])
+def chat_format(e: EncoderSettings) -> ChatFormat:
+    return ChatFormat(e.system_prompt, e.thinking_content, e.enable_thinking, e.assistant_content)
 
 
 @dataclass
@@ -60,33 +53,47 @@ class Embeds:
         return self.params["prompts"]
 
 
-def encode(handle: ModelHandle, prompts: list[str], negative: str, r: Resolved, with_negative: bool = True) -> Embeds:
+def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: bool = True) -> Embeds:
     """Encode prompts (and, unless `with_negative` is False, the negative prompt once per prompt)."""
     from llmdit_cli.stages import run_device
-    from llmdit_cli.stages.encode import encode_texts
 
-    fmt = chat_format(r)
+    s = r.settings
+    enc, negative = s.encoder, s.generation.negative_prompt
+    check_encoder(r)
+    fmt = chat_format(enc)
     pipe = handle.pipeline("tokenizer", "text_encoder")
     device = run_device(pipe, pipe.text_encoder)
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
-    pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, r["hidden_layer"], r["max_length"], device)
-    neg = (encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, r["hidden_layer"], r["max_length"], device)
-           if with_negative else None)
-    params = {"prompts": prompts, "negative_prompts": [negative] * len(prompts), "formatted": texts,
-              "token_counts": pos.token_counts, "negative_token_counts": neg.token_counts if neg else [],
-              "encoder": {f: r[f] for f in ENCODER_FIELDS}, "llmdit_version": __version__}
+    encode_texts = handle.code.encode_texts
+    pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, enc.hidden_layer, enc.max_length, device)
+    neg = (
+        encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, enc.hidden_layer, enc.max_length, device)
+        if with_negative
+        else None
+    )
+    params = {
+        "prompts": prompts,
+        "negative_prompts": [negative] * len(prompts),
+        "formatted": texts,
+        "token_counts": pos.token_counts,
+        "negative_token_counts": neg.token_counts if neg else [],
+        "encoder": enc.model_dump(),
+        "llmdit_version": __version__,
+    }
     return Embeds(pos.embeds, neg.embeds if neg else [], params, pipe.text_encoder.config.hidden_size)
 
 
-def embeds_identity(handle: ModelHandle, e: Embeds) -> dict[str, Any]:
-    return {**handle.identity("text_encoder"), "hidden_size": e.hidden_size,
-            "hidden_layer": e.params["encoder"]["hidden_layer"], "dtype": str(e.cond[0].dtype).replace("torch.", ""),
-            "count": len(e.cond)}
+def check_encoder(r: Resolved) -> None:
+    n = r.settings.encoder.max_length
+    if n < 1:
+        raise UsageError(f"{r.origin('max_length')} {n}: must be at least 1")
 
 
 def write_embeds(path: str, handle: ModelHandle, e: Embeds) -> None:
-    write_stage(path, "embeds", embeds_tensors(e.cond, e.uncond), embeds_identity(handle, e), e.params)
+    write_embeds_file(
+        path, e.cond, e.uncond, handle.identity("text_encoder"), e.params["encoder"]["hidden_layer"], e.params
+    )
 
 
 def read_embeds(path: str) -> Embeds:
@@ -103,16 +110,20 @@ def read_embeds(path: str) -> Embeds:
 
 def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
     """Refuse embeddings this transformer cannot take; hint when another text encoder made them."""
+    model = setting("model")
     ours = handle.identity("text_encoder")
     keys = ("text_encoder_config", "text_encoder_weights")
     if out is not None and any(e.made_by.get(k) and e.made_by[k] != ours[k] for k in keys):
-        out.hint(f"{e.source} was encoded by another text encoder ({e.made_by.get('model')}) than "
-                 f"--model {handle.ref} has")
+        out.hint(
+            f"{e.source} was encoded by another text encoder ({e.made_by.get('model')}) than {model} {handle.ref} has"
+        )
     cfg = handle.component_config("transformer")
     cap = cfg.get("cap_feat_dim")
     if cap is not None and cap != e.hidden_size:
-        raise ModelError(f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
-                         f"--model {handle.ref} expects cap_feat_dim {cap} (encode with the same model)")
+        raise ModelError(
+            f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
+            f"{model} {handle.ref} expects cap_feat_dim {cap} (encode with the same model)"
+        )
     # Captions are padded to a multiple of 32 and image positions follow them on the caption axis
     # of the RoPE, so a caption may use at most axes_lens[0] - 32 positions (1504 for Z-Image).
     limit = cfg.get("axes_lens", [None])[0]
@@ -120,8 +131,10 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
         limit -= 32
         longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
         if longest > limit:
-            raise UsageError(f"{e.source}: a prompt has {longest} tokens, but --model {handle.ref} takes at most "
-                             f"{limit}; shorten it or pass --max-length {limit}")
+            raise UsageError(
+                f"{e.source}: a prompt has {longest} tokens, but {model} {handle.ref} takes at most "
+                f"{limit}; shorten it or pass {setting('encoder.max_length')} {limit}"
+            )
 
 
 def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
@@ -131,35 +144,47 @@ def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
     return [base + k for k in range(num_images)]
 
 
+def check_size(value: int, label: str, multiple: int = 16) -> None:
+    if value < multiple or value % multiple:
+        raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")
+
+
 def check_generation(r: Resolved) -> None:
-    """Values each setting must have; a message names the flag, or the key and the file it came from."""
+    """Values each setting must have; a message names the setting and, unless the caller gave it,
+    where its value came from."""
+    g = r.settings.generation
     for side in ("width", "height"):
-        check_size(r[side], label=r.origin(side))
-    if r["steps"] < 1:
-        raise UsageError(f"{r.origin('steps')} {r['steps']}: must be at least 1")
-    if r["guidance_scale"] < 0:
-        raise UsageError(f"{r.origin('guidance_scale')} {r['guidance_scale']}: must be 0 (off) or positive")
-    if not 0.0 <= r["strength"] <= 1.0:
-        raise UsageError(f"{r.origin('strength')} {r['strength']}: must be in [0, 1]")
+        check_size(getattr(g, side), label=r.origin(side))
+    if g.steps < 1:
+        raise UsageError(f"{r.origin('steps')} {g.steps}: must be at least 1")
+    if g.guidance_scale < 0:
+        raise UsageError(f"{r.origin('guidance_scale')} {g.guidance_scale}: must be 0 (off) or positive")
+    if not 0.0 <= g.strength <= 1.0:
+        raise UsageError(f"{r.origin('strength')} {g.strength}: must be in [0, 1]")
 
 
 def slg_config(r: Resolved):
     from llmdit_cli.guidance.slg import SLGConfig
 
-    return SLGConfig(scale=r["slg_scale"], layers=list(r["slg_layers"] or []), start=r["slg_start"],
-                     stop=r["slg_stop"])
+    slg = r.settings.slg
+    return SLGConfig(scale=slg.scale, layers=list(slg.layers or []), start=slg.start, stop=slg.stop)
 
 
 def dype_config(r: Resolved, handle: ModelHandle):
     """The DyPE settings, or None when DyPE is off."""
     from llmdit_cli.guidance.dype import DyPEConfig
 
-    if not r["dype"]:
+    d = r.settings.dype
+    if not d.enabled:
         return None
     patch = handle.component_config("transformer").get("all_patch_size", [2])[0]
-    return DyPEConfig(base_tokens=r["dype_base_resolution"] // (handle.vae_scale_factor() * patch),
-                      method=r["dype_method"], scale=r["dype_scale"], exponent=r["dype_exponent"],
-                      start_sigma=r["dype_start_sigma"])
+    return DyPEConfig(
+        base_tokens=d.base_resolution // (handle.vae_scale_factor() * patch),
+        method=d.method,
+        scale=d.scale,
+        exponent=d.exponent,
+        start_sigma=d.start_sigma,
+    )
 
 
 def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
@@ -175,26 +200,32 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
         check_dype(dype)
     if out is None:
         return
-    _hint_unused_flags(r, out, "slg", "SLG", slg.enabled, "--slg or --slg-scale > 0")
-    _hint_unused_flags(r, out, "dype", "DyPE", dype is not None, "--dype")
-    if slg.enabled and not any(slg.active_at(i, r["steps"]) for i in range(r["steps"])):
-        out.hint(f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {r['steps']} steps, so SLG does "
-                 f"nothing; widen --slg-start/--slg-stop")
-    if dype is not None and max(r["width"], r["height"]) <= r["dype_base_resolution"]:
-        out.hint(f"--dype changes nothing at {r['width']}x{r['height']}: it acts above the base resolution "
-                 f"{r['dype_base_resolution']} px (--dype-base-resolution)")
+    g, d = r.settings.generation, r.settings.dype
+    _hint_unused(r, out, "slg", "SLG", slg.enabled, f"{setting('slg.enabled')} or {setting('slg.scale')} > 0")
+    _hint_unused(r, out, "dype", "DyPE", dype is not None, setting("dype.enabled"))
+    if slg.enabled and not any(slg.active_at(i, g.steps) for i in range(g.steps)):
+        out.hint(
+            f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {g.steps} steps, so SLG does "
+            f"nothing; widen {setting('slg.start')}/{setting('slg.stop')}"
+        )
+    if dype is not None and max(g.width, g.height) <= d.base_resolution:
+        out.hint(
+            f"{setting('dype.enabled')} changes nothing at {g.width}x{g.height}: it acts above the base "
+            f"resolution {d.base_resolution} px ({setting('dype.base_resolution')})"
+        )
     patch = cfg.get("all_patch_size", [2])[0] * handle.vae_scale_factor()
     trained = min(cfg.get("axes_lens", [0, 0, 0])[1:] or [0]) * patch
-    if not r["dype"] and trained and max(r["width"], r["height"]) > trained:
-        out.hint(f"{r['width']}x{r['height']} is beyond the {trained} px the position embedding of --model "
-                 f"{handle.ref} covers; positions are extrapolated (try --dype)")
+    if not d.enabled and trained and max(g.width, g.height) > trained:
+        out.hint(
+            f"{g.width}x{g.height} is beyond the {trained} px the position embedding of {setting('model')} "
+            f"{handle.ref} covers; positions are extrapolated (try {setting('dype.enabled')})"
+        )
 
 
-def _hint_unused_flags(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:
-    given = [k for k, src in r.sources.items() if k.startswith(section + ".") and src == "flag"]
+def _hint_unused(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:
+    given = r.given(section)
     if given and not on:
-        names = ", ".join("--" + KEY_FLAG[k].replace("_", "-") for k in given)
-        out.hint(f"{names} given, but {label} is off; switch it on with {switch}")
+        out.hint(f"{', '.join(setting(k) for k in given)} given, but {label} is off; switch it on with {switch}")
 
 
 @dataclass
@@ -208,26 +239,39 @@ class Job:
 
 
 def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mode: str) -> list[Job]:
+    """One job per (prompt, seed); each records every recorded setting (`Resolved.record`) and the
+    prompt, negative prompt and encoder settings its embeddings were made with."""
     jobs = []
     negatives = e.params.get("negative_prompts") or [""] * len(e.cond)
+    recorded = r.record(mode)
     for pi, prompt in enumerate(e.prompts):
         for seed in seeds:
-            s = {"llmdit_version": __version__, "mode": mode, "model": handle.ref, "revision": handle.revision,
-                 "prompt": prompt, "negative_prompt": negatives[pi] if pi < len(negatives) else "",
-                 "seed": seed, "loras": list(r["loras"]), "encoder": e.params.get("encoder", {}),
-                 **{f: r[f] for f in (*GEN_FIELDS, *SLG_FIELDS, *DYPE_FIELDS, *OPT_FIELDS)}}
-            if mode == "img2img":
-                s["strength"] = r["strength"]
+            s = {
+                "llmdit_version": __version__,
+                "mode": mode,
+                **recorded,
+                "model": handle.ref,
+                "revision": handle.revision,
+                "prompt": prompt,
+                "negative_prompt": negatives[pi] if pi < len(negatives) else "",
+                "seed": seed,
+                "encoder": e.params.get("encoder", {}),
+            }
             jobs.append(Job(len(jobs), pi, seed, s))
     return jobs
 
 
 def denoise_params(r: Resolved, handle: ModelHandle):
-    from llmdit_cli.stages.denoise import DenoiseParams
-
-    return DenoiseParams(steps=r["steps"], guidance_scale=r["guidance_scale"],
-                         cfg_normalization=r["cfg_normalization"], cfg_truncation=r["cfg_truncation"],
-                         shift=r["shift"], slg=slg_config(r), dype=dype_config(r, handle))
+    g = r.settings.generation
+    return handle.code.DenoiseParams(
+        steps=g.steps,
+        guidance_scale=g.guidance_scale,
+        cfg_normalization=g.cfg_normalization,
+        cfg_truncation=g.cfg_truncation,
+        shift=r.settings.scheduler.shift,
+        slg=slg_config(r),
+        dype=dype_config(r, handle),
+    )
 
 
 def generator(seed: int):
@@ -239,11 +283,11 @@ def generator(seed: int):
 
 def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, init=None) -> list:
     """Denoise every job; `init` is None (txt2img), a PIL image, or finished latents `[1, C, h, w]`."""
-    from llmdit_cli.stages import denoise, vae
-
+    code = handle.code
     pipe = handle.pipeline("transformer", "vae")
-    device = denoise.transformer_device(pipe)
+    device = code.transformer_device(pipe)
     p = denoise_params(r, handle)
+    g = r.settings.generation
     results = []
     for job in jobs:
         cond = [e.cond[job.prompt_index].to(device)]
@@ -251,10 +295,10 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
         gen = generator(job.seed)
         with out.progress(f"image {job.index + 1}/{len(jobs)} seed {job.seed}", p.steps) as advance:
             if init is None:
-                lat = denoise.txt2img(pipe, cond, uncond, p, r["height"], r["width"], gen, advance)
+                lat = code.txt2img(pipe, cond, uncond, p, g.height, g.width, gen, advance)
             else:
-                start = vae.encode_image(pipe, init, gen, r["height"], r["width"]) if is_image(init) else init
-                lat = denoise.img2img(pipe, cond, uncond, p, start, r["strength"], gen, advance)
+                start = code.encode_image(pipe, init, gen, g.height, g.width) if is_image(init) else init
+                lat = code.img2img(pipe, cond, uncond, p, start, g.strength, gen, advance)
         results.append(lat)
     return results
 
@@ -265,7 +309,7 @@ def is_image(obj) -> bool:
     return isinstance(obj, Image.Image)
 
 
-def latents_identity(handle: ModelHandle, lat, height: int, width: int) -> dict[str, Any]:
+def latents_identity(handle: ModelHandle) -> dict[str, Any]:
+    """What identifies the models that made latents: the transformer and the VAE."""
     vae = handle.identity("vae")
-    return {**handle.identity("transformer"), "vae_config": vae["vae_config"], "vae_weights": vae["vae_weights"],
-            "height": height, "width": width, "sigma": 0, "channels": int(lat.shape[1]), "count": int(lat.shape[0])}
+    return {**handle.identity("transformer"), "vae_config": vae["vae_config"], "vae_weights": vae["vae_weights"]}

@@ -27,7 +27,8 @@ def ship(model: Path, target: Path = DEMO, seeds: int = 4) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.families import mark_variant
+    from llmdit_cli.families.zimage import VARIANTS
     from llmdit_cli.train.evaluate import evaluate
 
     tmp = target.with_name(target.name + ".tmp")
@@ -36,10 +37,14 @@ def ship(model: Path, target: Path = DEMO, seeds: int = 4) -> dict:
     for f in tmp.rglob("*.safetensors"):
         tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()}
         save_file(tensors, f, metadata={"format": "pt"})
-    steps = FAMILIES["demo"]["steps"]
+    mark_variant(tmp, "demo")
+    steps = VARIANTS["demo"]["steps"]
     s = evaluate(str(tmp), list(range(seeds)), steps=steps)
-    info = {"trained_by": "llmdit train recipes/demo-shapes.toml", "held_out_scores": s.__dict__,
-            "eval": f"python benchmarks/eval_demo.py --seeds {seeds} --steps {steps}"}
+    info = {
+        "trained_by": "llmdit train recipes/demo-shapes.toml",
+        "held_out_scores": s.__dict__,
+        "eval": f"python benchmarks/eval_demo.py --seeds {seeds} --steps {steps}",
+    }
     (tmp / "llmdit-demo.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
@@ -52,14 +57,17 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "demo-shapes")
     a = parser.parse_args()
     if a.how == "random":
+        from llmdit_cli.families import mark_variant
         from llmdit_cli.tiny import build_pipeline, save_pipeline
 
         shutil.rmtree(DEMO, ignore_errors=True)
         save_pipeline(build_pipeline(seed=0), DEMO)
+        mark_variant(DEMO, "demo")
     else:
         if a.how == "train":
-            subprocess.run([sys.executable, "-m", "llmdit_cli", "train", str(RECIPE), "--output", str(a.run)],
-                           check=True, cwd=ROOT)
+            subprocess.run(
+                [sys.executable, "-m", "llmdit_cli", "train", str(RECIPE), "--output", str(a.run)], check=True, cwd=ROOT
+            )
         print(ship(a.run / "model"))
     print(DEMO)
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llmdit_cli.completions import FILES, render
+from llmdit_cli.cli.completions import FILES, render
 
 OUT = Path(__file__).resolve().parents[1] / "completions"
 

@@ -35,13 +35,15 @@ def make_lora(model_folder, path, style="diffusers", rank=4, seed=0, targets=("t
     dit = random_lora_model(model_folder, seed, r=rank, lora_alpha=rank, target_modules=list(targets))
     state = get_peft_model_state_dict(dit)
     if style == "diffusers":
-        ZImagePipeline.save_lora_weights(str(path.parent), transformer_lora_layers=state,
-                                         weight_name=path.name, safe_serialization=True)
+        ZImagePipeline.save_lora_weights(
+            str(path.parent), transformer_lora_layers=state, weight_name=path.name, safe_serialization=True
+        )
         return path
     kohya = {}
     for key, value in state.items():
         base = "diffusion_model." + key.replace(".lora_A.weight", ".lora_down.weight").replace(
-            ".lora_B.weight", ".lora_up.weight")
+            ".lora_B.weight", ".lora_up.weight"
+        )
         kohya[base] = value.contiguous()
         if key.endswith("lora_A.weight"):
             kohya[base.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(rank))
@@ -89,9 +91,13 @@ def original_zimage_keys(state: dict) -> dict:
             stem = key.replace(".attention.to_q.weight", "")
             out[stem + ".attention.qkv.weight"] = torch.cat([state[f"{stem}.attention.to_{x}.weight"] for x in "qkv"])
             continue
-        for ours, theirs in (("all_final_layer.2-1.", "final_layer."), ("all_x_embedder.2-1.", "x_embedder."),
-                             (".attention.to_out.0.", ".attention.out."), (".attention.norm_k.", ".attention.k_norm."),
-                             (".attention.norm_q.", ".attention.q_norm.")):
+        for ours, theirs in (
+            ("all_final_layer.2-1.", "final_layer."),
+            ("all_x_embedder.2-1.", "x_embedder."),
+            (".attention.to_out.0.", ".attention.out."),
+            (".attention.norm_k.", ".attention.k_norm."),
+            (".attention.norm_q.", ".attention.q_norm."),
+        ):
             key = key.replace(ours, theirs)
         out[key] = value.contiguous()
     return out
@@ -119,4 +125,4 @@ def psnr(a, b) -> float:
     a = pixels(a) if not isinstance(a, np.ndarray) else a
     b = pixels(b) if not isinstance(b, np.ndarray) else b
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -48,8 +48,11 @@ def base_weights(model_folder) -> dict[str, torch.Tensor]:
 # `transformer.`, `lycoris_` (underscored) or none map onto them, q/k/v as row slices of qkv; and
 # `lora_unet_` + the original names with `_` for `.`; scale = alpha tensor / rank, else 1.
 
-_UP_DOWN = [(".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
-            (".lora.up.weight", ".lora.down.weight")]
+_UP_DOWN = [
+    (".lora_up.weight", ".lora_down.weight"),
+    (".lora_B.weight", ".lora_A.weight"),
+    (".lora.up.weight", ".lora.down.weight"),
+]
 
 
 def _diffusers_to_original(name: str, dim: int):
@@ -62,7 +65,7 @@ def _diffusers_to_original(name: str, dim: int):
     if name == "all_x_embedder.2-1":
         return "x_embedder", None
     if name.startswith("all_final_layer.2-1."):
-        return "final_layer." + name[len("all_final_layer.2-1."):], None
+        return "final_layer." + name[len("all_final_layer.2-1.") :], None
     return name, None
 
 
@@ -86,8 +89,12 @@ def comfy_patched(base: dict[str, torch.Tensor], lora_sd: dict, dim: int) -> dic
     for name, w in base.items():
         target, rows = _diffusers_to_original(name, dim)
         original.setdefault(target, {})[rows] = w
-    fused = {t: (torch.cat([parts[k] for k in sorted(parts, key=lambda r: r[0])])
-                 if None not in parts else parts[None]).clone().double() for t, parts in original.items()}
+    fused = {
+        t: (torch.cat([parts[k] for k in sorted(parts, key=lambda r: r[0])]) if None not in parts else parts[None])
+        .clone()
+        .double()
+        for t, parts in original.items()
+    }
     applied = 0
     for key, (target, rows) in comfy_key_map(list(base), dim).items():
         for up_s, down_s in _UP_DOWN:
@@ -95,14 +102,14 @@ def comfy_patched(base: dict[str, torch.Tensor], lora_sd: dict, dim: int) -> dic
                 up, down = lora_sd[key + up_s].double(), lora_sd[key + down_s].double()
                 alpha = lora_sd.get(key + ".alpha")
                 scale = float(alpha) / down.shape[0] if alpha is not None else 1.0
-                view = fused[target] if rows is None else fused[target][rows[0]:rows[1]]
+                view = fused[target] if rows is None else fused[target][rows[0] : rows[1]]
                 view += scale * (up @ down)
                 applied += 1
     assert applied, "ComfyUI's rule maps no key of this file"
     out = {}
     for name in base:
         target, rows = _diffusers_to_original(name, dim)
-        out[name] = (fused[target] if rows is None else fused[target][rows[0]:rows[1]]).float()
+        out[name] = (fused[target] if rows is None else fused[target][rows[0] : rows[1]]).float()
     return out
 
 

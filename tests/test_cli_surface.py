@@ -1,7 +1,6 @@
 """The command surface: fast help without torch, completions, inspect."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +15,9 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
-@pytest.mark.parametrize("argv", [[], *[[c] for c in COMMANDS], ["config", "show"], ["lora", "inspect"],
-                                  ["lora", "convert"]])
+@pytest.mark.parametrize(
+    "argv", [[], *[[c] for c in COMMANDS], ["config", "show"], ["lora", "inspect"], ["lora", "convert"]]
+)
 def test_help_never_imports_torch(argv):
     code = (
         "import sys\nfrom llmdit_cli.cli.app import app\n"
@@ -39,18 +39,47 @@ def test_python_m_and_version():
 @pytest.mark.parametrize("cmd", ["generate", "img2img"])
 def test_help_lists_the_flags(cli, cmd):
     r = cli(cmd, "--help")
-    for flag in ["--steps", "--shift", "--guidance-scale", "--cfg-normalization", "--cfg-truncation", "--seed",
-                 "--num-images", "--width", "--height", "--save-latents", "--lora", "--dtype", "--cpu-offload",
-                 "--dit-device", "--from-embeds", "--config", "--profile", "--slg", "--slg-scale", "--slg-layers",
-                 "--slg-start", "--slg-stop", "--dype", "--dype-method", "--dype-scale", "--dype-exponent",
-                 "--dype-start-sigma", "--dype-base-resolution", "--attention-backend", "--compile", "--vae-tiling",
-                 "--quantize", "--transformer-file"]:
+    for flag in [
+        "--steps",
+        "--shift",
+        "--guidance-scale",
+        "--cfg-normalization",
+        "--cfg-truncation",
+        "--seed",
+        "--num-images",
+        "--width",
+        "--height",
+        "--save-latents",
+        "--lora",
+        "--dtype",
+        "--cpu-offload",
+        "--dit-device",
+        "--from-embeds",
+        "--config",
+        "--profile",
+        "--slg",
+        "--slg-scale",
+        "--slg-layers",
+        "--slg-start",
+        "--slg-stop",
+        "--dype",
+        "--dype-method",
+        "--dype-scale",
+        "--dype-exponent",
+        "--dype-start-sigma",
+        "--dype-base-resolution",
+        "--attention-backend",
+        "--compile",
+        "--vae-tiling",
+        "--quantize",
+        "--transformer-file",
+    ]:
         assert flag in r.stdout, flag
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completions_are_current(shell):
-    from llmdit_cli.completions import render
+    from llmdit_cli.cli.completions import render
 
     path = ROOT / "completions" / {"bash": "llmdit.bash", "zsh": "_llmdit", "fish": "llmdit.fish"}[shell]
     assert path.read_text() == render(shell), f"{path} is stale: run python scripts/gen_completions.py"
@@ -58,10 +87,12 @@ def test_completions_are_current(shell):
 
 def test_inspect_embeds_needs_no_torch(cli, tmp_path):
     assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
-    code = ("import sys\nfrom llmdit_cli.cli.app import app\n"
-            f"try:\n    app(['inspect', {str(tmp_path / 'e.embeds.safetensors')!r}, '--json'])\n"
-            "except SystemExit as e:\n    assert e.code in (0, None)\n"
-            "assert 'torch' not in sys.modules\n")
+    code = (
+        "import sys\nfrom llmdit_cli.cli.app import app\n"
+        f"try:\n    app(['inspect', {str(tmp_path / 'e.embeds.safetensors')!r}, '--json'])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
     r = python(code)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -77,9 +108,14 @@ def test_inspect_png(cli):
     assert r.code == 0 and "seed: 2" in r.stdout and "prompt: a cat" in r.stdout
 
 
-@pytest.mark.parametrize("argv,needle", [(["generate", "x", "--steps", "abc"], "'--steps'"),
-                                         (["generate", "--bogus"], "No such option: --bogus"),
-                                         (["nope"], "No such command 'nope'")])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["generate", "x", "--steps", "abc"], "'--steps'"),
+        (["generate", "--bogus"], "No such option: --bogus"),
+        (["nope"], "No such command 'nope'"),
+    ],
+)
 def test_usage_errors_are_one_line(argv, needle):
     r = subprocess.run([sys.executable, "-m", "llmdit_cli", *argv], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
@@ -98,19 +134,23 @@ def test_completion_scripts_parse(shell, name):
 
 
 def test_bash_completion_completes_flags():
-    script = (f"source {ROOT / 'completions' / 'llmdit.bash'}\n"
-              "COMP_WORDS=(llmdit generate --guid); COMP_CWORD=2; _llmdit; echo \"${COMPREPLY[*]}\"\n"
-              "COMP_WORDS=(llmdit con); COMP_CWORD=1; _llmdit; echo \"${COMPREPLY[*]}\"\n")
+    script = (
+        f"source {ROOT / 'completions' / 'llmdit.bash'}\n"
+        'COMP_WORDS=(llmdit generate --guid); COMP_CWORD=2; _llmdit; echo "${COMPREPLY[*]}"\n'
+        'COMP_WORDS=(llmdit con); COMP_CWORD=1; _llmdit; echo "${COMPREPLY[*]}"\n'
+    )
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert r.stdout.splitlines() == ["--guidance-scale", "config"], r.stdout + r.stderr
 
 
 def test_invoked_command_alone_is_loaded():
     """`llmdit decode --help` neither imports nor builds the other commands."""
-    code = ("import sys\nsys.argv = ['llmdit', 'decode', '--help']\nfrom llmdit_cli.cli.app import main\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "loaded = [m for m in ('llmdit_cli.cli.generate', 'llmdit_cli.cli.train', 'llmdit_cli.cli.lora_cmd')\n"
-            "          if m in sys.modules]\nassert not loaded, loaded\nprint('ok')\n")
+    code = (
+        "import sys\nsys.argv = ['llmdit', 'decode', '--help']\nfrom llmdit_cli.cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "loaded = [m for m in ('llmdit_cli.cli.generate', 'llmdit_cli.cli.train', 'llmdit_cli.cli.lora_cmd')\n"
+        "          if m in sys.modules]\nassert not loaded, loaded\nprint('ok')\n"
+    )
     r = python(code)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr + r.stdout
     assert "Decode a latents file" in r.stdout

@@ -5,8 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from helpers import assert_one_line_error
+
 from llmdit_cli.config import resolve
 from llmdit_cli.errors import ConfigError
 
@@ -20,8 +20,10 @@ def write(tmp_path, text):
 
 
 def test_layers_in_order(tmp_path, monkeypatch):
-    cfg = write(tmp_path, "[default.generation]\nsteps = 5\nwidth = 512\nheight = 256\n"
-                          "[fast.generation]\nsteps = 2\nwidth = 128\n")
+    cfg = write(
+        tmp_path,
+        "[default.generation]\nsteps = 5\nwidth = 512\nheight = 256\n[fast.generation]\nsteps = 2\nwidth = 128\n",
+    )
     r = resolve(cfg, "fast", {})
     assert (r["steps"], r["width"], r["height"]) == (2, 128, 256)
     assert r.sources["generation.height"].endswith("[default]") and r.sources["generation.steps"].endswith("[fast]")
@@ -84,7 +86,7 @@ def test_config_show_reports_sources(cli, tmp_path, monkeypatch):
     s = json.loads(r.stdout)["settings"]
     assert s["model"] == {"value": "demo", "source": "c.toml [demo]"}
     assert s["generation.steps"] == {"value": 3, "source": "LLMDIT_GENERATION_STEPS"}
-    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.families.zimage import VARIANTS as FAMILIES
 
     assert s["generation.width"] == {"value": FAMILIES["demo"]["width"], "source": "model family demo"}
     text = cli("config", "show", "--config", "c.toml").stdout
@@ -107,18 +109,42 @@ def test_config_error_is_one_line(cli, tmp_path):
 
 
 def test_guidance_sections_layer_and_show(cli, tmp_path, monkeypatch):
-    cfg = write(tmp_path, "[default.slg]\nscale = 2.0\nlayers = [0, 1]\n[default.dype]\nenabled = true\n"
-                          "method = \"ntk\"\n[default.optimization]\nvae_tiling = true\nattention_backend = \"sdpa\"\n")
+    cfg = write(
+        tmp_path,
+        "[default.slg]\nscale = 2.0\nlayers = [0, 1]\n[default.dype]\nenabled = true\n"
+        'method = "ntk"\n[default.optimization]\nvae_tiling = true\nattention_backend = "sdpa"\n',
+    )
     monkeypatch.setenv("LLMDIT_SLG_STOP", "0.75")
     r = resolve(cfg, None, {"dype_scale": 1.5})
     assert (r["slg_scale"], r["slg_layers"], r["slg_stop"], r["dype"], r["dype_method"], r["dype_scale"]) == (
-        2.0, [0, 1], 0.75, True, "ntk", 1.5)
+        2.0,
+        [0, 1],
+        0.75,
+        True,
+        "ntk",
+        1.5,
+    )
     assert r.sources["slg.stop"] == "LLMDIT_SLG_STOP" and r.sources["dype.scale"] == "flag"
     shown = json.loads(cli("config", "show", "--config", cfg, "--model", "demo", "--json").stdout)["settings"]
-    for key in ("slg.enabled", "slg.scale", "slg.layers", "slg.start", "slg.stop", "dype.enabled", "dype.method",
-                "dype.scale", "dype.exponent", "dype.start_sigma", "dype.base_resolution",
-                "optimization.attention_backend", "optimization.compile", "optimization.cpu_offload",
-                "optimization.vae_tiling", "optimization.quantize", "optimization.transformer_file"):
+    for key in (
+        "slg.enabled",
+        "slg.scale",
+        "slg.layers",
+        "slg.start",
+        "slg.stop",
+        "dype.enabled",
+        "dype.method",
+        "dype.scale",
+        "dype.exponent",
+        "dype.start_sigma",
+        "dype.base_resolution",
+        "optimization.attention_backend",
+        "optimization.compile",
+        "optimization.cpu_offload",
+        "optimization.vae_tiling",
+        "optimization.quantize",
+        "optimization.transformer_file",
+    ):
         assert key in shown, key
     assert shown["dype.base_resolution"] == {"value": 32, "source": "model family demo"}
     assert shown["slg.start"]["source"] == "model family demo"
@@ -128,8 +154,9 @@ def test_guidance_config_reaches_the_image(cli, tmp_path):
     from llmdit_cli.pngmeta import settings_of
 
     cfg = write(tmp_path, "[default.slg]\nscale = 2.0\nlayers = [0, 1]\n")
-    r = cli("generate", "a red circle on a blue background", "--model", "demo", "--seed", 1, "--config", cfg,
-            "-o", "o.png")
+    r = cli(
+        "generate", "a red circle on a blue background", "--model", "demo", "--seed", 1, "--config", cfg, "-o", "o.png"
+    )
     assert r.code == 0, r.stderr
     s = settings_of(open("o.png", "rb").read(), "o.png")
     assert (s["slg_scale"], s["slg_layers"]) == (2.0, [0, 1])
@@ -137,4 +164,4 @@ def test_guidance_config_reaches_the_image(cli, tmp_path):
 
 def test_bad_guidance_config_value(tmp_path):
     with pytest.raises(ConfigError, match=r"slg.layers"):
-        resolve(write(tmp_path, "[default.slg]\nlayers = \"seven\"\n"), None, {})
+        resolve(write(tmp_path, '[default.slg]\nlayers = "seven"\n'), None, {})

@@ -4,8 +4,6 @@ quality is checked with the same evaluator the README's numbers come from."""
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from llmdit_cli.train.evaluate import classify, evaluate, score
 from llmdit_cli.train.shapes import COLOURS, caption, combos, draw, held_out
 
@@ -22,10 +20,19 @@ def test_shortened_demo_recipe_builds_a_working_model(tmp_path):
     from llmdit_cli.train.loop import Run, train
     from llmdit_cli.train.recipe import load_recipe
 
-    r = load_recipe(str(RECIPE), {"data.path": str(tmp_path / "data"), "data.synthetic_per_combo": 1,
-                                  "scratch.vae_steps": 3, "scratch.vae_batch_size": 8, "train.max_steps": 3,
-                                  "train.batch_size": 8, "output.dir": str(tmp_path / "run"),
-                                  "validation.prompts": []})
+    r = load_recipe(
+        str(RECIPE),
+        {
+            "data.path": str(tmp_path / "data"),
+            "data.synthetic_per_combo": 1,
+            "scratch.vae_steps": 3,
+            "scratch.vae_batch_size": 8,
+            "train.max_steps": 3,
+            "train.batch_size": 8,
+            "output.dir": str(tmp_path / "run"),
+            "validation.prompts": [],
+        },
+    )
     result = train(Run(r, tmp_path / "run", lambda m: None, no_progress))
     assert result == tmp_path / "run" / "model"
     assert (tmp_path / "data" / "metadata.jsonl").read_text().count("\n") == len(combos()) - len(held_out())
@@ -57,7 +64,8 @@ def test_shipped_demo_quality():
     """A quick check of the shipped model, and that its recorded scores are what it really does."""
     import json
 
-    from llmdit_cli.models import DEMO_PATH, FAMILIES
+    from llmdit_cli.families.zimage import VARIANTS as FAMILIES
+    from llmdit_cli.models import DEMO_PATH
 
     recorded = json.loads((DEMO_PATH / "llmdit-demo.json").read_text())["held_out_scores"]
     s = evaluate("demo", seeds=[0, 1, 2, 3], steps=FAMILIES["demo"]["steps"])

@@ -4,7 +4,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from helpers import as_array
 
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
@@ -14,8 +13,9 @@ def request(model="demo", prompt=PROMPTS[0], seed=1, **flags):
     from llmdit_cli.config import resolve_defaults
     from llmdit_cli.engine import GenerateRequest
 
-    return GenerateRequest(resolve_defaults({"model": str(model), "width": 64, "height": 64, **flags}),
-                           seeds=[seed], prompts=[prompt])
+    return GenerateRequest(
+        resolve_defaults({"model": str(model), "width": 64, "height": 64, **flags}), seeds=[seed], prompts=[prompt]
+    )
 
 
 def pixels(results) -> list[np.ndarray]:
@@ -80,9 +80,17 @@ def test_generate_records_settings_and_returns_latents():
     assert g.image.size == (64, 64)
 
 
-def test_library_errors_need_no_cli():
+def test_library_errors_name_setting_keys_and_the_cli_names_flags():
+    from llmdit_cli.cli.errors import message_for
     from llmdit_cli.engine import Engine
     from llmdit_cli.errors import UsageError
 
-    with pytest.raises(UsageError, match="--steps 0"):
-        Engine().generate(request(steps=0))
+    with pytest.raises(UsageError) as info:
+        Engine().generate(request(steps=0, slg_layers=[99], slg=True))
+    assert str(info.value) == "generation.steps 0: must be at least 1"  # what a server shows
+    assert info.value.render(lambda key: f"<{key}>") == "<generation.steps> 0: must be at least 1"
+    assert message_for(info.value) == ("--steps 0: must be at least 1", 2)
+    with pytest.raises(UsageError) as info:
+        Engine().generate(request(slg_layers=[99], slg=True))
+    assert str(info.value).startswith("slg.layers 99: the transformer has 4 layers")
+    assert message_for(info.value)[0].startswith("--slg-layers 99: the transformer has 4 layers")

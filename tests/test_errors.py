@@ -4,9 +4,8 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers import assert_one_line_error
+from safetensors.torch import save_file
 
 
 @pytest.fixture
@@ -17,8 +16,21 @@ def embeds(cli):
 
 @pytest.fixture
 def latents(cli):
-    assert cli("generate", "a cat", "--model", "demo", "--seed", 1, "--save-latents", "l.latents.safetensors",
-               "-o", "first.png").code == 0
+    assert (
+        cli(
+            "generate",
+            "a cat",
+            "--model",
+            "demo",
+            "--seed",
+            1,
+            "--save-latents",
+            "l.latents.safetensors",
+            "-o",
+            "first.png",
+        ).code
+        == 0
+    )
     os.remove("first.png")
     return "l.latents.safetensors"
 
@@ -49,18 +61,22 @@ def test_unreadable_input(cli, tmp_path):
 
 def test_not_a_stage_file(cli, tmp_path):
     (tmp_path / "junk.bin").write_bytes(os.urandom(256))
-    assert_one_line_error(cli("generate", "--from-embeds", "junk.bin", "--model", "demo", "-o", "x.png"),
-                          "junk.bin: not a llmdit stage file")
+    assert_one_line_error(
+        cli("generate", "--from-embeds", "junk.bin", "--model", "demo", "-o", "x.png"),
+        "junk.bin: not a llmdit stage file",
+    )
     save_file({"t": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
-    assert_one_line_error(cli("decode", "plain.safetensors", "-o", "x.png"),
-                          "plain.safetensors", "not a llmdit stage file")
+    assert_one_line_error(
+        cli("decode", "plain.safetensors", "-o", "x.png"), "plain.safetensors", "not a llmdit stage file"
+    )
     no_outputs(tmp_path, "junk.bin", "plain.safetensors")
 
 
 def test_embeds_where_latents_expected(cli, tmp_path, embeds):
     assert_one_line_error(cli("decode", embeds, "-o", "x.png"), embeds, "holds embeds, but latents are expected")
-    assert_one_line_error(cli("img2img", "x", "--from-latents", embeds, "--model", "demo", "-o", "x.png"),
-                          "holds embeds")
+    assert_one_line_error(
+        cli("img2img", "x", "--from-latents", embeds, "--model", "demo", "-o", "x.png"), "holds embeds"
+    )
     no_outputs(tmp_path, embeds)
 
 
@@ -71,9 +87,9 @@ def test_latents_where_embeds_expected(cli, tmp_path, latents):
 
 
 def test_hidden_size_mismatch(cli, tmp_path, embeds):
-    from llmdit_cli.tiny import build_pipeline, save_pipeline
-
     from helpers import demo_config
+
+    from llmdit_cli.tiny import build_pipeline, save_pipeline
 
     save_pipeline(build_pipeline(transformer={"cap_feat_dim": 48}, text_encoder={"hidden_size": 48}), tmp_path / "m48")
     r = cli("generate", "--from-embeds", embeds, "--model", tmp_path / "m48", "-o", "x.png")
@@ -83,8 +99,9 @@ def test_hidden_size_mismatch(cli, tmp_path, embeds):
 
 
 def test_empty_stdin(cli, tmp_path):
-    assert_one_line_error(cli("generate", "--from-embeds", "-", "--model", "demo", "-o", "x.png", input=b""),
-                          "stdin is empty")
+    assert_one_line_error(
+        cli("generate", "--from-embeds", "-", "--model", "demo", "-o", "x.png", input=b""), "stdin is empty"
+    )
     assert_one_line_error(cli("encode", "-", "--model", "demo", "-o", "e.safetensors", input=""), "stdin is empty")
     assert_one_line_error(cli("decode", "-", "-o", "x.png", input=b""), "stdin is empty")
     no_outputs(tmp_path)
@@ -99,8 +116,9 @@ def test_size_not_multiple_of_16(cli, tmp_path, flag, value):
 
 @pytest.mark.parametrize("steps", [0, -3])
 def test_steps_below_one(cli, tmp_path, steps):
-    assert_one_line_error(cli("generate", "a cat", "--model", "demo", "--steps", steps, "-o", "x.png"),
-                          f"--steps {steps}", "at least 1")
+    assert_one_line_error(
+        cli("generate", "a cat", "--model", "demo", "--steps", steps, "-o", "x.png"), f"--steps {steps}", "at least 1"
+    )
     no_outputs(tmp_path)
 
 
@@ -124,10 +142,12 @@ def test_input_image_not_an_image(cli, tmp_path):
 
 def test_model_path_not_a_diffusers_folder(cli, tmp_path):
     (tmp_path / "empty_model").mkdir()
-    assert_one_line_error(cli("generate", "a cat", "--model", "./empty_model", "-o", "x.png"),
-                          "./empty_model", "not a diffusers folder")
-    assert_one_line_error(cli("generate", "a cat", "--model", "./missing_model", "-o", "x.png"),
-                          "./missing_model", "no such folder")
+    assert_one_line_error(
+        cli("generate", "a cat", "--model", "./empty_model", "-o", "x.png"), "./empty_model", "not a diffusers folder"
+    )
+    assert_one_line_error(
+        cli("generate", "a cat", "--model", "./missing_model", "-o", "x.png"), "./missing_model", "no such folder"
+    )
     no_outputs(tmp_path, "empty_model")
 
 
@@ -178,12 +198,30 @@ def test_prompt_longer_than_the_caption_axis(cli, tmp_path, tiny_model):
     r = cli("generate", long_prompt, "--model", tiny_model, "--seed", 1, "-W", 32, "-H", 32, "-o", "x.png")
     assert_one_line_error(r, "tokens", "at most 224", "--max-length 224")
     no_outputs(tmp_path)
-    assert cli("generate", long_prompt, "--model", tiny_model, "--seed", 1, "-W", 32, "-H", 32, "--max-length", 224,
-               "-o", "x.png").code == 0
+    assert (
+        cli(
+            "generate",
+            long_prompt,
+            "--model",
+            tiny_model,
+            "--seed",
+            1,
+            "-W",
+            32,
+            "-H",
+            32,
+            "--max-length",
+            224,
+            "-o",
+            "x.png",
+        ).code
+        == 0
+    )
 
 
-@pytest.mark.parametrize("flag,value,needle", [("--device", "nonsense", "not a device"),
-                                               ("--dit-device", "cuda:7", "CUDA")])
+@pytest.mark.parametrize(
+    "flag,value,needle", [("--device", "nonsense", "not a device"), ("--dit-device", "cuda:7", "CUDA")]
+)
 def test_bad_device(cli, tmp_path, flag, value, needle):
     if value.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has that GPU")

@@ -7,11 +7,11 @@ import struct
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from helpers import assert_one_line_error
 from llmdit_cli import artifacts, workflows
 from llmdit_cli.errors import LlmditError
 
@@ -19,22 +19,34 @@ CASES = int(os.environ.get("READER_FUZZ_CASES", "300"))
 
 
 def embeds_file() -> bytes:
-    meta = artifacts.stage_metadata("embeds", {"model": "demo", "hidden_size": 32, "hidden_layer": -2, "count": 2},
-                                    {"prompts": ["a", "b"], "encoder": {}})
-    return save({"prompt_embeds.0": torch.randn(3, 32), "prompt_embeds.1": torch.randn(2, 32),
-                 "negative_prompt_embeds.0": torch.randn(1, 32), "negative_prompt_embeds.1": torch.randn(1, 32)},
-                metadata=meta)
+    meta = artifacts.stage_metadata(
+        "embeds",
+        {"model": "demo", "hidden_size": 32, "hidden_layer": -2, "count": 2},
+        {"prompts": ["a", "b"], "encoder": {}},
+    )
+    return save(
+        {
+            "prompt_embeds.0": torch.randn(3, 32),
+            "prompt_embeds.1": torch.randn(2, 32),
+            "negative_prompt_embeds.0": torch.randn(1, 32),
+            "negative_prompt_embeds.1": torch.randn(1, 32),
+        },
+        metadata=meta,
+    )
 
 
 def latents_file() -> bytes:
-    meta = artifacts.stage_metadata("latents", {"model": "demo", "height": 4, "width": 4, "channels": 16,
-                                                "count": 1, "sigma": 0}, {"images": [{"seed": 1}]})
+    meta = artifacts.stage_metadata(
+        "latents",
+        {"model": "demo", "height": 4, "width": 4, "channels": 16, "count": 1, "sigma": 0},
+        {"images": [{"seed": 1}]},
+    )
     return save({"latents": torch.randn(1, 16, 2, 2)}, metadata=meta)
 
 
 def split(data: bytes) -> tuple[dict, bytes]:
     (size,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + size]), data[8 + size:]
+    return json.loads(data[8 : 8 + size]), data[8 + size :]
 
 
 def join(header, body: bytes) -> bytes:
@@ -42,9 +54,11 @@ def join(header, body: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + body
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 10**12) | st.floats(allow_nan=False) | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                    max_leaves=6)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 10**12) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -62,21 +76,24 @@ def corrupted(draw):
         header[key].pop(draw(st.sampled_from(["dtype", "shape", "data_offsets"])))
     elif how == "rename":
         key = draw(st.sampled_from(keys))
-        header[draw(st.sampled_from(["prompt_embeds.x", "latents", "prompt_embeds.01", "x", "negative_prompt_embeds.-1"]))] = header.pop(key)
+        header[
+            draw(st.sampled_from(["prompt_embeds.x", "latents", "prompt_embeds.01", "x", "negative_prompt_embeds.-1"]))
+        ] = header.pop(key)
     elif how == "meta":  # a header value becomes other text (numbers, JSON lists, nonsense)
         key = draw(st.sampled_from(sorted(header["__metadata__"])))
-        header["__metadata__"][key] = draw(st.sampled_from(["x", "[1, 2]", "-1", "", "{}", "1e400", "null", "[]"])
-                                           | st.text(max_size=10))
+        header["__metadata__"][key] = draw(
+            st.sampled_from(["x", "[1, 2]", "-1", "", "{}", "1e400", "null", "[]"]) | st.text(max_size=10)
+        )
     elif how == "meta_table":
         header["__metadata__"] = draw(JSON)
     elif how == "extra":
         header[draw(st.text(max_size=10))] = draw(JSON)
     data = join(header, body)
     if how == "truncate":
-        data = data[:draw(st.integers(0, len(data) - 1))]
+        data = data[: draw(st.integers(0, len(data) - 1))]
     elif how == "flip":
         pos = draw(st.integers(0, len(data) - 1))
-        data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1:]
+        data = data[:pos] + bytes([data[pos] ^ draw(st.integers(1, 255))]) + data[pos + 1 :]
     return data
 
 
@@ -92,8 +109,9 @@ def read_like_the_commands(path: str) -> None:
         stage.meta_int("height")
 
 
-@settings(max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                     HealthCheck.too_slow])
+@settings(
+    max_examples=CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(data=corrupted())
 def test_corrupt_stage_files_fail_cleanly(tmp_path, data):
     path = tmp_path / "x.safetensors"
@@ -143,12 +161,15 @@ def test_corrupt_latents_through_decode(case, cli, tmp_path):
     assert "unexpected" not in line, line
 
 
-@pytest.mark.parametrize("stored, needle", [
-    ([1, 2], "JSON list, not an object"),
-    ({"prompt": "a", "seed": "x"}, "'seed' is 'x', not a whole number"),
-    ({"prompt": "a", "seed": 1, "encoder": 5}, "'encoder' is 5, not a table"),
-    ({"prompt": 3, "seed": 1}, "'prompt' is 3, not text"),
-])
+@pytest.mark.parametrize(
+    "stored, needle",
+    [
+        ([1, 2], "JSON list, not an object"),
+        ({"prompt": "a", "seed": "x"}, "'seed' is 'x', not a whole number"),
+        ({"prompt": "a", "seed": 1, "encoder": 5}, "'encoder' is 5, not a table"),
+        ({"prompt": 3, "seed": 1}, "'prompt' is 3, not text"),
+    ],
+)
 def test_bad_png_settings(cli, tmp_path, stored, needle):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -161,11 +182,14 @@ def test_bad_png_settings(cli, tmp_path, stored, needle):
         assert "unexpected" not in line, line
 
 
-@pytest.mark.parametrize("stored, needles", [
-    ({"steps": -3}, ["generation.steps (from", "p.png (stored settings)) -3: must be at least 1"]),
-    ({"steps": "x"}, ["p.png (stored settings): bad value for 'generation.steps'"]),
-    ({"width": 30}, ["generation.width (from", "30: must be a positive multiple of 16"]),
-])
+@pytest.mark.parametrize(
+    "stored, needles",
+    [
+        ({"steps": -3}, ["generation.steps (from", "p.png (stored settings)) -3: must be at least 1"]),
+        ({"steps": "x"}, ["p.png (stored settings): bad value for 'generation.steps'"]),
+        ({"width": 30}, ["generation.width (from", "30: must be a positive multiple of 16"]),
+    ],
+)
 def test_bad_stored_value_is_named_with_its_png(cli, tmp_path, stored, needles):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -186,8 +210,9 @@ def test_records_that_do_not_match_the_tensors(cli, tmp_path):
     header.pop("negative_prompt_embeds.1")  # 2 prompt embeddings, 1 negative
     path = tmp_path / "bad.embeds.safetensors"
     path.write_bytes(join(header, body))
-    assert_one_line_error(cli("generate", "--from-embeds", path, "--model", "demo", "-o", "x.png"),
-                          "2 prompt embeddings but 1 negative")
+    assert_one_line_error(
+        cli("generate", "--from-embeds", path, "--model", "demo", "-o", "x.png"), "2 prompt embeddings but 1 negative"
+    )
     header, body = split(latents_file())
     header["__metadata__"]["llmdit.params"] = json.dumps({"images": [1]})
     path = tmp_path / "bad.latents.safetensors"

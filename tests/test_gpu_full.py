@@ -20,8 +20,20 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu_full")
     out = tmp / "gpu_full.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "XDG_CONFIG_HOME": str(tmp)}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_full.py"), "--tiny", "--skip-compile", "--repeats", "1",
-           "--folder", str(tmp / "z-image-turbo-random-tiny"), "--work", str(tmp / "work"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "gpu_full.py"),
+        "--tiny",
+        "--skip-compile",
+        "--repeats",
+        "1",
+        "--folder",
+        str(tmp / "z-image-turbo-random-tiny"),
+        "--work",
+        str(tmp / "work"),
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return r.stdout, json.loads(out.read_text())
@@ -53,8 +65,9 @@ def test_flop_count_matches_the_formula(tiny_run):
     f = report["flops"]
     assert f["dit_forward_counted"] == pytest.approx(f["dit_forward_analytic"], rel=1e-9)
     assert f["text_encoder"] > 0 and f["vae_decode"] > 0
-    assert f["per_image"] == pytest.approx(f["dit_forward_counted"] * report["steps"] + f["text_encoder"]
-                                           + f["vae_decode"])
+    assert f["per_image"] == pytest.approx(
+        f["dit_forward_counted"] * report["steps"] + f["text_encoder"] + f["vae_decode"]
+    )
     assert all(f["finite"].values())
     assert f["caption_tokens"] == 64 and f["sequence"] == 32 + 64  # 16 image tokens pad to 32
 

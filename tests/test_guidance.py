@@ -3,7 +3,6 @@ transformers through the stage functions, against independent re-derivations."""
 
 import pytest
 import torch
-
 from helpers import assert_one_line_error, max_diff, pixels
 
 PROMPT = "a red circle on a blue background"
@@ -16,6 +15,7 @@ def gen(cli, out, *extra):
 
 
 # --- SLG -----------------------------------------------------------------------------------------
+
 
 def test_slg_scale_zero_is_the_baseline_and_positive_changes(cli):
     gen(cli, "base.png")
@@ -43,14 +43,18 @@ def test_hints_for_settings_that_do_nothing(cli):
 
 
 def test_slg_switch_uses_family_defaults_and_records_them(cli):
-    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.families.zimage import VARIANTS as FAMILIES
     from llmdit_cli.pngmeta import settings_of
 
     gen(cli, "on.png", "--slg")
     s = settings_of(open("on.png", "rb").read(), "on.png")
     fam = FAMILIES["demo"]
     assert (s["slg_scale"], s["slg_layers"], s["slg_start"], s["slg_stop"]) == (
-        fam["slg_scale"], fam["slg_layers"], fam["slg_start"], fam["slg_stop"])
+        fam["slg_scale"],
+        fam["slg_layers"],
+        fam["slg_start"],
+        fam["slg_stop"],
+    )
     gen(cli, "off.png")
     assert settings_of(open("off.png", "rb").read(), "off.png")["slg_scale"] == 0
     assert max_diff("on.png", "off.png") > 0
@@ -136,8 +140,9 @@ def test_hooks_are_removed_after_an_interrupted_run():
     def interrupt(done, total):
         raise KeyboardInterrupt
 
-    guided = DenoiseParams(steps=3, slg=SLGConfig(scale=3.0, layers=[0, 1], start=0.0, stop=1.0),
-                           dype=DyPEConfig(base_tokens=2))
+    guided = DenoiseParams(
+        steps=3, slg=SLGConfig(scale=3.0, layers=[0, 1], start=0.0, stop=1.0), dype=DyPEConfig(base_tokens=2)
+    )
     with pytest.raises(KeyboardInterrupt):
         _loop(dit, guided, lat, cond, interrupt)
     assert dit.rope_embedder is stock_rope
@@ -148,10 +153,13 @@ def test_hooks_are_removed_after_an_interrupted_run():
 
 # --- DyPE ----------------------------------------------------------------------------------------
 
+
 def _ids(cap_len, h, w):
     """Caption then image position ids, as ZImageTransformer2DModel builds them."""
-    cap = torch.stack([torch.arange(1, cap_len + 1), torch.zeros(cap_len, dtype=torch.long),
-                       torch.zeros(cap_len, dtype=torch.long)], dim=-1)
+    cap = torch.stack(
+        [torch.arange(1, cap_len + 1), torch.zeros(cap_len, dtype=torch.long), torch.zeros(cap_len, dtype=torch.long)],
+        dim=-1,
+    )
     hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     img = torch.stack([torch.full((h * w,), cap_len + 1), hh.flatten(), ww.flatten()], dim=-1)
     return torch.cat([cap, img]).to(torch.int32)
@@ -232,17 +240,51 @@ def test_img2img_takes_every_guidance_and_speed_flag(cli):
     from llmdit_cli.pngmeta import settings_of
 
     gen(cli, "start.png")
-    flags = ["--slg", "--slg-scale", 2.0, "--slg-layers", "1", "--slg-start", 0.0, "--slg-stop", 1.0, "--dype",
-             "--dype-method", "ntk", "--dype-scale", 1.5, "--dype-exponent", 1.0, "--dype-start-sigma", 0.9,
-             "--dype-base-resolution", 16, "--attention-backend", "sdpa", "--no-compile", "--vae-tiling",
-             "--cpu-offload", "none", "--quantize", "none"]
+    flags = [
+        "--slg",
+        "--slg-scale",
+        2.0,
+        "--slg-layers",
+        "1",
+        "--slg-start",
+        0.0,
+        "--slg-stop",
+        1.0,
+        "--dype",
+        "--dype-method",
+        "ntk",
+        "--dype-scale",
+        1.5,
+        "--dype-exponent",
+        1.0,
+        "--dype-start-sigma",
+        0.9,
+        "--dype-base-resolution",
+        16,
+        "--attention-backend",
+        "sdpa",
+        "--no-compile",
+        "--vae-tiling",
+        "--cpu-offload",
+        "none",
+        "--quantize",
+        "none",
+    ]
     common = ["img2img", PROMPT, "--image", "start.png", "--model", "demo", "--seed", 1, "--strength", 1.0]
     r = cli(*common, *flags, "-o", "out.png")
     assert r.code == 0, r.stderr
     assert cli(*common, "-o", "plain.png").code == 0 and max_diff("out.png", "plain.png") > 0
     s = settings_of(open("out.png", "rb").read(), "out.png")
-    assert (s["mode"], s["slg_scale"], s["slg_layers"], s["dype"], s["dype_method"], s["dype_base_resolution"],
-            s["attention_backend"], s["vae_tiling"]) == ("img2img", 2.0, [1], True, "ntk", 16, "sdpa", True)
+    assert (
+        s["mode"],
+        s["slg_scale"],
+        s["slg_layers"],
+        s["dype"],
+        s["dype_method"],
+        s["dype_base_resolution"],
+        s["attention_backend"],
+        s["vae_tiling"],
+    ) == ("img2img", 2.0, [1], True, "ntk", 16, "sdpa", True)
 
 
 def test_img2img_keeps_the_slg_window_in_the_full_schedule():

@@ -11,8 +11,21 @@ def records(text: str) -> list[dict]:
 
 
 def test_generate_and_decode_report_each_file(cli):
-    r = cli("generate", "a red circle", "--model", "demo", "--seed", 3, "--num-images", 2, "-o", "out/",
-            "--save-latents", "l.latents.safetensors", "--json")
+    r = cli(
+        "generate",
+        "a red circle",
+        "--model",
+        "demo",
+        "--seed",
+        3,
+        "--num-images",
+        2,
+        "-o",
+        "out/",
+        "--save-latents",
+        "l.latents.safetensors",
+        "--json",
+    )
     assert r.code == 0, r.stderr
     got = records(r.stdout)
     assert [g["kind"] for g in got] == ["latents", "image", "image"]
@@ -36,6 +49,7 @@ def test_encode_and_lora_convert(cli, tmp_path):
     assert rec["kind"] == "embeds" and rec["prompt"] == ["a cat", "a dog"]
     assert rec["settings"]["prompts"] == ["a cat", "a dog"] and len(rec["settings"]["token_counts"]) == 2
     from helpers import make_lora
+
     from llmdit_cli.models import DEMO_PATH
 
     lora = make_lora(DEMO_PATH, tmp_path / "l.safetensors", "kohya")
@@ -58,10 +72,28 @@ def test_train_reports_its_result(cli, tmp_path):
     data.mkdir()
     for i in range(4):
         Image.new("RGB", (32, 32), (20, 200, 20 + 10 * i)).save(data / f"{i}.png")
-    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "green"}) + "\n"
-                                                 for i in range(4)))
-    r = cli("train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4, "--rank", 2,
-            "--max-steps", 1, "-o", "run", "-q", "--json")
+    (data / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": "green"}) + "\n" for i in range(4))
+    )
+    r = cli(
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        data,
+        "--resolution",
+        32,
+        "--batch-size",
+        4,
+        "--rank",
+        2,
+        "--max-steps",
+        1,
+        "-o",
+        "run",
+        "-q",
+        "--json",
+    )
     assert r.code == 0, r.stderr
     (rec,) = records(r.stdout)
     assert rec["kind"] == "lora" and Path(rec["path"]).is_file()

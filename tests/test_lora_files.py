@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
-
 from helpers import assert_one_line_error, max_diff, random_lora_model
 from lora_refs import assert_weights_close, base_weights, comfy_patched, diffusers_fused, peft_merged
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 RANK, ALPHA = 4, 16.0
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "w1"]
@@ -44,16 +43,43 @@ def trained(tmp_path_factory):
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = root / "run"
     targets = [x for t in TARGETS for x in ("--target", t)]
-    r = run_cli("train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4, "-o", run,
-                "-q", "--rank", RANK, "--alpha", ALPHA, *targets, "--lr", 2e-2, "--max-steps", 6)
+    r = run_cli(
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        data,
+        "--resolution",
+        32,
+        "--batch-size",
+        4,
+        "-o",
+        run,
+        "-q",
+        "--rank",
+        RANK,
+        "--alpha",
+        ALPHA,
+        *targets,
+        "--lr",
+        2e-2,
+        "--max-steps",
+        6,
+    )
     assert r.exit_code == 0, r.output
     ckpt = load_file(str(run / "checkpoints" / "step-000006" / "model.safetensors"))
-    dit = ZImageTransformer2DModel.from_pretrained(DEMO_PATH, subfolder="transformer", local_files_only=True,
-                                                   dtype=torch.float32)
+    dit = ZImageTransformer2DModel.from_pretrained(
+        DEMO_PATH, subfolder="transformer", local_files_only=True, dtype=torch.float32
+    )
     dit.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS))
     dit.load_state_dict(ckpt, strict=True)
-    return {"file": run / "pytorch_lora_weights.safetensors", "run": run, "merged": peft_merged(dit),
-            "base": base_weights(DEMO_PATH), "dim": dit.config.dim}
+    return {
+        "file": run / "pytorch_lora_weights.safetensors",
+        "run": run,
+        "merged": peft_merged(dit),
+        "base": base_weights(DEMO_PATH),
+        "dim": dit.config.dim,
+    }
 
 
 def test_diffusers_fuse_gives_the_trained_weights(trained):
@@ -78,8 +104,9 @@ def test_generate_lora_equals_the_merged_model(trained, tmp_path, cli):
 
     folder = tmp_path / "merged"
     shutil.copytree(DEMO_PATH, folder)
-    dit = ZImageTransformer2DModel.from_pretrained(DEMO_PATH, subfolder="transformer", local_files_only=True,
-                                                   dtype=torch.float32)
+    dit = ZImageTransformer2DModel.from_pretrained(
+        DEMO_PATH, subfolder="transformer", local_files_only=True, dtype=torch.float32
+    )
     state = dit.state_dict()
     state.update({f"{name}.weight": w for name, w in trained["merged"].items()})
     dit.load_state_dict(state)
@@ -114,13 +141,19 @@ def test_alpha_defaults_to_the_rank_and_help_says_so(cli):
 
 # -- files from elsewhere ------------------------------------------------------------------------------
 
+
 def _peft_lora(model_folder, seed=0):
     """A random PEFT LoRA on the tiny model with alpha != rank and per-module ranks/alphas, and the
     weights it means (merged by PEFT itself)."""
     from peft.utils import get_peft_model_state_dict
 
-    config = dict(r=4, lora_alpha=12, target_modules=["to_q", "to_k", "to_v", "to_out.0", "w2"],
-                  rank_pattern={"layers.1.attention.to_k": 2}, alpha_pattern={"layers.2.feed_forward.w2": 3})
+    config = dict(
+        r=4,
+        lora_alpha=12,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0", "w2"],
+        rank_pattern={"layers.1.attention.to_k": 2},
+        alpha_pattern={"layers.2.feed_forward.w2": 3},
+    )
     dit = random_lora_model(model_folder, seed, **config)
     state = get_peft_model_state_dict(dit)
     return state, config, peft_merged(copy.deepcopy(dit)), dit
@@ -137,12 +170,18 @@ def write_source(kind: str, model_folder, folder: Path):
     state, config, merged, dit = _peft_lora(model_folder)
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "diffusers-metadata":  # what diffusers itself writes for alpha != rank
-        ZImagePipeline.save_lora_weights(str(folder), transformer_lora_layers=state, weight_name="src.safetensors",
-                                         transformer_lora_adapter_metadata=dict(config))
+        ZImagePipeline.save_lora_weights(
+            str(folder),
+            transformer_lora_layers=state,
+            weight_name="src.safetensors",
+            transformer_lora_adapter_metadata=dict(config),
+        )
         return folder / "src.safetensors", merged
     if kind == "peft-folder":
-        save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
-                  str(folder / "adapter_model.safetensors"))
+        save_file(
+            {f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+            str(folder / "adapter_model.safetensors"),
+        )
         (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **config}))
         return folder, merged
     if kind == "kohya-alpha":  # ComfyUI / ai-toolkit style: diffusion_model. + lora_down/up + alpha
@@ -168,11 +207,12 @@ def _fused_source(model_folder, folder: Path):
         rank, alpha = 3, 6.0
         down, up = torch.randn(rank, dim, generator=gen) * 0.3, torch.randn(3 * dim, rank, generator=gen) * 0.3
         stem = "lora_unet_" + f"{block}.attention.qkv".replace(".", "_")
-        out.update({f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up,
-                    f"{stem}.alpha": torch.tensor(alpha)})
+        out.update(
+            {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up, f"{stem}.alpha": torch.tensor(alpha)}
+        )
         delta = (alpha / rank) * (up @ down)
         for i, proj in enumerate(("to_q", "to_k", "to_v")):
-            merged[f"{block}.attention.{proj}"] += delta[i * dim:(i + 1) * dim]
+            merged[f"{block}.attention.{proj}"] += delta[i * dim : (i + 1) * dim]
     save_file(out, str(folder / "src.safetensors"))
     return folder / "src.safetensors", merged
 
@@ -231,8 +271,13 @@ def test_inspect_tells_which_loader_is_off(tiny_model, tmp_path, cli):
     assert info["loaders"]["comfyui"]["ratio"] == [round(1 / 6, 6), round(4 / 3, 6)]
     hint = " ".join(r.stderr.split())
     assert "hint:" in hint and "llmdit lora convert" in hint
-    assert set(info["targets"]) == {"attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
-                                    "feed_forward.w2"}
+    assert set(info["targets"]) == {
+        "attention.to_q",
+        "attention.to_k",
+        "attention.to_v",
+        "attention.to_out.0",
+        "feed_forward.w2",
+    }
 
 
 def test_lora_bad_input(cli, tmp_path):
@@ -247,8 +292,13 @@ def test_lora_bad_input(cli, tmp_path):
     save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8)}, str(half))
     assert_one_line_error(cli("lora", "convert", half, "x.safetensors"), "no lora_B")
     good = tmp_path / "good.safetensors"
-    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8),
-               "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2)}, str(good))
+    save_file(
+        {
+            "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8),
+            "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2),
+        },
+        str(good),
+    )
     assert_one_line_error(cli("lora", "convert", good, "x.safetensors", "--to", "a1111"), "--to a1111")
     assert not Path("x.safetensors").exists()
 
@@ -271,13 +321,21 @@ def test_awkward_but_valid_files(tiny_model, tiny_base, tmp_path, cli):
 
 def test_bad_alpha_and_duplicate_modules(tmp_path, cli):
     stem = "diffusion_model.layers.0.attention.to_q"
-    bad = {f"{stem}.lora_down.weight": torch.zeros(2, 8), f"{stem}.lora_up.weight": torch.zeros(8, 2),
-           f"{stem}.alpha": torch.ones(2)}
+    bad = {
+        f"{stem}.lora_down.weight": torch.zeros(2, 8),
+        f"{stem}.lora_up.weight": torch.zeros(8, 2),
+        f"{stem}.alpha": torch.ones(2),
+    }
     save_file(bad, str(tmp_path / "a.safetensors"))
     assert_one_line_error(cli("lora", "inspect", tmp_path / "a.safetensors"), "alpha holds 2 values")
-    twice = {f"{stem}.lora_down.weight": torch.zeros(2, 8), f"{stem}.lora_up.weight": torch.zeros(8, 2),
-             "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8),
-             "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2)}
+    twice = {
+        f"{stem}.lora_down.weight": torch.zeros(2, 8),
+        f"{stem}.lora_up.weight": torch.zeros(8, 2),
+        "transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(2, 8),
+        "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(8, 2),
+    }
     save_file(twice, str(tmp_path / "b.safetensors"))
-    assert_one_line_error(cli("lora", "convert", tmp_path / "b.safetensors", "x.safetensors"),
-                          "two LoRAs for module layers.0.attention.to_q")
+    assert_one_line_error(
+        cli("lora", "convert", tmp_path / "b.safetensors", "x.safetensors"),
+        "two LoRAs for module layers.0.attention.to_q",
+    )

@@ -28,8 +28,19 @@ def mode(path) -> int:
 def test_stage_files_and_pngs(cli, umask, mask, expected):
     umask(mask)
     assert cli("encode", "a cat", "--model", "demo", "-o", "e.embeds.safetensors").code == 0
-    r = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", "demo", "--seed", 1,
-            "--save-latents", "l.latents.safetensors", "-o", "img.png")
+    r = cli(
+        "generate",
+        "--from-embeds",
+        "e.embeds.safetensors",
+        "--model",
+        "demo",
+        "--seed",
+        1,
+        "--save-latents",
+        "l.latents.safetensors",
+        "-o",
+        "img.png",
+    )
     assert r.code == 0, r.stderr
     assert cli("decode", "l.latents.safetensors", "--model", "demo", "-o", "d.png").code == 0
     for name in ["e.embeds.safetensors", "l.latents.safetensors", "img.png", "d.png"]:
@@ -42,18 +53,56 @@ def test_training_outputs_and_lora_files(cli, umask, tmp_path):
     data.mkdir()
     for i in range(4):
         Image.new("RGB", (32, 32), (200, 20 + 10 * i, 20)).save(data / f"{i}.png")
-    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": "red"}) + "\n"
-                                                 for i in range(4)))
-    r = cli("train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4, "--rank", 2,
-            "--max-steps", 2, "-o", "run", "-q")
+    (data / "metadata.jsonl").write_text(
+        "".join(json.dumps({"file_name": f"{i}.png", "text": "red"}) + "\n" for i in range(4))
+    )
+    r = cli(
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        data,
+        "--resolution",
+        32,
+        "--batch-size",
+        4,
+        "--rank",
+        2,
+        "--max-steps",
+        2,
+        "-o",
+        "run",
+        "-q",
+    )
     assert r.code == 0, r.stderr
     lora = Path("run/pytorch_lora_weights.safetensors")
     assert cli("lora", "convert", lora, "k.safetensors", "--to", "kohya").code == 0
-    written = [lora, Path("k.safetensors"), Path("run/recipe.resolved.toml"), Path("run/losses.jsonl"),
-               *[p for p in Path("run/checkpoints").rglob("*") if p.is_file()],
-               *[p for p in (data / ".llmdit-cache").rglob("*") if p.is_file()]]
-    r = cli("train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4, "--method", "full",
-            "--max-steps", 1, "-o", "full", "-q")
+    written = [
+        lora,
+        Path("k.safetensors"),
+        Path("run/recipe.resolved.toml"),
+        Path("run/losses.jsonl"),
+        *[p for p in Path("run/checkpoints").rglob("*") if p.is_file()],
+        *[p for p in (data / ".llmdit-cache").rglob("*") if p.is_file()],
+    ]
+    r = cli(
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        data,
+        "--resolution",
+        32,
+        "--batch-size",
+        4,
+        "--method",
+        "full",
+        "--max-steps",
+        1,
+        "-o",
+        "full",
+        "-q",
+    )
     assert r.code == 0, r.stderr
     written += [p for p in Path("full/model").rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(written) > 12

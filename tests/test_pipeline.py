@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import max_diff, pixels
 
 PROMPT = "a red circle on a blue background"
@@ -14,14 +13,16 @@ PROMPT = "a red circle on a blue background"
 def sh(cmd: str, cwd) -> subprocess.CompletedProcess:
     """Run a shell pipeline with `llmdit` meaning this interpreter's package."""
     llmdit = f"{sys.executable} -m llmdit_cli"
-    return subprocess.run(cmd.replace("llmdit ", llmdit + " "), shell=True, cwd=cwd, capture_output=True,
-                          timeout=300)
+    return subprocess.run(cmd.replace("llmdit ", llmdit + " "), shell=True, cwd=cwd, capture_output=True, timeout=300)
 
 
 def test_shell_pipe_equals_in_process(tmp_path):
     """`encode -o - | generate --from-embeds -` gives exactly `generate PROMPT` (real processes)."""
-    r = sh(f'llmdit encode "{PROMPT}" --model demo -o - | llmdit generate --from-embeds - --model demo '
-           f'--seed 7 -o a.png && llmdit generate "{PROMPT}" --model demo --seed 7 -o b.png', tmp_path)
+    r = sh(
+        f'llmdit encode "{PROMPT}" --model demo -o - | llmdit generate --from-embeds - --model demo '
+        f'--seed 7 -o a.png && llmdit generate "{PROMPT}" --model demo --seed 7 -o b.png',
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode().split() == ["a.png", "b.png"]  # stdout carries only the written paths
     assert (pixels(tmp_path / "a.png") == pixels(tmp_path / "b.png")).all()
@@ -44,8 +45,12 @@ def test_encode_to_stdout_is_binary_stage_file(cli):
     from llmdit_cli.artifacts import parse_stage
 
     stage = parse_stage(r.stdout_bytes, "stdout", expect="embeds")
-    assert sorted(stage.shapes) == ["negative_prompt_embeds.0", "negative_prompt_embeds.1",
-                                    "prompt_embeds.0", "prompt_embeds.1"]
+    assert sorted(stage.shapes) == [
+        "negative_prompt_embeds.0",
+        "negative_prompt_embeds.1",
+        "prompt_embeds.0",
+        "prompt_embeds.1",
+    ]
     assert stage.params["prompts"] == [PROMPT, "a green square"]
     from helpers import demo_config
 
@@ -56,8 +61,18 @@ def test_encode_to_stdout_is_binary_stage_file(cli):
 
 
 def test_save_latents_then_decode_gives_the_direct_png(cli):
-    r = cli("generate", PROMPT, "--model", "demo", "--seed", 3, "--save-latents", "x.latents.safetensors",
-            "-o", "direct.png")
+    r = cli(
+        "generate",
+        PROMPT,
+        "--model",
+        "demo",
+        "--seed",
+        3,
+        "--save-latents",
+        "x.latents.safetensors",
+        "-o",
+        "direct.png",
+    )
     assert r.code == 0, r.stderr
     assert r.stdout.split() == ["x.latents.safetensors", "direct.png"]
     assert cli("decode", "x.latents.safetensors", "-o", "decoded.png").code == 0
@@ -66,8 +81,20 @@ def test_save_latents_then_decode_gives_the_direct_png(cli):
 
 
 def test_decode_several_latents_from_stdin(cli):
-    r = cli("generate", PROMPT, "--model", "demo", "--seed", 1, "--seed", 2, "--save-latents", "-",
-            "-o", "direct_{seed}.png")
+    r = cli(
+        "generate",
+        PROMPT,
+        "--model",
+        "demo",
+        "--seed",
+        1,
+        "--seed",
+        2,
+        "--save-latents",
+        "-",
+        "-o",
+        "direct_{seed}.png",
+    )
     assert r.code == 0, r.stderr
     assert "direct_1.png" in r.stderr  # paths leave stdout to the binary stream
     d = cli("decode", "-", "-o", "dec_{seed}.png", input=r.stdout_bytes)
@@ -77,13 +104,41 @@ def test_decode_several_latents_from_stdin(cli):
 
 
 def test_img2img_from_latents(cli):
-    assert cli("generate", PROMPT, "--model", "demo", "--seed", 3, "--save-latents", "x.latents.safetensors",
-               "-o", "a.png").code == 0
-    r = cli("img2img", "a green square", "--from-latents", "x.latents.safetensors", "--model", "demo",
-            "--seed", 4, "--strength", 0.5, "-o", "b.png")
+    assert (
+        cli(
+            "generate", PROMPT, "--model", "demo", "--seed", 3, "--save-latents", "x.latents.safetensors", "-o", "a.png"
+        ).code
+        == 0
+    )
+    r = cli(
+        "img2img",
+        "a green square",
+        "--from-latents",
+        "x.latents.safetensors",
+        "--model",
+        "demo",
+        "--seed",
+        4,
+        "--strength",
+        0.5,
+        "-o",
+        "b.png",
+    )
     assert r.code == 0, r.stderr
-    again = cli("img2img", "a green square", "--from-latents", "x.latents.safetensors", "--model", "demo",
-                "--seed", 4, "--strength", 0.5, "-o", "c.png")
+    again = cli(
+        "img2img",
+        "a green square",
+        "--from-latents",
+        "x.latents.safetensors",
+        "--model",
+        "demo",
+        "--seed",
+        4,
+        "--strength",
+        0.5,
+        "-o",
+        "c.png",
+    )
     assert again.code == 0
     assert (pixels("b.png") == pixels("c.png")).all()  # reproducible
     assert max_diff("a.png", "b.png") > 0
@@ -96,8 +151,28 @@ def test_img2img_strength_zero_keeps_nothing_to_do(cli):
 
 
 def test_from_png_regenerates_the_same_image(cli, tiny_model):
-    r = cli("generate", PROMPT, "--model", tiny_model, "--seed", 21, "-W", 48, "-H", 32, "--steps", 3,
-            "--guidance-scale", 2, "--negative-prompt", "dark", "--system-prompt", "Draw well.", "-o", "a.png")
+    r = cli(
+        "generate",
+        PROMPT,
+        "--model",
+        tiny_model,
+        "--seed",
+        21,
+        "-W",
+        48,
+        "-H",
+        32,
+        "--steps",
+        3,
+        "--guidance-scale",
+        2,
+        "--negative-prompt",
+        "dark",
+        "--system-prompt",
+        "Draw well.",
+        "-o",
+        "a.png",
+    )
     assert r.code == 0, r.stderr
     assert cli("generate", "--from-png", "a.png", "-o", "b.png").code == 0
     assert (pixels("a.png") == pixels("b.png")).all()
@@ -107,7 +182,7 @@ def test_from_png_regenerates_the_same_image(cli, tiny_model):
 
 
 def test_png_carries_settings_and_a1111_parameters(cli):
-    from llmdit_cli.models import FAMILIES
+    from llmdit_cli.families.zimage import VARIANTS as FAMILIES
 
     assert cli("generate", PROMPT, "--model", "demo", "--seed", 5, "-o", "a.png").code == 0
     from PIL import Image
@@ -120,8 +195,19 @@ def test_png_carries_settings_and_a1111_parameters(cli):
 
 
 def test_several_prompts_and_seeds_follow_the_pattern(cli):
-    r = cli("generate", "a cat", "a dog", "--model", "demo", "--seed", 1, "--num-images", 2,
-            "-o", "out/{index}_{seed}_{slug}.png")
+    r = cli(
+        "generate",
+        "a cat",
+        "a dog",
+        "--model",
+        "demo",
+        "--seed",
+        1,
+        "--num-images",
+        2,
+        "-o",
+        "out/{index}_{seed}_{slug}.png",
+    )
     assert r.code == 0, r.stderr
     assert r.stdout.split() == ["out/0_1_a-cat.png", "out/1_2_a-cat.png", "out/2_1_a-dog.png", "out/3_2_a-dog.png"]
 
@@ -135,8 +221,7 @@ def test_folder_output(cli, tmp_path):
 
 def test_prompts_from_file_and_stdin(cli, tmp_path):
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
-    r = cli("encode", "--file", "p.txt", "-", "--model", "demo", "-o", "e.embeds.safetensors",
-            input="a bird\n")
+    r = cli("encode", "--file", "p.txt", "-", "--model", "demo", "-o", "e.embeds.safetensors", input="a bird\n")
     assert r.code == 0, r.stderr
     info = cli("inspect", "e.embeds.safetensors", "--json")
     assert json.loads(info.stdout)["params"]["prompts"] == ["a bird", "a cat", "a dog"]
@@ -150,17 +235,30 @@ def test_show_format_matches_the_tokenizer_chat_template(cli):
     from llmdit_cli.models import DEMO_PATH
 
     tok = AutoTokenizer.from_pretrained(DEMO_PATH / "tokenizer")
-    stock = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
-                                    add_generation_prompt=True, enable_thinking=True)
+    stock = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
     assert r.stdout.startswith(stock)
     assert f"[{len(tok(stock).input_ids)} tokens]" in r.stdout
 
 
 def test_prompt_knobs_change_the_format(cli):
-    r = cli("encode", "--show-format", "x", "--model", "demo", "--system-prompt", "S", "--no-enable-thinking",
-            "--assistant-content", "A")
-    assert r.stdout.startswith("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nx<|im_end|>\n"
-                               "<|im_start|>assistant\n<think>\n\n</think>\n\nA")
+    r = cli(
+        "encode",
+        "--show-format",
+        "x",
+        "--model",
+        "demo",
+        "--system-prompt",
+        "S",
+        "--no-enable-thinking",
+        "--assistant-content",
+        "A",
+    )
+    assert r.stdout.startswith(
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nx<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\nA"
+    )
     r = cli("encode", "--show-format", "x", "--model", "demo", "--thinking-content", "T")
     assert "<|im_start|>assistant\n<think>\nT\n</think>\n\n" in r.stdout
 
@@ -169,8 +267,7 @@ def test_hidden_layer_changes_embeddings(cli):
     from llmdit_cli.artifacts import parse_stage
 
     a = parse_stage(cli("encode", "x", "--model", "demo", "-o", "-").stdout_bytes, "a").tensors()
-    b = parse_stage(cli("encode", "x", "--model", "demo", "-o", "-", "--hidden-layer", -1).stdout_bytes,
-                    "b").tensors()
+    b = parse_stage(cli("encode", "x", "--model", "demo", "-o", "-", "--hidden-layer", -1).stdout_bytes, "b").tensors()
     assert not (a["prompt_embeds.0"] == b["prompt_embeds.0"]).all()
 
 
@@ -179,10 +276,36 @@ def test_hint_when_embeds_come_from_another_text_encoder(cli, tiny_model, tmp_pa
 
     other = save_pipeline(build_pipeline(seed=5), tmp_path / "other")  # same shapes, other weights
     assert cli("encode", "a cat", "--model", tiny_model, "-o", "e.embeds.safetensors").code == 0
-    r = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", other, "--seed", 1, "-W", 32,
-            "-H", 32, "-o", "x.png")
+    r = cli(
+        "generate",
+        "--from-embeds",
+        "e.embeds.safetensors",
+        "--model",
+        other,
+        "--seed",
+        1,
+        "-W",
+        32,
+        "-H",
+        32,
+        "-o",
+        "x.png",
+    )
     assert r.code == 0, r.stderr
     assert "hint:" in r.stderr and "another text encoder" in r.stderr
-    same = cli("generate", "--from-embeds", "e.embeds.safetensors", "--model", tiny_model, "--seed", 1, "-W", 32,
-               "-H", 32, "-o", "y.png")
+    same = cli(
+        "generate",
+        "--from-embeds",
+        "e.embeds.safetensors",
+        "--model",
+        tiny_model,
+        "--seed",
+        1,
+        "-W",
+        32,
+        "-H",
+        32,
+        "-o",
+        "y.png",
+    )
     assert same.code == 0 and "another text encoder" not in same.stderr

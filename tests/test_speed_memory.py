@@ -4,8 +4,6 @@ what runs on a CPU runs here on the demo; what needs CUDA says so in one line.""
 import json
 
 import pytest
-import torch
-
 from helpers import assert_one_line_error, max_diff, original_zimage_keys, psnr, write_gguf
 
 PROMPT = "a red circle on a blue background"
@@ -50,15 +48,18 @@ def test_compile_works_on_cpu_or_says_why_not(cli, baseline):
     assert max_diff(baseline, "c.png") <= 1
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--cpu-offload", "model"], "needs a CUDA GPU"),
-    (["--cpu-offload", "sequential"], "needs a CUDA GPU"),
-    (["--cpu-offload", "lots"], "--cpu-offload"),
-    (["--quantize", "8bit"], "needs a CUDA GPU"),
-    (["--quantize", "4bit"], "needs a CUDA GPU"),
-    (["--quantize", "2bit"], "--quantize"),
-    (["--transformer-file", "missing.gguf"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--cpu-offload", "model"], "needs a CUDA GPU"),
+        (["--cpu-offload", "sequential"], "needs a CUDA GPU"),
+        (["--cpu-offload", "lots"], "--cpu-offload"),
+        (["--quantize", "8bit"], "needs a CUDA GPU"),
+        (["--quantize", "4bit"], "needs a CUDA GPU"),
+        (["--quantize", "2bit"], "--quantize"),
+        (["--transformer-file", "missing.gguf"], "no such file"),
+    ],
+)
 @pytest.mark.parametrize("cmd", ["generate", "img2img"])
 def test_what_cannot_run_here_is_one_line(cli, cmd, args, needle):
     if cmd == "img2img":
@@ -109,14 +110,28 @@ def test_transformer_file_of_another_model_is_one_line(cli, tiny_model):
 
 def test_vae_tiling_decodes_in_tiles_close_to_whole(cli):
     """diffusers' own tiling: several decoder calls, and within 30 dB PSNR of the untiled decode."""
+    from helpers import as_array
     from safetensors.torch import load_file
 
-    from helpers import as_array
     from llmdit_cli.models import ModelHandle, Placement
     from llmdit_cli.stages.vae import decode_latents
 
-    r = cli("generate", PROMPT, "--model", "demo", "--seed", 2, "-W", 384, "-H", 320, "--save-latents",
-            "l.safetensors", "-o", "whole.png")
+    r = cli(
+        "generate",
+        PROMPT,
+        "--model",
+        "demo",
+        "--seed",
+        2,
+        "-W",
+        384,
+        "-H",
+        320,
+        "--save-latents",
+        "l.safetensors",
+        "-o",
+        "whole.png",
+    )
     assert r.code == 0, r.stderr
     pipe = ModelHandle("demo", Placement(vae_tiling=True)).pipeline("vae")
     calls = []
@@ -133,11 +148,37 @@ def test_vae_tiling_decodes_in_tiles_close_to_whole(cli):
 def test_settings_record_the_speed_and_memory_choices(cli):
     from llmdit_cli.pngmeta import settings_of
 
-    assert gen(cli, "o.png", "--attention-backend", "sdpa", "--vae-tiling", "--dype", "--slg-scale", 1.5,
-               "--slg-layers", "2", "--save-latents", "o.latents.safetensors").code == 0
+    assert (
+        gen(
+            cli,
+            "o.png",
+            "--attention-backend",
+            "sdpa",
+            "--vae-tiling",
+            "--dype",
+            "--slg-scale",
+            1.5,
+            "--slg-layers",
+            "2",
+            "--save-latents",
+            "o.latents.safetensors",
+        ).code
+        == 0
+    )
     s = settings_of(open("o.png", "rb").read(), "o.png")
-    keys = ("attention_backend", "vae_tiling", "compile", "cpu_offload", "quantize", "transformer_file", "dype",
-            "dype_method", "dype_base_resolution", "slg_scale", "slg_layers")
+    keys = (
+        "attention_backend",
+        "vae_tiling",
+        "compile",
+        "cpu_offload",
+        "quantize",
+        "transformer_file",
+        "dype",
+        "dype_method",
+        "dype_base_resolution",
+        "slg_scale",
+        "slg_layers",
+    )
     expected = ("sdpa", True, False, "none", "none", None, True, "vision_yarn", 32, 1.5, [2])
     assert tuple(s[k] for k in keys) == expected
     r = cli("inspect", "o.latents.safetensors", "--json")

@@ -10,13 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_one_line_error, max_diff
 from PIL import Image
 
-from helpers import assert_one_line_error, max_diff
-
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["--target", "to_q", "--target", "to_k", "--target", "to_v", "--target", "to_out.0",
-           "--target", "w1", "--target", "w2", "--target", "w3"]
+TARGETS = [
+    "--target",
+    "to_q",
+    "--target",
+    "to_k",
+    "--target",
+    "to_v",
+    "--target",
+    "to_out.0",
+    "--target",
+    "w1",
+    "--target",
+    "w2",
+    "--target",
+    "w3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +45,21 @@ def red_data(tmp_path_factory):
 
 
 def train_args(data, out, *extra):
-    return ["train", "--model", "demo", "--dataset", data, "--resolution", 32, "--batch-size", 4,
-            "-o", out, "-q", *extra]
+    return [
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        data,
+        "--resolution",
+        32,
+        "--batch-size",
+        4,
+        "-o",
+        out,
+        "-q",
+        *extra,
+    ]
 
 
 def latents_of(path):
@@ -60,23 +86,32 @@ def test_lora_moves_generation_towards_training_images(cli, red_data):
     assert err_with < 0.9 * err_without, (err_with, err_without)
     # the file is a diffusers LoRA: stock load_lora_weights gives the same image
     from diffusers import ZImagePipeline
-
     from helpers import as_array
+
     from llmdit_cli.models import DEMO_PATH
 
     pipe = ZImagePipeline.from_pretrained(DEMO_PATH, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(str(lora))
-    ref = pipe("a red square", height=32, width=32, num_inference_steps=4, guidance_scale=0.0,
-               generator=torch.Generator().manual_seed(1)).images[0]
+    ref = pipe(
+        "a red square",
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        generator=torch.Generator().manual_seed(1),
+    ).images[0]
     assert max_diff("with.png", as_array(ref)) <= 1
     saved = (Path("run") / "recipe.resolved.toml").read_text()
     assert 'method = "lora"' in saved and "rank = 8" in saved
 
 
 def test_full_training_result_loads_in_stock_and_as_model(cli, red_data):
-    r = cli(*train_args(red_data, "full", "--method", "full", "--lr", 1e-3, "--max-steps", 30,
-                        "--validation-prompt", "a red square"))
+    r = cli(
+        *train_args(
+            red_data, "full", "--method", "full", "--lr", 1e-3, "--max-steps", 30, "--validation-prompt", "a red square"
+        )
+    )
     assert r.code == 0, r.stderr
     model = Path("full/model")
     assert (model / "model_index.json").is_file() and (model / "transformer" / "config.json").is_file()
@@ -85,13 +120,23 @@ def test_full_training_result_loads_in_stock_and_as_model(cli, red_data):
 
     pipe = ZImagePipeline.from_pretrained(model, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    ref = pipe("a red square", height=32, width=32, num_inference_steps=4, guidance_scale=0.0,
-               generator=torch.Generator().manual_seed(2)).images[0]
+    ref = pipe(
+        "a red square",
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=0.0,
+        generator=torch.Generator().manual_seed(2),
+    ).images[0]
     from helpers import as_array
 
     # --model accepts the run folder itself
-    assert cli("generate", "a red square", "--model", "full", "-W", 32, "-H", 32, "--seed", 2, "--steps", 4,
-               "-o", "a.png").code == 0
+    assert (
+        cli(
+            "generate", "a red square", "--model", "full", "-W", 32, "-H", 32, "--seed", 2, "--steps", 4, "-o", "a.png"
+        ).code
+        == 0
+    )
     assert max_diff("a.png", as_array(ref)) <= 1
     assert cli("generate", "a red square", "--model", "demo", "-W", 32, "-H", 32, "--seed", 2, "-o", "b.png").code == 0
     assert max_diff("a.png", "b.png") > 1  # training changed the model
@@ -108,8 +153,10 @@ def test_resume_is_exact(cli, red_data):
     assert_one_line_error(again, "already holds a run", "--resume")
     r = cli(*train_args(red_data, "split", *common, "--resume"))
     assert r.code == 0, r.stderr
-    losses = [[json.loads(line) for line in Path(f"{run}/losses.jsonl").read_text().splitlines()]
-              for run in ("straight", "split")]
+    losses = [
+        [json.loads(line) for line in Path(f"{run}/losses.jsonl").read_text().splitlines()]
+        for run in ("straight", "split")
+    ]
     assert losses[0] == losses[1]
     from safetensors.torch import load_file
 
@@ -146,10 +193,37 @@ def test_cache_only_fills_the_cache_and_reuses_it(cli, red_data, tmp_path):
 
 def test_two_processes_end_identical(red_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "llmdit_cli", "train", "--model", "demo", "--dataset", str(red_data), "--resolution", "32",
-           "--batch-size", "2", "--method", "full", "--max-steps", "4", "--lr", "1e-3", "-o", str(tmp_path / "ddp"),
-           "--cache-dir", str(tmp_path / "cache"), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "llmdit_cli",
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        str(red_data),
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--method",
+        "full",
+        "--max-steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "-o",
+        str(tmp_path / "ddp"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     sums = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
@@ -161,9 +235,26 @@ def test_two_processes_end_identical(red_data, tmp_path):
 
 def test_sigterm_saves_a_checkpoint(red_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "llmdit_cli", "train", "--model", "demo", "--dataset", str(red_data),
-           "--resolution", "32", "--batch-size", "2", "--max-steps", "100000", "--checkpoint-every", "100000",
-           "-o", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmdit_cli",
+        "train",
+        "--model",
+        "demo",
+        "--dataset",
+        str(red_data),
+        "--resolution",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "100000",
+        "--checkpoint-every",
+        "100000",
+        "-o",
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     losses = tmp_path / "run" / "losses.jsonl"
     deadline = time.time() + 120
@@ -177,6 +268,7 @@ def test_sigterm_saves_a_checkpoint(red_data, tmp_path):
 
 
 # -- bad input -------------------------------------------------------------------------------------
+
 
 def write_meta(folder, rows):
     folder.mkdir(exist_ok=True)
@@ -247,9 +339,9 @@ def test_buckets_are_multiples_of_16_near_the_area():
 
 
 def test_assistant_lora_is_merged_for_training_and_left_out_of_the_result(cli, red_data, tmp_path):
+    from helpers import make_lora
     from safetensors.torch import load_file
 
-    from helpers import make_lora
     from llmdit_cli.models import DEMO_PATH
 
     adapter = make_lora(DEMO_PATH, tmp_path / "assistant.safetensors", "kohya", seed=3)
@@ -270,9 +362,10 @@ def test_datasets_dataset_and_tensorboard(cli, tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("tensorboard")
     images = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(4)]
-    ds = datasets.Dataset.from_dict({"image": images, "text": [f"shade {i}" for i in range(4)]},
-                                    features=datasets.Features({"image": datasets.Image(),
-                                                                "text": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "text": [f"shade {i}" for i in range(4)]},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}),
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     from llmdit_cli.train.data import load_items
 

@@ -35,15 +35,23 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                          help="Print the version and exit.")] = None):
+def root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+):
     """Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."""
 
 
 def build_app(only: str | None = None) -> typer.Typer:
     """The command tree: every command, or only `only`."""
-    tree = typer.Typer(name="llmdit", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False,
-                       context_settings={"help_option_names": ["-h", "--help"]})
+    tree = typer.Typer(
+        name="llmdit",
+        help=HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
     tree.callback()(root)
     for name, (module, attr, group) in COMMANDS.items():
         if only not in (None, name):
@@ -83,7 +91,7 @@ def main() -> None:
         print("llmdit: error: interrupted", file=sys.stderr)
         code = 130
     except typer.TyperException as exc:
-        message = getattr(exc, "format_message", lambda: str(exc))()
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"llmdit: error: {message} (see `llmdit COMMAND --help`)", file=sys.stderr)
         code = getattr(exc, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)

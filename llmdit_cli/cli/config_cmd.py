@@ -12,24 +12,36 @@ config_app = typer.Typer(help="Show the resolved settings and where they come fr
 
 @config_app.command("show")
 @handle_errors
-def show(config: ConfigOpt = None, profile: ProfileOpt = None, model: ModelOpt = None,
-         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+def show(
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
     """Print every setting after layering defaults < config profile < LLMDIT_* env < flags.
 
     Settings left to the model family (size, steps, guidance, shift) show that family's value.
     """
     import json
 
-    from llmdit_cli.models import family_of
+    from llmdit_cli.families import identify_ref
     from llmdit_cli.workflows import fill_family_defaults
 
     out = Output()
     r = settings(config, profile, model=model)
-    fill_family_defaults(r, family_of(r["model"]))
+    family, variant = identify_ref(r["model"])
+    fill_family_defaults(r, family.defaults(variant), variant)
     if json_out:
-        out.data(json.dumps({"config_file": str(r.config_path) if r.config_path else None, "profile": r.profile,
-                             "settings": {k: {"value": v, "source": r.sources[k]} for k, v in r.values.items()}},
-                            indent=2))
+        out.data(
+            json.dumps(
+                {
+                    "config_file": str(r.config_path) if r.config_path else None,
+                    "profile": r.profile,
+                    "settings": {k: {"value": v, "source": r.sources[k]} for k, v in r.values.items()},
+                },
+                indent=2,
+            )
+        )
         return
     out.data(f"# config file: {r.config_path or 'none'}   profile: {r.profile}")
     width = max(len(k) for k in r.values)

@@ -1,18 +1,42 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from llmdit_cli.cli.common import model_flags, settings
 from llmdit_cli.cli.errors import handle_errors
-from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    OutputOpt,
+    ProfileOpt,
+    QuietOpt,
+    VaeDeviceOpt,
+    VaeTilingOpt,
+)
 from llmdit_cli.cli.output import Output
 
-LatentsArg = Annotated[str, typer.Argument(help="A .latents.safetensors file from --save-latents ('-' for stdin).", show_default=False)]
+LatentsArg = Annotated[
+    str, typer.Argument(help="A .latents.safetensors file from --save-latents ('-' for stdin).", show_default=False)
+]
 
 
 @handle_errors
 def decode(
-    latents: LatentsArg, output: OutputOpt = None,
-    model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None, vae_device: VaeDeviceOpt = None,
-    vae_tiling: VaeTilingOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    latents: LatentsArg,
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    vae_tiling: VaeTilingOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
     """Decode a latents file to PNG images with the model's VAE.
@@ -24,19 +48,28 @@ def decode(
     """
     from llmdit_cli.artifacts import read_stage, write_bytes_atomic
     from llmdit_cli.engine import DecodeRequest, Engine
-    from llmdit_cli.outputs import plan_paths
+    from llmdit_cli.paths import plan_paths
     from llmdit_cli.pngmeta import png_bytes
 
     out = Output(quiet, json_out)
     out.stdout_is_binary = output == "-"
     stage = read_stage(latents, expect="latents")
-    r = settings(config, profile, **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device,
-                                                None, None, vae_device, None), vae_tiling=vae_tiling)
+    r = settings(
+        config,
+        profile,
+        **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device, None, None, vae_device, None),
+        vae_tiling=vae_tiling,
+    )
     tensor = stage.tensors()["latents"]  # parse_stage checked it is there and 4-D
     images = stage.params.get("images") or [{} for _ in range(tensor.shape[0])]
     paths = plan_paths(output, [(i, s.get("seed", 0), s.get("prompt", "image")) for i, s in enumerate(images)])
     decoded = Engine().decode(DecodeRequest(r, tensor, stage.source), out)
     for img, settings_record, path in zip(decoded, images, paths):
         write_bytes_atomic(path, png_bytes(img, settings_record))
-        out.wrote(path, "image", prompt=settings_record.get("prompt"), seed=settings_record.get("seed"),
-                  settings=settings_record)
+        out.wrote(
+            path,
+            "image",
+            prompt=settings_record.get("prompt"),
+            seed=settings_record.get("seed"),
+            settings=settings_record,
+        )

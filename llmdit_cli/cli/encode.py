@@ -1,21 +1,66 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from llmdit_cli.cli.common import encoder_flags, model_flags, settings
 from llmdit_cli.cli.errors import handle_errors
-from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.options import (
+    G_PROMPT,
+    AssistantOpt,
+    ConfigOpt,
+    CpuOffloadOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EnableThinkingOpt,
+    FileOpt,
+    HiddenLayerOpt,
+    JsonOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    NegativeOpt,
+    OutputOpt,
+    ProfileOpt,
+    PromptsArg,
+    QuantizeOpt,
+    QuietOpt,
+    SystemPromptOpt,
+    TextEncoderDeviceOpt,
+    ThinkingOpt,
+)
 from llmdit_cli.cli.output import Output
 
 
 @handle_errors
 def encode(
-    prompts: PromptsArg = None, file: FileOpt = None, output: OutputOpt = None,
-    negative_prompt: NegativeOpt = None, system_prompt: SystemPromptOpt = None,
-    thinking_content: ThinkingOpt = None, enable_thinking: EnableThinkingOpt = None,
-    assistant_content: AssistantOpt = None, hidden_layer: HiddenLayerOpt = None, max_length: MaxLengthOpt = None,
-    show_format: Annotated[bool, typer.Option("--show-format", help="Print the formatted chat text and token count; load no model weights.", rich_help_panel=G_PROMPT)] = False,
-    model: ModelOpt = None, dtype: DtypeOpt = None, device: DeviceOpt = None,
-    text_encoder_device: TextEncoderDeviceOpt = None, cpu_offload: CpuOffloadOpt = None,
-    quantize: QuantizeOpt = None, config: ConfigOpt = None, profile: ProfileOpt = None, quiet: QuietOpt = False,
+    prompts: PromptsArg = None,
+    file: FileOpt = None,
+    output: OutputOpt = None,
+    negative_prompt: NegativeOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    thinking_content: ThinkingOpt = None,
+    enable_thinking: EnableThinkingOpt = None,
+    assistant_content: AssistantOpt = None,
+    hidden_layer: HiddenLayerOpt = None,
+    max_length: MaxLengthOpt = None,
+    show_format: Annotated[
+        bool,
+        typer.Option(
+            "--show-format",
+            help="Print the formatted chat text and token count; load no model weights.",
+            rich_help_panel=G_PROMPT,
+        ),
+    ] = False,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None,
+    cpu_offload: CpuOffloadOpt = None,
+    quantize: QuantizeOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
     """Encode prompts with the text encoder into an embeds file for `generate --from-embeds`.
@@ -29,22 +74,25 @@ def encode(
     from llmdit_cli.engine import EncodeRequest, Engine
     from llmdit_cli.errors import UsageError
     from llmdit_cli.prompts import collect_prompts
-    from llmdit_cli.workflows import chat_format, write_embeds
+    from llmdit_cli.workflows import chat_format, check_encoder, write_embeds
 
     out = Output(quiet, json_out)
-    r = settings(config, profile, negative_prompt=negative_prompt,
-                 **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content,
-                                 hidden_layer, max_length),
-                 **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload), quantize=quantize)
+    r = settings(
+        config,
+        profile,
+        negative_prompt=negative_prompt,
+        **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content, hidden_layer, max_length),
+        **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload),
+        quantize=quantize,
+    )
     texts = collect_prompts(prompts, file)
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
-    if r["max_length"] < 1:
-        raise UsageError(f"--max-length {r['max_length']}: must be at least 1")
+    check_encoder(r)
     engine = Engine()
     handle, _ = engine.model(r)
     if show_format:
-        _show_format(handle, chat_format(r), texts, r["max_length"], out)
+        _show_format(handle, chat_format(r.settings.encoder), texts, r.settings.encoder.max_length, out)
         return
     target = output or "-"
     check_binary_target(target)

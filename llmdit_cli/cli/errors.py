@@ -17,9 +17,24 @@ FOREIGN: list[tuple[type, str, int]] = [
 ]
 
 
+def flag_for(key: str) -> str:
+    """A setting key as the CLI names it: its option (`slg.layers` -> `--slg-layers`, `lora.loras` -> `--lora`)."""
+    from llmdit_cli.cli.options import flag_of
+    from llmdit_cli.config import KEY_FLAG
+
+    return flag_of(KEY_FLAG.get(key, key))
+
+
+def in_flags(text: str) -> str:
+    """A library message with its marked setting keys named as flags."""
+    from llmdit_cli.errors import render
+
+    return render(text, flag_for)
+
+
 def message_for(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, LlmditError):
-        return str(exc), exc.exit_code
+        return exc.render(flag_for), exc.exit_code
     for kind, text, code in FOREIGN:
         if isinstance(exc, kind):
             return text, code

@@ -1,43 +1,76 @@
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from llmdit_cli.cli.common import parse_layers, settings
 from llmdit_cli.cli.errors import handle_errors
-from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.options import (
+    G_PROMPT,
+    SETTING_OPTIONS,
+    ConfigOpt,
+    FileOpt,
+    FromEmbedsOpt,
+    JsonOpt,
+    NumImagesOpt,
+    OutputOpt,
+    ProfileOpt,
+    PromptsArg,
+    QuietOpt,
+    SaveLatentsOpt,
+    SeedOpt,
+)
 from llmdit_cli.cli.output import Output
 
-FromPngOpt = Annotated[Optional[str], typer.Option("--from-png", help="Regenerate from the settings stored in a PNG made by llmdit (flags given override them).", rich_help_panel=G_PROMPT)]
+FromPngOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--from-png",
+        help="Regenerate from the settings stored in a PNG made by llmdit (flags given override them).",
+        rich_help_panel=G_PROMPT,
+    ),
+]
 ImageOpt = Annotated[Optional[str], typer.Option("--image", "-i", help="Input image.", rich_help_panel=G_PROMPT)]
-FromLatentsOpt = Annotated[Optional[str], typer.Option("--from-latents", help="Start from a latents file (from --save-latents; '-' for stdin) instead of an image.", rich_help_panel=G_PROMPT)]
+FromLatentsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--from-latents",
+        help="Start from a latents file (from --save-latents; '-' for stdin) instead of an image.",
+        rich_help_panel=G_PROMPT,
+    ),
+]
 
 
-# The parameters `generate` and `img2img` share, in --help order: one list, so a new setting is
-# added once (its alias in options.py, then here). Each command's own parameters go in front.
+# Settings only one mode takes.
+IMG2IMG_ONLY = ("strength",)
+# The parameters `generate` and `img2img` share, in --help order: the inputs and outputs, every
+# setting option (`options.setting_option` registers them, so a new setting needs no edit here),
+# then the config and output switches. Each command's own parameters go in front.
 SHARED = [
-    ("prompts", PromptsArg, None), ("file", FileOpt, None), ("from_embeds", FromEmbedsOpt, None),
-    ("output", OutputOpt, None), ("save_latents", SaveLatentsOpt, None),
-    ("seed", SeedOpt, None), ("num_images", NumImagesOpt, 1), ("width", WidthOpt, None), ("height", HeightOpt, None),
-    ("steps", StepsOpt, None), ("shift", ShiftOpt, None), ("guidance_scale", GuidanceOpt, None),
-    ("cfg_normalization", CfgNormOpt, None), ("cfg_truncation", CfgTruncOpt, None),
-    ("negative_prompt", NegativeOpt, None), ("system_prompt", SystemPromptOpt, None),
-    ("thinking_content", ThinkingOpt, None), ("enable_thinking", EnableThinkingOpt, None),
-    ("assistant_content", AssistantOpt, None), ("hidden_layer", HiddenLayerOpt, None),
-    ("max_length", MaxLengthOpt, None),
-    ("model", ModelOpt, None), ("lora", LoraOpt, None), ("dtype", DtypeOpt, None), ("device", DeviceOpt, None),
-    ("text_encoder_device", TextEncoderDeviceOpt, None), ("dit_device", DitDeviceOpt, None),
-    ("vae_device", VaeDeviceOpt, None), ("cpu_offload", CpuOffloadOpt, None),
-    ("slg", SlgOpt, None), ("slg_scale", SlgScaleOpt, None), ("slg_layers", SlgLayersOpt, None),
-    ("slg_start", SlgStartOpt, None), ("slg_stop", SlgStopOpt, None),
-    ("dype", DypeOpt, None), ("dype_method", DypeMethodOpt, None), ("dype_scale", DypeScaleOpt, None),
-    ("dype_exponent", DypeExponentOpt, None), ("dype_start_sigma", DypeStartSigmaOpt, None),
-    ("dype_base_resolution", DypeBaseResOpt, None),
-    ("attention_backend", AttentionBackendOpt, None), ("compile", CompileOpt, None),
-    ("vae_tiling", VaeTilingOpt, None), ("quantize", QuantizeOpt, None), ("transformer_file", TransformerFileOpt, None),
-    ("config", ConfigOpt, None), ("profile", ProfileOpt, None), ("quiet", QuietOpt, False), ("json_out", JsonOpt, False),
+    ("prompts", PromptsArg, None),
+    ("file", FileOpt, None),
+    ("from_embeds", FromEmbedsOpt, None),
+    ("output", OutputOpt, None),
+    ("save_latents", SaveLatentsOpt, None),
+    ("seed", SeedOpt, None),
+    ("num_images", NumImagesOpt, 1),
+    *[(name, alias, None) for name, alias in SETTING_OPTIONS.items() if name not in IMG2IMG_ONLY],
+    ("config", ConfigOpt, None),
+    ("profile", ProfileOpt, None),
+    ("quiet", QuietOpt, False),
+    ("json_out", JsonOpt, False),
 ]
 OWN = {
     "txt2img": (3, [("from_png", FromPngOpt, None)]),  # after from_embeds
-    "img2img": (1, [("image", ImageOpt, None), ("from_latents", FromLatentsOpt, None),
-                    ("strength", StrengthOpt, None)]),  # after the prompts
+    "img2img": (
+        1,
+        [
+            ("image", ImageOpt, None),
+            ("from_latents", FromLatentsOpt, None),
+            *[(name, SETTING_OPTIONS[name], None) for name in IMG2IMG_ONLY],
+        ],
+    ),  # after the prompts
 }
 
 
@@ -47,8 +80,9 @@ def _command(mode: str, name: str, doc: str):
 
     at, own = OWN[mode]
     spec = [*SHARED[:at], *own, *SHARED[at:]]
-    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
-              for n, a, d in spec]
+    params = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a) for n, a, d in spec
+    ]
 
     def command(**opts):
         other = {n: None for m, (_, params) in OWN.items() if m != mode for n, _, _ in params}
@@ -61,21 +95,29 @@ def _command(mode: str, name: str, doc: str):
     return handle_errors(command)
 
 
-generate = _command("txt2img", "generate", """Generate images from prompts (encoded in-process) or from an embeds file.
+generate = _command(
+    "txt2img",
+    "generate",
+    """Generate images from prompts (encoded in-process) or from an embeds file.
 
     Each prompt is made once per seed. Output PNGs carry every setting, so
     `llmdit generate --from-png IMG` makes the same image again.
 
     Example: llmdit generate "a red circle on a blue background" --model demo --seed 7 -o circle.png
-    """)
+    """,
+)
 
-img2img = _command("img2img", "img2img", """Change an image (--image) or finished latents (--from-latents) towards the prompts.
+img2img = _command(
+    "img2img",
+    "img2img",
+    """Change an image (--image) or finished latents (--from-latents) towards the prompts.
 
     --strength sets how far: 0 keeps the input, 1 ignores it. Only the last
     strength x steps of the schedule run. The size defaults to the input's.
 
     Example: llmdit img2img "a green square" --image circle.png --strength 0.6 --model demo -o square.png
-    """)
+    """,
+)
 
 
 def _setting_flags(o: dict) -> dict:
@@ -83,7 +125,7 @@ def _setting_flags(o: dict) -> dict:
     from llmdit_cli.config import FLAG_KEY
 
     flags = {k: v for k, v in o.items() if k in FLAG_KEY or k == "model"}
-    flags["loras"] = o["lora"] or None
+    flags["loras"] = o["loras"] or None  # an empty list is "not given"
     flags["slg_layers"] = parse_layers(o["slg_layers"])
     return flags
 
@@ -91,10 +133,15 @@ def _setting_flags(o: dict) -> dict:
 def _render(mode: str, o: dict) -> None:
     """Options -> settings -> engine request -> files written."""
     from llmdit_cli import workflows as wf
-    from llmdit_cli.artifacts import check_binary_target, write_bytes_atomic, write_stage
+    from llmdit_cli.artifacts import (
+        check_binary_target,
+        write_bytes_atomic,
+        write_latents_file,
+    )
+    from llmdit_cli.config import reapplied_fields
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.errors import UsageError
-    from llmdit_cli.outputs import plan_paths
+    from llmdit_cli.paths import plan_paths
     from llmdit_cli.pngmeta import png_bytes
     from llmdit_cli.prompts import collect_prompts
 
@@ -106,7 +153,7 @@ def _render(mode: str, o: dict) -> None:
     stored: dict = {}
     if o["from_png"]:
         png = _png_settings(o["from_png"])
-        stored = {**{k: png.get(k) for k in wf.PNG_FLAGS}, **(png.get("encoder") or {})}
+        stored = {**{k: png.get(k) for k in reapplied_fields()}, **(png.get("encoder") or {})}
         texts = texts or [png.get("prompt", "")]
         seed = seed or [png["seed"]]
     if output == "-" and save_latents == "-":
@@ -125,8 +172,9 @@ def _render(mode: str, o: dict) -> None:
     req.embeds = wf.read_embeds(o["from_embeds"]) if o["from_embeds"] else None
     req.seeds = wf.seeds_for(seed, o["num_images"])
     names = req.embeds.prompts if req.embeds else texts
-    paths = plan_paths(output, [(i * len(req.seeds) + k, s, names[i]) for i in range(len(names))
-                                for k, s in enumerate(req.seeds)])
+    paths = plan_paths(
+        output, [(i * len(req.seeds) + k, s, names[i]) for i in range(len(names)) for k, s in enumerate(req.seeds)]
+    )
     if seed is None:
         out.log(f"seed {req.seeds[0]} (random; pass --seed to choose)")
     req.decode = not save_latents  # finished latents are on disk before decoding can fail (memory)
@@ -138,11 +186,22 @@ def _render(mode: str, o: dict) -> None:
 
         stacked = torch.cat([g.latents for g in results], dim=0)
         handle, _ = engine.model(req.settings)
-        write_stage(save_latents, "latents", {"latents": stacked},
-                    wf.latents_identity(handle, stacked, req.settings["height"], req.settings["width"]),
-                    {"images": [g.settings for g in results]})
-        out.wrote(save_latents, "latents", prompt=[g.prompt for g in results], seed=[g.seed for g in results],
-                  settings=[g.settings for g in results])
+        g0 = req.settings.settings.generation
+        write_latents_file(
+            save_latents,
+            stacked,
+            wf.latents_identity(handle),
+            g0.height,
+            g0.width,
+            {"images": [g.settings for g in results]},
+        )
+        out.wrote(
+            save_latents,
+            "latents",
+            prompt=[g.prompt for g in results],
+            seed=[g.seed for g in results],
+            settings=[g.settings for g in results],
+        )
         for g, image in zip(results, engine.decode(DecodeRequest(req.settings, stacked, save_latents), out)):
             g.image = image
     for g, path in zip(results, paths):
@@ -164,8 +223,10 @@ def _png_settings(path: str) -> dict:
     if unknown:
         raise InputError(f"--from-png {path}: unknown stored encoder setting {unknown[0]!r}")
     if stored.get("mode", "txt2img") != "txt2img":
-        raise InputError(f"--from-png {path}: made by {stored.get('mode')}, which needs its input image; "
-                         f"rerun that command with the settings shown by `llmdit inspect {path}`")
+        raise InputError(
+            f"--from-png {path}: made by {stored.get('mode')}, which needs its input image; "
+            f"rerun that command with the settings shown by `llmdit inspect {path}`"
+        )
     return stored
 
 
@@ -184,5 +245,8 @@ def _init_source(mode, image, from_latents) -> dict:
         return {"init": open_image(data, f"--image {name}").convert("RGB"), "init_source": name}
     stage = read_stage(from_latents, expect="latents")  # checked: one 4-D 'latents' tensor
     size = (stage.meta_int("height"), stage.meta_int("width"))
-    return {"init": stage.tensors()["latents"], "init_source": stage.source,
-            "init_size": size if None not in size else None}
+    return {
+        "init": stage.tensors()["latents"],
+        "init_source": stage.source,
+        "init_size": size if None not in size else None,
+    }

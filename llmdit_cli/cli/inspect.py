@@ -1,16 +1,29 @@
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from llmdit_cli.cli.common import settings
 from llmdit_cli.cli.errors import handle_errors
-from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.options import (
+    ConfigOpt,
+    ProfileOpt,
+)
 from llmdit_cli.cli.output import Output
 
-FileArg = Annotated[str, typer.Argument(help="An embeds or latents file, or a PNG made by llmdit ('-' for stdin).", show_default=False)]
+FileArg = Annotated[
+    str, typer.Argument(help="An embeds or latents file, or a PNG made by llmdit ('-' for stdin).", show_default=False)
+]
 
 
 @handle_errors
-def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-            config: ConfigOpt = None, profile: ProfileOpt = None):
+def inspect(
+    file: FileArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+):
     """Show the header of an embeds / latents file, or the settings stored in a PNG.
 
     Reads headers only: no model, no torch.
@@ -27,11 +40,17 @@ def inspect(file: FileArg, json_out: Annotated[bool, typer.Option("--json", help
         info = {"kind": "png", "settings": settings_of(data, name)}
     else:
         stage = parse_stage(data, name)
-        info = {"kind": stage.kind, "schema": stage.schema,
-                "header": {k.removeprefix("llmdit."): v for k, v in stage.meta.items()
-                           if k.startswith("llmdit.") and k not in ("llmdit.params", "llmdit.kind", "llmdit.schema")},
-                "tensors": {k: {"shape": stage.shapes[k], "dtype": stage.dtypes[k]} for k in sorted(stage.shapes)},
-                "params": stage.params}
+        info = {
+            "kind": stage.kind,
+            "schema": stage.schema,
+            "header": {
+                k.removeprefix("llmdit."): v
+                for k, v in stage.meta.items()
+                if k.startswith("llmdit.") and k not in ("llmdit.params", "llmdit.kind", "llmdit.schema")
+            },
+            "tensors": {k: {"shape": stage.shapes[k], "dtype": stage.dtypes[k]} for k in sorted(stage.shapes)},
+            "params": stage.params,
+        }
     if json_out:
         out.data(json.dumps(info, indent=2, sort_keys=True))
         return

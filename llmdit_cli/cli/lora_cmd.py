@@ -7,14 +7,18 @@ import typer
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.output import Output
 
-lora_app = typer.Typer(help="Inspect LoRA files and convert them between diffusers, ComfyUI and Kohya layouts.",
-                       no_args_is_help=True)
+lora_app = typer.Typer(
+    help="Inspect LoRA files and convert them between diffusers, ComfyUI and Kohya layouts.", no_args_is_help=True
+)
 
-LoraFileArg = Annotated[str, typer.Argument(help="A LoRA .safetensors file, or a PEFT adapter folder.",
-                                            show_default=False)]
-FORMAT_HELP = ("diffusers: transformer.* lora_A/lora_B, strength folded into lora_B (loads at full strength in "
-               "diffusers, ComfyUI and llmdit); comfyui: diffusion_model.* lora_A/lora_B with alpha tensors; "
-               "kohya: lora_unet_* with the original checkpoint's names (fused qkv), lora_down/lora_up/alpha.")
+LoraFileArg = Annotated[
+    str, typer.Argument(help="A LoRA .safetensors file, or a PEFT adapter folder.", show_default=False)
+]
+FORMAT_HELP = (
+    "diffusers: transformer.* lora_A/lora_B, strength folded into lora_B (loads at full strength in "
+    "diffusers, ComfyUI and llmdit); comfyui: diffusion_model.* lora_A/lora_B with alpha tensors; "
+    "kohya: lora_unet_* with the original checkpoint's names (fused qkv), lora_down/lora_up/alpha."
+)
 
 
 @lora_app.command("inspect")
@@ -37,16 +41,24 @@ def inspect(file: LoraFileArg, json_out: Annotated[bool, typer.Option("--json", 
     for line in _lines(info):
         out.data(line)
     if any(v.get("loads") and v.get("ratio") != [1.0] for v in info["loaders"].values()):
-        out.hint(f"a loader applies another strength than the file means: `llmdit lora convert {file} OUT "
-                 f"--to diffusers` writes a file every loader applies exactly")
+        out.hint(
+            f"a loader applies another strength than the file means: `llmdit lora convert {file} OUT "
+            f"--to diffusers` writes a file every loader applies exactly"
+        )
 
 
 def _lines(info: dict) -> list[str]:
     rec = info["recorded"] or {}
-    lines = [f"file: {info['file']}", f"layout: {info['layout']}", f"modules: {info['modules']}",
-             f"targets: {', '.join(info['targets'])}", f"rank: {_join(info['rank'])}",
-             f"alpha: {_join(info['alpha'])} (from {info['alpha_source']})", f"scale: {_join(info['scale'])}",
-             f"dtype: {_join(info['dtype'])}"]
+    lines = [
+        f"file: {info['file']}",
+        f"layout: {info['layout']}",
+        f"modules: {info['modules']}",
+        f"targets: {', '.join(info['targets'])}",
+        f"rank: {_join(info['rank'])}",
+        f"alpha: {_join(info['alpha'])} (from {info['alpha_source']})",
+        f"scale: {_join(info['scale'])}",
+        f"dtype: {_join(info['dtype'])}",
+    ]
     if rec:
         lines.append("recorded: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.items())))
     lines.append("strength applied by each loader (1 = as the file means):")
@@ -62,11 +74,15 @@ def _join(values: list, sep: str = ", ") -> str:
 
 @lora_app.command("convert")
 @handle_errors
-def convert(src: LoraFileArg,
-            dst: Annotated[str, typer.Argument(help="Output .safetensors file.", show_default=False)],
-            to: Annotated[str, typer.Option("--to", help=FORMAT_HELP, show_default=False)] = "diffusers",
-            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No logs on stderr.")] = False,
-            json_out: Annotated[bool, typer.Option("--json", help="Print a JSON object for the written file instead of its path.")] = False):
+def convert(
+    src: LoraFileArg,
+    dst: Annotated[str, typer.Argument(help="Output .safetensors file.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help=FORMAT_HELP, show_default=False)] = "diffusers",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No logs on stderr.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON object for the written file instead of its path.")
+    ] = False,
+):
     """Rewrite a LoRA file in another layout, keeping every module's weight change exactly.
 
     Reads diffusers/PEFT files (alpha from their adapter metadata), PEFT adapter folders, and
@@ -80,10 +96,23 @@ def convert(src: LoraFileArg,
     out.stdout_is_binary = dst == "-"
     check_format(to)  # before reading anything
     lora = read_lora(src)
-    record = {"converted_from": lora.layout, **{k: v for k, v in (lora.info.get("llmdit") or {}).items()
-                                                 if k not in ("layout", "converted_from")}}
+    record = {
+        "converted_from": lora.layout,
+        **{k: v for k, v in (lora.info.get("llmdit") or {}).items() if k not in ("layout", "converted_from")},
+    }
     write_lora(lora, dst, to, record)
     out.log(f"{len(lora.pairs)} modules, {lora.layout} -> {to}")
-    out.wrote(dst, "lora", prompt=None, seed=None,
-              settings={"layout": to, "source": str(src), "source_layout": lora.layout, "modules": len(lora.pairs),
-                        "rank": lora.ranks(), **record})
+    out.wrote(
+        dst,
+        "lora",
+        prompt=None,
+        seed=None,
+        settings={
+            "layout": to,
+            "source": str(src),
+            "source_layout": lora.layout,
+            "modules": len(lora.pairs),
+            "rank": lora.ranks(),
+            **record,
+        },
+    )

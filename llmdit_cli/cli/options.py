@@ -1,11 +1,36 @@
 """Options declared once and shared by commands. Every setting defaults to None so that the config
-layering (defaults < config profile < LLMDIT_* env < flags) can tell "not given" from a value."""
+layering (defaults < config profile < LLMDIT_* env < flags) can tell "not given" from a value.
+
+A setting's option is declared with `setting_option(field name, type, flags..., help=...)`: it is
+registered in SETTING_OPTIONS, and `generate` and `img2img` take every registered option."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+
+# Setting field name (`steps`, `slg_layers`, `loras`) -> its option alias, in declaration order.
+SETTING_OPTIONS: dict[str, Any] = {}
+
+
+def setting_option(name: str, kind: Any, *flags: str, **kwargs: Any) -> Any:
+    """The `Annotated` alias of the option for setting `name`, registered in SETTING_OPTIONS."""
+    alias = Annotated[kind, typer.Option(*flags, **kwargs)]
+    SETTING_OPTIONS[name] = alias
+    return alias
+
+
+def flag_of(name: str) -> str:
+    """The option a setting field is given with (`loras` -> `--lora`)."""
+    alias = SETTING_OPTIONS.get(name)
+    if alias is None:
+        return "--" + name.replace("_", "-")
+    info = alias.__metadata__[0]
+    # With Annotated, Typer takes the first flag as the option's `default` slot.
+    first = info.default if isinstance(info.default, str) else info.param_decls[0]
+    return first.split("/")[0]
+
 
 G_MODEL = "Model"
 G_PROMPT = "Prompt formatting"
@@ -16,60 +41,349 @@ G_SLG = "Skip-layer guidance"
 G_DYPE = "DyPE (sizes beyond the training resolution)"
 G_SPEED = "Speed and memory"
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config TOML file (default: the user config dir's config.toml; env LLMDIT_CONFIG).", rich_help_panel=G_CFG)]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Profile (table) of the config file to use (env LLMDIT_PROFILE).", rich_help_panel=G_CFG)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path.", rich_help_panel=G_OUT)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr (errors still show).", rich_help_panel=G_OUT)]
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--config",
+        help="Config TOML file (default: the user config dir's config.toml; env LLMDIT_CONFIG).",
+        rich_help_panel=G_CFG,
+    ),
+]
+ProfileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--profile", help="Profile (table) of the config file to use (env LLMDIT_PROFILE).", rich_help_panel=G_CFG
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path.",
+        rich_help_panel=G_OUT,
+    ),
+]
+QuietOpt = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No logs or progress on stderr (errors still show).", rich_help_panel=G_OUT),
+]
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Hub id, local diffusers folder, or 'demo' (tiny offline model). Default: Tongyi-MAI/Z-Image-Turbo.", rich_help_panel=G_MODEL)]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.", rich_help_panel=G_MODEL)]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps ...", rich_help_panel=G_MODEL)]
-TextEncoderDeviceOpt = Annotated[Optional[str], typer.Option("--text-encoder-device", help="Device for the text encoder (default: --device).", rich_help_panel=G_MODEL)]
-DitDeviceOpt = Annotated[Optional[str], typer.Option("--dit-device", help="Device for the transformer (default: --device).", rich_help_panel=G_MODEL)]
-VaeDeviceOpt = Annotated[Optional[str], typer.Option("--vae-device", help="Device for the VAE (default: --device).", rich_help_panel=G_MODEL)]
-CpuOffloadOpt = Annotated[Optional[str], typer.Option("--cpu-offload", help="none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest). Needs a CUDA GPU.", show_default=False, rich_help_panel=G_SPEED)]
-LoraOpt = Annotated[Optional[list[str]], typer.Option("--lora", help="LoRA file as PATH[:SCALE]; repeat for several. diffusers/PEFT and Kohya/ComfyUI key styles.", rich_help_panel=G_MODEL)]
+ModelOpt = setting_option(
+    "model",
+    Optional[str],
+    "--model",
+    "-m",
+    help="Hub id, local diffusers folder, or 'demo' (tiny offline model). Default: Tongyi-MAI/Z-Image-Turbo.",
+    rich_help_panel=G_MODEL,
+)
+DtypeOpt = setting_option(
+    "dtype",
+    Optional[str],
+    "--dtype",
+    help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.",
+    rich_help_panel=G_MODEL,
+)
+DeviceOpt = setting_option(
+    "device", Optional[str], "--device", help="auto, cpu, cuda, cuda:1, mps ...", rich_help_panel=G_MODEL
+)
+TextEncoderDeviceOpt = setting_option(
+    "text_encoder_device",
+    Optional[str],
+    "--text-encoder-device",
+    help="Device for the text encoder (default: --device).",
+    rich_help_panel=G_MODEL,
+)
+DitDeviceOpt = setting_option(
+    "dit_device",
+    Optional[str],
+    "--dit-device",
+    help="Device for the transformer (default: --device).",
+    rich_help_panel=G_MODEL,
+)
+VaeDeviceOpt = setting_option(
+    "vae_device", Optional[str], "--vae-device", help="Device for the VAE (default: --device).", rich_help_panel=G_MODEL
+)
+CpuOffloadOpt = setting_option(
+    "cpu_offload",
+    Optional[str],
+    "--cpu-offload",
+    help="none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest). Needs a CUDA GPU.",
+    show_default=False,
+    rich_help_panel=G_SPEED,
+)
+LoraOpt = setting_option(
+    "loras",
+    Optional[list[str]],
+    "--lora",
+    help="LoRA file as PATH[:SCALE]; repeat for several. diffusers/PEFT and Kohya/ComfyUI key styles.",
+    rich_help_panel=G_MODEL,
+)
 
-PromptsArg = Annotated[Optional[list[str]], typer.Argument(help="Prompts; '-' reads prompts from stdin, one per line.", show_default=False)]
-FileOpt = Annotated[Optional[str], typer.Option("--file", "-f", help="Read prompts from a file, one per line.", rich_help_panel=G_PROMPT)]
-NegativeOpt = Annotated[Optional[str], typer.Option("--negative-prompt", "-n", help="Negative prompt (used when --guidance-scale > 0).", rich_help_panel=G_PROMPT)]
-SystemPromptOpt = Annotated[Optional[str], typer.Option("--system-prompt", help="System turn put before the prompt.", rich_help_panel=G_PROMPT)]
-ThinkingOpt = Annotated[Optional[str], typer.Option("--thinking-content", help="Text of a <think> block in the assistant turn.", rich_help_panel=G_PROMPT)]
-EnableThinkingOpt = Annotated[Optional[bool], typer.Option("--enable-thinking/--no-enable-thinking", help="Qwen3 thinking switch; --no-enable-thinking adds the empty think block. Default on (= stock diffusers).", show_default=False, rich_help_panel=G_PROMPT)]
-AssistantOpt = Annotated[Optional[str], typer.Option("--assistant-content", help="Text that opens the assistant turn.", rich_help_panel=G_PROMPT)]
-HiddenLayerOpt = Annotated[Optional[int], typer.Option("--hidden-layer", help="Text-encoder hidden state to use (default -2, as stock).", rich_help_panel=G_PROMPT)]
-MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Token limit of the formatted prompt, template included (default 512).", rich_help_panel=G_PROMPT)]
+PromptsArg = Annotated[
+    Optional[list[str]], typer.Argument(help="Prompts; '-' reads prompts from stdin, one per line.", show_default=False)
+]
+FileOpt = Annotated[
+    Optional[str],
+    typer.Option("--file", "-f", help="Read prompts from a file, one per line.", rich_help_panel=G_PROMPT),
+]
+NegativeOpt = setting_option(
+    "negative_prompt",
+    Optional[str],
+    "--negative-prompt",
+    "-n",
+    help="Negative prompt (used when --guidance-scale > 0).",
+    rich_help_panel=G_PROMPT,
+)
+SystemPromptOpt = setting_option(
+    "system_prompt",
+    Optional[str],
+    "--system-prompt",
+    help="System turn put before the prompt.",
+    rich_help_panel=G_PROMPT,
+)
+ThinkingOpt = setting_option(
+    "thinking_content",
+    Optional[str],
+    "--thinking-content",
+    help="Text of a <think> block in the assistant turn.",
+    rich_help_panel=G_PROMPT,
+)
+EnableThinkingOpt = setting_option(
+    "enable_thinking",
+    Optional[bool],
+    "--enable-thinking/--no-enable-thinking",
+    help="Qwen3 thinking switch; --no-enable-thinking adds the empty think block. Default on (= stock diffusers).",
+    show_default=False,
+    rich_help_panel=G_PROMPT,
+)
+AssistantOpt = setting_option(
+    "assistant_content",
+    Optional[str],
+    "--assistant-content",
+    help="Text that opens the assistant turn.",
+    rich_help_panel=G_PROMPT,
+)
+HiddenLayerOpt = setting_option(
+    "hidden_layer",
+    Optional[int],
+    "--hidden-layer",
+    help="Text-encoder hidden state to use (default -2, as stock).",
+    rich_help_panel=G_PROMPT,
+)
+MaxLengthOpt = setting_option(
+    "max_length",
+    Optional[int],
+    "--max-length",
+    help="Token limit of the formatted prompt, template included (default 512).",
+    rich_help_panel=G_PROMPT,
+)
 
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", "-s", help="Denoising steps (model default: 8 for Z-Image-Turbo).", rich_help_panel=G_GEN)]
-ShiftOpt = Annotated[Optional[float], typer.Option("--shift", help="Scheduler shift (model default: 3.0).", rich_help_panel=G_GEN)]
-GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance-scale", "-g", help="CFG scale; 0 turns CFG off (Turbo default 0).", rich_help_panel=G_GEN)]
-CfgNormOpt = Annotated[Optional[float], typer.Option("--cfg-normalization", help="Clamp |guided| to this multiple of |conditional|; 0 = off.", rich_help_panel=G_GEN)]
-CfgTruncOpt = Annotated[Optional[float], typer.Option("--cfg-truncation", help="Turn CFG off once progress (0..1) passes this value; 1 = never.", rich_help_panel=G_GEN)]
-SeedOpt = Annotated[Optional[list[int]], typer.Option("--seed", help="Seed; repeat for several images. Default: a random seed (printed and recorded).", rich_help_panel=G_GEN)]
-NumImagesOpt = Annotated[int, typer.Option("--num-images", min=1, help="Images per prompt, with seeds SEED, SEED+1, ...", rich_help_panel=G_GEN)]
-WidthOpt = Annotated[Optional[int], typer.Option("--width", "-W", help="Width in pixels, a multiple of 16 (model default).", rich_help_panel=G_GEN)]
-HeightOpt = Annotated[Optional[int], typer.Option("--height", "-H", help="Height in pixels, a multiple of 16 (model default).", rich_help_panel=G_GEN)]
-StrengthOpt = Annotated[Optional[float], typer.Option("--strength", help="How much to change the input, 0..1 (default 0.6).", rich_help_panel=G_GEN)]
+StepsOpt = setting_option(
+    "steps",
+    Optional[int],
+    "--steps",
+    "-s",
+    help="Denoising steps (model default: 8 for Z-Image-Turbo).",
+    rich_help_panel=G_GEN,
+)
+ShiftOpt = setting_option(
+    "shift", Optional[float], "--shift", help="Scheduler shift (model default: 3.0).", rich_help_panel=G_GEN
+)
+GuidanceOpt = setting_option(
+    "guidance_scale",
+    Optional[float],
+    "--guidance-scale",
+    "-g",
+    help="CFG scale; 0 turns CFG off (Turbo default 0).",
+    rich_help_panel=G_GEN,
+)
+CfgNormOpt = setting_option(
+    "cfg_normalization",
+    Optional[float],
+    "--cfg-normalization",
+    help="Clamp |guided| to this multiple of |conditional|; 0 = off.",
+    rich_help_panel=G_GEN,
+)
+CfgTruncOpt = setting_option(
+    "cfg_truncation",
+    Optional[float],
+    "--cfg-truncation",
+    help="Turn CFG off once progress (0..1) passes this value; 1 = never.",
+    rich_help_panel=G_GEN,
+)
+SeedOpt = Annotated[
+    Optional[list[int]],
+    typer.Option(
+        "--seed",
+        help="Seed; repeat for several images. Default: a random seed (printed and recorded).",
+        rich_help_panel=G_GEN,
+    ),
+]
+NumImagesOpt = Annotated[
+    int,
+    typer.Option("--num-images", min=1, help="Images per prompt, with seeds SEED, SEED+1, ...", rich_help_panel=G_GEN),
+]
+WidthOpt = setting_option(
+    "width",
+    Optional[int],
+    "--width",
+    "-W",
+    help="Width in pixels, a multiple of 16 (model default).",
+    rich_help_panel=G_GEN,
+)
+HeightOpt = setting_option(
+    "height",
+    Optional[int],
+    "--height",
+    "-H",
+    help="Height in pixels, a multiple of 16 (model default).",
+    rich_help_panel=G_GEN,
+)
+StrengthOpt = setting_option(
+    "strength",
+    Optional[float],
+    "--strength",
+    help="How much to change the input, 0..1 (default 0.6).",
+    rich_help_panel=G_GEN,
+)
 
-OutputOpt = Annotated[Optional[str], typer.Option("--output", "-o", help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.", rich_help_panel=G_OUT)]
-SaveLatentsOpt = Annotated[Optional[str], typer.Option("--save-latents", help="Also write the final latents to this .latents.safetensors file ('-' for stdout).", rich_help_panel=G_OUT)]
-FromEmbedsOpt = Annotated[Optional[str], typer.Option("--from-embeds", help="Use an embeds file from `llmdit encode` ('-' for stdin) instead of prompts.", rich_help_panel=G_PROMPT)]
+OutputOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output",
+        "-o",
+        help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.",
+        rich_help_panel=G_OUT,
+    ),
+]
+SaveLatentsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--save-latents",
+        help="Also write the final latents to this .latents.safetensors file ('-' for stdout).",
+        rich_help_panel=G_OUT,
+    ),
+]
+FromEmbedsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--from-embeds",
+        help="Use an embeds file from `llmdit encode` ('-' for stdin) instead of prompts.",
+        rich_help_panel=G_PROMPT,
+    ),
+]
 
-SlgOpt = Annotated[Optional[bool], typer.Option("--slg/--no-slg", help="Skip-layer guidance with the model family's settings (Z-Image: scale 2.5, layers 7-12, 5%-50% of the steps).", show_default=False, rich_help_panel=G_SLG)]
-SlgScaleOpt = Annotated[Optional[float], typer.Option("--slg-scale", help="SLG strength; 0 = off, > 0 turns SLG on. v += scale * (v_cond - v_skip).", rich_help_panel=G_SLG)]
-SlgLayersOpt = Annotated[Optional[str], typer.Option("--slg-layers", help="Transformer blocks the skip pass leaves out, e.g. 7,8,9 or 7-12 (indices into transformer.layers).", rich_help_panel=G_SLG)]
-SlgStartOpt = Annotated[Optional[float], typer.Option("--slg-start", help="SLG runs from this fraction of the steps (0..1) ...", rich_help_panel=G_SLG)]
-SlgStopOpt = Annotated[Optional[float], typer.Option("--slg-stop", help="... until this fraction (exclusive).", rich_help_panel=G_SLG)]
+SlgOpt = setting_option(
+    "slg",
+    Optional[bool],
+    "--slg/--no-slg",
+    help="Skip-layer guidance with the model family's settings (Z-Image: scale 2.5, layers 7-12, 5%-50% of the steps).",
+    show_default=False,
+    rich_help_panel=G_SLG,
+)
+SlgScaleOpt = setting_option(
+    "slg_scale",
+    Optional[float],
+    "--slg-scale",
+    help="SLG strength; 0 = off, > 0 turns SLG on. v += scale * (v_cond - v_skip).",
+    rich_help_panel=G_SLG,
+)
+SlgLayersOpt = setting_option(
+    "slg_layers",
+    Optional[str],
+    "--slg-layers",
+    help="Transformer blocks the skip pass leaves out, e.g. 7,8,9 or 7-12 (indices into transformer.layers).",
+    rich_help_panel=G_SLG,
+)
+SlgStartOpt = setting_option(
+    "slg_start",
+    Optional[float],
+    "--slg-start",
+    help="SLG runs from this fraction of the steps (0..1) ...",
+    rich_help_panel=G_SLG,
+)
+SlgStopOpt = setting_option(
+    "slg_stop", Optional[float], "--slg-stop", help="... until this fraction (exclusive).", rich_help_panel=G_SLG
+)
 
-DypeOpt = Annotated[Optional[bool], typer.Option("--dype/--no-dype", help="Dynamic position extrapolation for sizes above the training resolution (docs/dype.md).", show_default=False, rich_help_panel=G_DYPE)]
-DypeMethodOpt = Annotated[Optional[str], typer.Option("--dype-method", help="vision_yarn (default; isotropic), yarn (per axis) or ntk.", rich_help_panel=G_DYPE)]
-DypeScaleOpt = Annotated[Optional[float], typer.Option("--dype-scale", help="lambda_s: strength of the sigma modulation (default 2).", rich_help_panel=G_DYPE)]
-DypeExponentOpt = Annotated[Optional[float], typer.Option("--dype-exponent", help="lambda_t: how fast the extrapolation fades as sigma falls (default 2).", rich_help_panel=G_DYPE)]
-DypeStartSigmaOpt = Annotated[Optional[float], typer.Option("--dype-start-sigma", help="Sigma below which the fading starts (default 1 = from the first step).", rich_help_panel=G_DYPE)]
-DypeBaseResOpt = Annotated[Optional[int], typer.Option("--dype-base-resolution", help="Training resolution in pixels (model default: 1024 for Z-Image).", rich_help_panel=G_DYPE)]
+DypeOpt = setting_option(
+    "dype",
+    Optional[bool],
+    "--dype/--no-dype",
+    help="Dynamic position extrapolation for sizes above the training resolution (docs/dype.md).",
+    show_default=False,
+    rich_help_panel=G_DYPE,
+)
+DypeMethodOpt = setting_option(
+    "dype_method",
+    Optional[str],
+    "--dype-method",
+    help="vision_yarn (default; isotropic), yarn (per axis) or ntk.",
+    rich_help_panel=G_DYPE,
+)
+DypeScaleOpt = setting_option(
+    "dype_scale",
+    Optional[float],
+    "--dype-scale",
+    help="lambda_s: strength of the sigma modulation (default 2).",
+    rich_help_panel=G_DYPE,
+)
+DypeExponentOpt = setting_option(
+    "dype_exponent",
+    Optional[float],
+    "--dype-exponent",
+    help="lambda_t: how fast the extrapolation fades as sigma falls (default 2).",
+    rich_help_panel=G_DYPE,
+)
+DypeStartSigmaOpt = setting_option(
+    "dype_start_sigma",
+    Optional[float],
+    "--dype-start-sigma",
+    help="Sigma below which the fading starts (default 1 = from the first step).",
+    rich_help_panel=G_DYPE,
+)
+DypeBaseResOpt = setting_option(
+    "dype_base_resolution",
+    Optional[int],
+    "--dype-base-resolution",
+    help="Training resolution in pixels (model default: 1024 for Z-Image).",
+    rich_help_panel=G_DYPE,
+)
 
-AttentionBackendOpt = Annotated[Optional[str], typer.Option("--attention-backend", help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention dispatch).", rich_help_panel=G_SPEED)]
-CompileOpt = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the transformer's repeated blocks (first image is slower).", show_default=False, rich_help_panel=G_SPEED)]
-VaeTilingOpt = Annotated[Optional[bool], typer.Option("--vae-tiling/--no-vae-tiling", help="Decode (and encode) in overlapping tiles: less memory for large images.", show_default=False, rich_help_panel=G_SPEED)]
-QuantizeOpt = Annotated[Optional[str], typer.Option("--quantize", help="none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer. Needs a CUDA GPU.", rich_help_panel=G_SPEED)]
-TransformerFileOpt = Annotated[Optional[str], typer.Option("--transformer-file", help="Single-file transformer (.safetensors, or .gguf quantized) to use instead of the model folder's.", rich_help_panel=G_SPEED)]
+AttentionBackendOpt = setting_option(
+    "attention_backend",
+    Optional[str],
+    "--attention-backend",
+    help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention dispatch).",
+    rich_help_panel=G_SPEED,
+)
+CompileOpt = setting_option(
+    "compile",
+    Optional[bool],
+    "--compile/--no-compile",
+    help="torch.compile the transformer's repeated blocks (first image is slower).",
+    show_default=False,
+    rich_help_panel=G_SPEED,
+)
+VaeTilingOpt = setting_option(
+    "vae_tiling",
+    Optional[bool],
+    "--vae-tiling/--no-vae-tiling",
+    help="Decode (and encode) in overlapping tiles: less memory for large images.",
+    show_default=False,
+    rich_help_panel=G_SPEED,
+)
+QuantizeOpt = setting_option(
+    "quantize",
+    Optional[str],
+    "--quantize",
+    help="none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer. Needs a CUDA GPU.",
+    rich_help_panel=G_SPEED,
+)
+TransformerFileOpt = setting_option(
+    "transformer_file",
+    Optional[str],
+    "--transformer-file",
+    help="Single-file transformer (.safetensors, or .gguf quantized) to use instead of the model folder's.",
+    rich_help_panel=G_SPEED,
+)

@@ -6,6 +6,12 @@ import sys
 from contextlib import contextmanager
 
 
+def _flags(message: str) -> str:
+    from llmdit_cli.cli.errors import in_flags
+
+    return in_flags(message) if "\x1f" in message else message
+
+
 class Output:
     """`json=True`: each written file is reported as one JSON object (a line) instead of its path."""
 
@@ -45,11 +51,12 @@ class Output:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(_flags(message), markup=False)
 
     def hint(self, message: str) -> None:
+        """A hint from the CLI or the library; settings the library names by key show as flags."""
         if not self.quiet:
-            self.console.print(f"hint: {message}", style="dim", markup=False)
+            self.console.print(f"hint: {_flags(message)}", style="dim", markup=False)
 
     @contextmanager
     def progress(self, description: str, total: int):
@@ -57,11 +64,23 @@ class Output:
         if self.quiet:
             yield lambda done, total_, info="": None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console,
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+        ) as bar:
             task = bar.add_task(description, total=total, info="")
             yield lambda done, total_, info="": bar.update(task, completed=done, total=total_, info=info)
 

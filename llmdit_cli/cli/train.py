@@ -1,7 +1,15 @@
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
+import typer
+
 from llmdit_cli.cli.errors import handle_errors
-from llmdit_cli.cli.options import *  # noqa: F403 - the shared option aliases
+from llmdit_cli.cli.options import (
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+)
 from llmdit_cli.cli.output import Output
 
 G_TRAIN = "Training (override the recipe)"
@@ -11,36 +19,115 @@ def _opt(*names: str, help: str):
     return typer.Option(*names, help=help, rich_help_panel=G_TRAIN)
 
 
-RecipeArg = Annotated[Optional[str], typer.Argument(help="Recipe TOML (see recipes/); flags override it.", show_default=False)]
+RecipeArg = Annotated[
+    Optional[str], typer.Argument(help="Recipe TOML (see recipes/); flags override it.", show_default=False)
+]
 
 # flag name -> recipe key, for every override flag below
 OVERRIDES = {
-    "model": "model", "dataset": "data.path", "method": "method", "resolution": "data.resolution",
-    "caption_dropout": "data.caption_dropout", "cache_dir": "data.cache_dir",
-    "rank": "lora.rank", "alpha": "lora.alpha", "targets": "lora.targets",
-    "optimizer": "optim.optimizer", "lr": "optim.lr", "schedule": "optim.schedule",
-    "warmup_steps": "optim.warmup_steps", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
-    "max_steps": "train.max_steps", "epochs": "train.epochs", "mixed_precision": "train.mixed_precision",
-    "gradient_checkpointing": "train.gradient_checkpointing", "seed": "train.seed",
-    "timestep_sampling": "train.timestep_sampling", "output": "output.dir",
-    "checkpoint_every": "output.checkpoint_every", "validate_every": "validation.every",
-    "validation_prompt": "validation.prompts", "tensorboard": "output.tensorboard",
+    "model": "model",
+    "dataset": "data.path",
+    "method": "method",
+    "resolution": "data.resolution",
+    "caption_dropout": "data.caption_dropout",
+    "cache_dir": "data.cache_dir",
+    "rank": "lora.rank",
+    "alpha": "lora.alpha",
+    "targets": "lora.targets",
+    "optimizer": "optim.optimizer",
+    "lr": "optim.lr",
+    "schedule": "optim.schedule",
+    "warmup_steps": "optim.warmup_steps",
+    "batch_size": "train.batch_size",
+    "grad_accum": "train.grad_accum",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "mixed_precision": "train.mixed_precision",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "seed": "train.seed",
+    "timestep_sampling": "train.timestep_sampling",
+    "output": "output.dir",
+    "checkpoint_every": "output.checkpoint_every",
+    "validate_every": "validation.every",
+    "validation_prompt": "validation.prompts",
+    "tensorboard": "output.tensorboard",
     "assistant_lora": "assistant_lora",
 }
 
 
+def _runs_with_overrides(body):
+    """Give the decorated declaration (signature and docstring: the command's --help) a body:
+    `body(overrides, **rest)`, where `overrides` are the OVERRIDES flags as recipe keys."""
+
+    def decorate(declaration):
+        import functools
+        import inspect
+
+        @functools.wraps(declaration)
+        def command(*args, **kwargs):
+            bound = inspect.signature(declaration).bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = dict(bound.arguments)
+            overrides = {key: values.pop(flag) for flag, key in OVERRIDES.items()}
+            return body(overrides, **values)
+
+        return command
+
+    return decorate
+
+
+def _train(overrides: dict, recipe, resume: bool, cache_only: bool, stop_at, quiet: bool, json_out: bool) -> None:
+    from pathlib import Path
+
+    from llmdit_cli.train.loop import Run
+    from llmdit_cli.train.loop import train as run_training
+    from llmdit_cli.train.recipe import load_recipe
+
+    out = Output(quiet, json_out)
+    r = load_recipe(recipe, overrides)
+    run = Run(r, Path(r.output.dir), out.log, _progress(out))
+    result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
+    kind = (
+        "lora"
+        if result.suffix == ".safetensors"
+        else "cache"
+        if cache_only
+        else "model"
+        if (result / "model_index.json").is_file()
+        else "checkpoint"
+    )
+    out.wrote(str(result), kind, prompt=None, seed=r.train.seed, settings=r.model_dump(mode="json"))
+
+
 @handle_errors
+@_runs_with_overrides(_train)
 def train(
     recipe: RecipeArg = None,
     model: ModelOpt = None,
-    dataset: Annotated[Optional[str], _opt("--dataset", help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME.")] = None,
+    dataset: Annotated[
+        Optional[str], _opt("--dataset", help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME.")
+    ] = None,
     method: Annotated[Optional[str], _opt("--method", help="lora or full.")] = None,
-    resolution: Annotated[Optional[int], _opt("--resolution", help="Training resolution (bucket area = resolution^2).")] = None,
-    caption_dropout: Annotated[Optional[float], _opt("--caption-dropout", help="Fraction of examples trained on the empty caption.")] = None,
-    cache_dir: Annotated[Optional[str], _opt("--cache-dir", help="Folder for cached embeds/latents stage files.")] = None,
+    resolution: Annotated[
+        Optional[int], _opt("--resolution", help="Training resolution (bucket area = resolution^2).")
+    ] = None,
+    caption_dropout: Annotated[
+        Optional[float], _opt("--caption-dropout", help="Fraction of examples trained on the empty caption.")
+    ] = None,
+    cache_dir: Annotated[
+        Optional[str], _opt("--cache-dir", help="Folder for cached embeds/latents stage files.")
+    ] = None,
     rank: Annotated[Optional[int], _opt("--rank", help="LoRA rank (default 32).")] = None,
-    alpha: Annotated[Optional[float], _opt("--alpha", help="LoRA alpha; the update is scaled by alpha/rank while training (default: the rank, i.e. scale 1). The written file has that scale folded in, so every loader applies it.")] = None,
-    targets: Annotated[Optional[list[str]], _opt("--target", help="LoRA target module name; repeat (default: attention projections).")] = None,
+    alpha: Annotated[
+        Optional[float],
+        _opt(
+            "--alpha",
+            help="LoRA alpha; the update is scaled by alpha/rank while training (default: the rank, i.e. scale 1). The written file has that scale folded in, so every loader applies it.",
+        ),
+    ] = None,
+    targets: Annotated[
+        Optional[list[str]], _opt("--target", help="LoRA target module name; repeat (default: attention projections).")
+    ] = None,
     optimizer: Annotated[Optional[str], _opt("--optimizer", help="adamw or adamw8bit (bitsandbytes).")] = None,
     lr: Annotated[Optional[float], _opt("--lr", help="Peak learning rate.")] = None,
     schedule: Annotated[Optional[str], _opt("--schedule", help="constant, linear or cosine.")] = None,
@@ -50,18 +137,40 @@ def train(
     max_steps: Annotated[Optional[int], _opt("--max-steps", help="Optimiser steps.")] = None,
     epochs: Annotated[Optional[int], _opt("--epochs", help="Epochs (when --max-steps is not set).")] = None,
     mixed_precision: Annotated[Optional[str], _opt("--mixed-precision", help="no, fp16 or bf16.")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory.")] = None,
+    gradient_checkpointing: Annotated[
+        Optional[bool],
+        _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."),
+    ] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of data order, noise and timesteps.")] = None,
-    timestep_sampling: Annotated[Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted.")] = None,
+    timestep_sampling: Annotated[
+        Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted.")
+    ] = None,
     output: Annotated[Optional[str], _opt("--output", "-o", help="Run folder (checkpoints, result, logs).")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("--checkpoint-every", help="Steps between checkpoints.")] = None,
     validate_every: Annotated[Optional[int], _opt("--validate-every", help="Steps between validation images.")] = None,
-    validation_prompt: Annotated[Optional[list[str]], _opt("--validation-prompt", help="Prompt for validation images; repeat.")] = None,
-    tensorboard: Annotated[Optional[bool], _opt("--tensorboard/--no-tensorboard", help="Log loss and lr to TensorBoard.")] = None,
-    assistant_lora: Annotated[Optional[str], _opt("--assistant-lora", help="Training-adapter LoRA merged while training and left out of the result (for distilled models).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
+    validation_prompt: Annotated[
+        Optional[list[str]], _opt("--validation-prompt", help="Prompt for validation images; repeat.")
+    ] = None,
+    tensorboard: Annotated[
+        Optional[bool], _opt("--tensorboard/--no-tensorboard", help="Log loss and lr to TensorBoard.")
+    ] = None,
+    assistant_lora: Annotated[
+        Optional[str],
+        _opt(
+            "--assistant-lora",
+            help="Training-adapter LoRA merged while training and left out of the result (for distilled models).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")
+    ] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the embeds/latents cache and stop.")] = False,
-    stop_at: Annotated[Optional[int], typer.Option("--stop-at", help="Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume.")] = None,
+    stop_at: Annotated[
+        Optional[int],
+        typer.Option(
+            "--stop-at", help="Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
@@ -74,20 +183,6 @@ def train(
 
     Example: llmdit train recipes/demo-shapes.toml --max-steps 50 -o runs/quick
     """
-    from pathlib import Path
-
-    from llmdit_cli.train.loop import Run
-    from llmdit_cli.train.loop import train as run_training
-    from llmdit_cli.train.recipe import load_recipe
-
-    out = Output(quiet, json_out)
-    values = dict(locals())
-    r = load_recipe(recipe, {key: values[flag] for flag, key in OVERRIDES.items()})
-    run = Run(r, Path(r.output.dir), out.log, _progress(out))
-    result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
-    kind = "lora" if result.suffix == ".safetensors" else "cache" if cache_only else "model" if (
-        result / "model_index.json").is_file() else "checkpoint"
-    out.wrote(str(result), kind, prompt=None, seed=r.train.seed, settings=r.model_dump(mode="json"))
 
 
 def _progress(out: Output):
@@ -99,6 +194,7 @@ def _progress(out: Output):
 
         start = {"t": time.perf_counter(), "step": None}
         with out.progress(description, total) as advance:
+
             def update(step: int, loss: float | None = None, lr: float | None = None):
                 if start["step"] is None:
                     start["step"] = step
@@ -109,6 +205,7 @@ def _progress(out: Output):
                 advance(step, total, f"loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} steps/s")
                 if step % max(1, total // 10) == 0:
                     out.log(f"step {step}/{total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} steps/s")
+
             yield update
 
     return progress

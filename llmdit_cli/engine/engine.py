@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from llmdit_cli import workflows as wf
 from llmdit_cli.config import Resolved
-from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, GenerateRequest, Generated
-from llmdit_cli.errors import InputError, UsageError
+from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, Generated, GenerateRequest
+from llmdit_cli.errors import InputError, UsageError, setting
 
 
 class Reporter(Protocol):
@@ -44,7 +44,8 @@ class Silent:
 
 
 def model_key(r: Resolved) -> tuple:
-    return (r["model"], tuple(r["loras"]), tuple(str(r[f]) for f in wf.PLACEMENT_FIELDS))
+    s = r.settings
+    return (s.model, tuple(s.lora.loras), tuple(str(v) for v in s.optimization.model_dump().values()))
 
 
 class Engine:
@@ -82,12 +83,9 @@ class Engine:
     def encode(self, req: EncodeRequest, report: Reporter | None = None):
         """Prompt embeddings (`workflows.Embeds`) for the request's prompts."""
         report = report or Silent()
-        r = req.settings
-        if r["max_length"] < 1:
-            raise UsageError(f"--max-length {r['max_length']}: must be at least 1")
-        handle, lock = self.model(r)
+        handle, lock = self.model(req.settings)
         with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
-            return wf.encode(handle, list(req.prompts), r["negative_prompt"], r, with_negative=req.with_negative)
+            return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative)
 
     # -- generate ----------------------------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class Engine:
         elif req.init is not None:
             r.set_default("height", req.init.height // 16 * 16, "input image")
             r.set_default("width", req.init.width // 16 * 16, "input image")
-        wf.fill_family_defaults(r, handle.family)
+        wf.fill_family_defaults(r, handle.defaults(), handle.variant)
         wf.check_generation(r)
         wf.check_guidance(r, handle, report)
         req.prepared = True
@@ -121,15 +119,19 @@ class Engine:
         report = report or Silent()
         self.prepare(req, report)
         r = req.settings
+        cfg = r.settings.generation.guidance_scale > 0
         handle, lock = self.model(r)
         with lock:
             e = req.embeds
             if e is None:
                 with report.status(f"encoding {len(req.prompts)} prompt(s)"):
-                    e = wf.encode(handle, req.prompts, r["negative_prompt"], r, with_negative=r["guidance_scale"] > 0)
+                    e = wf.encode(handle, req.prompts, r, with_negative=cfg)
             wf.check_embeds_fit(e, handle, report)
-            if r["guidance_scale"] > 0 and len(e.uncond) != len(e.cond):
-                raise UsageError(f"{e.source}: --guidance-scale > 0 needs negative embeddings, and this file has none")
+            if cfg and len(e.uncond) != len(e.cond):
+                raise UsageError(
+                    f"{e.source}: {setting('generation.guidance_scale')} > 0 needs negative embeddings, "
+                    f"and this file has none"
+                )
             start = self._start_latents(req, handle)
             jobs = wf.plan_jobs(e, req.seeds, r, handle, req.mode)
             with handle.using_transformer(transformer):
@@ -147,15 +149,17 @@ class Engine:
         name = req.init_source or "latents"
         channels = handle.component_config("transformer").get("in_channels")
         if init.ndim != 4 or init.shape[1] != channels:
-            raise InputError(f"{name}: latents of shape {list(init.shape)} do not fit this transformer "
-                             f"({channels} channels)")
+            raise InputError(
+                f"{name}: latents of shape {list(init.shape)} do not fit this transformer ({channels} channels)"
+            )
         if init.shape[0] != 1:
             raise InputError(f"{name}: holds {init.shape[0]} latents; img2img takes one")
-        f = handle.vae_scale_factor()
-        expected = (r["height"] // f, r["width"] // f)
-        if tuple(init.shape[-2:]) != expected:
-            raise InputError(f"{name}: latents are {init.shape[-1] * f}x{init.shape[-2] * f}, "
-                             f"but --width/--height ask for {r['width']}x{r['height']}")
+        f, g = handle.vae_scale_factor(), r.settings.generation
+        if tuple(init.shape[-2:]) != (g.height // f, g.width // f):
+            raise InputError(
+                f"{name}: latents are {init.shape[-1] * f}x{init.shape[-2] * f}, but "
+                f"{setting('generation.width')}/{setting('generation.height')} ask for {g.width}x{g.height}"
+            )
         return init
 
     # -- decode ------------------------------------------------------------------------------------
@@ -169,16 +173,16 @@ class Engine:
             raise InputError(f"{req.source}: no 4-D 'latents' tensor in the file")
         channels = handle.component_config("vae").get("latent_channels")
         if lat.shape[1] != channels:
-            raise InputError(f"{req.source}: latents have {lat.shape[1]} channels, the VAE of --model "
-                             f"{handle.ref} takes {channels}")
+            raise InputError(
+                f"{req.source}: latents have {lat.shape[1]} channels, the VAE of {setting('model')} "
+                f"{handle.ref} takes {channels}"
+            )
         with lock:
             with report.status(f"decoding with {handle.ref}"):
                 handle.pipeline("vae")
-            return self._decode_all(handle, [lat[i:i + 1] for i in range(lat.shape[0])])
+            return self._decode_all(handle, [lat[i : i + 1] for i in range(lat.shape[0])])
 
     @staticmethod
     def _decode_all(handle, latents: list) -> list:
-        from llmdit_cli.stages.vae import decode_latents
-
-        vae = handle.pipeline("vae")
-        return [decode_latents(vae, lat)[0] for lat in latents]
+        pipe = handle.pipeline("vae")
+        return [handle.code.decode_latents(pipe, lat)[0] for lat in latents]

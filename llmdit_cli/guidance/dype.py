@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from diffusers.hooks import HookRegistry, ModelHook
 
-from llmdit_cli.errors import UsageError
+from llmdit_cli.errors import UsageError, setting
 
 HOOK_NAME = "llmdit_dype"
 METHODS = ("yarn", "ntk", "vision_yarn")
@@ -44,27 +44,27 @@ RAMP_ALPHA, RAMP_BETA = 1.0, 32.0
 
 @dataclass
 class DyPEConfig:
-    base_tokens: int                 # tokens per side at the base resolution
+    base_tokens: int  # tokens per side at the base resolution
     method: str = "vision_yarn"
-    scale: float = 2.0               # dype_scale, lambda_s
-    exponent: float = 2.0            # dype_exponent, lambda_t
+    scale: float = 2.0  # dype_scale, lambda_s
+    exponent: float = 2.0  # dype_exponent, lambda_t
     start_sigma: float = 1.0
 
 
 def check_dype(config: DyPEConfig) -> None:
     if config.method not in METHODS:
-        raise UsageError(f"--dype-method {config.method}: use one of {', '.join(METHODS)}")
+        raise UsageError(f"{setting('dype.method')} {config.method}: use one of {', '.join(METHODS)}")
     if config.base_tokens < 1:
-        raise UsageError("--dype-base-resolution: must be at least one patch")
+        raise UsageError(f"{setting('dype.base_resolution')}: must be at least one patch")
     if config.scale < 0 or config.exponent < 0:
-        raise UsageError("--dype-scale and --dype-exponent: must be >= 0")
+        raise UsageError(f"{setting('dype.scale')} and {setting('dype.exponent')}: must be >= 0")
     if not 0.0 < config.start_sigma <= 1.0:
-        raise UsageError(f"--dype-start-sigma {config.start_sigma}: must be in (0, 1]")
+        raise UsageError(f"{setting('dype.start_sigma')} {config.start_sigma}: must be in (0, 1]")
 
 
 def kappa(config: DyPEConfig, sigma: float) -> float:
     tau = min(max(sigma / config.start_sigma, 0.0), 1.0)
-    return config.scale * tau ** config.exponent
+    return config.scale * tau**config.exponent
 
 
 def axis_scales(config: DyPEConfig, grid: tuple[int, int]) -> tuple[float, float]:
@@ -80,7 +80,7 @@ def scaled_frequencies(method: str, dim: int, theta: float, base_len: int, s: fl
     import torch
 
     exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    base = 1.0 / theta ** exponents
+    base = 1.0 / theta**exponents
     ntk = 1.0 / (theta * s ** (dim / (dim - 2) if dim > 2 else 1.0)) ** exponents
     if method == "ntk":
         return ntk, 1.0
@@ -106,7 +106,7 @@ class DyPERope:
 
     def effective_scales(self) -> tuple[float, float]:
         k = min(kappa(self.config, self.state.sigma), 1.0)
-        return tuple(s ** k for s in axis_scales(self.config, self.state.grid))
+        return tuple(s**k for s in axis_scales(self.config, self.state.grid))
 
     def __call__(self, ids):
         import torch
@@ -120,10 +120,11 @@ class DyPERope:
         for axis, s in zip((1, 2), scales):
             half = self.stock.axes_dims[axis] // 2
             if s <= 1.0:
-                parts.append(stock[:, offset:offset + half])
+                parts.append(stock[:, offset : offset + half])
             else:
-                freqs, magnitude = scaled_frequencies(self.config.method, self.stock.axes_dims[axis],
-                                                      self.stock.theta, self.config.base_tokens, s)
+                freqs, magnitude = scaled_frequencies(
+                    self.config.method, self.stock.axes_dims[axis], self.stock.theta, self.config.base_tokens, s
+                )
                 angles = torch.outer(ids[:, axis].to(torch.float64).cpu(), freqs).float()
                 rot = torch.polar(torch.full_like(angles, magnitude), angles).to(stock.dtype)
                 parts.append(rot.to(stock.device))

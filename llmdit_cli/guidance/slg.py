@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from diffusers.hooks import HookRegistry, ModelHook
 
-from llmdit_cli.errors import UsageError
+from llmdit_cli.errors import UsageError, setting
 
 HOOK_NAME = "llmdit_skip_layer"
 
@@ -45,17 +45,21 @@ class SLGConfig:
 def check_slg(config: SLGConfig, n_layers: int) -> None:
     """Refuse settings that cannot run, naming the flag."""
     if config.scale < 0:
-        raise UsageError(f"--slg-scale {config.scale}: must be 0 (off) or positive")
+        raise UsageError(f"{setting('slg.scale')} {config.scale}: must be 0 (off) or positive")
     if not 0.0 <= config.start <= config.stop <= 1.0:
-        raise UsageError(f"--slg-start {config.start} / --slg-stop {config.stop}: need 0 <= start <= stop <= 1")
+        raise UsageError(
+            f"{setting('slg.start')} {config.start} / {setting('slg.stop')} {config.stop}: need 0 <= start <= stop <= 1"
+        )
     if config.scale == 0:
         return  # off: the family's layer list need not fit this model
     if not config.layers:
-        raise UsageError("--slg-scale > 0 needs --slg-layers (indices of transformer blocks)")
+        raise UsageError(f"{setting('slg.scale')} > 0 needs {setting('slg.layers')} (indices of transformer blocks)")
     bad = [i for i in config.layers if not 0 <= i < n_layers]
     if bad:
-        raise UsageError(f"--slg-layers {','.join(map(str, bad))}: the transformer has {n_layers} layers "
-                         f"(indices 0-{n_layers - 1})")
+        raise UsageError(
+            f"{setting('slg.layers')} {','.join(map(str, bad))}: the transformer has {n_layers} layers "
+            f"(indices 0-{n_layers - 1})"
+        )
 
 
 class _Switch:

@@ -14,11 +14,12 @@ The DiT output is negated because Z-Image predicts `x0 - noise` while the schedu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from llmdit_cli.errors import UsageError
+from llmdit_cli.errors import UsageError, setting
 from llmdit_cli.stages import run_device
 
 if TYPE_CHECKING:
@@ -44,12 +45,17 @@ def make_scheduler(base_scheduler, shift: float | None):
 
 
 def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
-    from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
     import torch
+    from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
 
     cfg = scheduler.config
-    mu = calculate_shift(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    mu = calculate_shift(
+        image_seq_len,
+        cfg.get("base_image_seq_len", 256),
+        cfg.get("max_image_seq_len", 4096),
+        cfg.get("base_shift", 0.5),
+        cfg.get("max_shift", 1.15),
+    )
     sigmas = torch.linspace(1.0, 1 / steps, steps).tolist()
     scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
     return scheduler.timesteps
@@ -70,8 +76,17 @@ def _forward(transformer, x, timestep, embeds: list) -> list:
     return transformer(list(x.unsqueeze(2).unbind(dim=0)), timestep, embeds, return_dict=False)[0]
 
 
-def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, scale: float,
-                    normalization: float, slg_scale: float = 0.0, skipper=None):
+def guided_velocity(
+    transformer,
+    latents,
+    timestep,
+    cond: list,
+    uncond: list,
+    scale: float,
+    normalization: float,
+    slg_scale: float = 0.0,
+    skipper=None,
+):
     """The DiT prediction for the batch, with CFG when `scale > 0` and SLG when `skipper` is given."""
     import torch
 
@@ -102,8 +117,17 @@ def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, sc
     return torch.stack(preds, dim=0)
 
 
-def run_loop(transformer, scheduler, timesteps, latents, cond: list, uncond: list, p: DenoiseParams,
-             on_step: Callable[[int, int], None] | None = None, first_step: int = 0):
+def run_loop(
+    transformer,
+    scheduler,
+    timesteps,
+    latents,
+    cond: list,
+    uncond: list,
+    p: DenoiseParams,
+    on_step: Callable[[int, int], None] | None = None,
+    first_step: int = 0,
+):
     """Denoise over `timesteps`; `first_step` is where they start in the full `p.steps` schedule
     (img2img), so the SLG window keeps its place in the schedule."""
     import torch
@@ -113,7 +137,7 @@ def run_loop(transformer, scheduler, timesteps, latents, cond: list, uncond: lis
 
     use_cfg = p.guidance_scale > 0
     if use_cfg and len(uncond) != len(cond):
-        raise UsageError("--guidance-scale > 0 needs negative embeddings for every prompt")
+        raise UsageError(f"{setting('generation.guidance_scale')} > 0 needs negative embeddings for every prompt")
     patch = transformer.config.all_patch_size[0]
     grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
     # Hooks come off in reverse order however the loop ends (error, Ctrl-C), so the next run is clean.
@@ -128,17 +152,24 @@ def run_loop(transformer, scheduler, timesteps, latents, cond: list, uncond: lis
                 if float((1000 - t.float()) / 1000) > p.cfg_truncation:
                     scale = 0.0
             in_window = skipper is not None and p.slg.active_at(first_step + i, p.steps)
-            v = guided_velocity(transformer, latents, timestep, cond, uncond if scale > 0 else [], scale,
-                                p.cfg_normalization, p.slg.scale if in_window else 0.0,
-                                skipper if in_window else None)
+            v = guided_velocity(
+                transformer,
+                latents,
+                timestep,
+                cond,
+                uncond if scale > 0 else [],
+                scale,
+                p.cfg_normalization,
+                p.slg.scale if in_window else 0.0,
+                skipper if in_window else None,
+            )
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
             if on_step:
                 on_step(i + 1, len(timesteps))
     return latents
 
 
-def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width: int, generator,
-            on_step=None):
+def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width: int, generator, on_step=None):
     """Denoise from seeded noise; returns finished latents `[B, 16, h, w]` (float32)."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
@@ -152,23 +183,24 @@ def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width
     return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step)
 
 
-def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, strength: float,
-            generator, on_step=None):
+def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, strength: float, generator, on_step=None):
     """Noise `image_latents` to the level `strength` and denoise from there, as ZImageImg2ImgPipeline."""
     from diffusers.utils.torch_utils import randn_tensor
 
     if not 0.0 <= strength <= 1.0:
-        raise UsageError(f"--strength {strength}: must be in [0, 1]")
+        raise UsageError(f"{setting('generation.strength')} {strength}: must be in [0, 1]")
     device = transformer_device(pipe)
     shape = tuple(image_latents.shape)
     scheduler = make_scheduler(pipe.scheduler, p.shift)
     timesteps = set_timesteps(scheduler, p.steps, (shape[2] // 2) * (shape[3] // 2), device)
     init = min(p.steps * strength, p.steps)
     start = int(max(p.steps - init, 0))
-    timesteps = timesteps[start * scheduler.order:]
+    timesteps = timesteps[start * scheduler.order :]
     scheduler.set_begin_index(start * scheduler.order)
     if len(timesteps) < 1:
-        raise UsageError(f"--strength {strength} with --steps {p.steps} leaves no denoising step; raise either")
+        raise UsageError(
+            f"{setting('generation.strength')} {strength} with {setting('generation.steps')} {p.steps} leaves no denoising step; raise either"
+        )
     noise = randn_tensor(shape, generator=generator, device=device, dtype=cond[0].dtype)
     latents = scheduler.scale_noise(image_latents.to(device), timesteps[:1].repeat(shape[0]), noise)
     return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step, start)

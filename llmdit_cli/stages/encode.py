@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmdit_cli.errors import UsageError
+from llmdit_cli.errors import UsageError, setting
 
 
 @dataclass
@@ -13,17 +13,19 @@ class Encoded:
     token_counts: list[int]
 
 
-def encode_texts(tokenizer, text_encoder, texts: list[str], hidden_layer: int = -2,
-                 max_length: int = 512, device=None) -> Encoded:
+def encode_texts(
+    tokenizer, text_encoder, texts: list[str], hidden_layer: int = -2, max_length: int = 512, device=None
+) -> Encoded:
     """Encode already-formatted chat texts the way `ZImagePipeline._encode_prompt` does."""
     import torch
 
     n_states = text_encoder.config.num_hidden_layers + 1
     if not -n_states <= hidden_layer < n_states:
-        raise UsageError(f"--hidden-layer {hidden_layer}: the text encoder has {n_states} hidden states "
-                         f"(valid: {-n_states}..{n_states - 1})")
-    inputs = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True,
-                       return_tensors="pt")
+        raise UsageError(
+            f"{setting('encoder.hidden_layer')} {hidden_layer}: the text encoder has {n_states} hidden states "
+            f"(valid: {-n_states}..{n_states - 1})"
+        )
+    inputs = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     device = device or text_encoder.device
     ids = inputs.input_ids.to(device)
     mask = inputs.attention_mask.to(device).bool()

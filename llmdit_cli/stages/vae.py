@@ -21,7 +21,17 @@ def encode_image(pipe, image, generator, height: int | None = None, width: int |
     pixels = pixels.to(device=run_device(pipe, vae), dtype=torch.float32)
     with torch.no_grad():
         z = retrieve_latents(vae.encode(pixels.to(vae.dtype)), generator=generator)
+    return normalise(vae, z)
+
+
+def normalise(vae, z):
+    """VAE latents -> the normalised latents the transformer works in (and stage files hold)."""
     return ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
+
+
+def denormalise(vae, latents, device):
+    """The inverse of `normalise`, in the VAE's dtype on `device`, ready to decode."""
+    return latents.to(device=device, dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
 
 
 def decode_latents(pipe, latents) -> list:
@@ -29,7 +39,7 @@ def decode_latents(pipe, latents) -> list:
     import torch
 
     vae = pipe.vae
-    z = latents.to(device=run_device(pipe, vae), dtype=vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    z = denormalise(vae, latents, run_device(pipe, vae))
     with torch.no_grad():
         pixels = vae.decode(z, return_dict=False)[0]
     return image_processor(pipe).postprocess(pixels, output_type="pil")

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from llmdit_cli.artifacts import read_stage, split_embeds, write_stage
+from llmdit_cli.artifacts import read_stage, split_embeds, write_embeds_file, write_latents_file
+from llmdit_cli.config import EncoderSettings
 from llmdit_cli.prompts import ChatFormat
 from llmdit_cli.train.data import Item, cache_key, fit_image, pick_bucket, to_tensor
 
-HIDDEN_LAYER = -2
-MAX_LENGTH = 512
+# The stock encoding (the defaults of every command), which validation images and users share.
+HIDDEN_LAYER = EncoderSettings().hidden_layer
+MAX_LENGTH = EncoderSettings().max_length
 ENCODE_BATCH = 16
 
 
@@ -39,19 +41,26 @@ def encode_captions(handle, captions: list[str], cache: Path, log) -> dict[str, 
         log(f"encoding {len(todo)} caption(s) into {cache / 'embeds'}")
         pipe = handle.pipeline("tokenizer", "text_encoder")
         for start in range(0, len(todo), ENCODE_BATCH):
-            chunk = todo[start:start + ENCODE_BATCH]
+            chunk = todo[start : start + ENCODE_BATCH]
             texts = [fmt.format(c) for c in chunk]
             enc = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, HIDDEN_LAYER, MAX_LENGTH)
             for caption, text, emb, n in zip(chunk, texts, enc.embeds, enc.token_counts):
-                write_stage(str(paths[caption]), "embeds", {"prompt_embeds.0": emb},
-                            {**identity, "hidden_size": emb.shape[-1], "hidden_layer": HIDDEN_LAYER},
-                            {"prompts": [caption], "formatted": [text], "token_counts": [n]})
+                write_embeds_file(
+                    str(paths[caption]),
+                    [emb],
+                    [],
+                    identity,
+                    HIDDEN_LAYER,
+                    {"prompts": [caption], "formatted": [text], "token_counts": [n]},
+                )
     return paths
 
 
 def encode_images(handle, items: list[Item], resolution: int, buckets: bool, cache: Path, log) -> list[tuple]:
     """Cached latents file for each item: (path, (w, h))."""
     import torch
+
+    from llmdit_cli.stages.vae import normalise
 
     identity = handle.identity("vae")
     multiple = handle.vae_scale_factor() * 2
@@ -70,10 +79,10 @@ def encode_images(handle, items: list[Item], resolution: int, buckets: bool, cac
             pixels = to_tensor(fit_image(img, size)).unsqueeze(0).to(vae.device, vae.dtype)
             with torch.no_grad():
                 z = vae.encode(pixels).latent_dist.mode()
-            z = ((z - vae.config.shift_factor) * vae.config.scaling_factor).float()
-            write_stage(str(path), "latents", {"latents": z},
-                        {**identity, "width": size[0], "height": size[1], "sigma": 0, "channels": z.shape[1],
-                         "count": 1}, {"source": item.source, "caption": item.caption})
+            z = normalise(vae, z)
+            write_latents_file(
+                str(path), z, identity, size[1], size[0], {"source": item.source, "caption": item.caption}
+            )
     return results
 
 

@@ -145,8 +145,9 @@ def fit_image(img, size: tuple[int, int]):
 
     w, h = size
     scale = max(w / img.width, h / img.height)
-    resized = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))),
-                         Image.Resampling.LANCZOS)
+    resized = img.resize(
+        (max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.LANCZOS
+    )
     left, top = (resized.width - w) // 2, (resized.height - h) // 2
     return resized.crop((left, top, left + w, top + h))
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from llmdit_cli.train.shapes import COLOURS, SHAPES, caption, combos, held_out
 
+
 def classify(img) -> tuple[str, str | None, str | None]:
     """(background colour, shape colour, shape kind) read from an image.
 
@@ -26,7 +27,7 @@ def classify(img) -> tuple[str, str | None, str | None]:
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     bg = Counter(border.tolist()).most_common(1)[0][0]
     h, w = labels.shape
-    middle = labels[h // 4: h - h // 4, w // 4: w - w // 4]
+    middle = labels[h // 4 : h - h // 4, w // 4 : w - w // 4]
     inside = middle[middle != bg]
     if inside.size < 4:
         return names[bg], None, None
@@ -37,7 +38,7 @@ def classify(img) -> tuple[str, str | None, str | None]:
     rows, cols = np.where(mask.sum(1) >= 2)[0], np.where(mask.sum(0) >= 2)[0]
     if rows.size == 0 or cols.size == 0:
         return names[bg], names[colour], None
-    box = mask[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     ious = {kind: (box & t).sum() / max((box | t).sum(), 1) for kind, t in templates(*box.shape).items()}
     return names[bg], names[colour], max(ious, key=ious.get)
 
@@ -62,8 +63,10 @@ class Scores:
     shape: float
 
     def line(self) -> str:
-        return (f"{self.n} images: background colour {self.background:.0%}, shape colour {self.colour:.0%}, "
-                f"shape kind {self.shape:.0%}")
+        return (
+            f"{self.n} images: background colour {self.background:.0%}, shape colour {self.colour:.0%}, "
+            f"shape kind {self.shape:.0%}"
+        )
 
 
 def score(results: list[tuple[tuple[str, str, str], tuple]]) -> Scores:
@@ -74,8 +77,9 @@ def score(results: list[tuple[tuple[str, str, str], tuple]]) -> Scores:
     return Scores(n, bg, col, kind)
 
 
-def evaluate(model: str, seeds: list[int], steps: int = 4, size: int = 32, split: str = "held-out",
-             on_image=None) -> Scores:
+def evaluate(
+    model: str, seeds: list[int], steps: int = 4, size: int = 32, split: str = "held-out", on_image=None
+) -> Scores:
     """Generate each combination of `split` ('held-out' or 'train') once per seed and score it."""
     from llmdit_cli.config import resolve
     from llmdit_cli.engine import Engine, GenerateRequest

@@ -13,9 +13,9 @@ import math
 import random
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llmdit_cli.errors import InputError, LlmditError, UsageError
 from llmdit_cli.train.recipe import Recipe
@@ -44,9 +44,13 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
     r = run.recipe
     _check_output(run.output, resume)
     run.output.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=r.train.mixed_precision,
-                      gradient_accumulation_steps=r.train.grad_accum,
-                      log_with="tensorboard" if r.output.tensorboard else None, project_dir=str(run.output))
+    acc = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=r.train.mixed_precision,
+        gradient_accumulation_steps=r.train.grad_accum,
+        log_with="tensorboard" if r.output.tensorboard else None,
+        project_dir=str(run.output),
+    )
     log = run.log if acc.is_main_process else (lambda msg: None)
     torch.manual_seed(r.train.seed)
 
@@ -56,8 +60,10 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
         return Path(_cache_dir(r))
     transformer = _transformer(r, handle)
     params = [p for p in transformer.parameters() if p.requires_grad]
-    log(f"training {sum(p.numel() for p in params):,} parameters ({r.method}) on {acc.num_processes} "
-        f"process(es), {acc.device}")
+    log(
+        f"training {sum(p.numel() for p in params):,} parameters ({r.method}) on {acc.num_processes} "
+        f"process(es), {acc.device}"
+    )
     optimizer = _optimizer(r, params)
     schedule = _Schedule(examples, r.train.batch_size, r.train.grad_accum, acc.num_processes, r.train.seed)
     total = _total_steps(r, schedule, acc.num_processes)
@@ -94,8 +100,10 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
                 _validate(r, acc, transformer, handle, extra, run.output, done)
             if stop.check(acc):
                 _save_checkpoint(run, acc, done, ema)
-                raise Interrupted(f"interrupted at step {done}: checkpoint saved in "
-                                  f"{run.output / CHECKPOINTS}; continue with --resume")
+                raise Interrupted(
+                    f"interrupted at step {done}: checkpoint saved in "
+                    f"{run.output / CHECKPOINTS}; continue with --resume"
+                )
             if done % r.output.checkpoint_every == 0 or done == end:
                 _save_checkpoint(run, acc, done, ema)
     stop.restore()
@@ -111,6 +119,7 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
 
 
 # -- base model and data ---------------------------------------------------------------------------
+
 
 def _check_output(output: Path, resume: bool) -> None:
     ckpts = output / CHECKPOINTS
@@ -165,8 +174,9 @@ def _transformer(r: Recipe, handle):
     import torch
     from diffusers import ZImageTransformer2DModel
 
-    transformer = ZImageTransformer2DModel.from_pretrained(handle.folder / "transformer", local_files_only=True,
-                                                           dtype=torch.float32)
+    transformer = ZImageTransformer2DModel.from_pretrained(
+        handle.folder / "transformer", local_files_only=True, dtype=torch.float32
+    )
     if r.assistant_lora:
         from llmdit_cli.train.assistant import merge_assistant
 
@@ -176,8 +186,14 @@ def _transformer(r: Recipe, handle):
 
         transformer.requires_grad_(False)
         try:
-            transformer.add_adapter(LoraConfig(r=r.lora.rank, lora_alpha=r.lora.alpha,
-                                               target_modules=list(r.lora.targets), init_lora_weights="gaussian"))
+            transformer.add_adapter(
+                LoraConfig(
+                    r=r.lora.rank,
+                    lora_alpha=r.lora.alpha,
+                    target_modules=list(r.lora.targets),
+                    init_lora_weights="gaussian",
+                )
+            )
         except ValueError as exc:
             if "not found in the base model" in str(exc):
                 raise UsageError(f"[lora] targets {r.lora.targets}: match no module of the transformer") from None
@@ -191,6 +207,7 @@ def _transformer(r: Recipe, handle):
 
 
 # -- optimisation ----------------------------------------------------------------------------------
+
 
 def _optimizer(r: Recipe, params):
     import torch
@@ -232,7 +249,7 @@ def _epoch_batches(examples, batch_size: int, seed: int, epoch: int) -> list[lis
     for size in sorted(by_size):
         idx = by_size[size]
         rng.shuffle(idx)
-        batches += [idx[k:k + batch_size] for k in range(0, len(idx), batch_size)]
+        batches += [idx[k : k + batch_size] for k in range(0, len(idx), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -250,14 +267,16 @@ class _Schedule:
         epoch, within = divmod(step, self.per_epoch)
         if self._epoch[0] != epoch:
             self._epoch = (epoch, _epoch_batches(self.examples, self.batch_size, self.seed, epoch))
-        batches = self._epoch[1][within * self.per_step:(within + 1) * self.per_step]
-        return batches[rank * self.grad_accum:(rank + 1) * self.grad_accum]
+        batches = self._epoch[1][within * self.per_step : (within + 1) * self.per_step]
+        return batches[rank * self.grad_accum : (rank + 1) * self.grad_accum]
 
 
 def _total_steps(r: Recipe, schedule: _Schedule, world: int) -> int:
     if schedule.per_epoch < 1:
-        raise UsageError(f"dataset of {len(schedule.examples)} examples is too small for batch size "
-                         f"{r.train.batch_size} x {r.train.grad_accum} accumulation x {world} process(es)")
+        raise UsageError(
+            f"dataset of {len(schedule.examples)} examples is too small for batch size "
+            f"{r.train.batch_size} x {r.train.grad_accum} accumulation x {world} process(es)"
+        )
     if r.train.max_steps:
         return r.train.max_steps
     if r.train.epochs:
@@ -265,8 +284,9 @@ def _total_steps(r: Recipe, schedule: _Schedule, world: int) -> int:
     raise UsageError("set [train] max_steps or epochs")
 
 
-def _step(r: Recipe, acc, transformer, optimizer, scheduler, params, examples, schedule: _Schedule, empty,
-          step: int) -> float:
+def _step(
+    r: Recipe, acc, transformer, optimizer, scheduler, params, examples, schedule: _Schedule, empty, step: int
+) -> float:
     import torch
 
     from llmdit_cli.train.cache import load_embeds, load_latents
@@ -278,8 +298,10 @@ def _step(r: Recipe, acc, transformer, optimizer, scheduler, params, examples, s
         gen = torch.Generator().manual_seed(hash((t.seed, step, acc.process_index, micro)) % 2**63)
         x0 = torch.stack([load_latents(examples[i].latents) for i in batch]).to(acc.device)
         drop = torch.rand(len(batch), generator=gen) < r.data.caption_dropout
-        embeds = [load_embeds(empty if d and empty else examples[i].embeds).to(acc.device)
-                  for i, d in zip(batch, drop.tolist())]
+        embeds = [
+            load_embeds(empty if d and empty else examples[i].embeds).to(acc.device)
+            for i, d in zip(batch, drop.tolist())
+        ]
         sigmas = sample_sigmas(len(batch), t.timestep_sampling, gen, t.shift, t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=gen).to(acc.device)
         weights = loss_weights(sigmas, t.loss_weighting, t.weighting_center, t.weighting_width)
@@ -362,6 +384,7 @@ def _check_ranks_in_sync(run: Run, acc, params) -> None:
 
 # -- checkpoints, validation, result ---------------------------------------------------------------
 
+
 def _checkpoints(output: Path) -> list[Path]:
     return sorted((output / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
 
@@ -380,7 +403,7 @@ def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
         if ema is not None:
             save_file(ema.state(), str(path / "ema.safetensors"))
         give_usual_modes(path)
-        for old in _checkpoints(run.output)[:-run.recipe.output.keep_checkpoints]:
+        for old in _checkpoints(run.output)[: -run.recipe.output.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
 
@@ -395,8 +418,10 @@ def _resume(run: Run, acc, ema) -> int:
     except (OSError, json.JSONDecodeError):
         raise InputError(f"--resume: {latest} is not a complete checkpoint (no trainer.json)") from None
     if meta.get("fingerprint") != run.recipe.fingerprint():
-        raise InputError(f"--resume: {latest} was made by another recipe (model, data, method or training "
-                         f"settings differ); use the same recipe or another --output")
+        raise InputError(
+            f"--resume: {latest} was made by another recipe (model, data, method or training "
+            f"settings differ); use the same recipe or another --output"
+        )
     acc.load_state(str(latest))
     if ema is not None and (latest / "ema.safetensors").is_file():
         from safetensors.torch import load_file
@@ -417,8 +442,15 @@ def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, st
     from llmdit_cli.workflows import Embeds
 
     v = r.validation
-    settings = resolve_defaults({"model": handle.ref, "steps": v.steps, "guidance_scale": v.guidance_scale or 0.0,
-                                 "height": v.height or r.data.resolution, "width": v.width or r.data.resolution})
+    settings = resolve_defaults(
+        {
+            "model": handle.ref,
+            "steps": v.steps,
+            "guidance_scale": v.guidance_scale or 0.0,
+            "height": v.height or r.data.resolution,
+            "width": v.width or r.data.resolution,
+        }
+    )
     engine = Engine()
     engine.adopt(handle, settings)
     folder = output / "validation"
@@ -427,8 +459,13 @@ def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, st
     model.eval()
     for i, prompt in enumerate(v.prompts):
         cond, uncond = load_embeds(extra[prompt]).to(acc.device), load_embeds(extra[""]).to(acc.device)
-        embeds = Embeds([cond], [uncond], {"prompts": [prompt], "negative_prompts": [""]}, int(cond.shape[-1]),
-                        source="training cache")
+        embeds = Embeds(
+            [cond],
+            [uncond],
+            {"prompts": [prompt], "negative_prompts": [""]},
+            int(cond.shape[-1]),
+            source="training cache",
+        )
         request = GenerateRequest(settings, seeds=[v.seed], embeds=embeds)
         image = engine.generate(request, transformer=model)[0].image
         image.save(folder / f"step-{step:06d}_{i:02d}.png")
@@ -466,9 +503,18 @@ def _save_lora(run: Run, model) -> Path:
     lora_cfg = run.recipe.lora
     lora = from_peft_state(get_peft_model_state_dict(model), lora_cfg.rank, lora_cfg.alpha)
     result = run.output / LORA_FILE
-    write_lora(lora, result, "diffusers", {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha,
-                                           "folded_scale": lora_cfg.alpha / lora_cfg.rank,
-                                           "targets": list(lora_cfg.targets), "trained_by": "llmdit train"})
+    write_lora(
+        lora,
+        result,
+        "diffusers",
+        {
+            "rank": lora_cfg.rank,
+            "alpha": lora_cfg.alpha,
+            "folded_scale": lora_cfg.alpha / lora_cfg.rank,
+            "targets": list(lora_cfg.targets),
+            "trained_by": "llmdit train",
+        },
+    )
     return result
 
 

@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import model_validator
 
+from llmdit_cli.config import DEFAULT_MODEL
 from llmdit_cli.errors import ConfigError
+from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validate
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_Section = StrictModel
 
 
 class DataConfig(_Section):
@@ -104,7 +104,7 @@ class ScratchConfig(_Section):
 
 
 class Recipe(_Section):
-    model: str = "Tongyi-MAI/Z-Image-Turbo"
+    model: str = DEFAULT_MODEL
     method: Literal["lora", "full"] = "lora"
     assistant_lora: str | None = None  # merged while training, not part of the saved result
     data: DataConfig = DataConfig()
@@ -137,8 +137,6 @@ def _set(doc: dict, dotted: str, value: Any) -> None:
 
 def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given)."""
-    from llmdit_cli.config import load_toml
-
     doc: dict[str, Any] = {}
     where = path or "flags"
     if path:
@@ -148,45 +146,4 @@ def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     for key, value in overrides.items():
         if value is not None:
             _set(doc, key, value)
-    try:
-        return Recipe.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}: unknown key '{key}'") from None
-        raise ConfigError(f"{where}: bad value for '{key}': {err['msg']}") from None
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """A small TOML writer for the recipe's plain types (tables, lists, scalars)."""
-    lines: list[str] = []
-    tables = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        subs = {k: v for k, v in table.items() if isinstance(v, dict)}
-        lines.append(f"\n[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-        for sub, values in subs.items():
-            lines.append(f"\n[{name}.{sub}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+    return validate(Recipe, doc, where)

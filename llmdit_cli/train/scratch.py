@@ -29,8 +29,13 @@ def build_base(r: Recipe, folder: Path, log) -> Path:
     vae = AutoencoderKL(**{**tiny.VAE, **s.vae})
     if s.vae_steps:
         train_vae(vae, r, log)
-    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**tiny.SCHEDULER), vae=vae.eval(),
-                          text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**tiny.SCHEDULER),
+        vae=vae.eval(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -47,7 +52,10 @@ def _corpus(r: Recipe) -> list[str] | None:
 
     # The chat-template words join the captions so they too become single tokens.
     return [i.caption for i in load_items(r.data.path, r.data.image_column, r.data.caption_column)] + [
-        "user", "assistant", "system"] * 10
+        "user",
+        "assistant",
+        "system",
+    ] * 10
 
 
 def _images(r: Recipe, multiple: int):
@@ -86,5 +94,5 @@ def train_vae(vae, r: Recipe, log) -> None:
             log(f"vae step {step + 1}/{s.vae_steps}: loss {loss.item():.5f}, PSNR {psnr:.1f} dB")
     vae.eval()
     with torch.no_grad():
-        z = torch.cat([vae.encode(images[k:k + 256]).latent_dist.mode() for k in range(0, len(images), 256)])
+        z = torch.cat([vae.encode(images[k : k + 256]).latent_dist.mode() for k in range(0, len(images), 256)])
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))

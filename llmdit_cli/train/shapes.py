@@ -11,8 +11,14 @@ import json
 import random
 from pathlib import Path
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (240, 220, 40),
-           "white": (250, 250, 250), "black": (10, 10, 10)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "white": (250, 250, 250),
+    "black": (10, 10, 10),
+}
 SHAPES = ("circle", "square", "triangle")
 
 

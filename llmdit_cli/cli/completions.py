@@ -44,7 +44,9 @@ def render(shell: str) -> str:
 def _bash(tree) -> str:
     tops = sorted({p.split()[0] for p in tree})
     cases = "".join(f'        "{p}") opts="{" ".join(sorted(o))}" ;;\n' for p, o in sorted(tree.items()))
-    return HEADER + f"""_llmdit() {{
+    return (
+        HEADER
+        + f"""_llmdit() {{
     local cur="${{COMP_WORDS[COMP_CWORD]}}" cmd="" i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case "${{COMP_WORDS[i]}}" in -*) ;; *) cmd="${{cmd:+$cmd }}${{COMP_WORDS[i]}}" ;; esac
@@ -61,6 +63,7 @@ def _bash(tree) -> str:
 }}
 complete -o filenames -F _llmdit llmdit
 """
+    )
 
 
 def _zsh(tree) -> str:
@@ -69,7 +72,9 @@ def _zsh(tree) -> str:
     for path, opts in sorted(tree.items()):
         specs = " ".join(f"'{o}[{h}]'" for o, h in sorted(opts.items()))
         cases += f"        '{path}') _arguments -s {specs} '*:file:_files' ;;\n"
-    return HEADER + f"""#compdef llmdit
+    return (
+        HEADER
+        + f"""#compdef llmdit
 _llmdit() {{
     local -a words_left=(${{words[2,CURRENT-1]:#-*}})
     local cmd="${{words_left[1]}}"
@@ -81,16 +86,23 @@ _llmdit() {{
 }}
 _llmdit "$@"
 """
+    )
 
 
 def _fish(tree) -> str:
     tops = sorted({p.split()[0] for p in tree})
-    lines = [HEADER.rstrip("\n"), "complete -c llmdit -f",
-             f"complete -c llmdit -n __fish_use_subcommand -a '{' '.join(tops)}'",
-             "complete -c llmdit -n '__fish_seen_subcommand_from config' -a show"]
+    lines = [
+        HEADER.rstrip("\n"),
+        "complete -c llmdit -f",
+        f"complete -c llmdit -n __fish_use_subcommand -a '{' '.join(tops)}'",
+        "complete -c llmdit -n '__fish_seen_subcommand_from config' -a show",
+    ]
     for path, opts in sorted(tree.items()):
         cond = f"__fish_seen_subcommand_from {path.split()[-1]}"
         for o, h in sorted(opts.items()):
-            lines.append(f"complete -c llmdit -n '{cond}' -l {o[2:]} -d '{h}' -r -F"
-                         if o != "--help" else f"complete -c llmdit -n '{cond}' -l help -d '{h}'")
+            lines.append(
+                f"complete -c llmdit -n '{cond}' -l {o[2:]} -d '{h}' -r -F"
+                if o != "--help"
+                else f"complete -c llmdit -n '{cond}' -l help -d '{h}'"
+            )
     return "\n".join(lines) + "\n"

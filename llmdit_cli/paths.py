@@ -1,4 +1,5 @@
-"""Where images go: one path, a folder, '-', or a pattern with {index}, {seed}, {slug}."""
+"""Where images go (output path planning; console output is `cli/output.py`): one path, a folder,
+'-', or a pattern with {index}, {seed}, {slug}."""
 
 from __future__ import annotations
 

@@ -1,0 +1,102 @@
+"""Model families: which pipeline a model folder holds, its defaults, and the code that runs it.
+
+A family registers a `Family` here (`register`). A folder picks its family by the `_class_name`
+of its `model_index.json` and its variant (a set of defaults) by, in order: the folder's own
+`_llmdit_variant` key in `model_index.json`, the exact Hub id, the family's base variant. Adding a
+family (Qwen-Image: Layered, Edit-Plus) is a module beside `zimage.py` and one import below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from llmdit_cli.errors import ModelError, setting
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: the pipelines it serves, its variants' defaults, and its code.
+
+    `variants` map a variant name to its defaults by setting field name (`width`, `slg_layers`,
+    ...): values the settings leave unset (None) take them. `runner` is the module with the
+    family's stage functions (loading, encode, denoise, VAE), imported only when a model runs."""
+
+    name: str
+    pipelines: tuple[str, ...]
+    variants: dict[str, dict[str, Any]]
+    base_variant: str
+    runner: str
+    hub_variants: dict[str, str] = field(default_factory=dict)
+
+    def defaults(self, variant: str) -> dict[str, Any]:
+        return self.variants[variant]
+
+    def code(self) -> ModuleType:
+        return importlib.import_module(self.runner)
+
+
+REGISTRY: list[Family] = []
+
+
+def register(family: Family) -> Family:
+    REGISTRY.append(family)
+    return family
+
+
+def for_pipeline(class_name: str, ref: str) -> Family:
+    for family in REGISTRY:
+        if class_name in family.pipelines:
+            return family
+    known = ", ".join(p for f in REGISTRY for p in f.pipelines)
+    raise ModelError(
+        f"{setting('model')} {ref}: a {class_name or 'unnamed'} pipeline, which llmdit does not run (it runs {known})"
+    )
+
+
+def identify(folder: Path, ref: str) -> tuple[Family, str]:
+    """The family and variant of a diffusers folder (its model_index.json)."""
+    from llmdit_cli.models.refs import read_json
+
+    index = read_json(folder / "model_index.json", ref, "model_index.json")
+    family = for_pipeline(str(index.get("_class_name", "")), ref)
+    variant = index.get("_llmdit_variant") or family.hub_variants.get(ref) or family.base_variant
+    if variant not in family.variants:
+        raise ModelError(
+            f"{setting('model')} {ref}: unknown {family.name} variant {variant!r} in model_index.json "
+            f"(known: {', '.join(family.variants)})"
+        )
+    return family, variant
+
+
+def mark_variant(folder: Path, variant: str) -> None:
+    """Record in a folder's model_index.json which variant's defaults it takes (diffusers ignores
+    keys that start with `_`)."""
+    import json
+
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text())
+    index["_llmdit_variant"] = variant
+    path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def identify_ref(ref: str) -> tuple[Family, str]:
+    """Family and variant for a reference, without downloading: a local folder (or `demo`) is read;
+    a Hub id is looked up in the families' known repos, and is otherwise taken as the first
+    registered family's base variant (loading a model reads its folder: `identify`)."""
+    from llmdit_cli.models.refs import is_local, resolve_folder
+
+    for family in REGISTRY:
+        if ref in family.hub_variants:
+            return family, family.hub_variants[ref]
+    if is_local(ref):
+        return identify(resolve_folder(ref)[0], ref)
+    return REGISTRY[0], REGISTRY[0].base_variant
+
+
+from llmdit_cli.families import zimage  # noqa: E402 - registers the Z-Image family
+
+__all__ = ["Family", "REGISTRY", "for_pipeline", "identify", "identify_ref", "mark_variant", "register", "zimage"]

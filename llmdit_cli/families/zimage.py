@@ -1,0 +1,50 @@
+"""The Z-Image family: Tongyi-MAI/Z-Image-Turbo, other Z-Image folders, and the shipped demo.
+
+Its code (`runner`, imported when a model runs) is `llmdit_cli.stages.zimage`: the diffusers
+classes, the Qwen3 prompt encoder, the flow-matching denoise loop with CFG/SLG/DyPE hooks, and the
+Flux-style VAE normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmdit_cli.families import Family, register
+
+# One source of truth for the family's defaults. `shift: None` keeps the model's own scheduler
+# config. `slg_scale` applies once SLG is switched on (--slg); the SLG values are the ones that
+# worked on Z-Image in the project this toolkit grew out of.
+_SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg_stop=0.5)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "z-image-turbo": dict(
+        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0, **_SLG, dype_base_resolution=1024
+    ),
+    "z-image": dict(
+        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None, **_SLG, dype_base_resolution=1024
+    ),
+    # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it, so
+    # its SLG window starts at the first step. It has 4 blocks.
+    "demo": dict(
+        width=32,
+        height=32,
+        steps=2,
+        guidance_scale=0.0,
+        shift=3.0,
+        slg_scale=2.5,
+        slg_layers=[1, 2],
+        slg_start=0.0,
+        slg_stop=0.5,
+        dype_base_resolution=32,
+    ),
+}
+
+FAMILY = register(
+    Family(
+        name="z-image",
+        pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
+        variants=VARIANTS,
+        base_variant="z-image",
+        runner="llmdit_cli.stages.zimage",
+        hub_variants={"Tongyi-MAI/Z-Image-Turbo": "z-image-turbo", "Tongyi-MAI/Z-Image": "z-image"},
+    )
+)

@@ -1,0 +1,199 @@
+"""A model handle: a resolved reference whose components load on first use and are then kept.
+
+`encode` never loads the transformer, `generate --from-embeds` never loads the text encoder.
+The pipeline class and the transformer class come from the folder's model family.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli.errors import InputError, ModelError, UsageError, setting
+from llmdit_cli.models.lora_stack import apply_loras, check_lora_files
+from llmdit_cli.models.optimise import enable_vae_tiling, quantization_config, set_attention_backend
+from llmdit_cli.models.placement import Placement
+from llmdit_cli.models.refs import MODEL, config_hash, first_line, read_json, resolve_folder, weights_fingerprint
+
+COMPONENTS = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
+TRANSFORMER_FILE = setting("optimization.transformer_file")
+
+
+@dataclass
+class ModelHandle:
+    """A resolved model whose components load on first use and are then kept."""
+
+    ref: str
+    placement: Placement = field(default_factory=Placement)
+    loras: list[str] = field(default_factory=list)
+    _pipe: Any = None
+    _loaded: set = field(default_factory=set)
+
+    def __post_init__(self):
+        from llmdit_cli.families import identify
+
+        self.placement.validate()
+        check_lora_files(self.loras)
+        self.folder, self.revision = resolve_folder(self.ref)
+        self.family, self.variant = identify(self.folder, self.ref)
+
+    @property
+    def code(self):
+        """The family's stage functions (`stages.zimage` for Z-Image)."""
+        return self.family.code()
+
+    def defaults(self) -> dict[str, Any]:
+        return self.family.defaults(self.variant)
+
+    def identity(self, component: str) -> dict[str, Any]:
+        return {
+            "model": self.ref,
+            "revision": self.revision,
+            f"{component}_config": config_hash(self.folder, component),
+            f"{component}_weights": weights_fingerprint(self.folder, component),
+        }
+
+    def component_config(self, component: str) -> dict[str, Any]:
+        name = "scheduler_config.json" if component == "scheduler" else "config.json"
+        return read_json(self.folder / component / name, self.ref, f"{component} config")
+
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.component_config("vae").get("block_out_channels", [0] * 4)) - 1)
+
+    def release(self, *components: str) -> None:
+        """Drop loaded components (e.g. the text encoder once training data is cached)."""
+        if self._pipe is None:
+            return
+        for name in components:
+            if name in self._loaded:
+                setattr(self._pipe, name, None)
+                self._loaded.discard(name)
+        import gc
+
+        gc.collect()
+
+    @contextmanager
+    def using_transformer(self, transformer):
+        """Run with `transformer` in place of the model's own (None: no change), e.g. the one a
+        training run is updating; the pipeline's own is put back afterwards."""
+        if transformer is None:
+            yield
+            return
+        pipe = self.pipeline("vae", "scheduler")
+        had, previous = "transformer" in self._loaded, pipe.transformer
+        pipe.transformer = transformer
+        self._loaded.add("transformer")
+        try:
+            yield
+        finally:
+            pipe.transformer = previous
+            if not had:
+                self._loaded.discard("transformer")
+
+    def pipeline(self, *needed: str):
+        """The family's pipeline with at least `needed` components loaded."""
+        missing = [c for c in needed if c not in self._loaded]
+        if self._pipe is not None and not missing:
+            return self._pipe
+        want = self._loaded | set(needed) | {"scheduler"}
+        self._pipe = self._load(want)
+        self._loaded = want
+        return self._pipe
+
+    def _load(self, want: set):
+        quiet_libraries()
+        pipeline_class = self.code.pipeline_class()
+        kept = {c: getattr(self._pipe, c) for c in self._loaded if c in want} if self._pipe is not None else {}
+        skip = {c: None for c in COMPONENTS if c not in want}
+        try:
+            pipe = pipeline_class.from_pretrained(
+                self.folder,
+                dtype=self.placement.torch_dtype(),
+                local_files_only=True,
+                **skip,
+                **kept,
+                **self._load_kwargs(want),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(
+                f"{MODEL} {self.ref}: cannot load as a {self.family.name} pipeline ({first_line(exc)})"
+            ) from None
+        pipe.set_progress_bar_config(disable=True)
+        if "transformer" in want and "transformer" not in self._loaded and self.loras:
+            apply_loras(pipe, self.loras)
+        self._place(pipe, want - self._loaded)
+        return pipe
+
+    def _place(self, pipe, new: set) -> None:
+        pl = self.placement
+        if "vae" in new and pl.vae_tiling:
+            enable_vae_tiling(pipe.vae)
+        if "transformer" in new:
+            set_attention_backend(pipe.transformer, pl.attention_backend)
+        if pl.cpu_offload == "model":
+            pipe.enable_model_cpu_offload(device=pl.base_device())
+        elif pl.cpu_offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=pl.base_device())
+        else:
+            for name in ("text_encoder", "transformer", "vae"):
+                # A device-only `.to()` also moves bitsandbytes (>= 0.48) and GGUF weights.
+                if name in new:
+                    getattr(pipe, name).to(pl.device_for(name))
+        if "transformer" in new and pl.compile:
+            # Regional compilation: the repeated blocks compile once and are reused.
+            pipe.transformer.compile_repeated_blocks(fullgraph=False)
+
+    def _load_kwargs(self, want: set) -> dict[str, Any]:
+        """Extra from_pretrained arguments: a single-file transformer, quantization."""
+        kwargs: dict[str, Any] = {}
+        pl = self.placement
+        if "transformer" in want and "transformer" not in self._loaded and pl.transformer_file:
+            kwargs["transformer"] = load_transformer_file(
+                self.code.transformer_class(), pl.transformer_file, self.folder, pl.torch_dtype()
+            )
+        targets = [
+            c for c in ("transformer", "text_encoder") if c in want and c not in self._loaded and c not in kwargs
+        ]
+        return {**kwargs, **quantization_config(pl.quantize, pl.torch_dtype(), targets)}
+
+
+def check_transformer_file(path: str) -> None:
+    import importlib.util
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{TRANSFORMER_FILE} {path}: no such file")
+    if p.suffix not in (".gguf", ".safetensors"):
+        raise InputError(f"{TRANSFORMER_FILE} {path}: expected a .gguf or .safetensors file")
+    if p.suffix == ".gguf" and importlib.util.find_spec("gguf") is None:
+        raise UsageError(f"{TRANSFORMER_FILE} {path}: GGUF files need the gguf package (pip install 'llmdit[gguf]')")
+
+
+def load_transformer_file(transformer_class, path: str, folder: Path, dtype):
+    """A single-file transformer (original or diffusers keys; GGUF through diffusers' GGUF support),
+    configured by the model folder's transformer/config.json."""
+    from diffusers import GGUFQuantizationConfig
+
+    check_transformer_file(path)
+    extra = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if path.endswith(".gguf") else {}
+    try:
+        return transformer_class.from_single_file(
+            path, config=str(folder), subfolder="transformer", torch_dtype=dtype, local_files_only=True, **extra
+        )
+    except Exception as exc:
+        raise ModelError(
+            f"{TRANSFORMER_FILE} {path}: cannot load as this model's transformer ({first_line(exc)})"
+        ) from None
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and info logs would interleave with ours on stderr."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.disable_progress_bar()
+        # Failures reach the user as our own one-line errors, so even ERROR logs are noise.
+        lib.set_verbosity(lib.CRITICAL)
