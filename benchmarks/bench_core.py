@@ -59,7 +59,7 @@ def two(count: int = 1):
 
 app()
 """
-COMMANDS = ["encode", "generate", "img2img", "decode", "inspect", "train", "config", "lora"]
+from llmdit_cli.cli.app import COMMANDS  # noqa: E402 - every command, as `llmdit --help` lists them
 
 
 def interleaved(cmds: dict[str, list[str]], cwd: str, repeats: int) -> dict[str, float]:

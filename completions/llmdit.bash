@@ -6,11 +6,12 @@ _llmdit() {
         [[ "$cmd" == config ]] || break
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "config decode encode generate img2img inspect lora train --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "compare config decode encode generate img2img inspect lora sweep train --help --version" -- "$cur")); return
     fi
     [[ "$cmd" == config && "$cur" != -* ]] && { COMPREPLY=($(compgen -W "show" -- "$cur")); return; }
     local opts=""
     case "$cmd" in
+        "compare") opts="--cols --diff-mode --help --html --json --list --metrics --mode --output --quiet --reference --rows --score-model --where" ;;
         "config show") opts="--config --help --json --model --profile" ;;
         "decode") opts="--config --device --dtype --help --json --model --no-vae-tiling --output --profile --quiet --vae-device --vae-tiling" ;;
         "encode") opts="--assistant-content --config --cpu-offload --device --dtype --enable-thinking --file --help --hidden-layer --json --max-length --model --negative-prompt --no-enable-thinking --output --profile --quantize --quiet --show-format --system-prompt --text-encoder-device --thinking-content" ;;
@@ -19,6 +20,7 @@ _llmdit() {
         "inspect") opts="--config --help --json --profile" ;;
         "lora convert") opts="--help --json --quiet --to" ;;
         "lora inspect") opts="--help --json" ;;
+        "sweep") opts="--dry-run --force --help --json --limit --model --output --quiet --shard" ;;
         "train") opts="--alpha --assistant-lora --batch-size --cache-dir --cache-only --caption-dropout --checkpoint-every --dataset --epochs --grad-accum --gradient-checkpointing --help --json --lr --max-steps --method --mixed-precision --model --no-gradient-checkpointing --no-tensorboard --optimizer --output --quiet --rank --resolution --resume --schedule --seed --stop-at --target --tensorboard --timestep-sampling --validate-every --validation-prompt --warmup-steps" ;;
     esac
     if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi

@@ -157,7 +157,21 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
-def _check_value(key: str, value: Any, where: str) -> Any:
+def check_key(key: str, where: str) -> None:
+    """Refuse a key that is no setting, naming the keys its section has."""
+    section, _, name = key.rpartition(".")
+    if key == "model" or (section in SECTIONS and name in SECTIONS[section].model_fields):
+        return
+    if section in SECTIONS:
+        known = ", ".join(SECTIONS[section].model_fields)
+        raise ConfigError(f"{where}: unknown key '{key}' (known in [{section}]: {known})")
+    raise ConfigError(
+        f"{where}: unknown key '{key}' (keys are model or SECTION.FIELD with sections {', '.join(SECTIONS)})"
+    )
+
+
+def check_value(key: str, value: Any, where: str) -> Any:
+    """`value` validated (and coerced) as setting `key`, or a ConfigError naming `where` and the key."""
     section, _, field = key.rpartition(".")
     try:
         if not section:
@@ -178,7 +192,7 @@ def _env_layer() -> dict[str, Any]:
             raw: Any = os.environ[name]
             if key in ("lora.loras", "slg.layers"):
                 raw = [s for s in raw.split(",") if s]
-            layer[key] = (_check_value(key, raw, f"environment variable {name}"), name)
+            layer[key] = (check_value(key, raw, f"environment variable {name}"), name)
     return layer
 
 
@@ -281,7 +295,7 @@ def resolve(
         for name in dict.fromkeys(["default", profile]):
             if name in doc:
                 for key, v in _flatten(doc[name], f"{path} [{name}]").items():
-                    values[key] = _check_value(key, v, f"{path} [{name}]")
+                    values[key] = check_value(key, v, f"{path} [{name}]")
                     sources[key] = f"{path} [{name}]"
     else:
         if profile != "default":
@@ -293,15 +307,18 @@ def resolve(
     for field, v in (stored or {}).items():
         if v is not None and (flags or {}).get(field) is None:  # a flag given replaces it unread
             key = key_of(field)
-            values[key], sources[key] = _check_value(key, v, stored_source), stored_source
+            values[key], sources[key] = check_value(key, v, stored_source), stored_source
     _apply_flags(values, sources, flags)
     return Resolved(values, sources, path, profile)
 
 
-def resolve_defaults(flags: dict[str, Any] | None = None) -> Resolved:
-    """Built-in defaults and `flags` only, with no config file or environment: for runs a recipe
-    defines in full (the trainer's validation images)."""
+def resolve_defaults(flags: dict[str, Any] | None = None, keyed: dict[str, tuple[Any, str]] | None = None) -> Resolved:
+    """Built-in defaults, then `keyed` settings ({key: (checked value, source)}, e.g. a sweep
+    recipe's), then `flags`, with no config file or environment: for runs a recipe defines in full
+    (sweeps, the trainer's validation images)."""
     values, sources = _defaults()
+    for key, (value, source) in (keyed or {}).items():
+        values[key], sources[key] = value, source
     _apply_flags(values, sources, flags)
     return Resolved(values, sources, None, "default")
 
@@ -317,4 +334,4 @@ def _apply_flags(values: dict[str, Any], sources: dict[str, str], flags: dict[st
     for field, v in (flags or {}).items():
         if v is not None:
             key = key_of(field)
-            values[key], sources[key] = _check_value(key, v, setting(key)), "flag"
+            values[key], sources[key] = check_value(key, v, setting(key)), "flag"

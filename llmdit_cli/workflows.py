@@ -29,7 +29,7 @@ def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> N
     """Settings still unset take the model family's defaults (`families`), named `label`."""
     for name, value in defaults.items():
         if name == "slg_scale" and not r["slg"]:
-            r.set_default(name, 0.0, "default (SLG off; --slg or --slg-scale turns it on)")
+            r.set_default(name, 0.0, "default (SLG off; slg.enabled or slg.scale > 0 turns it on)")
         r.set_default(name, value, f"model family {label}")
 
 

@@ -1,6 +1,7 @@
 """The README's examples are part of the contract: every `llmdit` command in it runs."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,13 @@ def test_readme_commands_run(tmp_path):
     llmdit = f"{sys.executable} -m llmdit_cli"
     script = re.sub(r"(^|\| )llmdit ", lambda m: m.group(1) + llmdit + " ", script, flags=re.M)
     script = re.sub(r"^python -m ", sys.executable + " -m ", script, flags=re.M)
+    shutil.copytree(README.parent / "recipes", tmp_path / "recipes")  # the README runs from the repo root
     r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ["demo.png", "piped.png", "cat.png", "cat-again.png", "cat-regenerated.png", "lora.png"]:
         assert (tmp_path / name).is_file(), name
+    assert len(list((tmp_path / "runs" / "dype" / "images").glob("*.png"))) == 28
+    assert (tmp_path / "report.html").is_file() and len(list(tmp_path.glob("dype-[0-9].png"))) == 4
+    assert len(list(tmp_path.glob("dype-diff-*.png"))) == 4  # prompts x scales
+    assert len(list((tmp_path / "runs" / "hidden-layers").glob("manifest.*-of-2.jsonl"))) == 2
     assert len(list((tmp_path / "out").glob("*.png"))) == 4

@@ -24,6 +24,8 @@ COMMANDS = {
     "decode": ("llmdit_cli.cli.decode", "decode", False),
     "inspect": ("llmdit_cli.cli.inspect", "inspect", False),
     "train": ("llmdit_cli.cli.train", "train", False),
+    "sweep": ("llmdit_cli.cli.sweep", "sweep", False),
+    "compare": ("llmdit_cli.cli.compare", "compare", False),
     "config": ("llmdit_cli.cli.config_cmd", "config_app", True),
     "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
 }
@@ -43,8 +45,9 @@ def root(
     """Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."""
 
 
-def build_app(only: str | None = None) -> typer.Typer:
-    """The command tree: every command, or only `only`."""
+def build_app(only: str | None = None, listing: bool = False) -> typer.Typer:
+    """The command tree: every command, or only `only`. `listing`: the commands with their help
+    but without their options, which is all `llmdit --help` shows (and half of what it costs)."""
     tree = typer.Typer(
         name="llmdit",
         help=HELP,
@@ -59,9 +62,15 @@ def build_app(only: str | None = None) -> typer.Typer:
         target = getattr(importlib.import_module(module), attr)
         if group:
             tree.add_typer(target, name=name)
+        elif listing:
+            tree.command(name, help=target.__doc__)(_listed)
         else:
             tree.command(name)(target)
     return tree
+
+
+def _listed() -> None:
+    """Stands in for a command in the listing; main() never runs it (a named command is built whole)."""
 
 
 def __getattr__(name: str):
@@ -84,7 +93,7 @@ def main() -> None:
     import sys
 
     name = _invoked(sys.argv[1:])
-    tree = build_app(name) if name else build_app()
+    tree = build_app(name) if name else build_app(listing=True)
     try:
         code = tree(standalone_mode=False)
     except typer.Abort:

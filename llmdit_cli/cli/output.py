@@ -60,7 +60,7 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, total: int):
-        """A Rich progress bar on stderr; yields `advance(done, total, info="")`."""
+        """A Rich progress bar with elapsed time and ETA on stderr; yields `advance(done, total, info="")`."""
         if self.quiet:
             yield lambda done, total_, info="": None
             return
@@ -70,6 +70,7 @@ class Output:
             Progress,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
 
         with Progress(
@@ -77,6 +78,7 @@ class Output:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
             transient=True,

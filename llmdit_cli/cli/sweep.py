@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import JsonOpt, ModelOpt, QuietOpt
+from llmdit_cli.cli.output import Output
+
+G_SWEEP = "Sweep"
+
+RecipeArg = Annotated[str, typer.Argument(help="Sweep recipe TOML (see recipes/README.md).", show_default=False)]
+SweepOutputOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output", "-o", help="Run folder (default: the recipe's `output`, else runs/NAME).", rich_help_panel=G_SWEEP
+    ),
+]
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        help="Run shard K of N (K/N, K from 0). Default: RANK/WORLD_SIZE under torchrun or accelerate, SLURM_ARRAY_TASK_ID/COUNT in a SLURM array, else all cells.",
+        rich_help_panel=G_SWEEP,
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="List the cells (index, id, done or to do, axis values) and run nothing.",
+        rich_help_panel=G_SWEEP,
+    ),
+]
+LimitOpt = Annotated[
+    Optional[int],
+    typer.Option("--limit", min=1, help="Run only the first N cells (of this shard).", rich_help_panel=G_SWEEP),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Use a run folder made by another (or a changed) recipe; finished cells that are still in the recipe are kept.",
+        rich_help_panel=G_SWEEP,
+    ),
+]
+
+
+@handle_errors
+def sweep(
+    recipe: RecipeArg,
+    output: SweepOutputOpt = None,
+    model: ModelOpt = None,
+    shard: ShardOpt = None,
+    dry_run: DryRunOpt = False,
+    limit: LimitOpt = None,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Run every cell of a sweep recipe (settings x axes x prompts x seeds), resumably.
+
+    Each model loads once and cells that share a prompt encoding encode it once. Every image is
+    an ordinary llmdit PNG in RUN/images/, recorded in RUN/manifest.jsonl once it is in place;
+    running the same command again does only the cells not finished yet. --shard K/N (or a
+    SLURM array, torchrun, accelerate launch) splits the cells between processes. Exit code 1
+    when a cell failed (its error is in the manifest).
+
+    Example: llmdit sweep recipes/dype.toml --model demo
+    """
+    import os
+    from pathlib import Path
+
+    from llmdit_cli.sweep import recipe as recipes
+    from llmdit_cli.sweep import run
+
+    out = Output(quiet, json_out)
+    r = recipes.load(recipe, model=model, output=output)
+    part, device = (run.parse_shard(shard), None) if shard else run.shard_from_env(dict(os.environ))
+    if device and not _cuda():
+        device = None
+    mine = [c for c in recipes.cells(r) if part.takes(c)][:limit]
+    folder = Path(r.output)
+    ours = run.check_folder(folder, r, force)
+    done = run.read_manifests(folder, out.hint) if folder.is_dir() else {}
+    if dry_run:
+        _list(out, mine, done)
+        return
+    todo = [c for c in mine if c.id not in done]
+    outcome = run.Outcome(skipped=len(mine) - len(todo))
+    if todo:
+        outcome = _run(out, r, todo, folder, part, device, outcome, ours)
+    _summary(out, r, folder, outcome)
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def _run(out, r, todo, folder, part, device, outcome, ours):
+    from llmdit_cli.engine import Engine
+    from llmdit_cli.sweep import run
+
+    engine = Engine()
+    report = run.QuietReporter(out)
+    kept = run.fits_model(todo, engine, r, device, out.hint)
+    planned = run.plan(engine, r, kept, device, report)  # every check before the folder or a weight
+    if not ours:
+        run.create_folder(folder, r)
+    run.remove_stale_temps(folder, kept)
+    out.log(f"sweep {r.name}: {len(planned)} cell(s) to run, {outcome.skipped} already done -> {folder}")
+    with out.progress(f"sweep {r.name}", len(planned)) as advance:
+        count = {"n": 0}
+
+        def on_done(cell, record):
+            count["n"] += 1
+            advance(count["n"], len(planned), f"cell {cell.index} {record['status']}")
+            if record["status"] == "done":
+                out.wrote(
+                    str(folder / record["image"]),
+                    "image",
+                    prompt=cell.prompt,
+                    seed=cell.seed,
+                    settings=record["settings"],
+                    cell=cell.id,
+                    axes=cell.axes,
+                )
+
+        result = run.run_cells(engine, planned, folder, part, report, on_done)
+    result.skipped, result.left_out = outcome.skipped, len(todo) - len(kept)
+    return result
+
+
+def _list(out, cells, done) -> None:
+    import json
+
+    for c in cells:
+        status = "done" if c.id in done else "todo"
+        if out.json:
+            out.data(
+                json.dumps(
+                    {
+                        "index": c.index,
+                        "cell": c.id,
+                        "status": status,
+                        "axes": c.axes,
+                        "prompt": c.prompt,
+                        "seed": c.seed,
+                    },
+                    sort_keys=True,
+                    default=str,
+                )
+            )
+        else:
+            axes = " ".join(f"{k}={json.dumps(v)}" for k, v in c.axes.items())
+            out.data(f"{c.index:5d} {c.id} {status:4s} seed={c.seed} {axes} prompt={json.dumps(c.prompt)}")
+
+
+def _summary(out, r, folder, o) -> None:
+    import statistics
+
+    if out.quiet:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"sweep {r.name} -> {folder}", title_justify="left")
+    for name in ("done", "already done", "failed", "left out", "s / image"):
+        table.add_column(name, justify="right")
+    per_image = f"{statistics.median(o.seconds):.2f}" if o.seconds else "-"
+    table.add_row(str(o.done), str(o.skipped), str(o.failed), str(o.left_out), per_image)
+    out.console.print(table)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

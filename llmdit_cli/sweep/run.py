@@ -1,0 +1,328 @@
+"""Running a sweep: one engine for the process, each model loaded once, shared encodings reused,
+every finished cell recorded in a manifest so that a rerun (after Ctrl-C, a kill, a preempted
+node) does only what is left.
+
+A run folder holds `recipe.toml` (the recipe as run), `run.json` (its fingerprint), `images/` and
+one manifest per shard (`manifest.jsonl`, or `manifest.K-of-N.jsonl`). A cell's image is written
+to a temporary file and renamed into place, then its manifest line is appended: a kill at any
+moment leaves every image whole and at most redoes the cell that was running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli import __version__
+from llmdit_cli.errors import LlmditError, UsageError
+from llmdit_cli.sweep.recipe import Cell, Recipe
+
+IMAGES = "images"
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    @property
+    def manifest(self) -> str:
+        return "manifest.jsonl" if self.count == 1 else f"manifest.{self.index}-of-{self.count}.jsonl"
+
+    def takes(self, cell: Cell) -> bool:
+        return cell.index % self.count == self.index
+
+
+def parse_shard(text: str, where: str = "--shard") -> Shard:
+    """`K/N` with 0 <= K < N."""
+    k, sep, n = text.partition("/")
+    try:
+        shard = Shard(int(k), int(n))
+    except ValueError:
+        raise UsageError(f"{where} {text}: expected K/N, e.g. 0/4 (shard K of N, K from 0)") from None
+    if not sep or shard.count < 1 or not 0 <= shard.index < shard.count:
+        raise UsageError(f"{where} {text}: K must be in 0..N-1 (K/N, e.g. 0/4)")
+    return shard
+
+
+def shard_from_env(env: dict[str, str]) -> tuple[Shard, str | None]:
+    """The shard a scheduler gives this process: torchrun / accelerate (RANK, WORLD_SIZE; each rank
+    on its own device, LOCAL_RANK) or a SLURM array (SLURM_ARRAY_TASK_ID / _COUNT). Returns the
+    shard and the device a distributed launch assigns (None: leave the device setting alone)."""
+    if "WORLD_SIZE" in env and "RANK" in env:
+        shard = parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK/WORLD_SIZE")
+        return shard, f"cuda:{env.get('LOCAL_RANK', '0')}"
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        k = int(env["SLURM_ARRAY_TASK_ID"]) - first
+        return parse_shard(f"{k}/{env['SLURM_ARRAY_TASK_COUNT']}", "SLURM_ARRAY_TASK_ID/COUNT"), None
+    return Shard(), None
+
+
+# -- the run folder --------------------------------------------------------------------------------
+
+
+def check_folder(folder: Path, recipe: Recipe, force: bool) -> bool:
+    """Whether `folder` already holds this recipe's run; refuse another recipe's run (unless
+    `force`) and a folder that is no run at all."""
+    info_path = folder / "run.json"
+    if info_path.is_file():
+        try:
+            stored = json.loads(info_path.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            stored = None
+        if stored == recipe.fingerprint():
+            return True
+        if not force:
+            raise UsageError(
+                f"{folder}: holds a run of another recipe (or a changed one); choose another "
+                f"--output or pass --force to run this recipe there"
+            )
+        return False
+    if folder.is_file() or (folder.exists() and any(folder.iterdir())):
+        raise UsageError(f"{folder}: exists and is not a sweep run folder; choose another --output")
+    return False
+
+
+def create_folder(folder: Path, recipe: Recipe) -> None:
+    """The run folder with the recipe as run and its fingerprint (`run.json`)."""
+    from llmdit_cli.artifacts import write_bytes_atomic
+
+    (folder / IMAGES).mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(str(folder / "recipe.toml"), recipe.to_toml().encode())
+    info = {
+        "name": recipe.name,
+        "fingerprint": recipe.fingerprint(),
+        "recipe": recipe.source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "axes": recipe.axes(),
+        "llmdit_version": __version__,
+    }
+    write_bytes_atomic(str(folder / "run.json"), (json.dumps(info, indent=2) + "\n").encode())
+
+
+def read_manifests(folder: Path, warn) -> dict[str, dict]:
+    """Every finished cell of every shard: cell id -> its record. A line that is not a whole record
+    is skipped with a warning (its cell is redone); a record whose image is gone does not count."""
+    done: dict[str, dict] = {}
+    for path in sorted(folder.glob("manifest*.jsonl")):
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                cell, status, image = record["cell"], record["status"], record.get("image")
+            except (ValueError, KeyError, TypeError):
+                warn(f"{path} line {n}: not a manifest record; its cell is redone")
+                continue
+            if status == "done" and isinstance(image, str) and (folder / image).is_file():
+                done[cell] = record
+    return done
+
+
+def append_record(path: Path, record: dict) -> None:
+    """One line, written with one `write` on an O_APPEND descriptor: whole or (after a kill) cut
+    short, never interleaved with another process's line."""
+    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def end_with_newline(path: Path) -> None:
+    """A line cut short by a kill must not swallow the next record."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            last = fh.read(1)
+        if last != b"\n":
+            append_raw(path, b"\n")
+
+
+def append_raw(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path, mine: list[Cell]) -> None:
+    """Temporary files a killed run of this shard left (other shards' may be in use)."""
+    names = {c.image_name() for c in mine}
+    for tmp in (folder / IMAGES).glob(".*.tmp"):
+        if tmp.name[1:].rsplit(".", 2)[0] in names:
+            tmp.unlink(missing_ok=True)
+
+
+# -- running cells ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    left_out: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+class QuietReporter:
+    """The engine's reporter inside the sweep's own progress bar: hints once each, no nested bars."""
+
+    def __init__(self, out):
+        self.out, self.seen = out, set()
+
+    def hint(self, message: str) -> None:
+        if message not in self.seen:
+            self.seen.add(message)
+            self.out.hint(message)
+
+    def log(self, message: str) -> None:
+        self.out.log(message)
+
+    def status(self, message: str):
+        return nullcontext()
+
+    @contextmanager
+    def progress(self, description: str, total: int):
+        yield lambda done, total_, info="": None
+
+
+def settings_of(cell: Cell, recipe: Recipe, device: str | None):
+    from llmdit_cli.config import resolve_defaults
+
+    keyed = {}
+    for key, value in cell.settings.items():
+        table = "grid" if key in recipe.grid else "zip" if key in recipe.zip else "base"
+        keyed[key] = (value, f"{recipe.source} [{table}]")
+    if device and "optimization.device" not in cell.settings:
+        keyed["optimization.device"] = (device, "distributed launch (LOCAL_RANK)")
+    return resolve_defaults(keyed=keyed)
+
+
+def fits_model(cells: list[Cell], engine, recipe: Recipe, device: str | None, warn) -> list[Cell]:
+    """Leave out cells whose values go beyond their model (a hidden layer deeper than its text
+    encoder, SLG blocks it lacks), with one warning per setting naming the values."""
+    kept, dropped = [], {}
+    limits: dict[str, tuple[int, int]] = {}
+    for cell in cells:
+        if cell.model not in limits:
+            handle, _ = engine.model(settings_of(cell, recipe, device))
+            layers = int(handle.component_config("text_encoder").get("num_hidden_layers", 0))
+            limits[cell.model] = (layers, int(handle.component_config("transformer").get("n_layers", 0)))
+        te_layers, blocks = limits[cell.model]
+        hidden = cell.settings.get("encoder.hidden_layer", -2)
+        slg_on = cell.settings.get("slg.enabled") or (cell.settings.get("slg.scale") or 0) > 0
+        slg = (cell.settings.get("slg.layers") or []) if slg_on else []
+        if not -(te_layers + 1) <= hidden <= te_layers:
+            dropped.setdefault(("encoder.hidden_layer", cell.model), set()).add(hidden)
+        elif any(not 0 <= b < blocks for b in slg):
+            dropped.setdefault(("slg.layers", cell.model), set()).add(str(slg))
+        else:
+            kept.append(cell)
+    for (key, model), values in dropped.items():
+        warn(f"{key} {', '.join(map(str, sorted(values)))}: beyond model {model}; those cells are left out")
+    return kept
+
+
+def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -> list[tuple[Cell, Any]]:
+    """Each cell's request, filled (family defaults, size) and checked before any weights load: a
+    bad value stops the sweep here, named with the recipe table it came from."""
+    from llmdit_cli.engine import GenerateRequest
+
+    planned = []
+    for cell in sorted(todo, key=lambda c: (c.model, c.index)):  # each model loads once
+        req = GenerateRequest(settings_of(cell, recipe, device), seeds=[cell.seed])
+        _size(req, engine, recipe)
+        engine.prepare(req, report)
+        planned.append((cell, req))
+    return planned
+
+
+def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shard, report, on_done) -> Outcome:
+    """Make every cell's image (encodings shared between cells); record each in the shard's
+    manifest; a failing cell is recorded as failed and the sweep goes on."""
+    from llmdit_cli.artifacts import write_bytes_atomic
+    from llmdit_cli.engine import EncodeRequest
+    from llmdit_cli.pngmeta import png_bytes
+
+    manifest = folder / shard.manifest
+    end_with_newline(manifest)
+    encodings: dict[tuple, Any] = {}
+    outcome = Outcome()
+    for cell, req in planned:
+        start = time.perf_counter()
+        record: dict[str, Any] = {
+            "cell": cell.id,
+            "index": cell.index,
+            "axes": cell.axes,
+            "prompt": cell.prompt,
+            "seed": cell.seed,
+            "shard": f"{shard.index}/{shard.count}",
+        }
+        try:
+            r = req.settings
+            with_negative = r.settings.generation.guidance_scale > 0
+            key = _encoding_key(r, cell.prompt, with_negative)
+            if key not in encodings:
+                encodings[key] = engine.encode(EncodeRequest(r, [cell.prompt], with_negative=with_negative), report)
+            req.embeds = encodings[key]
+            generated = engine.generate(req, report)[0]
+            image = f"{IMAGES}/{cell.image_name()}"
+            write_bytes_atomic(str(folder / image), png_bytes(generated.image, generated.settings))
+            seconds = time.perf_counter() - start
+            record.update(status="done", image=image, settings=generated.settings, seconds=round(seconds, 4))
+            append_record(manifest, record)
+            outcome.done += 1
+            outcome.seconds.append(seconds)
+            on_done(cell, record)
+        except KeyboardInterrupt:
+            raise
+        except (LlmditError, RuntimeError, MemoryError, ValueError, OSError) as exc:
+            message = exc.render() if isinstance(exc, LlmditError) else f"{type(exc).__name__}: {exc}"
+            record.update(
+                status="failed",
+                error=message.splitlines()[0] if message else type(exc).__name__,
+                seconds=round(time.perf_counter() - start, 4),
+            )
+            append_record(manifest, record)
+            outcome.failed += 1
+            report.hint(f"cell {cell.index} failed: {record['error']}")
+            on_done(cell, record)
+    return outcome
+
+
+def _size(req, engine, recipe: Recipe) -> None:
+    """Width and height as `size_factor` x the family's default, where the recipe leaves them open."""
+    if recipe.size_factor is None:
+        return
+    r = req.settings
+    handle, _ = engine.model(r)
+    for side in ("width", "height"):
+        base = handle.defaults().get(side)
+        if base:
+            value = max(16, round(base * recipe.size_factor / 16) * 16)
+            r.set_default(
+                side, value, f"{recipe.source} size_factor {recipe.size_factor:g} x model family {handle.variant}"
+            )
+
+
+def _encoding_key(r, prompt: str, with_negative: bool) -> tuple:
+    from llmdit_cli.engine.engine import model_key
+
+    s = r.settings
+    return (
+        model_key(r),
+        json.dumps(s.encoder.model_dump(), sort_keys=True),
+        s.generation.negative_prompt,
+        with_negative,
+        prompt,
+    )
