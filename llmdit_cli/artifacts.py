@@ -270,8 +270,9 @@ def check_binary_target(path: str) -> None:
         raise UsageError("refusing to write binary data to a terminal: redirect stdout or give -o FILE")
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` (or stdout for '-') so that no half-written file is ever seen."""
+def write_bytes_atomic(path: str, data: bytes, tag: str = "") -> None:
+    """Write `data` to `path` (or stdout for '-') so that no half-written file is ever seen. The
+    temporary file is `.NAME.[TAG.]RANDOM.tmp` beside it (`tag` lets a caller find its own)."""
     if path == STDIO:
         check_binary_target(path)
         sys.stdout.buffer.write(data)
@@ -279,7 +280,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=target.parent)
     try:
         # mkstemp makes the file private (0600); a written file gets what `cp` would give it
         os.fchmod(fd, 0o666 & ~_umask())

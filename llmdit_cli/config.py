@@ -40,6 +40,9 @@ class EncoderSettings(_Section):
     assistant_content: str | None = None
     hidden_layer: int = -2
     max_length: int = 512
+    # A prompt template by name (templates/, `llmdit templates list`): its system prompt and
+    # think-block settings apply where the settings above are left unset.
+    template: str | None = None
 
 
 class GenerationSettings(_Section):
@@ -53,6 +56,14 @@ class GenerationSettings(_Section):
     cfg_truncation: float = 1.0
     negative_prompt: str = ""
     strength: float = 0.6
+
+
+class TemplatesSettings(_Section):
+    """Where templates are looked up besides the built-ins (machine-specific: not recorded)."""
+
+    flag_prefix: ClassVar[str] = "templates"
+    record: ClassVar[str] = "none"
+    dir: list[str] = []
 
 
 class SchedulerSettings(_Section):
@@ -105,6 +116,7 @@ class OptimizationSettings(_Section):
 class Settings(_Section):
     model: str = DEFAULT_MODEL
     encoder: EncoderSettings = EncoderSettings()
+    templates: TemplatesSettings = TemplatesSettings()
     generation: GenerationSettings = GenerationSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     lora: LoraSettings = LoraSettings()
@@ -190,8 +202,8 @@ def _env_layer() -> dict[str, Any]:
         name = ENV_PREFIX + key.replace(".", "_").upper()
         if name in os.environ:
             raw: Any = os.environ[name]
-            if key in ("lora.loras", "slg.layers"):
-                raw = [s for s in raw.split(",") if s]
+            if key in ("lora.loras", "slg.layers", "templates.dir"):
+                raw = [s for s in raw.split(os.pathsep if key == "templates.dir" else ",") if s]
             layer[key] = (check_value(key, raw, f"environment variable {name}"), name)
     return layer
 

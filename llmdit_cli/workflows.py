@@ -33,8 +33,28 @@ def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> N
         r.set_default(name, value, f"model family {label}")
 
 
-def chat_format(e: EncoderSettings) -> ChatFormat:
-    return ChatFormat(e.system_prompt, e.thinking_content, e.enable_thinking, e.assistant_content)
+def chat_format(r: Resolved):
+    """The chat formatting the settings ask for, and the template it came from (or None): a
+    template fills the system prompt, thinking and assistant text left unset, and the thinking
+    switch unless it was set."""
+    from llmdit_cli.prompt_templates import find
+
+    s = r.settings
+    e = s.encoder
+    if not e.template:
+        return ChatFormat(e.system_prompt, e.thinking_content, e.enable_thinking, e.assistant_content), None
+    t = find(e.template, s.templates.dir)
+    thinking = (
+        e.enable_thinking
+        if r.sources.get("encoder.enable_thinking", "default") != "default"
+        else t.meta.enable_thinking
+    )
+    return ChatFormat(
+        e.system_prompt if e.system_prompt is not None else t.system,
+        e.thinking_content if e.thinking_content is not None else t.meta.thinking_content,
+        thinking,
+        e.assistant_content if e.assistant_content is not None else t.meta.assistant_content,
+    ), t
 
 
 @dataclass
@@ -60,7 +80,7 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     s = r.settings
     enc, negative = s.encoder, s.generation.negative_prompt
     check_encoder(r)
-    fmt = chat_format(enc)
+    fmt, template = chat_format(r)
     pipe = handle.pipeline("tokenizer", "text_encoder")
     device = run_device(pipe, pipe.text_encoder)
     texts = [fmt.format(p) for p in prompts]
@@ -79,6 +99,7 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
         "token_counts": pos.token_counts,
         "negative_token_counts": neg.token_counts if neg else [],
         "encoder": enc.model_dump(),
+        **({"template": template.record()} if template else {}),
         "llmdit_version": __version__,
     }
     return Embeds(pos.embeds, neg.embeds if neg else [], params, pipe.text_encoder.config.hidden_size)
@@ -256,6 +277,7 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
                 "negative_prompt": negatives[pi] if pi < len(negatives) else "",
                 "seed": seed,
                 "encoder": e.params.get("encoder", {}),
+                **({"template": e.params["template"]} if e.params.get("template") else {}),
             }
             jobs.append(Job(len(jobs), pi, seed, s))
     return jobs

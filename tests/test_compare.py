@@ -168,7 +168,8 @@ def test_two_runs_compare_with_run_as_an_axis(cli, run_folder, tmp_path):
     )
     assert r.code == 0, r.stderr
     rows = list(csv.DictReader(open("two.metrics.csv")))
-    assert {row["run"] for row in rows} == {"c", "c-2"} and {row["psnr"] for row in rows} == {"inf"}
+    assert {row["run"] for row in rows} == {"c", "twin"} and {row["psnr"] for row in rows} == {"inf"}
+    json.loads(Path("two.metrics.json").read_text(), parse_constant=_no_constants)  # strict JSON
 
 
 def test_prompt_scores_from_a_tiny_siglip(cli, run_folder, tmp_path):
@@ -314,6 +315,42 @@ def _chromium():
     assert binary and driver_path, "install chromium and chromium-driver (.ci/run does)"
     options.binary_location = binary
     return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+def _no_constants(name):
+    raise AssertionError(f"not JSON: {name}")
+
+
+def test_list_valued_axes_and_prompts_that_look_alike(cli, tmp_path):
+    recipe = RECIPE.replace(
+        "scheduler.shift = [1.0, 3.0]\ngeneration.steps = [2, 3]", "slg.layers = [[1], [1, 2]]\nslg.scale = [0.0, 2.0]"
+    )
+    recipe = recipe.replace(
+        'prompts = ["a red circle on a blue background"]',
+        'prompts = ["a red circle on a blue background, version one", "a red circle on a blue background, version two"]',
+    )
+    (tmp_path / "l.toml").write_text(recipe.replace("seeds = [1, 2]", "seeds = [1]"))
+    assert cli("sweep", "l.toml", "-q").code == 0
+    r = cli(
+        "compare",
+        "runs/l",
+        "--rows",
+        "slg.layers",
+        "--cols",
+        "slg.scale",
+        "--reference",
+        "slg.scale=0.0",
+        "-o",
+        "l-{index}.png",
+        "--html",
+        "l.html",
+    )
+    assert r.code == 0, r.stderr
+    assert len(list(Path(".").glob("l-*.png"))) == 2  # one per prompt
+    r = cli("compare", "runs/l", "--mode", "side-by-side", "--reference", "slg.scale=0.0", "-o", "pairs.png")
+    assert r.code == 0, r.stderr
+    for rec in _records(Path("runs/l")):  # both prompts' images are there, none replaced
+        assert _contains(png("pairs.png"), png(Path("runs/l") / rec["image"]))
 
 
 def _records(run: Path) -> list[dict]:

@@ -130,6 +130,13 @@ def test_slurm_array_and_torchrun_pick_the_shard():
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "5"})[
         0
     ] == Shard(1, 4)
+    step = {"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert shard_from_env(step)[0] == Shard(3, 4)  # --array=0-6:2
+    from llmdit_cli.errors import UsageError
+
+    for bad in ({**step, "SLURM_ARRAY_TASK_ID": "5"}, {**step, "SLURM_ARRAY_TASK_ID": "x"}):
+        with pytest.raises(UsageError):
+            shard_from_env(bad)
     assert shard_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (Shard(1, 2), "cuda:1")
     assert shard_from_env({}) == (Shard(), None)
 
@@ -213,6 +220,7 @@ BAD = [
         "need equal lengths (generation.steps has 2, scheduler.shift has 1)",
     ),
     ("[grid]\ngeneration.steps = [0, 1]\n", "generation.steps (from "),
+    ("size_factor = 0\n", "bad value for 'size_factor'"),
 ]
 
 

@@ -28,6 +28,7 @@ COMMANDS = {
     "compare": ("llmdit_cli.cli.compare", "compare", False),
     "config": ("llmdit_cli.cli.config_cmd", "config_app", True),
     "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
+    "templates": ("llmdit_cli.cli.templates_cmd", "templates_app", True),
 }
 
 

@@ -205,17 +205,23 @@ def _paths(output: str | None, n: int) -> list[str]:
 
     if output is None:
         return ["compare.png"] if n == 1 else [f"compare-{i}.png" for i in range(n)]
-    if n == 1:
-        return [str(Path(output) / "compare.png")] if output.endswith("/") or Path(output).is_dir() else [output]
     if output == "-":
-        raise UsageError(
-            f"-o -: {n} grids cannot go to stdout; fix the other axes with --where, or give a pattern with {{index}} or a folder"
-        )
+        if n > 1:
+            raise UsageError(
+                f"-o -: {n} grids cannot go to stdout; fix the other axes with --where, or give a "
+                f"pattern with {{index}} or a folder"
+            )
+        return ["-"]
     if output.endswith("/") or Path(output).is_dir():
-        return [str(Path(output) / f"compare-{i}.png") for i in range(n)]
-    if "{index" not in output:
-        raise UsageError(f"-o {output}: {n} grids need a folder or a pattern with {{index}}")
-    return [output.format(index=i) for i in range(n)]
+        return [str(Path(output) / ("compare.png" if n == 1 else f"compare-{i}.png")) for i in range(n)]
+    if "{" not in output:
+        if n > 1:
+            raise UsageError(f"-o {output}: {n} grids need a folder or a pattern with {{index}}")
+        return [output]
+    try:
+        return [output.format(index=i) for i in range(n)]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"-o {output}: bad pattern ({exc}); use {{index}}") from None
 
 
 def _write_grids(out, grids, paths) -> None:
@@ -239,10 +245,10 @@ def _write_grids(out, grids, paths) -> None:
 
 
 def _beside(path: str, html: str | None) -> str | None:
+    from pathlib import Path
+
     base = path if path != "-" else html
-    if base is None:
-        return None
-    return str(base).rsplit(".", 1)[0] + ".metrics"
+    return None if base is None else str(Path(base).with_suffix("")) + ".metrics"
 
 
 def _write_metrics(out, table, prefix) -> None:
@@ -262,9 +268,19 @@ def _write_metrics(out, table, prefix) -> None:
     for row in table:
         writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
     write_bytes_atomic(f"{prefix}.csv", buf.getvalue().encode())
-    write_bytes_atomic(f"{prefix}.json", (json.dumps(table, indent=1, default=str) + "\n").encode())
+    finite = [{k: _json_number(v) for k, v in row.items()} for row in table]
+    write_bytes_atomic(f"{prefix}.json", (json.dumps(finite, indent=1, default=str, allow_nan=False) + "\n").encode())
     for suffix in ("csv", "json"):
         out.wrote(f"{prefix}.{suffix}", "metrics", prompt=None, seed=None, settings={"rows": len(table)})
+
+
+def _json_number(v):
+    """JSON has no infinity or NaN: PSNR of identical images is "inf", of different sizes null."""
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, float) and v in (float("inf"), float("-inf")):
+        return "inf" if v > 0 else "-inf"
+    return v
 
 
 def _scores(model: str, items, out) -> dict[str, float]:

@@ -26,6 +26,8 @@ from llmdit_cli.cli.options import (
     QuantizeOpt,
     QuietOpt,
     SystemPromptOpt,
+    TemplateOpt,
+    TemplatesDirOpt,
     TextEncoderDeviceOpt,
     ThinkingOpt,
 )
@@ -44,6 +46,8 @@ def encode(
     assistant_content: AssistantOpt = None,
     hidden_layer: HiddenLayerOpt = None,
     max_length: MaxLengthOpt = None,
+    template: TemplateOpt = None,
+    templates_dir: TemplatesDirOpt = None,
     show_format: Annotated[
         bool,
         typer.Option(
@@ -84,6 +88,8 @@ def encode(
         **encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_content, hidden_layer, max_length),
         **model_flags(model, dtype, device, text_encoder_device, None, None, cpu_offload),
         quantize=quantize,
+        template=template,
+        templates_dir=templates_dir or None,
     )
     texts = collect_prompts(prompts, file)
     if not texts:
@@ -92,7 +98,7 @@ def encode(
     engine = Engine()
     handle, _ = engine.model(r)
     if show_format:
-        _show_format(handle, chat_format(r.settings.encoder), texts, r.settings.encoder.max_length, out)
+        _show_format(handle, chat_format(r)[0], texts, r.settings.encoder.max_length, out)
         return
     target = output or "-"
     check_binary_target(target)

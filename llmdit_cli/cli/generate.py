@@ -126,6 +126,7 @@ def _setting_flags(o: dict) -> dict:
 
     flags = {k: v for k, v in o.items() if k in FLAG_KEY or k == "model"}
     flags["loras"] = o["loras"] or None  # an empty list is "not given"
+    flags["templates_dir"] = o["templates_dir"] or None
     flags["slg_layers"] = parse_layers(o["slg_layers"])
     return flags
 

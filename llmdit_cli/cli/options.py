@@ -163,6 +163,20 @@ AssistantOpt = setting_option(
     help="Text that opens the assistant turn.",
     rich_help_panel=G_PROMPT,
 )
+TemplateOpt = setting_option(
+    "template",
+    Optional[str],
+    "--template",
+    help="Prompt template by name (`llmdit templates list`): its system prompt and think-block settings; the flags above override them.",
+    rich_help_panel=G_PROMPT,
+)
+TemplatesDirOpt = setting_option(
+    "templates_dir",
+    Optional[list[str]],
+    "--templates-dir",
+    help="A folder of your own templates (*.md); repeat. They override built-ins of the same name (env LLMDIT_TEMPLATES_DIR).",
+    rich_help_panel=G_PROMPT,
+)
 HiddenLayerOpt = setting_option(
     "hidden_layer",
     Optional[int],

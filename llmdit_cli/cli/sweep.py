@@ -106,7 +106,7 @@ def _run(out, r, todo, folder, part, device, outcome, ours):
     planned = run.plan(engine, r, kept, device, report)  # every check before the folder or a weight
     if not ours:
         run.create_folder(folder, r)
-    run.remove_stale_temps(folder, kept)
+    run.remove_stale_temps(folder)
     out.log(f"sweep {r.name}: {len(planned)} cell(s) to run, {outcome.skipped} already done -> {folder}")
     with out.progress(f"sweep {r.name}", len(planned)) as advance:
         count = {"n": 0}

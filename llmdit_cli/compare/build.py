@@ -86,26 +86,36 @@ def grid_for(
     col_values = _values(chosen, lay.cols)
     tiles, notes, sources = {}, {}, {}
     for e in chosen:
-        at = (e.axes.get(lay.rows) if lay.rows else None, e.axes.get(lay.cols) if lay.cols else None)
-        if at in tiles:
+        at = (_position(row_values, e, lay.rows), _position(col_values, e, lay.cols))
+        if at in tiles or at in notes:
             continue  # axes the grid does not show hold one value here, or --where fixed them
         reference = reference_of(e, by_axes, ref)
-        if mode == "diff" and reference is None:
-            notes[at] = "no reference"  # the tile stays empty: there is nothing to subtract
-            continue
         image = images.load_image(e)
         text = []
         if reference is not None:
-            text.append(images.note(images.metrics(images.load_image(reference), image)))
+            ref_image = images.load_image(reference)
+            text.append(images.note(images.metrics(ref_image, image)))
             if mode == "diff":
-                image = images.difference(images.load_image(reference), image, diff_mode)
-        if e.cell in scores:
-            text.append(f"score {scores[e.cell]:.3f}")
-        tiles[at], sources[at] = image, e
+                image = images.difference(ref_image, image, diff_mode)
+        elif mode == "diff":
+            image, text = None, ["no reference"]  # the tile stays empty: nothing to subtract
+        if score_key(e) in scores:
+            text.append(f"score {scores[score_key(e)]:.3f}")
+        if image is not None:
+            tiles[at], sources[at] = image, e
         if text:
             notes[at] = " ".join(text)
     title = " ".join(f"{k}={images.label(v)}" for k, v in {**where, **group}.items())
     return images.Grid(row_values, col_values, tiles, lay.rows, lay.cols, title, notes, sources)
+
+
+def _position(values: list, e: Entry, axis: str | None) -> int:
+    return 0 if axis is None else values.index(e.axes.get(axis))
+
+
+def score_key(e: Entry) -> str:
+    """Scores are per image: a cell id is only unique within its run."""
+    return f"{e.run}/{e.cell}"
 
 
 def side_by_side(items: list[Entry], where: dict[str, Any], ref: dict[str, Any]) -> images.Grid:
@@ -116,31 +126,37 @@ def side_by_side(items: list[Entry], where: dict[str, Any], ref: dict[str, Any])
         reference = reference_of(e, by_axes, ref)
         if reference is None or reference is e:
             continue
-        name = " ".join(f"{k}={images.label(e.axes[k])}" for k in shown if k in e.axes)
+        i = len(rows)
+        rows.append(
+            " ".join(
+                f"{k}={e.axes[k] if isinstance(e.axes[k], str) else json.dumps(e.axes[k])}"
+                for k in shown
+                if k in e.axes
+            )
+        )
         image, ref_image = images.load_image(e), images.load_image(reference)
-        rows.append(name)
-        tiles[(name, "reference")] = ref_image
-        tiles[(name, "image")] = image
-        notes[(name, "image")] = images.note(images.metrics(ref_image, image))
-        sources[(name, "reference")], sources[(name, "image")] = reference, e
+        tiles[(i, 0)], tiles[(i, 1)] = ref_image, image
+        notes[(i, 1)] = images.note(images.metrics(ref_image, image))
+        sources[(i, 0)], sources[(i, 1)] = reference, e
     title = "reference: " + " ".join(f"{k}={images.label(v)}" for k, v in ref.items())
     return images.Grid(rows, ["reference", "image"], tiles, None, None, title, notes, sources)
 
 
 def metric_rows(items: list[Entry], ref: dict[str, Any], scores: dict[str, float]) -> list[dict[str, Any]]:
-    """One row per image: its run, cell, axes, reference and metrics (and score)."""
+    """One row per image that has a reference or a score: its run, cell, axes, metrics, score."""
     by_axes = index(items)
     out = []
     for e in items:
         reference = reference_of(e, by_axes, ref)
-        row: dict[str, Any] = {"run": e.run, "cell": e.cell, "image": str(e.image), **e.axes}
+        if reference is None and score_key(e) not in scores:
+            continue
+        row: dict[str, Any] = {**e.axes, "run": e.run, "cell": e.cell, "image": str(e.image)}
         if reference is not None:
             row["reference"] = str(reference.image)
             row.update(images.metrics(images.load_image(reference), images.load_image(e)))
-        if e.cell in scores:
-            row["score"] = scores[e.cell]
-        if len(row) > 3 + len(e.axes):
-            out.append(row)
+        if score_key(e) in scores:
+            row["score"] = scores[score_key(e)]
+        out.append(row)
     return out
 
 

@@ -22,16 +22,17 @@ def label(value: Any) -> str:
 
 @dataclass
 class Grid:
-    """Tiles keyed by (row value, column value); `None` as a key when that side has no axis."""
+    """Tiles keyed by (row position, column position) in `rows` / `cols`, the values shown as labels
+    (`None` when that side has no axis). Positions, not values, so list values (`slg.layers`) work."""
 
     rows: list
     cols: list
-    tiles: dict[tuple, Any]  # (row, col) -> PIL image
+    tiles: dict[tuple[int, int], Any]  # (i, j) -> PIL image
     row_axis: str | None
     col_axis: str | None
     title: str = ""
-    notes: dict[tuple, str] = field(default_factory=dict)  # (row, col) -> text under the tile
-    sources: dict[tuple, Entry] = field(default_factory=dict)  # (row, col) -> the image's entry
+    notes: dict[tuple[int, int], str] = field(default_factory=dict)  # (i, j) -> text under the tile
+    sources: dict[tuple[int, int], Entry] = field(default_factory=dict)  # (i, j) -> the image's entry
 
 
 def load_image(entry: Entry):
@@ -63,18 +64,18 @@ def render(grid: Grid):
         draw.text((PAD, PAD), grid.title, fill=(0, 0, 0), font=font)
     for j, name in enumerate(col_names):
         draw.text((left + PAD + j * (col_w + PAD), top - line - PAD // 2), name, fill=(0, 0, 0), font=font)
-    for i, r in enumerate(grid.rows):
+    for i in range(len(grid.rows)):
         y = top + PAD + i * (th + note_h + PAD)
         draw.text((PAD, y + th // 2 - line // 2), row_names[i], fill=(0, 0, 0), font=font)
-        for j, c in enumerate(grid.cols):
+        for j in range(len(grid.cols)):
             x = left + PAD + j * (col_w + PAD)
-            tile = grid.tiles.get((r, c))
+            tile = grid.tiles.get((i, j))
             if tile is None:
                 draw.rectangle([x, y, x + tw - 1, y + th - 1], fill=MISSING)
                 draw.text((x + 2, y + 2), "missing", fill=(90, 90, 90), font=font)
             else:
                 canvas.paste(tile, (x, y))
-            note = grid.notes.get((r, c))
+            note = grid.notes.get((i, j))
             if note:
                 draw.text((x, y + th + 1), note, fill=(40, 40, 40), font=font)
     return canvas
@@ -95,13 +96,15 @@ def _text_width(font, text: str) -> int:
 
 
 def difference(a, b, mode: str):
-    """A picture of how `b` differs from `a` (same size): `absolute` |a - b| scaled to full range,
+    """A picture of how `b` differs from `a` (None when their sizes differ): `absolute` |a - b| scaled to full range,
     `highlight` b greyed with changed pixels in red, `heatmap` the mean change per pixel from dark
     blue (none) through yellow to red (most)."""
     import numpy as np
     from PIL import Image
 
     x, y = (np.asarray(img, dtype=np.float32) for img in (a, b))
+    if x.shape != y.shape:
+        return None  # different sizes: nothing to subtract
     delta = np.abs(x - y)
     if mode == "absolute":
         scale = 255.0 / max(float(delta.max()), 1.0)
@@ -140,5 +143,7 @@ def metrics(reference, image) -> dict[str, float]:
 
 
 def note(m: dict[str, float]) -> str:
+    if m["psnr"] != m["psnr"]:  # NaN: the sizes differ
+        return "size differs"
     psnr = "inf" if m["psnr"] == float("inf") else f"{m['psnr']:.1f}"
     return f"PSNR {psnr} SSIM {m['ssim']:.3f}"

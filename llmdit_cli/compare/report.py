@@ -28,11 +28,13 @@ figure.tile.selected img { outline: 3px solid #e33; }
 figure.tile figcaption { font-size: 11px; color: #555; }
 td.missing { background: #ddd; color: #777; font-size: 11px; text-align: center; }
 #compare { border-top: 1px solid #ccc; padding-top: 12px; }
+.view-column { display: inline-block; vertical-align: top; margin: 8px 16px 8px 0; }
 .view { position: relative; display: inline-block; vertical-align: top; margin: 8px 16px 8px 0; }
+.view-column .view { margin: 0; }
 .view img, .view canvas { display: block; width: 320px; image-rendering: pixelated; }
-#slider-a-clip { position: absolute; top: 0; left: 0; height: 100%; width: 50%; overflow: hidden; }
+#slider-a-clip { position: absolute; top: 0; left: 0; height: 100%; width: 50%; overflow: hidden; pointer-events: none; }
 #slider-a-clip img { width: 320px; max-width: none; }
-#divider { position: absolute; top: 0; left: 50%; width: 2px; height: 100%; background: #e33; }
+#divider { position: absolute; top: 0; left: 50%; width: 2px; height: 100%; background: #e33; pointer-events: none; }
 #slider { width: 320px; display: block; }
 #diff { position: absolute; top: 0; left: 0; opacity: 0.85; }
 #lightbox { position: fixed; inset: 0; background: rgba(0,0,0,.85); display: flex; gap: 16px;
@@ -98,7 +100,11 @@ function drawDiff() {
   a.src = $('ab-a').dataset.src; b.src = $('ab-b').dataset.src;
 }
 
-tiles.forEach((t) => t.addEventListener('click', () => show(Number(t.dataset.index))));
+tiles.forEach((t) => {
+  t.querySelector('img').src = IMAGES[Number(t.dataset.index)].src;  // each image is in the page once
+  t.addEventListener('click', () => show(Number(t.dataset.index)));
+  t.addEventListener('keydown', (e) => { if (e.key === 'Enter') { show(Number(t.dataset.index)); } });
+});
 $('lightbox').addEventListener('click', closeBox);
 $('pick-a').addEventListener('change', (e) => pick('a', Number(e.target.value)));
 $('pick-b').addEventListener('change', (e) => pick('b', Number(e.target.value)));
@@ -112,7 +118,8 @@ document.addEventListener('keydown', (e) => {
     if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') { show(current - 1); }
   } else if (e.key === 't') { toggleAB(); }
 });
-pick('a', 0); pick('b', Math.min(1, IMAGES.length - 1)); moveSlider();
+if (IMAGES.length) { pick('a', 0); pick('b', Math.min(1, IMAGES.length - 1)); }
+moveSlider();
 """
 
 
@@ -139,8 +146,10 @@ def page(title: str, grids: list[images.Grid], metrics: list[dict[str, Any]]) ->
   <label>A <select id="pick-a">{options}</select></label>
   <label>B <select id="pick-b">{options.replace(f'value="{b_default}"', f'value="{b_default}" selected', 1)}</select></label>
   <div>
-    <div class="view" id="slider-view" title="slider: A on the left of the divider, B on the right">
-      <img id="slider-b" alt="B"><div id="slider-a-clip"><img id="slider-a" alt="A"></div><div id="divider"></div>
+    <div class="view-column">
+      <div class="view" id="slider-view" title="slider: A on the left of the divider, B on the right">
+        <img id="slider-b" alt="B"><div id="slider-a-clip"><img id="slider-a" alt="A"></div><div id="divider"></div>
+      </div>
       <input type="range" id="slider" min="0" max="100" value="50" aria-label="divider position">
     </div>
     <div class="view" title="A/B toggle (button or the t key); difference overlay in red">
@@ -152,7 +161,8 @@ def page(title: str, grids: list[images.Grid], metrics: list[dict[str, Any]]) ->
   </div>
 </section>"""
     table = _metrics_html(metrics)
-    data = json.dumps(catalogue).replace("</", "<\\/")
+    # Inside <script> only "<" can end the element early (`</script>`, `<!--`): escape every one.
+    data = json.dumps(catalogue).replace("<", "\\u003c")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
@@ -171,21 +181,21 @@ def page(title: str, grids: list[images.Grid], metrics: list[dict[str, Any]]) ->
 def _grid_html(grid: images.Grid, catalogue: list[dict[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(_name(grid.col_axis, c))}</th>" for c in grid.cols)
     rows = []
-    for r in grid.rows:
+    for i, r in enumerate(grid.rows):
         cells = []
-        for c in grid.cols:
-            tile = grid.tiles.get((r, c))
+        for j, c in enumerate(grid.cols):
+            tile = grid.tiles.get((i, j))
             if tile is None:
-                cells.append('<td class="missing">missing</td>')
+                cells.append(f'<td class="missing">{html.escape(grid.notes.get((i, j), "missing"))}</td>')
                 continue
-            entry = grid.sources.get((r, c))
+            entry = grid.sources.get((i, j))
             label = " ".join(x for x in (grid.title, _name(grid.row_axis, r), _name(grid.col_axis, c)) if x)
             settings = settings_text(entry) if entry else ""
             catalogue.append({"src": data_uri(tile), "label": label or f"image {len(catalogue)}", "settings": settings})
-            note = grid.notes.get((r, c), "")
+            note = grid.notes.get((i, j), "")
             cells.append(
                 f'<td><figure class="tile" data-index="{len(catalogue) - 1}" tabindex="0">'
-                f'<img src="{catalogue[-1]["src"]}" alt="{html.escape(label)}" title="{html.escape(settings)}">'
+                f'<img alt="{html.escape(label)}" title="{html.escape(settings)}">'
                 f"<figcaption>{html.escape(note)}</figcaption></figure></td>"
             )
         rows.append(f'<tr><th class="row">{html.escape(_name(grid.row_axis, r))}</th>{"".join(cells)}</tr>')

@@ -49,13 +49,9 @@ def find_runs(root: Path, depth: int = 3) -> list[Path]:
 
 
 def describe(folder: Path) -> RunInfo:
-    from llmdit_cli.sweep import recipe as recipes
-
     info = _info(folder)
-    try:
-        total = len(recipes.cells(recipes.load(str(folder / "recipe.toml"))))
-    except Exception:  # noqa: BLE001 - a listing shows what it can; the count is then unknown
-        total = -1
+    ids = _cell_ids(folder)
+    total = -1 if ids is None else len(ids)
     done = len(entries(folder, warn=lambda message: None))
     return RunInfo(
         folder, info.get("name", folder.name), info.get("created", "?"), total, done, list(info.get("axes", []))
@@ -73,26 +69,39 @@ def _info(folder: Path) -> dict:
 
 
 def entries(folder: Path, warn) -> list[Entry]:
-    """The finished images of a run folder, in cell order."""
+    """The finished images of a run folder that its recipe (as last run) still holds, in cell order."""
     from llmdit_cli.sweep.run import read_manifests
 
     if not is_run(folder):
         raise InputError(f"{folder}: not a sweep run folder (no run.json; `llmdit compare --list DIR` finds runs)")
-    name = _info(folder).get("name", folder.name)
+    _info(folder)
+    current = _cell_ids(folder)
     out = []
     for record in sorted(read_manifests(folder, warn).values(), key=lambda r: r.get("index", 0)):
+        if current is not None and record["cell"] not in current:
+            continue  # left by another recipe before a `sweep --force`
         axes = {**(record.get("axes") or {}), "prompt": record.get("prompt", ""), "seed": record.get("seed")}
-        out.append(Entry(name, folder / record["image"], axes, record.get("settings") or {}, record["cell"]))
+        out.append(Entry(folder.name, folder / record["image"], axes, record.get("settings") or {}, record["cell"]))
     return out
 
 
+def _cell_ids(folder: Path) -> set[str] | None:
+    from llmdit_cli.errors import LlmditError
+    from llmdit_cli.sweep import recipe as recipes
+
+    try:
+        return {c.id for c in recipes.cells(recipes.load(str(folder / "recipe.toml")))}
+    except LlmditError:
+        return None  # an unreadable recipe copy: show every finished image
+
+
 def load(folders: list[Path], warn) -> list[Entry]:
-    """Entries of one or several runs; with several, `run` is an axis too."""
+    """Entries of one or several runs; with several, `run` (the folder's name) is an axis too."""
     every: list[Entry] = []
-    names = []
+    names: list[str] = []
     for folder in folders:
         part = entries(folder, warn)
-        label = _unique(part[0].run if part else folder.name, names)
+        label = _unique(folder.resolve().name, names)
         names.append(label)
         for e in part:
             e.run = label

@@ -35,9 +35,10 @@ def text_inputs(model, tokenizer, prompts: list[str]) -> dict:
 
 
 def prompt_scores(ref: str, items: list[Entry]) -> dict[str, float]:
-    """Cell id -> cosine similarity of its image and its prompt."""
+    """`build.score_key(entry)` -> cosine similarity of its image and its prompt."""
     import torch
 
+    from llmdit_cli.compare.build import score_key
     from llmdit_cli.compare.images import load_image
 
     model, tokenizer, processor = load(ref)
@@ -47,5 +48,7 @@ def prompt_scores(ref: str, items: list[Entry]) -> dict[str, float]:
             text = text_inputs(model, tokenizer, [str(e.axes.get("prompt", ""))])
             pixels = processor(images=load_image(e), return_tensors="pt")["pixel_values"]
             out = model(**text, pixel_values=pixels)
-            scores[e.cell] = float(torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item())
+            scores[score_key(e)] = float(
+                torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds).item()
+            )
     return scores

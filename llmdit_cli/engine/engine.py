@@ -78,6 +78,11 @@ class Engine:
             self._models[model_key(r)] = handle
             self._locks.setdefault(model_key(r), threading.RLock())
 
+    def forget(self, key: tuple) -> None:
+        """Drop a model (by `model_key`) so its memory can go; a later request loads it again."""
+        with self._guard:
+            self._models.pop(key, None)
+
     # -- encode ------------------------------------------------------------------------------------
 
     def encode(self, req: EncodeRequest, report: Reporter | None = None):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from llmdit_cli.config import DEFAULT_MODEL, check_key, check_value
 from llmdit_cli.errors import ConfigError
 from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validate
@@ -31,7 +33,7 @@ class RecipeFile(StrictModel):
     output: str | None = None
     # Width and height as this multiple of the model family's default size (unless set): one
     # recipe then means "2x the base size" on Z-Image-Turbo (2048 px) and on the demo (64 px).
-    size_factor: float | None = None
+    size_factor: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     base: dict[str, Any] = {}
     grid: dict[str, Any] = {}
     zip: dict[str, Any] = {}

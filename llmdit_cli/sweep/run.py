@@ -58,10 +58,24 @@ def shard_from_env(env: dict[str, str]) -> tuple[Shard, str | None]:
         shard = parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK/WORLD_SIZE")
         return shard, f"cuda:{env.get('LOCAL_RANK', '0')}"
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        k = int(env["SLURM_ARRAY_TASK_ID"]) - first
-        return parse_shard(f"{k}/{env['SLURM_ARRAY_TASK_COUNT']}", "SLURM_ARRAY_TASK_ID/COUNT"), None
+        return _slurm_shard(env), None
     return Shard(), None
+
+
+def _slurm_shard(env: dict[str, str]) -> Shard:
+    """Array task ids MIN, MIN+STEP, ... (`--array=0-15` or `--array=0-30:2`) -> shard (ID-MIN)/STEP."""
+    names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+    try:
+        task, count, first, step = (int(env.get(n, d)) for n, d in zip(names, ("", "", "0", "1")))
+    except ValueError:
+        raise UsageError(f"{', '.join(names)}: not integers ({', '.join(env.get(n, '-') for n in names)})") from None
+    k, rest = divmod(task - first, max(step, 1))
+    if rest or not 0 <= k < count:
+        raise UsageError(
+            f"SLURM array task {task} is not one of {count} evenly spaced tasks from {first} (step "
+            f"{step}); use --array=0-{count - 1} or pass --shard K/N"
+        )
+    return Shard(k, count)
 
 
 # -- the run folder --------------------------------------------------------------------------------
@@ -154,12 +168,32 @@ def append_raw(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(folder: Path, mine: list[Cell]) -> None:
-    """Temporary files a killed run of this shard left (other shards' may be in use)."""
-    names = {c.image_name() for c in mine}
+def writer_tag() -> str:
+    """This process, in the names of the temporary files it writes: host and pid."""
+    import socket
+
+    return f"{socket.gethostname().replace('.', '_')}-{os.getpid()}"
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Temporary images left by killed sweep processes of this host (a process still running, here
+    or on another node sharing the folder, keeps its own)."""
+    host = writer_tag().rsplit("-", 1)[0]
     for tmp in (folder / IMAGES).glob(".*.tmp"):
-        if tmp.name[1:].rsplit(".", 2)[0] in names:
+        parts = tmp.name[1:].removesuffix(".tmp").rsplit(".", 2)
+        owner = parts[1].rsplit("-", 1) if len(parts) == 3 else []
+        if len(owner) == 2 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
             tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- running cells ---------------------------------------------------------------------------------
@@ -237,14 +271,17 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
     """Each cell's request, filled (family defaults, size) and checked before any weights load: a
     bad value stops the sweep here, named with the recipe table it came from."""
     from llmdit_cli.engine import GenerateRequest
+    from llmdit_cli.engine.engine import model_key
 
     planned = []
-    for cell in sorted(todo, key=lambda c: (c.model, c.index)):  # each model loads once
+    for cell in todo:
         req = GenerateRequest(settings_of(cell, recipe, device), seeds=[cell.seed])
         _size(req, engine, recipe)
         engine.prepare(req, report)
         planned.append((cell, req))
-    return planned
+    # Grouped by model (reference, LoRA stack, placement), so each loads once and is let go after.
+    order = {key: n for n, key in enumerate(dict.fromkeys(str(model_key(req.settings)) for _, req in planned))}
+    return sorted(planned, key=lambda p: (order[str(model_key(p[1].settings))], p[0].index))
 
 
 def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shard, report, on_done) -> Outcome:
@@ -252,14 +289,22 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
     manifest; a failing cell is recorded as failed and the sweep goes on."""
     from llmdit_cli.artifacts import write_bytes_atomic
     from llmdit_cli.engine import EncodeRequest
+    from llmdit_cli.engine.engine import model_key
     from llmdit_cli.pngmeta import png_bytes
 
     manifest = folder / shard.manifest
     end_with_newline(manifest)
     encodings: dict[tuple, Any] = {}
     outcome = Outcome()
+    tag = writer_tag()
+    previous = None
     for cell, req in planned:
         start = time.perf_counter()
+        key = model_key(req.settings)
+        if previous is not None and key != previous:
+            engine.forget(previous)  # cells are grouped by model: the last one is done with
+            encodings.clear()
+        previous = key
         record: dict[str, Any] = {
             "cell": cell.id,
             "index": cell.index,
@@ -277,7 +322,7 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
             req.embeds = encodings[key]
             generated = engine.generate(req, report)[0]
             image = f"{IMAGES}/{cell.image_name()}"
-            write_bytes_atomic(str(folder / image), png_bytes(generated.image, generated.settings))
+            write_bytes_atomic(str(folder / image), png_bytes(generated.image, generated.settings), tag)
             seconds = time.perf_counter() - start
             record.update(status="done", image=image, settings=generated.settings, seconds=round(seconds, 4))
             append_record(manifest, record)
@@ -286,7 +331,7 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
             on_done(cell, record)
         except KeyboardInterrupt:
             raise
-        except (LlmditError, RuntimeError, MemoryError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a cell that fails (out of memory, ...) is recorded; the sweep goes on
             message = exc.render() if isinstance(exc, LlmditError) else f"{type(exc).__name__}: {exc}"
             record.update(
                 status="failed",

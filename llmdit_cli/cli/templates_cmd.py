@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import TemplatesDirOpt
+from llmdit_cli.cli.output import Output
+
+templates_app = typer.Typer(help="Prompt templates: list them, show one.", no_args_is_help=True)
+
+CategoryOpt = Annotated[
+    Optional[str], typer.Option("--category", "-c", help="Only this category (photography, portrait, rewriter, ...).")
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+@templates_app.command("list")
+@handle_errors
+def list_templates(category: CategoryOpt = None, templates_dir: TemplatesDirOpt = None, json_out: JsonFlag = False):
+    """List the templates: built-ins and those in --templates-dir folders (which override built-ins by name).
+
+    Example: llmdit templates list --category portrait
+    """
+    import json
+
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.prompt_templates import BUILTIN, available
+
+    out = Output()
+    every = available(_folders(templates_dir))
+    found = [t for t in every.values() if category in (None, t.meta.category)]
+    if category and not found:
+        known = sorted({t.meta.category for t in every.values()})
+        raise UsageError(f"--category {category}: no such category (there are: {', '.join(known)})")
+    if json_out:
+        rows = [
+            {
+                **t.meta.model_dump(exclude={"thinking_content", "assistant_content"}),
+                "source": "built-in" if BUILTIN in t.source.parents else str(t.source),
+                "sha256": t.sha256,
+            }
+            for t in found
+        ]
+        out.data(json.dumps(rows, indent=2))
+        return
+    width = max((len(t.name) for t in found), default=0)
+    for t in found:
+        out.data(f"{t.name:<{width}}  {t.meta.category:<18} {t.meta.description}")
+
+
+@templates_app.command("show")
+@handle_errors
+def show(
+    name: Annotated[str, typer.Argument(help="Template name.", show_default=False)],
+    templates_dir: TemplatesDirOpt = None,
+):
+    """Print a template: its fields, then the system prompt it puts before your prompt.
+
+    Example: llmdit templates show general-enhancer
+    """
+    from llmdit_cli.prompt_templates import find
+
+    t = find(name, _folders(templates_dir))
+    out = Output()
+    for key, value in t.meta.model_dump().items():
+        if value is not None:
+            out.data(f"{key}: {value}")
+    out.data(f"source: {t.source}")
+    out.data("")
+    out.data(t.system)
+
+
+def _folders(flag: list[str] | None) -> list[str]:
+    """The user's template folders: --templates-dir, else the config file's `templates.dir` / env."""
+    from llmdit_cli.cli.common import settings
+
+    return list(settings(None, None, templates_dir=flag or None).settings.templates.dir)
