@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from llmdit_cli.errors import ConfigError, setting
 from llmdit_cli.tomlfiles import StrictModel, load_toml
@@ -43,6 +43,12 @@ class EncoderSettings(_Section):
     # A prompt template by name (templates/, `llmdit templates list`): its system prompt and
     # think-block settings apply where the settings above are left unset.
     template: str | None = None
+    # Prompts above the model's caption limit, and every prompt's length (stages/lengths.py).
+    long_prompt_mode: Literal["error", "truncate", "interpolate", "pool", "attention_pool"] = "truncate"
+    caption_length: int | None = Field(default=None, ge=1)
+    caption_fill: Literal[
+        "content_only", "pad_end_zero", "pad_end_mean", "pad_start_zero", "pad_middle_zero", "filler_repeat"
+    ] = "pad_end_zero"
 
 
 class GenerationSettings(_Section):
@@ -64,6 +70,15 @@ class TemplatesSettings(_Section):
     flag_prefix: ClassVar[str] = "templates"
     record: ClassVar[str] = "none"
     dir: list[str] = []
+
+
+class CacheSettings(_Section):
+    """The on-disk embedding cache (llmdit_cli/embed_cache.py); machine-specific: not recorded."""
+
+    flag_prefix: ClassVar[str] = "cache"
+    record: ClassVar[str] = "none"
+    enabled: bool = True
+    dir: str | None = None  # default: $XDG_CACHE_HOME/llmdit or ~/.cache/llmdit
 
 
 class SchedulerSettings(_Section):
@@ -117,6 +132,7 @@ class Settings(_Section):
     model: str = DEFAULT_MODEL
     encoder: EncoderSettings = EncoderSettings()
     templates: TemplatesSettings = TemplatesSettings()
+    cache: CacheSettings = CacheSettings()
     generation: GenerationSettings = GenerationSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     lora: LoraSettings = LoraSettings()

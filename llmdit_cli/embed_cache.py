@@ -32,12 +32,14 @@ class EmbedCache:
     def at(cls, folder: str | None) -> EmbedCache:
         return cls(Path(folder).expanduser() if folder else default_dir())
 
-    def key(self, identity: dict[str, Any], text: str, hidden_layer: int, max_length: int) -> str:
+    def key(self, identity: dict[str, Any], text: str, hidden_layer: int, max_length: int, variant: str = "") -> str:
+        """`variant`: what else changes the numbers (the dtype and quantization it was made with)."""
         data = {
             "encoder": {k: identity.get(k) for k in ("text_encoder_config", "text_encoder_weights")},
             "text": text,
             "hidden_layer": hidden_layer,
             "max_length": max_length,
+            "variant": variant,
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

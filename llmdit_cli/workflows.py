@@ -14,6 +14,7 @@ from llmdit_cli.config import EncoderSettings, OptimizationSettings, Resolved
 from llmdit_cli.errors import ModelError, UsageError, setting
 from llmdit_cli.models import ModelHandle, Placement
 from llmdit_cli.prompts import ChatFormat
+from llmdit_cli.stages.lengths import LONG_MODES, fill_length, fit_length
 
 ENCODER_FIELDS = tuple(EncoderSettings.model_fields)
 PLACEMENT_FIELDS = tuple(OptimizationSettings.model_fields)
@@ -73,36 +74,58 @@ class Embeds:
         return self.params["prompts"]
 
 
-def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: bool = True) -> Embeds:
-    """Encode prompts (and, unless `with_negative` is False, the negative prompt once per prompt)."""
-    from llmdit_cli.stages import run_device
-
+def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: bool = True, report=None) -> Embeds:
+    """Encode prompts (and, unless `with_negative` is False, the negative prompt once per prompt),
+    through the embedding cache unless it is off, then bring them to the caption lengths the
+    settings ask for (`stages/lengths.py`)."""
     s = r.settings
     enc, negative = s.encoder, s.generation.negative_prompt
     check_encoder(r)
     fmt, template = chat_format(r)
-    pipe = handle.pipeline("tokenizer", "text_encoder")
-    device = run_device(pipe, pipe.text_encoder)
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
-    encode_texts = handle.code.encode_texts
-    pos = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, enc.hidden_layer, enc.max_length, device)
-    neg = (
-        encode_texts(pipe.tokenizer, pipe.text_encoder, neg_texts, enc.hidden_layer, enc.max_length, device)
-        if with_negative
-        else None
-    )
+    pos = encode_cached(handle, texts, r)
+    neg = encode_cached(handle, neg_texts, r) if with_negative else []
+    cond = shape_lengths([t for t, _ in pos], r, handle, report)
+    uncond = shape_lengths([t for t, _ in neg], r, handle, report)
     params = {
         "prompts": prompts,
         "negative_prompts": [negative] * len(prompts),
         "formatted": texts,
-        "token_counts": pos.token_counts,
-        "negative_token_counts": neg.token_counts if neg else [],
+        "token_counts": [n for _, n in pos],
+        "negative_token_counts": [n for _, n in neg],
         "encoder": enc.model_dump(),
         **({"template": template.record()} if template else {}),
         "llmdit_version": __version__,
     }
-    return Embeds(pos.embeds, neg.embeds if neg else [], params, pipe.text_encoder.config.hidden_size)
+    return Embeds(cond, uncond, params, int(cond[0].shape[-1]))
+
+
+def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved) -> list[tuple[Any, int]]:
+    """(embedding, token count) per formatted text: cached entries as they are, the rest encoded in
+    one batch (the text encoder loads only then) and stored."""
+    from llmdit_cli.embed_cache import EmbedCache
+    from llmdit_cli.stages import run_device
+
+    s = r.settings
+    enc = s.encoder
+    cache = EmbedCache.at(s.cache.dir) if s.cache.enabled else None
+    identity = handle.identity("text_encoder")
+    variant = f"{handle.placement.dtype}|{handle.placement.quantize}"
+    keys = [cache.key(identity, t, enc.hidden_layer, enc.max_length, variant) for t in texts] if cache else []
+    found = [cache.get(k) for k in keys] if cache else [None] * len(texts)
+    missing = [i for i, hit in enumerate(found) if hit is None]
+    if missing:
+        pipe = handle.pipeline("tokenizer", "text_encoder")
+        device = run_device(pipe, pipe.text_encoder)
+        out = handle.code.encode_texts(
+            pipe.tokenizer, pipe.text_encoder, [texts[i] for i in missing], enc.hidden_layer, enc.max_length, device
+        )
+        for i, tensor, count in zip(missing, out.embeds, out.token_counts):
+            found[i] = (tensor, count)
+            if cache:
+                cache.put(keys[i], tensor, count, identity, enc.hidden_layer, texts[i])
+    return found
 
 
 def check_encoder(r: Resolved) -> None:
@@ -130,7 +153,8 @@ def read_embeds(path: str) -> Embeds:
 
 
 def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
-    """Refuse embeddings this transformer cannot take; hint when another text encoder made them."""
+    """Refuse embeddings this transformer cannot take; hint when another text encoder made them;
+    bring prompts longer than it takes within its limit (the mode they were encoded with)."""
     model = setting("model")
     ours = handle.identity("text_encoder")
     keys = ("text_encoder_config", "text_encoder_weights")
@@ -145,17 +169,47 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
             f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
             f"{model} {handle.ref} expects cap_feat_dim {cap} (encode with the same model)"
         )
-    # Captions are padded to a multiple of 32 and image positions follow them on the caption axis
-    # of the RoPE, so a caption may use at most axes_lens[0] - 32 positions (1504 for Z-Image).
-    limit = cfg.get("axes_lens", [None])[0]
-    if limit:
-        limit -= 32
-        longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
-        if longest > limit:
-            raise UsageError(
-                f"{e.source}: a prompt has {longest} tokens, but {model} {handle.ref} takes at most "
-                f"{limit}; shorten it or pass {setting('encoder.max_length')} {limit}"
+    limit = caption_limit(handle)
+    longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
+    if limit and longest > limit:
+        mode = e.params.get("encoder", {}).get("long_prompt_mode") or "truncate"
+        mode = mode if mode in LONG_MODES else "truncate"
+        e.cond = [fit_length(t, limit, mode) for t in e.cond]
+        e.uncond = [fit_length(t, limit, mode) for t in e.uncond]
+        if out is not None:
+            out.hint(
+                f"{e.source}: a prompt has {longest} tokens, more than the {limit} {model} {handle.ref} "
+                f"takes; brought within it by {mode} ({setting('encoder.long_prompt_mode')})"
             )
+
+
+def caption_limit(handle: ModelHandle) -> int | None:
+    """How many caption tokens the transformer takes. Captions are padded to a multiple of 32 and
+    image positions follow them on the caption axis of the RoPE, so at most axes_lens[0] - 32
+    (1504 for Z-Image)."""
+    lens = handle.component_config("transformer").get("axes_lens") or [None]
+    return lens[0] - 32 if lens[0] else None
+
+
+def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) -> list:
+    """Each embedding within the caption limit (`encoder.long_prompt_mode`), then at exactly
+    `encoder.caption_length` tokens when that is set (`encoder.caption_fill`)."""
+    enc = r.settings.encoder
+    limit = caption_limit(handle)
+    out = []
+    for t in tensors:
+        if limit and t.shape[0] > limit:
+            if report is not None and enc.long_prompt_mode != "error":
+                report.hint(
+                    f"a prompt has {t.shape[0]} tokens, more than the {limit} {setting('model')} "
+                    f"{handle.ref} takes; brought within it by {enc.long_prompt_mode} "
+                    f"({setting('encoder.long_prompt_mode')})"
+                )
+            t = fit_length(t, limit, enc.long_prompt_mode)
+        if enc.caption_length:
+            t = fill_length(t, min(enc.caption_length, limit or enc.caption_length), enc.caption_fill)
+        out.append(t)
+    return out
 
 
 def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:

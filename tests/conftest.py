@@ -32,6 +32,8 @@ def _isolated_config(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMDIT_CONFIG", "")
     monkeypatch.delenv("LLMDIT_CONFIG")
     monkeypatch.setattr("llmdit_cli.config.default_config_path", lambda: tmp_path / "no-config.toml")
+    # The embedding cache, per test and outside its folder (tests check that folder for leftovers).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path.parent / f"{tmp_path.name}-xdg-cache"))
     monkeypatch.chdir(tmp_path)
 
 

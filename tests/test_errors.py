@@ -195,7 +195,22 @@ def test_debug_shows_traceback(cli, monkeypatch):
 def test_prompt_longer_than_the_caption_axis(cli, tmp_path, tiny_model):
     # the tiny model's caption axis holds 256 positions: at most 224 caption tokens
     long_prompt = "a red circle on a blue background " * 10
-    r = cli("generate", long_prompt, "--model", tiny_model, "--seed", 1, "-W", 32, "-H", 32, "-o", "x.png")
+    r = cli(
+        "generate",
+        long_prompt,
+        "--model",
+        tiny_model,
+        "--seed",
+        1,
+        "-W",
+        32,
+        "-H",
+        32,
+        "-o",
+        "x.png",
+        "--long-prompt-mode",
+        "error",
+    )
     assert_one_line_error(r, "tokens", "at most 224", "--max-length 224")
     no_outputs(tmp_path)
     assert (

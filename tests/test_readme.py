@@ -38,7 +38,16 @@ def test_readme_commands_run(tmp_path):
     shutil.copytree(README.parent / "recipes", tmp_path / "recipes")  # the README runs from the repo root
     r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    for name in ["demo.png", "piped.png", "cat.png", "cat-again.png", "cat-regenerated.png", "lora.png", "styled.png"]:
+    for name in [
+        "demo.png",
+        "piped.png",
+        "cat.png",
+        "cat-again.png",
+        "cat-regenerated.png",
+        "lora.png",
+        "styled.png",
+        "rewritten.png",
+    ]:
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "runs" / "dype" / "images").glob("*.png"))) == 28
     assert (tmp_path / "report.html").is_file() and len(list(tmp_path.glob("dype-[0-9].png"))) == 4

@@ -18,6 +18,7 @@ from llmdit_cli import __version__
 HELP = "Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."
 # name -> (module, attribute, is a group of subcommands)
 COMMANDS = {
+    "rewrite": ("llmdit_cli.cli.rewrite", "rewrite", False),
     "encode": ("llmdit_cli.cli.encode", "encode", False),
     "generate": ("llmdit_cli.cli.generate", "generate", False),
     "img2img": ("llmdit_cli.cli.generate", "img2img", False),
@@ -29,6 +30,7 @@ COMMANDS = {
     "config": ("llmdit_cli.cli.config_cmd", "config_app", True),
     "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
     "templates": ("llmdit_cli.cli.templates_cmd", "templates_app", True),
+    "cache": ("llmdit_cli.cli.cache_cmd", "cache_app", True),
 }
 
 

@@ -9,6 +9,10 @@ from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
     AssistantOpt,
+    CacheDirOpt,
+    CacheOpt,
+    CaptionFillOpt,
+    CaptionLengthOpt,
     ConfigOpt,
     CpuOffloadOpt,
     DeviceOpt,
@@ -17,6 +21,7 @@ from llmdit_cli.cli.options import (
     FileOpt,
     HiddenLayerOpt,
     JsonOpt,
+    LongPromptModeOpt,
     MaxLengthOpt,
     ModelOpt,
     NegativeOpt,
@@ -48,6 +53,11 @@ def encode(
     max_length: MaxLengthOpt = None,
     template: TemplateOpt = None,
     templates_dir: TemplatesDirOpt = None,
+    long_prompt_mode: LongPromptModeOpt = None,
+    caption_length: CaptionLengthOpt = None,
+    caption_fill: CaptionFillOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
     show_format: Annotated[
         bool,
         typer.Option(
@@ -90,6 +100,11 @@ def encode(
         quantize=quantize,
         template=template,
         templates_dir=templates_dir or None,
+        cache=cache,
+        cache_dir=cache_dir,
+        long_prompt_mode=long_prompt_mode,
+        caption_length=caption_length,
+        caption_fill=caption_fill,
     )
     texts = collect_prompts(prompts, file)
     if not texts:

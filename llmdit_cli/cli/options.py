@@ -177,6 +177,42 @@ TemplatesDirOpt = setting_option(
     help="A folder of your own templates (*.md); repeat. They override built-ins of the same name (env LLMDIT_TEMPLATES_DIR).",
     rich_help_panel=G_PROMPT,
 )
+CacheOpt = setting_option(
+    "cache",
+    Optional[bool],
+    "--cache/--no-cache",
+    help="Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`).",
+    show_default=False,
+    rich_help_panel=G_PROMPT,
+)
+CacheDirOpt = setting_option(
+    "cache_dir",
+    Optional[str],
+    "--cache-dir",
+    help="Embedding cache folder (default: ~/.cache/llmdit; env LLMDIT_CACHE_DIR).",
+    rich_help_panel=G_PROMPT,
+)
+LongPromptModeOpt = setting_option(
+    "long_prompt_mode",
+    Optional[str],
+    "--long-prompt-mode",
+    help="Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool.",
+    rich_help_panel=G_PROMPT,
+)
+CaptionLengthOpt = setting_option(
+    "caption_length",
+    Optional[int],
+    "--caption-length",
+    help="Bring every prompt embedding to exactly N tokens (see --caption-fill).",
+    rich_help_panel=G_PROMPT,
+)
+CaptionFillOpt = setting_option(
+    "caption_fill",
+    Optional[str],
+    "--caption-fill",
+    help="How --caption-length fills a shorter prompt: content_only, pad_end_zero (default), pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat.",
+    rich_help_panel=G_PROMPT,
+)
 HiddenLayerOpt = setting_option(
     "hidden_layer",
     Optional[int],

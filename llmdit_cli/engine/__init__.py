@@ -3,6 +3,6 @@ requests (encode, generate / img2img, decode). Commands, the trainer's validatio
 and the benchmarks all call it; `sweep` and `serve` will too."""
 
 from llmdit_cli.engine.engine import Engine, Reporter
-from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, Generated, GenerateRequest
+from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, Generated, GenerateRequest, RewriteRequest
 
-__all__ = ["DecodeRequest", "EncodeRequest", "Engine", "GenerateRequest", "Generated", "Reporter"]
+__all__ = ["DecodeRequest", "EncodeRequest", "Engine", "GenerateRequest", "Generated", "Reporter", "RewriteRequest"]

@@ -90,7 +90,32 @@ class Engine:
         report = report or Silent()
         handle, lock = self.model(req.settings)
         with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
-            return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative)
+            return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative, report=report)
+
+    # -- rewrite -----------------------------------------------------------------------------------
+
+    def rewrite(self, req, report: Reporter | None = None) -> list[str]:
+        """Each prompt rewritten by the model's text encoder as a chat model (`RewriteRequest`);
+        the same loaded weights keep serving `encode`."""
+        from llmdit_cli import rewriting
+        from llmdit_cli.prompt_templates import find
+        from llmdit_cli.prompts import ChatFormat
+        from llmdit_cli.stages import run_device
+
+        report = report or Silent()
+        sampling = req.sampling or rewriting.Sampling()
+        sampling.check()
+        t = find(req.template, req.settings.settings.templates.dir)
+        fmt = ChatFormat(t.system, t.meta.thinking_content, t.meta.enable_thinking, t.meta.assistant_content)
+        handle, lock = self.model(req.settings)
+        with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
+            pipe = handle.pipeline("tokenizer", "text_encoder")
+            lm = rewriting.causal_lm(pipe.text_encoder)
+            device = run_device(pipe, pipe.text_encoder)
+            replies = [
+                rewriting.generate_local(lm, pipe.tokenizer, fmt.format(p), sampling, device) for p in req.prompts
+            ]
+        return [rewriting.clean(r, req.keep_thinking) for r in replies]
 
     # -- generate ----------------------------------------------------------------------------------
 
@@ -130,7 +155,7 @@ class Engine:
             e = req.embeds
             if e is None:
                 with report.status(f"encoding {len(req.prompts)} prompt(s)"):
-                    e = wf.encode(handle, req.prompts, r, with_negative=cfg)
+                    e = wf.encode(handle, req.prompts, r, with_negative=cfg, report=report)
             wf.check_embeds_fit(e, handle, report)
             if cfg and len(e.uncond) != len(e.cond):
                 raise UsageError(

@@ -62,3 +62,15 @@ class DecodeRequest:
     settings: Resolved
     latents: Any
     source: str = "latents"
+
+
+@dataclass
+class RewriteRequest:
+    """Prompts to rewrite with the settings' model (its text encoder as a chat model) and a
+    rewriter template (`templates/rewriter/`)."""
+
+    settings: Resolved
+    prompts: list[str]
+    template: str = "general-enhancer"
+    sampling: Any = None  # rewriting.Sampling; None: its defaults
+    keep_thinking: bool = False

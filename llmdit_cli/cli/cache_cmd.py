@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import CacheDirOpt
+from llmdit_cli.cli.output import Output
+
+cache_app = typer.Typer(
+    help="The on-disk cache of prompt embeddings: how big, clear it, prune it.", no_args_is_help=True
+)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _cache(flag: str | None):
+    """The cache folder: --cache-dir, else the config file's `cache.dir` / LLMDIT_CACHE_DIR, else the default."""
+    from llmdit_cli.cli.common import settings
+    from llmdit_cli.embed_cache import EmbedCache
+
+    return EmbedCache.at(settings(None, None, cache_dir=flag).settings.cache.dir)
+
+
+@cache_app.command("info")
+@handle_errors
+def info(cache_dir: CacheDirOpt = None, json_out: JsonFlag = False):
+    """Where the embedding cache is, how many entries it holds and their size.
+
+    Example: llmdit cache info
+    """
+    import json
+
+    cache, out = _cache(cache_dir), Output()
+    entries = cache.entries()
+    size = sum(p.stat().st_size for p in entries)
+    if json_out:
+        out.data(json.dumps({"dir": str(cache.root), "entries": len(entries), "bytes": size}))
+    else:
+        out.data(f"{cache.root}: {len(entries)} entries, {size / 1024**2:.1f} MiB")
+
+
+@cache_app.command("clear")
+@handle_errors
+def clear(cache_dir: CacheDirOpt = None):
+    """Remove every cached embedding.
+
+    Example: llmdit cache clear
+    """
+    cache = _cache(cache_dir)
+    Output().log(f"removed {cache.clear()} entries from {cache.root}")
+
+
+@cache_app.command("prune")
+@handle_errors
+def prune(
+    max_size: Annotated[
+        str,
+        typer.Option(
+            "--max-size",
+            help="Keep at most this much (500M, 2G, ...): the least recently used entries go first.",
+            show_default=False,
+        ),
+    ],
+    cache_dir: CacheDirOpt = None,
+):
+    """Remove the least recently used embeddings until the cache fits in --max-size.
+
+    Example: llmdit cache prune --max-size 500M
+    """
+    from llmdit_cli.embed_cache import parse_size
+
+    cache = _cache(cache_dir)
+    removed, left = cache.prune(parse_size(max_size))
+    Output().log(f"removed {removed} entries from {cache.root}; {left / 1024**2:.1f} MiB left")

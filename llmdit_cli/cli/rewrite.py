@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    ModelOpt,
+    ProfileOpt,
+    PromptsArg,
+    QuietOpt,
+    TemplatesDirOpt,
+)
+from llmdit_cli.cli.output import Output
+
+G_SAMPLE = "Sampling"
+G_API = "Chat server (instead of the model's own text encoder)"
+
+RewriterOpt = Annotated[
+    str,
+    typer.Option(
+        "--template", help="Rewriter template (`llmdit templates list --category rewriter`).", rich_help_panel=G_SAMPLE
+    ),
+]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", help="Sampling temperature; 0 = greedy.", rich_help_panel=G_SAMPLE)
+]
+TopPOpt = Annotated[
+    float,
+    typer.Option(
+        "--top-p",
+        help="Nucleus sampling: the smallest set of tokens whose probability reaches P.",
+        rich_help_panel=G_SAMPLE,
+    ),
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", help="Sample among the K most likely tokens; 0 = off.", rich_help_panel=G_SAMPLE)
+]
+MinPOpt = Annotated[
+    float,
+    typer.Option(
+        "--min-p",
+        help="Drop tokens below this fraction of the top token's probability; 0 = off.",
+        rich_help_panel=G_SAMPLE,
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.", rich_help_panel=G_SAMPLE)
+]
+RewriteSeedOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--seed",
+        help="Seed of the sampling (the same seed gives the same text). Default: random, printed.",
+        rich_help_panel=G_SAMPLE,
+    ),
+]
+KeepThinkingOpt = Annotated[
+    bool,
+    typer.Option("--keep-thinking", help="Keep the model's <think> block in the output.", rich_help_panel=G_SAMPLE),
+]
+ApiUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--api-url",
+        help="OpenAI-compatible server, the base URL ending in /v1 (as the openai client's base_url).",
+        rich_help_panel=G_API,
+    ),
+]
+ApiModelOpt = Annotated[
+    Optional[str], typer.Option("--api-model", help="Model name the server knows.", rich_help_panel=G_API)
+]
+ApiKeyEnvOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key-env",
+        help="Environment variable holding the API key (sent as a Bearer token when set).",
+        rich_help_panel=G_API,
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each reply.", rich_help_panel=G_API)]
+
+
+@handle_errors
+def rewrite(
+    prompts: PromptsArg = None,
+    file: FileOpt = None,
+    template: RewriterOpt = "general-enhancer",
+    temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.9,
+    top_k: TopKOpt = 0,
+    min_p: MinPOpt = 0.0,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    seed: RewriteSeedOpt = None,
+    keep_thinking: KeepThinkingOpt = False,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    templates_dir: TemplatesDirOpt = None,
+    api_url: ApiUrlOpt = None,
+    api_model: ApiModelOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    timeout: TimeoutOpt = 60.0,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Rewrite prompts with a rewriter template: by the model's own text encoder (Qwen3 as a chat
+    model, the same weights that encode) or by any OpenAI-compatible chat server (--api-url).
+
+    Each rewritten prompt goes to stdout on its own line, so the output pipes into `encode -`:
+    llmdit rewrite "a cat" --model demo | llmdit encode - --model demo | llmdit generate --from-embeds - --model demo -o cat.png
+    """
+    import os
+    import random
+
+    from llmdit_cli import rewriting
+    from llmdit_cli.cli.common import settings
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.prompt_templates import find
+    from llmdit_cli.prompts import collect_prompts
+
+    out = Output(quiet)
+    texts = collect_prompts(prompts, file)
+    if not texts:
+        raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+        out.log(f"seed {seed} (random; pass --seed to choose)")
+    sampling = rewriting.Sampling(temperature, top_p, top_k, min_p, max_new_tokens, seed)
+    sampling.check()
+    r = settings(config, profile, model=model, dtype=dtype, device=device, templates_dir=templates_dir or None)
+    if api_url:
+        if not api_model:
+            raise UsageError("--api-url needs --api-model (the model name the server knows)")
+        if timeout <= 0:
+            raise UsageError(f"--timeout {timeout}: must be positive")
+        t = find(template, r.settings.templates.dir)
+        key = os.environ.get(api_key_env)
+        replies = [rewriting.generate_api(api_url, api_model, key, t.system, p, sampling, timeout) for p in texts]
+        rewritten = [rewriting.clean(x, keep_thinking) for x in replies]
+    else:
+        from llmdit_cli.engine import Engine, RewriteRequest
+
+        rewritten = Engine().rewrite(RewriteRequest(r, texts, template, sampling, keep_thinking), out)
+    for original, new in zip(texts, rewritten):
+        if not new:
+            out.hint(f"the model returned nothing for {original[:40]!r}; kept the prompt as it was")
+        out.data(new or original)

@@ -1,0 +1,184 @@
+"""`llmdit rewrite`: the text encoder's own language model (seeded, thinking stripped, one copy of
+the weights with encoding) and OpenAI-compatible chat servers (a real HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+from helpers import assert_one_line_error
+
+PROMPT = "a red circle"
+
+
+def test_the_same_seed_gives_the_same_text(cli):
+    args = ["rewrite", PROMPT, "--model", "demo", "--max-new-tokens", 12]
+    first, second = cli(*args, "--seed", 7), cli(*args, "--seed", 7)
+    assert first.code == second.code == 0, first.stderr
+    assert first.stdout == second.stdout and len(first.stdout.splitlines()) == 1
+    others = {cli(*args, "--seed", s).stdout for s in (8, 9, 10)}
+    assert len(others | {first.stdout}) > 1  # the seed matters
+
+
+def test_encoding_after_rewriting_in_one_process_equals_encoding_alone():
+    from llmdit_cli.config import resolve_defaults
+    from llmdit_cli.engine import EncodeRequest, Engine, RewriteRequest
+    from llmdit_cli.rewriting import Sampling
+
+    r = resolve_defaults({"model": "demo", "cache": False})
+    engine = Engine()
+    engine.rewrite(RewriteRequest(r, [PROMPT], sampling=Sampling(max_new_tokens=8, seed=1)))
+    after = engine.encode(EncodeRequest(r, [PROMPT]))
+    alone = Engine().encode(EncodeRequest(resolve_defaults({"model": "demo", "cache": False}), [PROMPT]))
+    assert all(torch.equal(a, b) for a, b in zip(after.cond + after.uncond, alone.cond + alone.uncond))
+
+
+def test_a_bare_decoder_with_tied_embeddings_rewrites_with_one_copy_of_its_weights():
+    from transformers import Qwen3Config, Qwen3Model
+
+    from llmdit_cli.rewriting import Sampling, causal_lm, generate_local
+    from llmdit_cli.tiny import byte_tokenizer
+
+    torch.manual_seed(0)
+    decoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=264,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            tie_word_embeddings=True,
+        )
+    ).eval()
+    lm = causal_lm(decoder)
+    assert lm.model is decoder
+    assert lm.lm_head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr()
+    reply = generate_local(
+        lm,
+        byte_tokenizer(),
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+        Sampling(max_new_tokens=5, seed=1),
+        "cpu",
+    )
+    assert isinstance(reply, str)
+
+
+def test_thinking_is_stripped_unless_kept():
+    from llmdit_cli.rewriting import clean
+
+    reply = '<think>\nred, round\n</think>\n\n"A red circle on a black background"<|im_end|>junk'
+    assert clean(reply) == "A red circle on a black background"
+    assert clean(reply, keep_thinking=True).startswith("<think> red, round </think>")
+    assert clean("<think>never closed") == ""
+
+
+class ChatServer:
+    """A chat-completions server on 127.0.0.1 with one behaviour per path prefix; it answers at
+    most `limit` requests and stops with the test."""
+
+    def __init__(self, limit: int = 20):
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+                kind = self.path.split("/")[1]
+                if kind == "slow":
+                    time.sleep(1.5)
+                if kind == "error":
+                    return self.reply(500, {"error": {"message": "the model is overloaded"}})
+                if kind == "bad":
+                    return self.reply(200, {"object": "nothing useful"})
+                content = f"<think>plan</think> {body['messages'][1]['content']} on a blue background, crisp"
+                self.reply(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def reply(self, status, data):
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                try:
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.server.timeout = 0.1
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(limit,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, limit: int) -> None:
+        for _ in range(limit * 100):  # bounded: at most `limit` requests, each poll 0.1 s
+            if self.stop.is_set() or len(self.requests) >= limit:
+                break
+            self.server.handle_request()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.server.server_close()
+
+
+@pytest.fixture
+def server():
+    s = ChatServer()
+    yield s
+    s.close()
+
+
+def test_a_chat_server_rewrites(cli, server, monkeypatch):
+    from llmdit_cli.prompt_templates import find
+
+    monkeypatch.setenv("MY_KEY", "sekret")
+    r = cli(
+        "rewrite",
+        PROMPT,
+        "a green square",
+        "--api-url",
+        f"{server.url}/ok/v1",
+        "--api-model",
+        "small",
+        "--api-key-env",
+        "MY_KEY",
+        "--seed",
+        3,
+        "--template",
+        "concise-cleanup",
+    )
+    assert r.code == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"{PROMPT} on a blue background, crisp",
+        "a green square on a blue background, crisp",
+    ]
+    first = server.requests[0]
+    assert first["path"] == "/ok/v1/chat/completions" and first["auth"] == "Bearer sekret"
+    assert first["body"]["model"] == "small" and first["body"]["seed"] == 3
+    assert first["body"]["messages"][0] == {"role": "system", "content": find("concise-cleanup").system}
+
+
+def test_chat_server_failures_are_one_line(cli, server):
+    base = ["rewrite", PROMPT, "--api-model", "small", "--seed", 1]
+    assert_one_line_error(cli(*base, "--api-url", f"{server.url}/slow/v1", "--timeout", 0.3), "no reply within 0.3 s")
+    assert_one_line_error(cli(*base, "--api-url", f"{server.url}/error/v1"), "HTTP 500", "the model is overloaded")
+    assert_one_line_error(cli(*base, "--api-url", f"{server.url}/bad/v1"), "not a chat completion")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens once the socket closes
+    assert_one_line_error(cli(*base, "--api-url", f"http://127.0.0.1:{closed}/v1"), "cannot connect")
+    assert_one_line_error(cli("rewrite", PROMPT, "--api-url", server.url), "--api-url needs --api-model")
+    assert_one_line_error(cli("rewrite", PROMPT, "--model", "demo", "--top-p", 0), "--top-p 0")
