@@ -52,20 +52,31 @@ class EmbedCache:
         from llmdit_cli.errors import InputError
 
         path = self.path(key)
-        if not path.is_file():
-            return None
         try:
+            if not path.is_file():
+                return None
             stage = read_stage(str(path), expect="embeds")
             tensor = split_embeds(stage.tensors())[0][0]
             count = int(stage.params.get("token_counts", [tensor.shape[0]])[0])
         except (InputError, OSError, ValueError, IndexError, TypeError):
-            return None  # a damaged entry is a miss; it is written again
-        os.utime(path)  # recently used: `prune` keeps it
+            return None  # a damaged or unreadable entry is a miss; it is written again if it can be
+        try:
+            os.utime(path)  # recently used: `prune` keeps it
+        except OSError:
+            pass  # another user's entry, or pruned meanwhile: still a hit
         return tensor, count
 
-    def put(self, key: str, tensor, count: int, identity: dict[str, Any], hidden_layer: int, text: str) -> None:
+    def put(self, key: str, tensor, count: int, identity: dict[str, Any], hidden_layer: int, text: str) -> bool:
+        """Store an entry; False when the cache cannot be written (read-only, full, not a folder)."""
         from llmdit_cli.artifacts import write_embeds_file
 
+        try:
+            self._write(key, tensor, count, identity, hidden_layer, text, write_embeds_file)
+        except OSError:
+            return False
+        return True
+
+    def _write(self, key, tensor, count, identity, hidden_layer, text, write_embeds_file) -> None:
         write_embeds_file(
             str(self.path(key)),
             [tensor],
@@ -78,28 +89,44 @@ class EmbedCache:
     def entries(self) -> list[Path]:
         return sorted((self.root / SUBDIR).glob("*/*.embeds.safetensors"))
 
+    def stats(self) -> list[tuple[Path, int, float]]:
+        """(path, size, last use) of each entry still there (others may prune meanwhile)."""
+        out = []
+        for p in self.entries():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((p, st.st_size, st.st_mtime))
+        return out
+
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.entries())
+        return sum(size for _, size, _ in self.stats())
 
     def clear(self) -> int:
-        removed = 0
-        for p in self.entries():
-            p.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        return self._remove([p for p, _, _ in self.stats()])
 
     def prune(self, max_bytes: int) -> tuple[int, int]:
         """Remove the least recently used entries until the cache holds at most `max_bytes`."""
-        files = sorted(self.entries(), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        removed = 0
-        for p in files:
+        files = sorted(self.stats(), key=lambda e: e[2])
+        total = sum(size for _, size, _ in files)
+        doomed = []
+        for p, size, _ in files:
             if total <= max_bytes:
                 break
-            total -= p.stat().st_size
-            p.unlink(missing_ok=True)
-            removed += 1
-        return removed, total
+            total -= size
+            doomed.append(p)
+        return self._remove(doomed), total
+
+    def _remove(self, paths: list[Path]) -> int:
+        from llmdit_cli.errors import InputError
+
+        try:
+            for p in paths:
+                p.unlink(missing_ok=True)
+        except OSError as exc:
+            raise InputError(f"{self.root}: cannot remove cache entries ({exc.strerror or exc})") from None
+        return len(paths)
 
 
 def parse_size(text: str) -> int:

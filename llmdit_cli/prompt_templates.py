@@ -2,13 +2,14 @@
 is the system prompt put before a user's prompt (Qwen3 chat format, see `prompts.ChatFormat`).
 
 Built-ins ship inside the package (`llmdit_cli/templates/`, which the repository's top-level
-`templates/` points to); folders given with `--templates-dir` / `encoder.templates_dir` come
+`templates/` points to); folders given with `--templates-dir` / `templates.dir` come
 first, so a user's template overrides a built-in of the same name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def parse(path: Path) -> Template:
 
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read template ({getattr(exc, 'strerror', None) or exc})") from None
     lines = text.splitlines()
@@ -86,7 +87,7 @@ def folders(extra: list[str] | None = None) -> list[Path]:
     for folder in extra or []:
         path = Path(folder).expanduser()
         if not path.is_dir():
-            raise UsageError(f"{setting('encoder.templates_dir')} {folder}: no such folder")
+            raise UsageError(f"{setting('templates.dir')} {folder}: no such folder")
         out.append(path)
     return [*out, BUILTIN]
 
@@ -103,9 +104,15 @@ def available(extra: list[str] | None = None) -> dict[str, Template]:
 
 
 def find(name: str, extra: list[str] | None = None) -> Template:
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+        raise UsageError(
+            f"{setting('encoder.template')} {name}: a template is named by its file name without .md "
+            f"(letters, digits, - _ .); `llmdit templates list` shows them"
+        )
     for folder in folders(extra):
-        for path in sorted(folder.rglob(f"{name}.md")):
-            return parse(path)
+        for path in sorted(folder.rglob("*.md")):
+            if path.stem == name:
+                return parse(path)
     import difflib
 
     close = difflib.get_close_matches(name, list(available(extra)), n=3)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import dataclass
 
 from llmdit_cli.errors import InputError, ModelError, UsageError
 
 DEFAULT_TEMPLATE = "general-enhancer"
+_RNG = threading.Lock()  # sampling seeds torch's global generator: one sampler at a time
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")
 
@@ -92,8 +94,8 @@ def generate_local(lm, tokenizer, text: str, sampling: Sampling, device) -> str:
             top_k=sampling.top_k or None,
             min_p=sampling.min_p or None,
         )
-    torch.manual_seed(sampling.seed)
-    with torch.no_grad():
+    with _RNG, torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(sampling.seed)
         out = lm.generate(ids, attention_mask=torch.ones_like(ids), **options)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
 
@@ -115,10 +117,14 @@ def generate_api(
         "max_tokens": sampling.max_new_tokens,
         "seed": sampling.seed,
     }
+    import http.client
+
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", json.dumps(body).encode(), headers)
     where = f"--api-url {url}"
+    if not url.lower().startswith(("http://", "https://")):
+        raise UsageError(f"{where}: needs http:// or https:// (the base URL ending in /v1)")
     try:
+        request = urllib.request.Request(url.rstrip("/") + "/chat/completions", json.dumps(body).encode(), headers)
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
@@ -130,8 +136,8 @@ def generate_api(
         if isinstance(reason, (TimeoutError, socket.timeout)):
             raise InputError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
         raise InputError(f"{where}: cannot connect ({getattr(reason, 'strerror', None) or reason})") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{where}: request failed ({exc})") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise InputError(f"{where}: request failed ({type(exc).__name__}: {exc})") from None
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):

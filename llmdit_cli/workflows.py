@@ -84,8 +84,10 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     fmt, template = chat_format(r)
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
-    pos = encode_cached(handle, texts, r)
-    neg = encode_cached(handle, neg_texts, r) if with_negative else []
+    if not prompts:
+        raise UsageError("no prompt to encode")
+    pos = encode_cached(handle, texts, r, report)
+    neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
     cond = shape_lengths([t for t, _ in pos], r, handle, report)
     uncond = shape_lengths([t for t, _ in neg], r, handle, report)
     params = {
@@ -94,14 +96,21 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
         "formatted": texts,
         "token_counts": [n for _, n in pos],
         "negative_token_counts": [n for _, n in neg],
-        "encoder": enc.model_dump(),
+        # What formatting really ran (a template's values filled in), so `--from-png` repeats it.
+        "encoder": {
+            **enc.model_dump(),
+            "system_prompt": fmt.system_prompt,
+            "thinking_content": fmt.thinking_content,
+            "enable_thinking": fmt.enable_thinking,
+            "assistant_content": fmt.assistant_content,
+        },
         **({"template": template.record()} if template else {}),
         "llmdit_version": __version__,
     }
     return Embeds(cond, uncond, params, int(cond[0].shape[-1]))
 
 
-def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved) -> list[tuple[Any, int]]:
+def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved, report=None) -> list[tuple[Any, int]]:
     """(embedding, token count) per formatted text: cached entries as they are, the rest encoded in
     one batch (the text encoder loads only then) and stored."""
     from llmdit_cli.embed_cache import EmbedCache
@@ -110,8 +119,10 @@ def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved) -> list[tu
     s = r.settings
     enc = s.encoder
     cache = EmbedCache.at(s.cache.dir) if s.cache.enabled else None
-    identity = handle.identity("text_encoder")
-    variant = f"{handle.placement.dtype}|{handle.placement.quantize}"
+    identity = {**handle.identity("text_encoder"), "text_encoder_weights": handle.weights_key("text_encoder")}
+    pl = handle.placement
+    # What else changes the numbers: the dtype really used, the device kind, quantization.
+    variant = f"{pl.torch_dtype()}|{str(pl.device_for('text_encoder')).split(':')[0]}|{pl.quantize}"
     keys = [cache.key(identity, t, enc.hidden_layer, enc.max_length, variant) for t in texts] if cache else []
     found = [cache.get(k) for k in keys] if cache else [None] * len(texts)
     missing = [i for i, hit in enumerate(found) if hit is None]
@@ -123,9 +134,22 @@ def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved) -> list[tu
         )
         for i, tensor, count in zip(missing, out.embeds, out.token_counts):
             found[i] = (tensor, count)
-            if cache:
-                cache.put(keys[i], tensor, count, identity, enc.hidden_layer, texts[i])
+            if cache and not cache.put(keys[i], tensor, count, identity, enc.hidden_layer, texts[i]):
+                _unwritable(cache.root, report)
     return found
+
+
+_UNWRITABLE: set = set()
+
+
+def _unwritable(root, report) -> None:
+    """Say once per process and folder that the cache cannot be written (the run goes on without)."""
+    if root not in _UNWRITABLE and report is not None:
+        report.hint(
+            f"the embedding cache {root} cannot be written; running without storing "
+            f"({setting('cache.dir')}, {setting('cache.enabled')})"
+        )
+    _UNWRITABLE.add(root)
 
 
 def check_encoder(r: Resolved) -> None:
@@ -152,7 +176,7 @@ def read_embeds(path: str) -> Embeds:
     return Embeds(cond, uncond, params, hidden, stage.source, made_by)
 
 
-def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
+def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | None = None) -> None:
     """Refuse embeddings this transformer cannot take; hint when another text encoder made them;
     bring prompts longer than it takes within its limit (the mode they were encoded with)."""
     model = setting("model")
@@ -173,6 +197,8 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None) -> None:
     longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
     if limit and longest > limit:
         mode = e.params.get("encoder", {}).get("long_prompt_mode") or "truncate"
+        if r is not None and r.sources.get("encoder.long_prompt_mode") == "flag":
+            mode = r.settings.encoder.long_prompt_mode  # the caller's choice over the file's
         mode = mode if mode in LONG_MODES else "truncate"
         e.cond = [fit_length(t, limit, mode) for t in e.cond]
         e.uncond = [fit_length(t, limit, mode) for t in e.uncond]
@@ -207,7 +233,12 @@ def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) 
                 )
             t = fit_length(t, limit, enc.long_prompt_mode)
         if enc.caption_length:
-            t = fill_length(t, min(enc.caption_length, limit or enc.caption_length), enc.caption_fill)
+            if limit and enc.caption_length > limit:
+                raise UsageError(
+                    f"{r.origin('caption_length')} {enc.caption_length}: {setting('model')} "
+                    f"{handle.ref} takes at most {limit} caption tokens"
+                )
+            t = fill_length(t, enc.caption_length, enc.caption_fill)
         out.append(t)
     return out
 

@@ -7,7 +7,8 @@ language-model head. The data are synthetic pairs from recipes/demo-rewriter.tom
 ("red circle", "triangle, yellow, on black", "a blue square please") formatted with the
 `demo-caption` rewriter template, answered by the demo's caption ("a red circle on a black
 background"). Combinations held out of the image data (`train.shapes.held_out`) are held out here
-too; `benchmarks/eval_rewriter.py` scores them.
+too; `benchmarks/eval_rewriter.py` scores them. The last layer and norm start from the folder's own
+(the shipped demo was trained from its random ones; a rerun continues from the trained ones).
 
     python scripts/train_demo_rewriter.py [--recipe recipes/demo-rewriter.toml] [--out FOLDER]
 """
@@ -27,7 +28,10 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "demo-rewriter.toml"))
-    parser.add_argument("--out", default=None, help="Model folder to write (default: the shipped demo).")
+    parser.add_argument(
+        "--out", default=None, help="Model folder to write (default: the shipped demo; another is a copy of it)."
+    )
+    parser.add_argument("--steps", type=int, default=None, help="Override the recipe's steps (quick checks).")
     args = parser.parse_args()
 
     import torch
@@ -38,7 +42,13 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cfg = load_settings(args.recipe)
+    if args.steps:
+        cfg = cfg.model_copy(update={"steps": args.steps})
     out = Path(args.out) if args.out else DEMO_PATH
+    if out.resolve() != DEMO_PATH.resolve() and not out.exists():
+        import shutil
+
+        shutil.copytree(DEMO_PATH, out)
     start = time.perf_counter()
     lm, tokenizer = train(DEMO_PATH, cfg, log=print)
     print(f"trained in {time.perf_counter() - start:.0f} s")
@@ -58,7 +68,6 @@ def save(lm, folder: Path) -> None:
     file as they were, so they stay identical to the bit."""
     import json
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     te = folder / "text_encoder"
@@ -74,8 +83,8 @@ def save(lm, folder: Path) -> None:
     save_file(new, te / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((te / "config.json").read_text())
     config["tie_word_embeddings"] = False
-    (te / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    del torch
+    (te / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (te / "model.safetensors").chmod(0o644)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,11 @@ def test_cache_command(cli, tmp_path):
     assert "removed 2 entries" in cli("cache", "clear", "--cache-dir", folder).stderr
     assert json.loads(cli("cache", "info", "--cache-dir", folder, "--json").stdout)["entries"] == 0
     assert_one_line_error(cli("cache", "prune", "--max-size", "lots"), "--max-size lots: expected a size")
+
+
+def test_a_cache_that_cannot_be_written_is_skipped_with_a_hint(cli, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would be")
+    r = cli("encode", PROMPT, "--model", "demo", "--cache-dir", blocker, "-o", "e.embeds.safetensors")
+    assert r.code == 0, r.stderr
+    assert r.stderr.count("cannot be written") == 1 and "--cache-dir" in r.stderr

@@ -182,3 +182,55 @@ def test_chat_server_failures_are_one_line(cli, server):
     assert_one_line_error(cli(*base, "--api-url", f"http://127.0.0.1:{closed}/v1"), "cannot connect")
     assert_one_line_error(cli("rewrite", PROMPT, "--api-url", server.url), "--api-url needs --api-model")
     assert_one_line_error(cli("rewrite", PROMPT, "--model", "demo", "--top-p", 0), "--top-p 0")
+
+
+def test_the_demo_rewrites_terse_requests_into_its_captions(cli):
+    import random
+
+    from llmdit_cli.train.rewriter import RewriterSettings, pairs
+
+    held = pairs(RewriterSettings(), held_out=True, rng=random.Random(3))[:12]  # combinations never trained on
+    r = cli(
+        "rewrite",
+        *[t for t, _ in held],
+        "--model",
+        "demo",
+        "--template",
+        "demo-caption",
+        "--temperature",
+        0,
+        "--seed",
+        0,
+        "--max-new-tokens",
+        24,
+    )
+    assert r.code == 0, r.stderr
+    right = sum(out == target for out, (_, target) in zip(r.stdout.splitlines(), held))
+    assert right >= 10, list(zip(r.stdout.splitlines(), held))
+
+
+def test_the_rewriting_head_leaves_the_conditioning_untouched():
+    """Images read hidden state -2 (embeddings and the first layer): the trained last layer and LM
+    head may change to anything without changing a pixel's input."""
+    from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+    from llmdit_cli.models import DEMO_PATH
+
+    te = Qwen3ForCausalLM.from_pretrained(DEMO_PATH / "text_encoder").eval()
+    assert not te.config.tie_word_embeddings
+    assert not torch.equal(te.lm_head.weight, te.model.embed_tokens.weight)  # the trained, untied head
+    ids = AutoTokenizer.from_pretrained(DEMO_PATH / "tokenizer")(
+        "a red circle on a blue background", return_tensors="pt"
+    )
+    with torch.no_grad():
+        before = te(**ids, output_hidden_states=True).hidden_states[-2]
+        for p in [*te.model.layers[-1].parameters(), *te.lm_head.parameters()]:
+            p.normal_()
+        after = te(**ids, output_hidden_states=True).hidden_states[-2]
+    assert torch.equal(before, after)
+
+
+def test_a_server_url_needs_its_scheme(cli):
+    assert_one_line_error(
+        cli("rewrite", PROMPT, "--api-url", "localhost:8000/v1", "--api-model", "m"), "needs http:// or https://"
+    )

@@ -209,3 +209,17 @@ def test_chat_format_equals_the_tokenizers_chat_template_token_for_token(system,
     ours = ChatFormat(system, None, thinking, None).format(prompt)
     assert tok(ours).input_ids == tok(stock).input_ids
     assert ours == stock
+
+
+def test_a_template_that_turns_thinking_off_regenerates_from_its_png(cli, tmp_path):
+    folder = write(tmp_path / "t", "quiet", template("quiet", extra="enable_thinking: false\n"))
+    args = ["generate", "a red circle", "--model", "demo", "--template", "quiet", "--templates-dir", folder]
+    assert cli(*args, "--seed", 4, "-o", "q.png").code == 0
+    again = cli("generate", "--from-png", "q.png", "--templates-dir", folder, "-o", "again.png")
+    assert again.code == 0, again.stderr
+    assert max_diff(pixels("q.png"), pixels("again.png")) == 0
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "photo*", "x**"])
+def test_a_template_name_is_a_name(cli, name):
+    assert_one_line_error(cli("templates", "show", name), "a template is named by its file name")

@@ -32,8 +32,8 @@ def info(cache_dir: CacheDirOpt = None, json_out: JsonFlag = False):
     import json
 
     cache, out = _cache(cache_dir), Output()
-    entries = cache.entries()
-    size = sum(p.stat().st_size for p in entries)
+    entries = cache.stats()
+    size = sum(s for _, s, _ in entries)
     if json_out:
         out.data(json.dumps({"dir": str(cache.root), "entries": len(entries), "bytes": size}))
     else:

@@ -156,7 +156,7 @@ class Engine:
             if e is None:
                 with report.status(f"encoding {len(req.prompts)} prompt(s)"):
                     e = wf.encode(handle, req.prompts, r, with_negative=cfg, report=report)
-            wf.check_embeds_fit(e, handle, report)
+            wf.check_embeds_fit(e, handle, report, r)
             if cfg and len(e.uncond) != len(e.cond):
                 raise UsageError(
                     f"{e.source}: {setting('generation.guidance_scale')} > 0 needs negative embeddings, "

@@ -55,6 +55,20 @@ class ModelHandle:
             f"{component}_weights": weights_fingerprint(self.folder, component),
         }
 
+    def weights_key(self, component: str) -> str:
+        """A stricter identity of a component's weights and tokenizer for caches: every weights
+        file's name and size, the head of the first, and the tokenizer files' contents."""
+        import hashlib
+
+        h = hashlib.sha256(weights_fingerprint(self.folder, component).encode())
+        for f in sorted((self.folder / component).glob("*")):
+            if f.suffix in (".safetensors", ".bin", ".gguf"):
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
+        for f in sorted((self.folder / "tokenizer").glob("*")) if (self.folder / "tokenizer").is_dir() else []:
+            if f.is_file():
+                h.update(f.name.encode() + f.read_bytes())
+        return h.hexdigest()[:16]
+
     def component_config(self, component: str) -> dict[str, Any]:
         name = "scheduler_config.json" if component == "scheduler" else "config.json"
         return read_json(self.folder / component / name, self.ref, f"{component} config")

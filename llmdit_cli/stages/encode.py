@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from llmdit_cli.errors import UsageError, setting
 
+STOCK_MAX_LENGTH = 512
+
 
 @dataclass
 class Encoded:
@@ -25,7 +27,10 @@ def encode_texts(
             f"{setting('encoder.hidden_layer')} {hidden_layer}: the text encoder has {n_states} hidden states "
             f"(valid: {-n_states}..{n_states - 1})"
         )
-    inputs = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    # Padded to max_length as stock diffusers pads (512); a longer limit pads only to the longest
+    # text, since causal attention keeps real tokens from seeing the padding after them.
+    padding = "max_length" if max_length <= STOCK_MAX_LENGTH else "longest"
+    inputs = tokenizer(list(texts), padding=padding, max_length=max_length, truncation=True, return_tensors="pt")
     device = device or text_encoder.device
     ids = inputs.input_ids.to(device)
     mask = inputs.attention_mask.to(device).bool()

@@ -25,8 +25,8 @@ WITHOUT_BACKGROUND = ["{c} {s}", "a {c} {s} please", "{s}, {c}", "one {c} {s}"]
 
 class RewriterSettings(StrictModel):
     template: str = "demo-caption"
-    steps: int = 1200
-    batch_size: int = 24
+    steps: int = 600
+    batch_size: int = 16
     lr: float = 3e-3
     seed: int = 0
 
