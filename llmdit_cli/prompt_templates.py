@@ -42,6 +42,13 @@ class Template:
     def name(self) -> str:
         return self.meta.name
 
+    def chat_format(self):
+        """The chat formatting this template alone gives (system prompt, think block, assistant text)."""
+        from llmdit_cli.prompts import ChatFormat
+
+        m = self.meta
+        return ChatFormat(self.system, m.thinking_content, m.enable_thinking, m.assistant_content)
+
     def record(self) -> dict[str, str]:
         """What embeddings and PNGs record about the template they were made with."""
         return {"name": self.name, "sha256": self.sha256}

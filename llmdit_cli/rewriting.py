@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from llmdit_cli.errors import InputError, ModelError, UsageError
 
-DEFAULT_TEMPLATE = "general-enhancer"
 _RNG = threading.Lock()  # sampling seeds torch's global generator: one sampler at a time
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")

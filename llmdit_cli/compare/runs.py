@@ -52,7 +52,7 @@ def describe(folder: Path) -> RunInfo:
     info = _info(folder)
     ids = _cell_ids(folder)
     total = -1 if ids is None else len(ids)
-    done = len(entries(folder, warn=lambda message: None))
+    done = len(entries(folder, warn=lambda message: None, current=ids))
     return RunInfo(
         folder, info.get("name", folder.name), info.get("created", "?"), total, done, list(info.get("axes", []))
     )
@@ -68,14 +68,14 @@ def _info(folder: Path) -> dict:
     return info
 
 
-def entries(folder: Path, warn) -> list[Entry]:
+def entries(folder: Path, warn, current: set[str] | None = None) -> list[Entry]:
     """The finished images of a run folder that its recipe (as last run) still holds, in cell order."""
     from llmdit_cli.sweep.run import read_manifests
 
     if not is_run(folder):
         raise InputError(f"{folder}: not a sweep run folder (no run.json; `llmdit compare --list DIR` finds runs)")
     _info(folder)
-    current = _cell_ids(folder)
+    current = current if current is not None else _cell_ids(folder)
     out = []
     for record in sorted(read_manifests(folder, warn).values(), key=lambda r: r.get("index", 0)):
         if current is not None and record["cell"] not in current:

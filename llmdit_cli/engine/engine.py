@@ -99,14 +99,13 @@ class Engine:
         the same loaded weights keep serving `encode`."""
         from llmdit_cli import rewriting
         from llmdit_cli.prompt_templates import find
-        from llmdit_cli.prompts import ChatFormat
         from llmdit_cli.stages import run_device
 
         report = report or Silent()
         sampling = req.sampling or rewriting.Sampling()
         sampling.check()
         t = find(req.template, req.settings.settings.templates.dir)
-        fmt = ChatFormat(t.system, t.meta.thinking_content, t.meta.enable_thinking, t.meta.assistant_content)
+        fmt = t.chat_format()
         handle, lock = self.model(req.settings)
         with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")

@@ -30,6 +30,7 @@ class ModelHandle:
     loras: list[str] = field(default_factory=list)
     _pipe: Any = None
     _loaded: set = field(default_factory=set)
+    _keys: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -57,17 +58,11 @@ class ModelHandle:
 
     def weights_key(self, component: str) -> str:
         """A stricter identity of a component's weights and tokenizer for caches: every weights
-        file's name and size, the head of the first, and the tokenizer files' contents."""
-        import hashlib
-
-        h = hashlib.sha256(weights_fingerprint(self.folder, component).encode())
-        for f in sorted((self.folder / component).glob("*")):
-            if f.suffix in (".safetensors", ".bin", ".gguf"):
-                h.update(f"{f.name}:{f.stat().st_size}".encode())
-        for f in sorted((self.folder / "tokenizer").glob("*")) if (self.folder / "tokenizer").is_dir() else []:
-            if f.is_file():
-                h.update(f.name.encode() + f.read_bytes())
-        return h.hexdigest()[:16]
+        file's name and size, the head of the first, and the tokenizer files' contents. Computed
+        once per handle (the tokenizer files of a real model are megabytes)."""
+        if component not in self._keys:
+            self._keys[component] = _weights_key(self.folder, component)
+        return self._keys[component]
 
     def component_config(self, component: str) -> dict[str, Any]:
         name = "scheduler_config.json" if component == "scheduler" else "config.json"
@@ -171,6 +166,20 @@ class ModelHandle:
             c for c in ("transformer", "text_encoder") if c in want and c not in self._loaded and c not in kwargs
         ]
         return {**kwargs, **quantization_config(pl.quantize, pl.torch_dtype(), targets)}
+
+
+def _weights_key(folder: Path, component: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256(weights_fingerprint(folder, component).encode())
+    for f in sorted((folder / component).glob("*")):
+        if f.suffix in (".safetensors", ".bin", ".gguf"):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+    tokenizer = folder / "tokenizer"
+    for f in sorted(tokenizer.glob("*")) if tokenizer.is_dir() else []:
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def check_transformer_file(path: str) -> None:

@@ -50,10 +50,8 @@ def pairs(cfg: RewriterSettings, held_out: bool, rng: random.Random) -> list[tup
 
 def prompt_text(terse: str, template: str = "demo-caption") -> str:
     from llmdit_cli.prompt_templates import find
-    from llmdit_cli.prompts import ChatFormat
 
-    t = find(template)
-    return ChatFormat(t.system, t.meta.thinking_content, t.meta.enable_thinking, t.meta.assistant_content).format(terse)
+    return find(template).chat_format().format(terse)
 
 
 def train(model_folder: Path, cfg: RewriterSettings, log: Callable[[str], None]):
