@@ -3,8 +3,16 @@
 #
 #     bash benchmarks/gpu_device.sh          (from the repo root there; carry .whl)
 #     GPU_DEVICE_DRYRUN=1 bash benchmarks/gpu_device.sh    (here: the same steps, tiny models, CPU)
+#     GPU_DEVICE_STEPS="probe4 build quantize check train8" GPU_CHECK_ONLY="quantize 4bit,vae,float16,plain 384" \
+#         bash benchmarks/gpu_device.sh      (a follow-up call: only the named steps)
 #
-# Logs and results go to $OUT (at most 8 files come back: env.log, gpu_full.log, gpu_full.json,
+# Steps (GPU_DEVICE_STEPS, default "gpu_full train check train8"): gpu_full = the full-size benchmark
+# (it keeps the model folder); build = only build that folder; train / train8 = 20 LoRA steps with
+# AdamW / 8-bit AdamW on it; quantize = full-size `generate --quantize 8bit|4bit` timings; check =
+# gpu_check.py on the demo model (GPU_CHECK_ONLY: comma-separated --only prefixes); probe4 =
+# bnb4_probe.py and the demo's `--quantize 4bit` with CUDA_LAUNCH_BLOCKING=1 and its traceback.
+#
+# Logs and results go to $OUT as summary.md and logs.tgz (env.log, gpu_full.log, gpu_full.json,
 # train_adamw.log, gpu_check.log, train_adamw8bit.log, summary.md). Every step runs under `timeout`,
 # capped so the whole script ends by GPU_DEVICE_DEADLINE seconds (default 510, inside the 600 s of
 # one call); a failed or skipped step is reported and the next one runs.
@@ -13,6 +21,8 @@
 # compile 54), LoRA training 52 s, and gpu_check ~20-30 s PER CHECK (each a fresh CUDA process), so
 # gpu_check got through 9 of its 20 checks before the deadline: run the rest in a second call with
 # `python3 benchmarks/gpu_check.py --device cuda --only "quantize 4bit" --only vae --only float16`.
+# The follow-up (this session's two calls, H200): probe4 45+27 s, check with 3-4 checks 64-110 s,
+# build 45-62 s, train8 51 s, quantize 46-53 s.
 # The estimates first written here:
 #   wheels + versions                                         ~15 s
 #   gpu_full.py: build and save the 19 GiB model to /dev/shm  ~45 s
@@ -52,6 +62,8 @@ else
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 STATUS=()
+STEPS=" ${GPU_DEVICE_STEPS:-gpu_full train check train8} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 
 # run_step NAME SECONDS CMD...: CMD under `timeout`, at most SECONDS and never past the deadline
 # (15 s kept for the summary); output shown and saved to $OUT/NAME.log.
@@ -99,33 +111,72 @@ EOF
     free -g 2>/dev/null
 } 2>&1 | tee "$OUT/env.log"
 
-run_step gpu_full 360 python3 benchmarks/gpu_full.py "${TINY[@]}" --keep --repeats 2 --budget 350 \
-    --out "$OUT/gpu_full.json"
-FOLDER=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["folder"])' "$OUT/gpu_full.json" 2>/dev/null)
+gpu_check_step() {  # all 20 checks take ~8 min on a GPU, so a short GPU_CHECK_ONLY list runs first
+    local only=() prefixes=() p
+    IFS=',' read -r -a prefixes <<<"${GPU_CHECK_ONLY:-}"
+    for p in "${prefixes[@]}"; do only+=(--only "$p"); done
+    run_step gpu_check 200 python3 benchmarks/gpu_check.py --device "$DEVICE" --out /tmp/gpu_check_out "${only[@]}"
+}
 
-if [ -n "$FOLDER" ] && [ -f "$FOLDER/model_index.json" ]; then
-    python3 benchmarks/gpu_full.py --role dataset --dataset "$WORK/data" --resolution "$RES" --count 4 \
-        2>&1 | tee -a "$OUT/env.log"
-    train_step adamw 150
-else
-    STATUS+=("training: skipped (no model folder from gpu_full)")
+if want probe4; then
+    run_step bnb4_probe 90 python3 benchmarks/bnb4_probe.py
+    run_step demo_4bit 60 env CUDA_LAUNCH_BLOCKING=1 LLMDIT_DEBUG=1 python3 -m llmdit_cli generate \
+        "a red circle on a blue background" --model demo --device "$DEVICE" --quantize 4bit -o "$WORK/demo4.png"
 fi
 
-run_step gpu_check 200 python3 benchmarks/gpu_check.py --device "$DEVICE" --out /tmp/gpu_check_out
+[ -n "${GPU_CHECK_ONLY:-}" ] && want check && gpu_check_step
 
-if [ -n "$FOLDER" ] && [ -f "$FOLDER/model_index.json" ]; then
+if want gpu_full; then
+    run_step gpu_full 360 python3 benchmarks/gpu_full.py "${TINY[@]}" --keep --repeats 2 --budget 350 \
+        --out "$OUT/gpu_full.json"
+    FOLDER=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["folder"])' "$OUT/gpu_full.json" 2>/dev/null)
+    PROMPT=""
+elif want build || want train || want train8 || want quantize; then
+    FOLDER=$WORK/z-image-turbo-random
+    [ "$DRY" = 1 ] || FOLDER=/dev/shm/llmdit-gpu-full/z-image-turbo-random
+    run_step build 150 python3 benchmarks/gpu_full.py "${TINY[@]}" --role build --folder "$FOLDER" \
+        --result "$OUT/build.json"
+    PROMPT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["prompt"])' "$OUT/build.json" 2>/dev/null)
+fi
+HAVE_FOLDER=0
+[ -n "${FOLDER:-}" ] && [ -f "$FOLDER/model_index.json" ] && HAVE_FOLDER=1
+
+if [ "$HAVE_FOLDER" = 1 ] && { want train || want train8; }; then
+    python3 benchmarks/gpu_full.py --role dataset --dataset "$WORK/data" --resolution "$RES" --count 4 \
+        2>&1 | tee -a "$OUT/env.log"
+fi
+if [ "$HAVE_FOLDER" = 1 ] && want train; then
+    train_step adamw 150
+elif want train; then
+    STATUS+=("training: skipped (no model folder)")
+fi
+
+[ -z "${GPU_CHECK_ONLY:-}" ] && want check && gpu_check_step
+
+if [ "$HAVE_FOLDER" = 1 ] && want train8; then
     if python3 -c "import bitsandbytes" 2>/dev/null; then
         train_step adamw8bit 120
     else
         STATUS+=("train_adamw8bit: skipped (bitsandbytes not importable)")
     fi
-    rm -rf "$FOLDER" && rmdir "$(dirname "$FOLDER")" 2>/dev/null
 fi
+if [ "$HAVE_FOLDER" = 1 ] && want quantize && [ -n "$PROMPT" ]; then
+    mkdir -p "$WORK/quantize"
+    run_step quantize 200 python3 benchmarks/gpu_full.py "${TINY[@]}" --role quantize --folder "$FOLDER" \
+        --prompt "$PROMPT" --work "$WORK/quantize" --repeats 1 --result "$OUT/quantize.json"
+fi
+
+[ "$HAVE_FOLDER" = 1 ] && rm -rf "$FOLDER" && rmdir "$(dirname "$FOLDER")" 2>/dev/null
 
 echo
 echo "## steps"
 printf '%s\n' "${STATUS[@]}"
 echo "total $((SECONDS - START)) s"
 echo
-python3 benchmarks/gpu_full.py --role summary --result "$OUT/gpu_full.json" --train "$WORK/train_adamw.json" \
+RESULT=$OUT/gpu_full.json
+[ -f "$RESULT" ] || RESULT=$OUT/quantize.json
+python3 benchmarks/gpu_full.py --role summary --result "$RESULT" --train "$WORK/train_adamw.json" \
     --train "$WORK/train_adamw8bit.json" --check-log "$OUT/gpu_check.log" 2>&1 | tee "$OUT/summary.md"
+# At most 8 files come back from a device call: the logs and JSON travel as one archive.
+(cd "$OUT" && tar czf logs.tgz --remove-files -- *.log *.json 2>/dev/null)
+ls -la "$OUT"

@@ -589,6 +589,16 @@ class MemoModel:
             self.cache[key] = self.original(r)
         return self.cache[key]
 
+    def release(self) -> None:
+        import gc
+
+        import torch
+
+        self.cache.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     @property
     def handle(self):
         return next(iter(self.cache.values()))
@@ -701,6 +711,11 @@ def role_llmdit(args) -> dict:
 
     if args.role == "compile":
         add("llmdit generate --compile", cli(work / "llmdit_compile.png", ["--compile"]))
+        return {"rows": rows}
+    if args.role == "quantize":  # loads twice more: bitsandbytes quantizes while loading
+        for bits in ("8bit", "4bit"):
+            memo.release()  # each variant's peak memory without the other's weights
+            add(f"llmdit generate --quantize {bits}", cli(work / f"llmdit_{bits}.png", ["--quantize", bits]))
         return {"rows": rows}
     if not add("llmdit generate (sdpa)", cli(work / "llmdit.png", [])):
         return {"rows": rows}
@@ -992,10 +1007,11 @@ def summary(args) -> None:
     if args.result and Path(args.result).is_file():
         report = json.loads(Path(args.result).read_text())
         f, peaks = report.get("flops", {}), report.get("peak_tflops", {})
-        lines.append(
-            f"| device | {report.get('device')}, {report.get('width')}x{report.get('height')}, "
-            f"{report.get('steps')} steps |"
-        )
+        if report.get("device"):
+            lines.append(
+                f"| device | {report.get('device')}, {report.get('width')}x{report.get('height')}, "
+                f"{report.get('steps')} steps |"
+            )
         if f:
             lines.append(
                 f"| FLOPs per image | {f['per_image']:.3e} (DiT forward counted "
@@ -1061,7 +1077,7 @@ def parse(argv: list[str]):
     p.add_argument(
         "--role",
         default="bench",
-        choices=["bench", "build", "stock", "llmdit", "compile", "train", "dataset", "summary"],
+        choices=["bench", "build", "stock", "llmdit", "compile", "quantize", "train", "dataset", "summary"],
     )
     p.add_argument("--result", help="(roles) JSON result file; (summary) the benchmark's JSON")
     p.add_argument("--work", help="folder for the images and per-step results (default: a temp dir)")
@@ -1085,6 +1101,7 @@ def main() -> None:
         "stock": role_stock,
         "llmdit": role_llmdit,
         "compile": role_llmdit,
+        "quantize": role_llmdit,
         "dataset": role_dataset,
     }
     if args.role == "summary":

@@ -184,3 +184,27 @@ def test_settings_record_the_speed_and_memory_choices(cli):
     r = cli("inspect", "o.latents.safetensors", "--json")
     assert r.code == 0, r.stderr
     assert tuple(json.loads(r.stdout)["params"]["images"][0][k] for k in keys) == expected
+
+
+def test_4bit_leaves_out_the_layers_bitsandbytes_mishandles():
+    """bitsandbytes 0.50's 4-bit GEMM crashed on a CUDA GPU for the demo's 341-wide feed-forward
+    (benchmarks/README.md): such layers are listed to stay unquantized, Z-Image's full size has none."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from llmdit_cli.models import DEMO_PATH
+    from llmdit_cli.models.optimise import BNB4_WIDTH_MULTIPLE, bnb4_unsafe_linears
+
+    demo = json.loads((DEMO_PATH / "transformer" / "config.json").read_text())
+    skipped = bnb4_unsafe_linears(ZImageTransformer2DModel, demo)
+    model = ZImageTransformer2DModel.from_config(demo)
+    odd = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and (m.in_features % BNB4_WIDTH_MULTIPLE or m.out_features % BNB4_WIDTH_MULTIPLE)
+    }
+    assert set(skipped) == odd and any(n.endswith("feed_forward.w1") for n in skipped)
+    full = dict(demo, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560)
+    full.update(axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
+    assert bnb4_unsafe_linears(ZImageTransformer2DModel, full) == []

@@ -6,6 +6,7 @@ The pipeline class and the transformer class come from the folder's model family
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,12 @@ from typing import Any
 
 from llmdit_cli.errors import InputError, ModelError, UsageError, setting
 from llmdit_cli.models.lora_stack import apply_loras, check_lora_files
-from llmdit_cli.models.optimise import enable_vae_tiling, quantization_config, set_attention_backend
+from llmdit_cli.models.optimise import (
+    bnb4_unsafe_linears,
+    enable_vae_tiling,
+    quantization_config,
+    set_attention_backend,
+)
 from llmdit_cli.models.placement import Placement
 from llmdit_cli.models.refs import MODEL, config_hash, first_line, read_json, resolve_folder, weights_fingerprint
 
@@ -165,7 +171,12 @@ class ModelHandle:
         targets = [
             c for c in ("transformer", "text_encoder") if c in want and c not in self._loaded and c not in kwargs
         ]
-        return {**kwargs, **quantization_config(pl.quantize, pl.torch_dtype(), targets)}
+        skip = (
+            bnb4_unsafe_linears(self.code.transformer_class(), self.component_config("transformer"))
+            if pl.quantize == "4bit" and "transformer" in targets
+            else []
+        )
+        return {**kwargs, **quantization_config(pl.quantize, pl.torch_dtype(), targets, skip)}
 
 
 def _weights_key(folder: Path, component: str) -> str:
@@ -216,6 +227,8 @@ def quiet_libraries() -> None:
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    # bitsandbytes' 8-bit matmul logs a warning on every call of every layer for bf16 inputs.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     for lib in (dlog, tlog):
         lib.disable_progress_bar()
         # Failures reach the user as our own one-line errors, so even ERROR logs are noise.

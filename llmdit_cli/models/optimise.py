@@ -75,8 +75,15 @@ def check_compile(device: str) -> None:
         )
 
 
-def quantization_config(quantize: str, dtype, targets: list[str]) -> dict[str, Any]:
-    """from_pretrained arguments that load `targets` with bitsandbytes 8-bit or 4-bit (NF4) weights."""
+# bitsandbytes 0.50's 4-bit GEMM (many rows at once) failed with "misaligned address" on an H200
+# for a 128 -> 341 layer (the demo's feed-forward) and ran for every width that is a multiple of 64
+# (all of Z-Image's): layers with a width off this multiple stay in the compute dtype.
+BNB4_WIDTH_MULTIPLE = 8
+
+
+def quantization_config(quantize: str, dtype, targets: list[str], transformer_skip: list[str] = ()) -> dict[str, Any]:
+    """from_pretrained arguments that load `targets` with bitsandbytes 8-bit or 4-bit (NF4) weights;
+    the transformer's modules named in `transformer_skip` are left unquantized."""
     if quantize == "none" or not targets:
         return {}
     from diffusers.quantizers import PipelineQuantizationConfig
@@ -87,8 +94,31 @@ def quantization_config(quantize: str, dtype, targets: list[str]) -> dict[str, A
         if quantize == "8bit"
         else {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype}
     )
+    if transformer_skip and "transformer" in targets:
+        from diffusers import BitsAndBytesConfig as DiffusersBnb
+        from transformers import BitsAndBytesConfig as TransformersBnb
+
+        mapping = {"transformer": DiffusersBnb(**quant_kwargs, llm_int8_skip_modules=list(transformer_skip))}
+        if "text_encoder" in targets:
+            mapping["text_encoder"] = TransformersBnb(**quant_kwargs)
+        return {"quantization_config": PipelineQuantizationConfig(quant_mapping=mapping)}
     return {
         "quantization_config": PipelineQuantizationConfig(
             quant_backend=backend, quant_kwargs=quant_kwargs, components_to_quantize=targets
         )
     }
+
+
+def bnb4_unsafe_linears(model_class, config: dict[str, Any]) -> list[str]:
+    """Names of the Linear layers of `model_class(config)` with a width that is not a multiple of
+    BNB4_WIDTH_MULTIPLE (built on the meta device: no memory, no weights)."""
+    import torch
+
+    with torch.device("meta"):
+        model = model_class.from_config(config)
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and (m.in_features % BNB4_WIDTH_MULTIPLE or m.out_features % BNB4_WIDTH_MULTIPLE)
+    ]
