@@ -316,18 +316,59 @@ def give_usual_modes(folder: str | Path) -> None:
             path.chmod(mode)
 
 
-def write_stage(path: str, kind: str, tensors: dict, identity: dict[str, Any], params: dict[str, Any]) -> None:
-    from safetensors.torch import save
+_ST_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_bytes_atomic(path, save(tensors, metadata=stage_metadata(kind, identity, params)))
+
+def stage_bytes(kind: str, tensors: dict, identity: dict[str, Any], params: dict[str, Any]) -> bytes:
+    """A stage file as safetensors bytes, the same bytes for the same content: the header's keys
+    sorted and tensors in name order (the safetensors library orders its metadata by a per-process
+    hash, so two runs would differ)."""
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": dict(sorted(stage_metadata(kind, identity, params).items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {
+            "dtype": _ST_DTYPES[str(t.dtype).replace("torch.", "")],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data to 8 bytes
+    return len(head).to_bytes(8, "little") + head + b"".join(blobs)
+
+
+def write_stage(path: str, kind: str, tensors: dict, identity: dict[str, Any], params: dict[str, Any]) -> None:
+    write_bytes_atomic(path, stage_bytes(kind, tensors, identity, params))
 
 
 def write_embeds_file(
     path: str, positive: list, negative: list, identity: dict[str, Any], hidden_layer: int, params: dict[str, Any]
 ) -> None:
-    """The one writer of embeds files (`encode`, the training cache): one tensor per prompt, and a
-    header with the text encoder's identity and what the reader checks (hidden size, count)."""
+    """The one writer of embeds files (`encode`, the training cache, the server's encode reply):
+    one tensor per prompt, and a header with the text encoder's identity and what the reader checks
+    (hidden size, count)."""
+    write_bytes_atomic(path, embeds_file_bytes(positive, negative, identity, hidden_layer, params))
+
+
+def embeds_file_bytes(
+    positive: list, negative: list, identity: dict[str, Any], hidden_layer: int, params: dict[str, Any]
+) -> bytes:
     header = {
         **identity,
         "hidden_size": int(positive[0].shape[-1]),
@@ -335,7 +376,7 @@ def write_embeds_file(
         "dtype": str(positive[0].dtype).replace("torch.", ""),
         "count": len(positive),
     }
-    write_stage(path, "embeds", embeds_tensors(positive, negative), header, params)
+    return stage_bytes("embeds", embeds_tensors(positive, negative), header, params)
 
 
 def write_latents_file(

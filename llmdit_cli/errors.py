@@ -25,6 +25,11 @@ def render(text: str, name: Callable[[str], str] | None = None) -> str:
     return _MARKED.sub(lambda m: (name or str)(m.group(1)), text)
 
 
+def marked_keys(text: str) -> list[str]:
+    """The setting keys marked in `text`, in order."""
+    return _MARKED.findall(text)
+
+
 class LlmditError(Exception):
     """Base for errors whose message is fit to show a user as is."""
 

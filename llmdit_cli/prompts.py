@@ -36,6 +36,16 @@ class ChatFormat:
         return "".join(parts)
 
 
+def chat_text(messages: list[tuple[str, str]], enable_thinking: bool = True) -> str:
+    """A whole conversation ((role, content) pairs) in Qwen3's chat format, ending where the
+    assistant's reply starts; with thinking off, the empty think block Qwen3's template adds."""
+    parts = [_turn(role, content) for role, content in messages]
+    parts.append("<|im_start|>assistant\n")
+    if not enable_thinking:
+        parts.append("<think>\n\n</think>\n\n")
+    return "".join(parts)
+
+
 def _turn(role: str, content: str) -> str:
     return f"<|im_start|>{role}\n{content}<|im_end|>\n"
 

@@ -52,6 +52,37 @@ def clean(reply: str, keep_thinking: bool = False) -> str:
     return text.strip().strip('"').strip("'").strip()
 
 
+def reply_text(reply: str) -> str:
+    """A raw reply up to its end-of-turn token, without special tokens (for a chat API)."""
+    return _SPECIAL.sub("", reply.split("<|im_end|>")[0]).strip()
+
+
+class TextPieces:
+    """A transformers streamer that hands `on_text` each new piece of the reply's text (special
+    tokens left out; a piece ends on a whole character)."""
+
+    def __init__(self, tokenizer, on_text):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            return
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.on_text(text[len(self.sent) :])
+            self.sent = text
+
+    def end(self) -> None:
+        pass
+
+
 def causal_lm(text_encoder):
     """The language model over `text_encoder`'s own weights: itself when it has an LM head; for a
     bare decoder whose embeddings are tied (Qwen3-4B's are), a causal-LM shell around it whose head
@@ -74,8 +105,10 @@ def causal_lm(text_encoder):
     return lm.eval()
 
 
-def generate_local(lm, tokenizer, text: str, sampling: Sampling, device) -> str:
-    """Sample a reply to the formatted chat `text` (seeded: the same seed gives the same reply)."""
+def generate_local(lm, tokenizer, text: str, sampling: Sampling, device, streamer=None, should_stop=None) -> str:
+    """Sample a reply to the formatted chat `text` (seeded: the same seed gives the same reply).
+    `streamer` (transformers' streamer protocol) receives the tokens as they come; `should_stop()`
+    returning True ends the reply early (a client that went away)."""
     import torch
 
     ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
@@ -93,6 +126,16 @@ def generate_local(lm, tokenizer, text: str, sampling: Sampling, device) -> str:
             top_k=sampling.top_k or None,
             min_p=sampling.min_p or None,
         )
+    if streamer is not None:
+        options["streamer"] = streamer
+    if should_stop is not None:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), bool(should_stop()), device=input_ids.device)
+
+        options["stopping_criteria"] = StoppingCriteriaList([_Stop()])
     with _RNG, torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(sampling.seed)
         out = lm.generate(ids, attention_mask=torch.ones_like(ids), **options)
@@ -104,9 +147,7 @@ def generate_api(
 ) -> str:
     """One chat completion from an OpenAI-compatible server (`url` ends in /v1, as the `openai`
     client's base_url)."""
-    import socket
-    import urllib.error
-    import urllib.request
+    from llmdit_cli.remote import post_json
 
     body = {
         "model": model,
@@ -116,27 +157,8 @@ def generate_api(
         "max_tokens": sampling.max_new_tokens,
         "seed": sampling.seed,
     }
-    import http.client
-
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     where = f"--api-url {url}"
-    if not url.lower().startswith(("http://", "https://")):
-        raise UsageError(f"{where}: needs http:// or https:// (the base URL ending in /v1)")
-    try:
-        request = urllib.request.Request(url.rstrip("/") + "/chat/completions", json.dumps(body).encode(), headers)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-    except urllib.error.HTTPError as exc:
-        raise InputError(f"{where}: HTTP {exc.code} {exc.reason}{_server_message(exc)}") from None
-    except TimeoutError:
-        raise InputError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise InputError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
-        raise InputError(f"{where}: cannot connect ({getattr(reason, 'strerror', None) or reason})") from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise InputError(f"{where}: request failed ({type(exc).__name__}: {exc})") from None
+    raw = post_json(url, "/chat/completions", body, key, timeout, where)
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
@@ -144,11 +166,3 @@ def generate_api(
     if not isinstance(content, str):
         raise InputError(f"{where}: the reply's message content is not text")
     return content
-
-
-def _server_message(exc) -> str:
-    try:
-        detail = json.loads(exc.read())["error"]["message"]
-        return f": {str(detail).splitlines()[0][:200]}"
-    except Exception:  # noqa: BLE001 - the status line alone is the message then
-        return ""

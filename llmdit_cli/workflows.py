@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmdit_cli import __version__
-from llmdit_cli.artifacts import read_stage, split_embeds, write_embeds_file
+from llmdit_cli.artifacts import embeds_file_bytes, read_stage, split_embeds, write_bytes_atomic
 from llmdit_cli.config import EncoderSettings, OptimizationSettings, Resolved
 from llmdit_cli.errors import ModelError, UsageError, setting
 from llmdit_cli.models import ModelHandle, Placement
@@ -152,6 +152,26 @@ def _unwritable(root, report) -> None:
     _UNWRITABLE.add(root)
 
 
+def encoder_request_settings(r: Resolved) -> dict[str, Any]:
+    """The settings that shape embeddings and were given (not defaults), by field name: what a
+    remote encoder (`llmdit serve`) needs to encode as this process would."""
+    given = {f: getattr(r.settings.encoder, f) for f in ENCODER_FIELDS if r.sources.get(f"encoder.{f}") != "default"}
+    if r.sources.get("generation.negative_prompt") != "default":
+        given["negative_prompt"] = r.settings.generation.negative_prompt
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, timeout: float, where: str) -> Embeds:
+    """The prompts' embeddings made by an `llmdit serve` text encoder with these settings (and
+    negatives when CFG is on): the same tensors local encoding gives with the same model."""
+    from llmdit_cli.artifacts import parse_stage
+    from llmdit_cli.remote import encode_remote
+
+    with_negative = r.settings.generation.guidance_scale > 0
+    data = encode_remote(url, prompts, encoder_request_settings(r), with_negative, key, timeout, where)
+    return embeds_of(parse_stage(data, where, "embeds"))
+
+
 def check_encoder(r: Resolved) -> None:
     n = r.settings.encoder.max_length
     if n < 1:
@@ -159,13 +179,22 @@ def check_encoder(r: Resolved) -> None:
 
 
 def write_embeds(path: str, handle: ModelHandle, e: Embeds) -> None:
-    write_embeds_file(
-        path, e.cond, e.uncond, handle.identity("text_encoder"), e.params["encoder"]["hidden_layer"], e.params
+    write_bytes_atomic(path, embeds_bytes(handle, e))
+
+
+def embeds_bytes(handle: ModelHandle, e: Embeds) -> bytes:
+    """The embeds stage file of `e`, as `encode -o` writes it."""
+    return embeds_file_bytes(
+        e.cond, e.uncond, handle.identity("text_encoder"), e.params["encoder"]["hidden_layer"], e.params
     )
 
 
 def read_embeds(path: str) -> Embeds:
-    stage = read_stage(path, expect="embeds")
+    return embeds_of(read_stage(path, expect="embeds"))
+
+
+def embeds_of(stage) -> Embeds:
+    """Embeds from a parsed embeds stage file (`artifacts.parse_stage(..., expect="embeds")`)."""
     cond, uncond = split_embeds(stage.tensors())  # parse_stage checked names, counts and shapes
     hidden = stage.meta_int("hidden_size") or int(cond[0].shape[-1])
     params = dict(stage.params)

@@ -126,3 +126,20 @@ def psnr(a, b) -> float:
     b = pixels(b) if not isinstance(b, np.ndarray) else b
     mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def chromium():
+    """Headless Chromium through selenium (Debian's chromium and chromium-driver; .ci/run installs them)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
+        options.add_argument(arg)
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    assert binary and driver_path, "install chromium and chromium-driver (.ci/run does)"
+    options.binary_location = binary
+    return webdriver.Chrome(options=options, service=Service(driver_path))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, chromium
 
 RECIPE = """
 model = "demo"
@@ -254,7 +254,7 @@ def test_html_report_in_headless_chromium(cli, run_folder):
     assert r.code == 0, r.stderr
     text = Path("report.html").read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
-    driver = _chromium()
+    driver = chromium()
     try:
         driver.get(Path("report.html").resolve().as_uri())
         tiles = driver.find_elements("css selector", "figure.tile img")
@@ -301,20 +301,6 @@ def test_html_report_in_headless_chromium(cli, run_folder):
         assert not box.is_displayed()
     finally:
         driver.quit()
-
-
-def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
-        options.add_argument(arg)
-    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver_path = shutil.which("chromedriver")
-    assert binary and driver_path, "install chromium and chromium-driver (.ci/run does)"
-    options.binary_location = binary
-    return webdriver.Chrome(options=options, service=Service(driver_path))
 
 
 def _no_constants(name):

@@ -54,3 +54,26 @@ def test_readme_commands_run(tmp_path):
     assert len(list(tmp_path.glob("dype-diff-*.png"))) == 4  # prompts x scales
     assert len(list((tmp_path / "runs" / "hidden-layers").glob("manifest.*-of-2.jsonl"))) == 2
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
+
+
+def test_readme_serve_example_runs(tmp_path):
+    """The Serving block as written (on a free port): a server, remote encoding, a curl call."""
+    import socket
+
+    block = re.search(r"```bash serve\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = block.replace(":8000", f":{port}").replace("--port 8000", f"--port {port}")
+    script = re.sub(r"(^|\| )llmdit ", lambda m: m.group(1) + f"{sys.executable} -m llmdit_cli ", script, flags=re.M)
+    script = script.replace("| python -c", f"| {sys.executable} -c")
+    script = "set -e\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + script
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"status":"ok"' in r.stdout
+    from PIL import Image
+
+    for name in ("remote.embeds.safetensors", "remote.png"):
+        assert (tmp_path / name).is_file(), name
+    with Image.open(tmp_path / "api.png") as img:
+        assert img.size == (64, 64) and "llmdit" in img.info

@@ -27,6 +27,7 @@ COMMANDS = {
     "train": ("llmdit_cli.cli.train", "train", False),
     "sweep": ("llmdit_cli.cli.sweep", "sweep", False),
     "compare": ("llmdit_cli.cli.compare", "compare", False),
+    "serve": ("llmdit_cli.cli.serve", "serve", False),
     "config": ("llmdit_cli.cli.config_cmd", "config_app", True),
     "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
     "templates": ("llmdit_cli.cli.templates_cmd", "templates_app", True),

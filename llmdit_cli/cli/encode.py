@@ -8,6 +8,8 @@ from llmdit_cli.cli.common import encoder_flags, model_flags, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
+    REMOTE_KEY_ENV,
+    ApiUrlOpt,
     AssistantOpt,
     CacheDirOpt,
     CacheOpt,
@@ -30,6 +32,8 @@ from llmdit_cli.cli.options import (
     PromptsArg,
     QuantizeOpt,
     QuietOpt,
+    RemoteKeyEnvOpt,
+    RemoteTimeoutOpt,
     SystemPromptOpt,
     TemplateOpt,
     TemplatesDirOpt,
@@ -66,6 +70,9 @@ def encode(
             rich_help_panel=G_PROMPT,
         ),
     ] = False,
+    api_url: ApiUrlOpt = None,
+    api_key_env: RemoteKeyEnvOpt = REMOTE_KEY_ENV,
+    timeout: RemoteTimeoutOpt = 300.0,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -110,6 +117,9 @@ def encode(
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
     check_encoder(r)
+    if api_url:
+        _encode_remote(api_url, texts, r, api_key_env, timeout, output or "-", show_format, out)
+        return
     engine = Engine()
     handle, _ = engine.model(r)
     if show_format:
@@ -123,6 +133,31 @@ def encode(
     for text, n in zip(texts, e.params["token_counts"]):
         out.log(f"encoded {n} tokens: {text[:60]}")
     out.wrote(target, "embeds", prompt=texts, seed=None, settings=e.params)
+
+
+def _encode_remote(url, texts, r, key_env, timeout, target, show_format, out) -> None:
+    """Encode on an `llmdit serve` and write its embeds file as it came (checked first)."""
+    import os
+
+    from llmdit_cli.artifacts import check_binary_target, parse_stage, write_bytes_atomic
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.remote import encode_remote
+    from llmdit_cli.workflows import encoder_request_settings
+
+    if show_format:
+        raise UsageError("--show-format works on the local tokenizer; drop --api-url")
+    if timeout <= 0:
+        raise UsageError(f"--timeout {timeout}: must be positive")
+    check_binary_target(target)
+    out.stdout_is_binary = target == "-"
+    where = f"--api-url {url}"
+    with out.status(f"encoding {len(texts)} prompt(s) on {url}"):
+        data = encode_remote(url, texts, encoder_request_settings(r), True, os.environ.get(key_env), timeout, where)
+    stage = parse_stage(data, where, "embeds")
+    write_bytes_atomic(target, data)
+    for text, n in zip(texts, stage.params.get("token_counts", [])):
+        out.log(f"encoded {n} tokens: {text[:60]}")
+    out.wrote(target, "embeds", prompt=texts, seed=None, settings=stage.params)
 
 
 def _show_format(handle, fmt, texts, max_length, out) -> None:

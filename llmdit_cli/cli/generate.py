@@ -8,8 +8,10 @@ from llmdit_cli.cli.common import parse_layers, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
+    REMOTE_KEY_ENV,
     SETTING_OPTIONS,
     ConfigOpt,
+    EncoderUrlOpt,
     FileOpt,
     FromEmbedsOpt,
     JsonOpt,
@@ -18,6 +20,7 @@ from llmdit_cli.cli.options import (
     ProfileOpt,
     PromptsArg,
     QuietOpt,
+    RemoteKeyEnvOpt,
     SaveLatentsOpt,
     SeedOpt,
 )
@@ -56,6 +59,8 @@ SHARED = [
     ("seed", SeedOpt, None),
     ("num_images", NumImagesOpt, 1),
     *[(name, alias, None) for name, alias in SETTING_OPTIONS.items() if name not in IMG2IMG_ONLY],
+    ("encoder_url", EncoderUrlOpt, None),
+    ("api_key_env", RemoteKeyEnvOpt, REMOTE_KEY_ENV),
     ("config", ConfigOpt, None),
     ("profile", ProfileOpt, None),
     ("quiet", QuietOpt, False),
@@ -133,6 +138,8 @@ def _setting_flags(o: dict) -> dict:
 
 def _render(mode: str, o: dict) -> None:
     """Options -> settings -> engine request -> files written."""
+    import os
+
     from llmdit_cli import workflows as wf
     from llmdit_cli.artifacts import (
         check_binary_target,
@@ -171,6 +178,12 @@ def _render(mode: str, o: dict) -> None:
     if save_latents:
         check_binary_target(save_latents)
     req.embeds = wf.read_embeds(o["from_embeds"]) if o["from_embeds"] else None
+    if o["encoder_url"]:
+        if o["from_embeds"]:
+            raise UsageError("--encoder-url encodes prompts; it takes prompts, not --from-embeds")
+        where = f"--encoder-url {o['encoder_url']}"
+        with out.status(f"encoding {len(texts)} prompt(s) on {o['encoder_url']}"):
+            req.embeds = wf.remote_encode(o["encoder_url"], texts, r, os.environ.get(o["api_key_env"]), 300.0, where)
     req.seeds = wf.seeds_for(seed, o["num_images"])
     names = req.embeds.prompts if req.embeds else texts
     paths = plan_paths(

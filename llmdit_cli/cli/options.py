@@ -314,6 +314,36 @@ SaveLatentsOpt = Annotated[
         rich_help_panel=G_OUT,
     ),
 ]
+G_REMOTE = "Remote encoder (an `llmdit serve`)"
+EncoderUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--encoder-url",
+        help="Encode the prompts on an `llmdit serve` (base URL ending in /v1) and denoise here.",
+        rich_help_panel=G_REMOTE,
+    ),
+]
+ApiUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--api-url",
+        help="Encode on an `llmdit serve` (base URL ending in /v1) instead of loading the text encoder here.",
+        rich_help_panel=G_REMOTE,
+    ),
+]
+RemoteKeyEnvOpt = Annotated[
+    str,
+    typer.Option(
+        "--api-key-env",
+        help="Environment variable with the server's token (sent as a Bearer token when set).",
+        rich_help_panel=G_REMOTE,
+    ),
+]
+RemoteTimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for the server's reply.", rich_help_panel=G_REMOTE)
+]
+REMOTE_KEY_ENV = "LLMDIT_API_KEY"
+
 FromEmbedsOpt = Annotated[
     Optional[str],
     typer.Option(

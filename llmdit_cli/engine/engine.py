@@ -116,6 +116,28 @@ class Engine:
             ]
         return [rewriting.clean(r, req.keep_thinking) for r in replies]
 
+    def chat(self, req, report: Reporter | None = None) -> tuple[str, int, int]:
+        """The reply to a conversation (`ChatRequest`) by the model's text encoder as a chat
+        model, with the prompt's and the reply's token counts."""
+        from llmdit_cli import rewriting
+        from llmdit_cli.prompts import chat_text
+        from llmdit_cli.stages import run_device
+
+        report = report or Silent()
+        sampling = req.sampling or rewriting.Sampling()
+        sampling.check()
+        text = chat_text(req.messages, req.enable_thinking)
+        handle, lock = self.model(req.settings)
+        with lock, report.status(f"chat reply with {handle.ref}"):
+            pipe = handle.pipeline("tokenizer", "text_encoder")
+            lm = rewriting.causal_lm(pipe.text_encoder)
+            device = run_device(pipe, pipe.text_encoder)
+            streamer = rewriting.TextPieces(pipe.tokenizer, req.on_text) if req.on_text else None
+            raw = rewriting.generate_local(lm, pipe.tokenizer, text, sampling, device, streamer, req.should_stop)
+            prompt_tokens = len(pipe.tokenizer(text).input_ids)
+            reply_tokens = len(pipe.tokenizer(raw).input_ids)
+        return rewriting.reply_text(raw), prompt_tokens, reply_tokens
+
     # -- generate ----------------------------------------------------------------------------------
 
     def prepare(self, req: GenerateRequest, report: Reporter | None = None) -> None:

@@ -74,3 +74,16 @@ class RewriteRequest:
     template: str = "general-enhancer"
     sampling: Any = None  # rewriting.Sampling; None: its defaults
     keep_thinking: bool = False
+
+
+@dataclass
+class ChatRequest:
+    """A conversation for the settings' model's text encoder as a chat model (an API's chat
+    completions): `messages` are (role, content) pairs; the reply continues after them."""
+
+    settings: Resolved
+    messages: list[tuple[str, str]]
+    sampling: Any = None  # rewriting.Sampling; None: its defaults
+    enable_thinking: bool = False
+    on_text: Any = None  # (str) -> None: receives the reply's text piece by piece as it comes
+    should_stop: Any = None  # () -> bool: end the reply early

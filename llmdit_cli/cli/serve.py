@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.options import (
+    AttentionBackendOpt,
+    CompileOpt,
+    ConfigOpt,
+    CpuOffloadOpt,
+    DeviceOpt,
+    DitDeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    ProfileOpt,
+    QuantizeOpt,
+    QuietOpt,
+    TemplatesDirOpt,
+    TextEncoderDeviceOpt,
+    VaeDeviceOpt,
+    VaeTilingOpt,
+)
+from llmdit_cli.cli.output import Output
+
+G_SERVER = "Server"
+G_LIMITS = "Limits"
+
+HostOpt = Annotated[
+    str, typer.Option("--host", help="Address to bind; 0.0.0.0 for every interface.", rich_help_panel=G_SERVER)
+]
+PortOpt = Annotated[int, typer.Option("--port", "-p", help="Port to listen on.", rich_help_panel=G_SERVER)]
+ComponentsOpt = Annotated[
+    str,
+    typer.Option(
+        "--components",
+        help="What this server holds: encoder (text encoder: encode, chat), dit (transformer and VAE: "
+        "images; prompts encoded by --encoder-url) or all.",
+        rich_help_panel=G_SERVER,
+    ),
+]
+TokenEnvOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--token-env",
+        help="Environment variable holding an API token; every /v1 request must then send "
+        "'Authorization: Bearer TOKEN'.",
+        rich_help_panel=G_SERVER,
+    ),
+]
+EncoderUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--encoder-url",
+        help="With --components dit: the llmdit server that encodes prompts (base URL ending in /v1).",
+        rich_help_panel=G_SERVER,
+    ),
+]
+EncoderKeyEnvOpt = Annotated[
+    str,
+    typer.Option(
+        "--encoder-key-env",
+        help="Environment variable with the --encoder-url server's token.",
+        rich_help_panel=G_SERVER,
+    ),
+]
+LoraDirOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--lora-dir",
+        help="Folder of LoRA files requests may name (llmdit.lora); without it requests use no LoRA.",
+        rich_help_panel=G_SERVER,
+    ),
+]
+MaxQueueOpt = Annotated[
+    int,
+    typer.Option("--max-queue", help="Requests that may wait for the model; more get 503.", rich_help_panel=G_LIMITS),
+]
+MaxBodyOpt = Annotated[
+    int, typer.Option("--max-body-bytes", help="Largest request body, in bytes.", rich_help_panel=G_LIMITS)
+]
+MaxPromptOpt = Annotated[
+    int,
+    typer.Option("--max-prompt-chars", help="Longest prompt or chat message, in characters.", rich_help_panel=G_LIMITS),
+]
+MaxImagesOpt = Annotated[
+    int, typer.Option("--max-images", help="Most images per request (n).", rich_help_panel=G_LIMITS)
+]
+MaxPixelsOpt = Annotated[
+    int, typer.Option("--max-pixels", help="Largest image, in pixels (width x height).", rich_help_panel=G_LIMITS)
+]
+MaxTokensOpt = Annotated[
+    int, typer.Option("--max-tokens", help="Longest chat reply, in tokens.", rich_help_panel=G_LIMITS)
+]
+
+
+@handle_errors
+def serve(
+    model: ModelOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    components: ComponentsOpt = "all",
+    token_env: TokenEnvOpt = None,
+    encoder_url: EncoderUrlOpt = None,
+    encoder_key_env: EncoderKeyEnvOpt = "LLMDIT_ENCODER_TOKEN",
+    lora_dir: LoraDirOpt = None,
+    max_queue: MaxQueueOpt = 8,
+    max_body_bytes: MaxBodyOpt = 1 << 20,
+    max_prompt_chars: MaxPromptOpt = 4000,
+    max_images: MaxImagesOpt = 4,
+    max_pixels: MaxPixelsOpt = 2048 * 2048,
+    max_tokens: MaxTokensOpt = 1024,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None,
+    dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    cpu_offload: CpuOffloadOpt = None,
+    attention_backend: AttentionBackendOpt = None,
+    compile_: CompileOpt = None,
+    vae_tiling: VaeTilingOpt = None,
+    quantize: QuantizeOpt = None,
+    templates_dir: TemplatesDirOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Serve a model over HTTP: an OpenAI-compatible chat and images API, prompt encoding for
+    `encode --api-url` / `generate --encoder-url`, and a small web page at /.
+
+    The model loads before the server listens. Model work runs one request at a time, in order;
+    --max-queue more may wait. Binds 127.0.0.1 unless --host says otherwise; set --token-env
+    before exposing it. See docs/serve.md for two machines (encoder and DiT) and a systemd unit.
+
+    Example: llmdit serve --model demo --port 8000
+    """
+    import os
+    from pathlib import Path
+
+    from llmdit_cli.cli.common import model_flags, settings
+    from llmdit_cli.errors import UsageError
+
+    out = Output(quiet)
+    if components not in ("encoder", "dit", "all"):
+        raise UsageError(f"--components {components}: expected encoder, dit or all")
+    if components == "dit" and not encoder_url:
+        raise UsageError("--components dit needs --encoder-url (the server that encodes prompts)")
+    if encoder_url and components == "encoder":
+        raise UsageError("--encoder-url is for a DiT server (--components dit or all)")
+    for name, value in [
+        ("--max-queue", max_queue),
+        ("--max-body-bytes", max_body_bytes),
+        ("--max-prompt-chars", max_prompt_chars),
+        ("--max-images", max_images),
+        ("--max-pixels", max_pixels),
+        ("--max-tokens", max_tokens),
+    ]:
+        if value < (0 if name == "--max-queue" else 1):
+            raise UsageError(f"{name} {value}: must be positive")
+    if not 0 < port < 65536:
+        raise UsageError(f"--port {port}: must be 1-65535")
+    token = _env_value(token_env, "--token-env") if token_env else None
+    if lora_dir and not Path(lora_dir).is_dir():
+        raise UsageError(f"--lora-dir {lora_dir}: no such folder")
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise UsageError("llmdit serve needs FastAPI and uvicorn: pip install 'llmdit[serve]'") from None
+
+    from llmdit_cli.engine import Engine
+    from llmdit_cli.remote import check_base_url
+    from llmdit_cli.serve.app import Limits, ServeConfig, create_app
+    from llmdit_cli.serve.settings import ServerSettings
+
+    if encoder_url:
+        check_base_url(encoder_url, f"--encoder-url {encoder_url}")
+    flags = dict(
+        **model_flags(model, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload),
+        attention_backend=attention_backend,
+        compile=compile_,
+        vae_tiling=vae_tiling,
+        quantize=quantize,
+        templates_dir=templates_dir or None,
+    )
+    r = settings(config, profile, **flags)
+    engine = Engine()
+    handle, _ = engine.model(r)
+    needed = {"encoder": ("tokenizer", "text_encoder"), "dit": ("transformer", "vae")}
+    parts = [p for role, ps in needed.items() if components in (role, "all") for p in ps]
+    with out.status(f"loading {handle.ref} ({components})"):
+        handle.pipeline(*parts)
+    cfg = ServeConfig(
+        model=r.settings.model,
+        settings=ServerSettings(
+            {k: v for k, v in flags.items() if v is not None},
+            config,
+            profile,
+            Path(lora_dir) if lora_dir else None,
+            _public_names(),
+        ),
+        components=components,
+        token=token,
+        encoder_url=encoder_url,
+        encoder_key=os.environ.get(encoder_key_env),
+        limits=Limits(max_queue, max_body_bytes, max_prompt_chars, 16, max_images, max_pixels, max_tokens),
+    )
+    _log_to_stderr(quiet)
+    app = create_app(cfg, engine)
+    out.log(f"serving {cfg.model} ({components}) on http://{host}:{port}/ (API: http://{host}:{port}/v1)")
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """The server's own lines (jobs done or cancelled, failures with their traceback) on stderr."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llmdit serve: %(message)s"))
+    logger = logging.getLogger("llmdit.serve")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _env_value(var: str, flag: str) -> str:
+    import os
+
+    from llmdit_cli.errors import UsageError
+
+    value = os.environ.get(var, "")
+    if not value.strip():
+        raise UsageError(f"{flag} {var}: the variable is not set (or empty)")
+    return value.strip()
+
+
+def _public_names() -> dict[str, str]:
+    """Setting fields whose flag is spelled otherwise (`loras` -> `lora`), as requests name them."""
+    from llmdit_cli.cli.options import flag_of
+    from llmdit_cli.config import FLAG_KEY
+
+    names = {f: flag_of(f).lstrip("-").replace("-", "_") for f in FLAG_KEY}
+    return {f: n for f, n in names.items() if n != f}

@@ -1,0 +1,475 @@
+"""`llmdit serve`: one engine behind an HTTP API (OpenAI-compatible where a protocol exists).
+
+    GET  /health                   liveness, the model, the queue
+    GET  /v1/models                the one model served
+    POST /v1/chat/completions      the text encoder as a chat model (rewriting); `stream` for SSE
+    POST /v1/llmdit/encode         prompts -> the embeds stage file `encode -o` writes (bytes)
+    POST /v1/images/generations    prompt -> PNGs (b64_json) that carry their settings
+    GET  /v1/llmdit/status         the queue and the running job's progress
+    GET  /v1/llmdit/templates      the prompt templates (the web page's list)
+    GET  /                         a small web page (files in serve/web, no build step)
+
+Model work goes through one queue (`work.WorkQueue`); a request that cannot wait gets 503. Every
+refused request gets `{"error": {"message", "type", "param", "code"}}` naming the field at fault.
+"""
+
+import asyncio
+import base64
+import json
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli.errors import LlmditError, ModelError
+from llmdit_cli.serve import schemas
+from llmdit_cli.serve.settings import (
+    ENCODE_EXTRA,
+    ENCODE_SECTIONS,
+    GENERATE_SECTIONS,
+    ApiError,
+    ServerSettings,
+    parse_size,
+)
+from llmdit_cli.serve.work import Cancelled, Job, JobReport, QueueFull, WorkQueue
+
+WEB = Path(__file__).parent / "web"
+log = logging.getLogger("llmdit.serve")
+
+
+@dataclass
+class Limits:
+    max_queue: int = 8
+    max_body_bytes: int = 1 << 20
+    max_prompt_chars: int = 4000
+    max_prompts: int = 16
+    max_images: int = 4
+    max_pixels: int = 2048 * 2048
+    max_tokens: int = 1024
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    settings: ServerSettings
+    components: str = "all"  # encoder | dit | all
+    token: str | None = None
+    encoder_url: str | None = None  # dit: prompts are encoded by this llmdit server
+    encoder_key: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+def create_app(cfg: ServeConfig, engine=None):
+    """The FastAPI app for `cfg`; the engine is made (and the components loaded) on startup."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from llmdit_cli.engine import Engine
+
+    state: dict[str, Any] = {"engine": engine or Engine(), "queue": None, "started": int(time.time())}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        state["queue"] = WorkQueue(cfg.limits.max_queue, log.info)
+        yield
+        state["queue"].close()
+
+    app = FastAPI(title="llmdit", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param), exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), exc.status_code)
+
+    def check_auth(request: Request) -> None:
+        if cfg.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), cfg.token.encode()):
+            raise ApiError(401, "missing or wrong API token (Authorization: Bearer TOKEN)", kind="authentication_error")
+
+    def need(component: str) -> None:
+        if cfg.components not in ("all", component) and not (component == "encoder" and cfg.encoder_url):
+            raise ApiError(
+                404, f"this server holds the {cfg.components} only (--components {cfg.components})", kind="not_found"
+            )
+
+    async def body_of(request: Request, model: type):
+        check_auth(request)
+        data = await read_limited(request, cfg.limits.max_body_bytes)
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not JSON ({exc})") from None
+        return validate(model, raw)
+
+    async def run(request: Request, label: str, work):
+        """Queue `work(job)` and wait for it; a client that goes away cancels it."""
+        try:
+            job = state["queue"].submit(label, work)
+        except QueueFull as exc:
+            raise ApiError(503, f"server busy: {exc}; retry later", kind="server_busy") from None
+        waiting = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.2)
+            if done:
+                return result_of(waiting, cfg.settings)
+            if await request.is_disconnected():
+                job.cancel()
+                raise ApiError(499, "client closed the request")
+
+    # -- plain GETs ----------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": cfg.model, "components": cfg.components, "queue": state["queue"].status()}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_auth(request)
+        return {
+            "object": "list",
+            "data": [{"id": cfg.model, "object": "model", "created": state["started"], "owned_by": "llmdit"}],
+        }
+
+    @app.get("/v1/llmdit/status")
+    async def status(request: Request):
+        check_auth(request)
+        return state["queue"].status()
+
+    @app.get("/v1/llmdit/templates")
+    async def templates(request: Request):
+        check_auth(request)
+        from llmdit_cli.prompt_templates import available
+
+        found = available(cfg.settings.flags.get("templates_dir"))
+        return {"data": [{"name": n, "category": t.meta.category} for n, t in found.items()]}
+
+    @app.get("/")
+    async def page():
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    # -- encode --------------------------------------------------------------------------------
+
+    @app.post("/v1/llmdit/encode")
+    async def encode(request: Request):
+        need("encoder")
+        body = await body_of(request, schemas.EncodeRequest)
+        check_prompts(body.prompts, "prompts", cfg.limits)
+        r = cfg.settings.resolve(body.llmdit, ENCODE_SECTIONS, ENCODE_EXTRA)
+
+        def work(job: Job) -> bytes:
+            from llmdit_cli.engine import EncodeRequest
+            from llmdit_cli.remote import encode_remote
+            from llmdit_cli.workflows import embeds_bytes
+
+            if cfg.components == "dit":  # no text encoder here: its encoder server answers
+                where = f"--encoder-url {cfg.encoder_url}"
+                return encode_remote(
+                    cfg.encoder_url, body.prompts, body.llmdit, body.with_negative, cfg.encoder_key, 300.0, where
+                )
+            eng = state["engine"]
+            e = eng.encode(EncodeRequest(r, body.prompts, body.with_negative), JobReport(job, log.info))
+            return embeds_bytes(eng.model(r)[0], e)
+
+        data = await run(request, f"encode {len(body.prompts)} prompt(s)", work)
+        headers = {"Content-Disposition": 'attachment; filename="prompts.embeds.safetensors"'}
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    # -- images --------------------------------------------------------------------------------
+
+    @app.post("/v1/images/generations")
+    async def images(request: Request):
+        need("dit")
+        body = await body_of(request, schemas.ImagesRequest)
+        req = image_request(body, cfg, state["engine"])
+
+        def work(job: Job) -> list[dict[str, Any]]:
+            from llmdit_cli.pngmeta import png_bytes
+
+            report = JobReport(job, log.info)
+            if cfg.encoder_url:
+                req.embeds = remote_embeds(cfg, req)
+            results = state["engine"].generate(req, report)
+            return [
+                {
+                    "b64_json": base64.b64encode(png_bytes(g.image, g.settings)).decode(),
+                    "llmdit": {"seed": g.seed, "settings": g.settings},
+                }
+                for g in results
+            ]
+
+        data = await run(request, f"generate {len(req.seeds)} image(s)", work)
+        return {"created": int(time.time()), "data": data}
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        need("encoder")
+        body = await body_of(request, schemas.ChatRequest)
+        messages = chat_messages(body, cfg.limits)
+        sampling = chat_sampling(body, cfg.limits)
+        r = cfg.settings.resolve({}, ENCODE_SECTIONS)
+        thinking = bool(body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking)
+        reply_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        created = int(time.time())
+
+        def chat_request(job: Job, on_text=None):
+            from llmdit_cli.engine import ChatRequest
+
+            return ChatRequest(r, messages, sampling, thinking, on_text, job.cancelled.is_set)
+
+        if not body.stream:
+
+            def work(job: Job):
+                return state["engine"].chat(chat_request(job), JobReport(job, log.info))
+
+            text, n_prompt, n_reply = await run(request, "chat", work)
+            return {
+                "id": reply_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": cfg.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": finish_reason(n_reply, sampling),
+                    }
+                ],
+                "usage": usage(n_prompt, n_reply),
+            }
+
+        import queue as queue_module
+
+        pieces: queue_module.Queue[str] = queue_module.Queue()
+
+        def stream_work(job: Job):
+            return state["engine"].chat(chat_request(job, pieces.put), JobReport(job, log.info))
+
+        try:
+            job = state["queue"].submit("chat (stream)", stream_work)
+        except QueueFull as exc:
+            raise ApiError(503, f"server busy: {exc}; retry later", kind="server_busy") from None
+
+        def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+            obj = {
+                "id": reply_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": cfg.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **(extra or {}),
+            }
+            return f"data: {json.dumps(obj)}\n\n"
+
+        async def events():
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                while not (job.future.done() and pieces.empty()):
+                    try:
+                        yield chunk({"content": pieces.get_nowait()})
+                    except queue_module.Empty:
+                        await asyncio.sleep(0.01)
+                try:
+                    _, n_prompt, n_reply = job.future.result()
+                except Exception as exc:  # noqa: BLE001 - headers are sent: the error goes in the stream
+                    message, kind, param = describe(exc, cfg.settings)
+                    yield f"data: {json.dumps(error_body(message, kind, param))}\n\n"
+                else:
+                    yield chunk({}, finish_reason(n_reply, sampling))
+                    if body.stream_options and body.stream_options.include_usage:
+                        obj = {"id": reply_id, "object": "chat.completion.chunk", "created": created}
+                        obj.update(model=cfg.model, choices=[], usage=usage(n_prompt, n_reply))
+                        yield f"data: {json.dumps(obj)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                if not job.future.done():
+                    job.cancel()  # the client went away mid-stream
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+# -- helpers (no FastAPI) ------------------------------------------------------------------------
+
+
+def _version() -> str:
+    from llmdit_cli import __version__
+
+    return __version__
+
+
+def error_body(message: str, kind: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+async def read_limited(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit} (--max-body-bytes)")
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes (--max-body-bytes)")
+    return bytes(data)
+
+
+def validate(model: type, raw: Any):
+    """`raw` as `model`, or a 400 that names the first field at fault."""
+    from pydantic import ValidationError
+
+    if not isinstance(raw, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "list[", "union[")))
+        where = where or "body"
+        if err["type"] == "extra_forbidden":
+            raise ApiError(400, f"unknown field: {where}", where) from None
+        if err["type"] == "missing":
+            raise ApiError(400, f"missing field: {where}", where) from None
+        raise ApiError(400, f"{where}: {err['msg']}", where) from None
+
+
+def check_prompts(prompts: list[str], name: str, limits: Limits) -> None:
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"{name}: {len(prompts)} prompts, at most {limits.max_prompts} per request", name)
+    for i, p in enumerate(prompts):
+        where = f"{name}.{i}" if name == "prompts" else name
+        if not p.strip():
+            raise ApiError(400, f"{where}: empty prompt", where)
+        if len(p) > limits.max_prompt_chars:
+            raise ApiError(400, f"{where}: {len(p)} characters, over the limit of {limits.max_prompt_chars}", where)
+
+
+def image_request(body, cfg: ServeConfig, engine):
+    """The engine request for an images body: settings checked and prepared before it queues."""
+    from llmdit_cli.engine import GenerateRequest
+    from llmdit_cli.workflows import seeds_for
+
+    check_prompts([body.prompt], "prompt", cfg.limits)
+    if body.n > cfg.limits.max_images:
+        raise ApiError(400, f"n: {body.n} images, at most {cfg.limits.max_images} per request (--max-images)", "n")
+    if body.model is not None and body.model != cfg.model:
+        raise ApiError(404, f"model {body.model!r} is not served here (GET /v1/models)", "model", "not_found")
+    settings = dict(body.llmdit)
+    seed = settings.pop("seed", None)
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
+    size = parse_size(body.size)
+    if size:
+        if size[0] * size[1] > cfg.limits.max_pixels:
+            raise ApiError(400, f"size {body.size}: over the limit of {cfg.limits.max_pixels} pixels", "size")
+        settings.update(width=size[0], height=size[1])
+    r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
+    req = GenerateRequest(r, seeds=seeds_for([seed] if seed is not None else None, body.n), prompts=[body.prompt])
+    try:
+        engine.prepare(req)
+    except LlmditError as exc:
+        message, param = cfg.settings.message(exc)
+        raise ApiError(400, message, param) from None
+    g = r.settings.generation
+    if g.width * g.height > cfg.limits.max_pixels:
+        raise ApiError(400, f"size {g.width}x{g.height}: over the limit of {cfg.limits.max_pixels} pixels", "size")
+    return req
+
+
+def remote_embeds(cfg: ServeConfig, req):
+    """The prompt's embeddings from the encoder server (a DiT-only server)."""
+    from llmdit_cli.workflows import remote_encode
+
+    where = f"--encoder-url {cfg.encoder_url}"
+    return remote_encode(cfg.encoder_url, req.prompts, req.settings, cfg.encoder_key, 300.0, where)
+
+
+def chat_messages(body, limits: Limits) -> list[tuple[str, str]]:
+    out = []
+    for i, m in enumerate(body.messages):
+        if isinstance(m.content, str):
+            text = m.content
+        else:
+            if any(p.type == "image_url" for p in m.content):
+                raise ApiError(
+                    400,
+                    f"messages.{i}.content: image input needs a vision model, and none is loaded here",
+                    f"messages.{i}.content",
+                )
+            text = "".join(p.text for p in m.content)
+        if len(text) > limits.max_prompt_chars:
+            raise ApiError(
+                400,
+                f"messages.{i}.content: {len(text)} characters, over the limit of {limits.max_prompt_chars}",
+                f"messages.{i}.content",
+            )
+        out.append(("system" if m.role == "developer" else m.role, text))
+    return out
+
+
+def chat_sampling(body, limits: Limits):
+    import random
+
+    from llmdit_cli.rewriting import Sampling
+
+    wanted = body.max_completion_tokens or body.max_tokens or min(256, limits.max_tokens)
+    if wanted > limits.max_tokens:
+        name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{name}: {wanted}, over the limit of {limits.max_tokens} (--max-tokens)", name)
+    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
+    return Sampling(body.temperature, body.top_p, body.top_k, body.min_p, wanted, seed)
+
+
+def finish_reason(n_reply: int, sampling) -> str:
+    return "length" if n_reply >= sampling.max_new_tokens else "stop"
+
+
+def usage(n_prompt: int, n_reply: int) -> dict[str, int]:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_reply, "total_tokens": n_prompt + n_reply}
+
+
+def describe(exc: BaseException, settings: ServerSettings) -> tuple[str, str, str | None]:
+    """(message, error type, field) for a failed job."""
+    if isinstance(exc, ApiError):
+        return exc.message, exc.kind, exc.param
+    if isinstance(exc, ModelError):
+        message, param = settings.message(exc)
+        return message, "server_error", param
+    if isinstance(exc, LlmditError):
+        message, param = settings.message(exc)
+        return message, "invalid_request_error", param
+    if isinstance(exc, Cancelled):
+        return "cancelled: the client went away", "cancelled", None
+    lines = str(exc).strip().splitlines()
+    return f"internal error: {type(exc).__name__}: {lines[0] if lines else ''}", "server_error", None
+
+
+def result_of(done, settings: ServerSettings):
+    """A finished job's result, or its failure as an ApiError (500 for what is not the client's fault)."""
+    exc = done.exception()
+    if exc is None:
+        return done.result()
+    message, kind, param = describe(exc, settings)
+    if kind == "server_error":
+        log.error("job failed", exc_info=exc)
+    status = {"invalid_request_error": 400, "cancelled": 499}.get(kind, 500)
+    raise ApiError(status, message, param, kind)

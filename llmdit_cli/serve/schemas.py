@@ -1,0 +1,78 @@
+"""Request bodies of `llmdit serve`: strict (an unknown field is an error that names it), with the
+OpenAI fields clients send by default accepted where they change nothing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(Strict):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(Strict):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart | ImagePart]
+    name: str | None = None
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class ChatTemplateKwargs(Strict):
+    enable_thinking: bool | None = None
+
+
+class ChatRequest(Strict):
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, lt=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] = 1
+    stop: None = None
+    presence_penalty: Literal[0] = 0
+    frequency_penalty: Literal[0] = 0
+    logprobs: Literal[False] = False
+    user: str | None = None
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+
+
+class EncodeRequest(Strict):
+    prompts: list[str] = Field(min_length=1)
+    with_negative: bool = True
+    llmdit: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImagesRequest(Strict):
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    size: str | None = None
+    response_format: Literal["b64_json"] = "b64_json"
+    user: str | None = None
+    llmdit: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,118 @@
+"""A request's `llmdit` object -> resolved settings, and setting keys -> the request's field names.
+
+A request names a setting as the CLI's flag without its dashes (`slg_scale` or `slg-scale` for
+`--slg-scale`, `lora` for `--lora`); the server's own settings (its model, devices, dtype, the
+config file) are the base and a request cannot change them. Library messages name settings by key
+(`errors.setting`); `field_name` turns a key into the request field a client must fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli.errors import LlmditError, marked_keys, render
+
+# Sections a request may set, per endpoint.
+ENCODE_SECTIONS = ("encoder",)
+GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype")
+ENCODE_EXTRA = ("generation.negative_prompt",)
+SIZE_KEYS = ("generation.width", "generation.height")
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP `status`, a message, the request field at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+@dataclass
+class ServerSettings:
+    """What the server was started with: its settings flags (model, devices, ...) and limits."""
+
+    flags: dict[str, Any]
+    config: str | None = None
+    profile: str | None = None
+    lora_dir: Path | None = None
+    # Setting field -> the name requests use (the CLI flag without dashes, where it differs).
+    public: dict[str, str] = field(default_factory=dict)
+
+    def public_name(self, field_name: str) -> str:
+        return self.public.get(field_name, field_name)
+
+    def field_name(self, key: str) -> str:
+        """The request field of a setting key (`generation.width` -> `size`)."""
+        from llmdit_cli.config import KEY_FLAG
+
+        if key in SIZE_KEYS:
+            return f"size ({key.split('.')[1]})"
+        if key == "model":
+            return "model"
+        return "llmdit." + self.public_name(KEY_FLAG.get(key, key))
+
+    def message(self, exc: Exception) -> tuple[str, str | None]:
+        """An llmdit error's message with settings named as request fields, and the first one."""
+        raw = str(exc.args[0]) if exc.args else ""
+        keys = marked_keys(raw)
+        param = self.field_name(keys[0]).split(" ")[0] if keys else None
+        return render(raw, self.field_name), param
+
+    def resolve(self, llmdit: dict[str, Any], sections: tuple[str, ...], extra: tuple[str, ...] = ()):
+        """The server's settings with the request's `llmdit` settings on top (checked)."""
+        from llmdit_cli.config import FLAG_KEY, resolve
+
+        flags = dict(self.flags)
+        by_public = {self.public_name(f): f for f in FLAG_KEY}
+        for name, value in llmdit.items():
+            wanted = name.replace("-", "_")
+            field_ = by_public.get(wanted, wanted if wanted in FLAG_KEY else None)
+            key = FLAG_KEY.get(field_ or "")
+            if key is None or not (key.split(".")[0] in sections or key in extra):
+                raise ApiError(400, f"unknown or not settable here: llmdit.{name}", f"llmdit.{name}")
+            if field_ == "loras":
+                value = self.lora_specs(value)
+            elif field_ == "slg_layers" and isinstance(value, str) and _is_int_list(value):
+                value = [int(x) for x in value.split(",") if x.strip()]
+            flags[field_] = value
+        try:
+            return resolve(self.config, self.profile, flags)
+        except LlmditError as exc:
+            message, param = self.message(exc)
+            raise ApiError(400, message, param) from None
+
+    def lora_specs(self, value: Any) -> list[str]:
+        """`name[:scale]` entries as paths in the server's --lora-dir (never outside it)."""
+        from llmdit_cli.models.lora_stack import parse_lora
+
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ApiError(400, "llmdit.lora: a list of 'NAME[:SCALE]' strings", "llmdit.lora")
+        if items and self.lora_dir is None:
+            raise ApiError(400, "llmdit.lora: this server allows no LoRAs (start it with --lora-dir)", "llmdit.lora")
+        specs = []
+        for item in items:
+            name, scale = parse_lora(item)
+            path = (self.lora_dir / name).resolve()
+            if self.lora_dir.resolve() not in path.parents or not path.is_file():
+                raise ApiError(400, f"llmdit.lora: no LoRA {name!r} in the server's LoRA folder", "llmdit.lora")
+            specs.append(f"{path}:{scale}")
+        return specs
+
+
+def _is_int_list(text: str) -> bool:
+    return all(x.strip().lstrip("-").isdigit() for x in text.split(",") if x.strip())
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """'WxH' -> (width, height); the engine checks the multiple of 16 and names `size`."""
+    import re
+
+    if size is None:
+        return None
+    m = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", size)
+    if not m:
+        raise ApiError(400, f"size {size!r}: expected WIDTHxHEIGHT, e.g. 1024x1024", "size")
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,413 @@
+"""`llmdit serve` on a real server (a subprocess on 127.0.0.1, a free port) with the demo model:
+the API against the CLI (same pixels, same embeddings bytes), bad requests, auth, the queue, a
+client that goes away, the web page in headless Chromium."""
+
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import assert_one_line_error, chromium, pixels
+
+TOKEN = "test-token-123"
+PROMPT = "a red circle on a blue background"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str, token: str | None = None):
+        self.port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        if token:
+            env["LLMDIT_TEST_TOKEN"] = token
+            args = (*args, "--token-env", "LLMDIT_TEST_TOKEN")
+        self.token = token
+        cmd = [sys.executable, "-m", "llmdit_cli", "serve", "--port", str(self.port), *args]
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llmdit-serve-{self.port}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(240):  # bounded: 120 s for the model to load on a busy 2-core machine
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.output()}")
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"server did not start: {self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def request(self, method, path, body=None, headers=None, auth=True, raw=None, timeout=120):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = dict(headers or {})
+        if auth and self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            h.setdefault("Content-Type", "application/json")
+        try:
+            conn.request(method, path, data, h)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), dict(resp.getheaders())
+        finally:
+            conn.close()
+
+    def json(self, method, path, body=None, **kw):
+        status, data, _ = self.request(method, path, body, **kw)
+        return status, json.loads(data)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The demo model with a token and small limits (two waiting requests, 2 images, 64 KiB bodies)."""
+    loras = tmp_path_factory.mktemp("loras")
+    from helpers import make_lora
+
+    from llmdit_cli.models import DEMO_PATH
+
+    make_lora(DEMO_PATH, loras / "style.safetensors")
+    s = Server(
+        "--model", "demo", "--max-queue", "1", "--max-images", "2", "--max-body-bytes", "65536",
+        "--max-prompt-chars", "500", "--max-tokens", "64", "--lora-dir", str(loras), token=TOKEN,
+    )  # fmt: skip
+    yield s
+    s.stop()
+
+
+def png_of(item) -> bytes:
+    return base64.b64decode(item["b64_json"])
+
+
+def test_health_models_and_status(server):
+    status, health = server.json("GET", "/health", auth=False)  # open: for load balancers
+    assert status == 200 and health["model"] == "demo" and health["components"] == "all"
+    status, models = server.json("GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in models["data"]] == ["demo"]
+    status, queue = server.json("GET", "/v1/llmdit/status")
+    assert status == 200 and queue["max_queue"] == 1
+
+
+def test_images_have_the_pixels_and_settings_of_generate(server, cli):
+    body = {
+        "prompt": PROMPT,
+        "size": "64x48",
+        "n": 2,
+        "llmdit": {"seed": 7, "steps": 3, "slg_scale": 2.0, "slg-layers": "1", "lora": ["style.safetensors:0.7"]},
+    }
+    status, reply = server.json("POST", "/v1/images/generations", body)
+    assert status == 200, reply
+    assert [d["llmdit"]["seed"] for d in reply["data"]] == [7, 8]
+    lora = str(Path(server.proc.args[server.proc.args.index("--lora-dir") + 1]) / "style.safetensors")
+    r = cli(
+        "generate", PROMPT, "--model", "demo", "-W", "64", "-H", "48", "--seed", "7", "--num-images", "2",
+        "--steps", "3", "--slg-scale", "2.0", "--slg-layers", "1", "--lora", f"{lora}:0.7", "-o", "local-{seed}.png",
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    from llmdit_cli.pngmeta import settings_of
+
+    for item in reply["data"]:
+        local = Path(f"local-{item['llmdit']['seed']}.png")
+        Path("api.png").write_bytes(png_of(item))
+        assert (pixels("api.png") == pixels(local)).all()
+        stored = settings_of(png_of(item), "api.png")
+        assert stored == settings_of(local.read_bytes(), str(local)) == item["llmdit"]["settings"]
+        assert stored["slg_scale"] == 2.0 and stored["steps"] == 3
+
+
+def test_remote_encoding_is_bit_identical(server, cli):
+    key = {"LLMDIT_API_KEY": TOKEN}
+    args = [PROMPT, "a green square", "--hidden-layer", "-3", "--template", "low-poly-faceted"]
+    os.environ.update(key)
+    try:
+        remote = cli("encode", *args, "--api-url", server.url + "/v1", "-o", "remote.embeds.safetensors")
+    finally:
+        os.environ.pop("LLMDIT_API_KEY")
+    assert remote.code == 0, remote.stderr
+    local = cli("encode", *args, "--model", "demo", "-o", "local.embeds.safetensors")
+    assert local.code == 0, local.stderr
+    assert Path("remote.embeds.safetensors").read_bytes() == Path("local.embeds.safetensors").read_bytes()
+
+
+def test_generate_with_a_remote_encoder_makes_the_same_pixels(server, cli, monkeypatch):
+    monkeypatch.setenv("LLMDIT_API_KEY", TOKEN)
+    common = [PROMPT, "--model", "demo", "--seed", "5", "--steps", "3", "--guidance-scale", "2.0"]
+    remote = cli("generate", *common, "--encoder-url", server.url + "/v1", "-o", "remote.png")
+    assert remote.code == 0, remote.stderr
+    local = cli("generate", *common, "-o", "local.png")
+    assert local.code == 0, local.stderr
+    assert (pixels("remote.png") == pixels("local.png")).all()
+
+
+def test_rewrite_talks_to_serve_like_to_any_chat_server(server, cli, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TOKEN)
+    args = ["a red circle", "--template", "demo-caption", "--seed", "4", "--max-new-tokens", "24"]
+    remote = cli("rewrite", *args, "--api-url", server.url + "/v1", "--api-model", "demo")
+    assert remote.code == 0, remote.stderr
+    local = cli("rewrite", *args, "--model", "demo")
+    assert local.code == 0, local.stderr
+    assert remote.stdout == local.stdout and remote.stdout.strip()
+
+
+def sse_events(server, body):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Authorization": f"Bearer {TOKEN}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
+    events = []
+    for line in resp.read().decode().splitlines():
+        if line.startswith("data: "):
+            events.append(line[6:])
+    conn.close()
+    return events
+
+
+def test_chat_completion_and_its_stream_agree(server):
+    body = {
+        "model": "demo",
+        "messages": [{"role": "system", "content": "Write a caption."}, {"role": "user", "content": "a cat"}],
+        "seed": 11,
+        "max_tokens": 20,
+        "temperature": 0.8,
+    }
+    status, reply = server.json("POST", "/v1/chat/completions", body)
+    assert status == 200, reply
+    assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
+    text = reply["choices"][0]["message"]["content"]
+    assert text and reply["usage"]["completion_tokens"] <= 20
+    events = sse_events(server, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert streamed.strip() == text
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["usage"] == reply["usage"]
+
+
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"steps": 0}}, 400, "llmdit.steps"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"stepz": 3}}, 400, "llmdit.stepz"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"device": "cuda"}}, 400, "llmdit.device"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"dype_method": "magic"}}, 400, "llmdit.dype_method"),
+        ("/v1/images/generations", {"prompt": PROMPT, "size": "65x64"}, 400, "size"),
+        ("/v1/images/generations", {"prompt": PROMPT, "size": "big"}, 400, "size"),
+        ("/v1/images/generations", {"prompt": PROMPT, "size": "4096x4096"}, 400, "size"),
+        ("/v1/images/generations", {"prompt": PROMPT, "n": 3}, 400, "n"),
+        ("/v1/images/generations", {"prompt": PROMPT, "n": 0}, 400, "n"),
+        ("/v1/images/generations", {"prompt": "x" * 501}, 400, "prompt"),
+        ("/v1/images/generations", {"prompt": PROMPT, "quality": "hd"}, 400, "quality"),
+        ("/v1/images/generations", {"prompt": PROMPT, "response_format": "url"}, 400, "response_format"),
+        ("/v1/images/generations", {"prompt": PROMPT, "model": "dall-e-3"}, 404, "model"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"seed": -1}}, 400, "llmdit.seed"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"lora": ["../x.safetensors"]}}, 400, "llmdit.lora"),
+        ("/v1/images/generations", {"llmdit": {}}, 400, "prompt"),
+        ("/v1/images/generations", [PROMPT], 400, None),
+        ("/v1/llmdit/encode", {"prompts": []}, 400, "prompts"),
+        ("/v1/llmdit/encode", {"prompts": [PROMPT], "llmdit": {"steps": 3}}, 400, "llmdit.steps"),
+        ("/v1/llmdit/encode", {"prompts": [PROMPT], "llmdit": {"hidden_layer": 99}}, 400, "llmdit.hidden_layer"),
+        ("/v1/llmdit/encode", {"prompts": [PROMPT], "llmdit": {"template": "nope"}}, 400, "llmdit.template"),
+        ("/v1/chat/completions", {"messages": []}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "max_tokens": 65}, 400, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "a"}], "temperature": 3},
+            400,
+            "temperature",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "a"}]}, 400, "messages.0.role"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
+            400,
+            "messages.0.content",
+        ),
+    ],
+)
+def test_bad_requests_get_json_errors_naming_the_field(server, path, body, status, param):
+    got, reply = server.json("POST", path, body)
+    assert got == status, reply
+    error = reply["error"]
+    assert error["param"] == param and error["message"] and "\n" not in error["message"]
+    if param:
+        assert param.split(".")[-1] in error["message"]
+
+
+def test_malformed_and_oversized_bodies(server):
+    status, data, _ = server.request("POST", "/v1/images/generations", raw=b'{"prompt": ')
+    assert status == 400 and "not JSON" in json.loads(data)["error"]["message"]
+    big = json.dumps({"prompt": "x" * 70000}).encode()
+    status, data, _ = server.request("POST", "/v1/images/generations", raw=big)
+    assert status == 413 and "--max-body-bytes" in json.loads(data)["error"]["message"]
+    status, data, _ = server.request("GET", "/v1/nothing-here")
+    assert status == 404 and "error" in json.loads(data)
+
+
+def test_token_is_required(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        status, data, h = server.request("GET", "/v1/models", headers=headers, auth=False)
+        assert status == 401 and json.loads(data)["error"]["type"] == "authentication_error"
+        assert h.get("www-authenticate") == "Bearer"
+    status, _, _ = server.request("POST", "/v1/images/generations", {"prompt": PROMPT}, auth=False)
+    assert status == 401
+
+
+def slow_body(seed: int) -> dict:
+    return {"prompt": PROMPT, "size": "256x256", "llmdit": {"seed": seed, "steps": 40}}
+
+
+def test_full_queue_answers_503_and_recovers(server):
+    results = []
+
+    def call(seed):
+        results.append(server.request("POST", "/v1/images/generations", slow_body(seed))[:2])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join(300)
+    codes = sorted(code for code, _ in results)
+    assert codes.count(503) >= 1 and codes.count(200) >= 2, codes
+    busy = next(json.loads(d) for c, d in results if c == 503)
+    assert "--max-queue" in busy["error"]["message"]
+    status, _ = server.json("POST", "/v1/images/generations", {"prompt": PROMPT, "size": "32x32"})
+    assert status == 200
+
+
+def test_a_client_that_goes_away_does_not_wedge_the_queue(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request(
+        "POST",
+        "/v1/images/generations",
+        json.dumps({"prompt": PROMPT, "size": "512x512", "llmdit": {"steps": 200}}),
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    for _ in range(100):  # bounded: wait until it runs
+        running = server.json("GET", "/v1/llmdit/status")[1]["running"]
+        if running and running.get("total"):
+            break
+        time.sleep(0.1)
+    assert running and running.get("total") == 200
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    start = time.monotonic()
+    status, reply = server.json("POST", "/v1/images/generations", {"prompt": PROMPT, "size": "32x32"}, timeout=60)
+    assert status == 200, reply
+    assert time.monotonic() - start < 30  # the 200-step job was stopped, not run to its end
+    assert "cancelled" in server.output()
+
+
+def test_web_page_generates_an_image_in_chromium(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium()
+    try:
+        driver.get(server.url + "/")
+        error = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
+        assert "token" in error.text  # the server wants one: the page asks for it
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "prompt").click()  # leaving the box saves the token and retries
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == "demo")
+        assert not driver.find_element(By.ID, "error").is_displayed()
+        driver.find_element(By.ID, "prompt").send_keys(PROMPT)
+        for box, value in (("width", "64"), ("height", "64"), ("steps", "3"), ("seed", "9")):
+            driver.find_element(By.ID, box).send_keys(value)
+        driver.find_element(By.ID, "generate").click()
+        image = WebDriverWait(driver, 120).until(ec.visibility_of_element_located((By.ID, "image")))
+        assert image.get_attribute("src").startswith("data:image/png;base64,")
+        assert driver.execute_script("return arguments[0].naturalWidth", image) == 64
+        settings = json.loads(driver.find_element(By.ID, "settings").text)
+        assert settings["seed"] == 9 and settings["steps"] == 3
+        options = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#template option")]
+        assert "low-poly-faceted" in options and "demo-caption" not in options  # style templates only
+        driver.find_element(By.ID, "seed").clear()  # past what the server takes (the browser lets it through)
+        driver.find_element(By.ID, "seed").send_keys("99999999999999999999999")
+        driver.find_element(By.ID, "generate").click()
+        error = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
+        assert "llmdit.seed" in error.text
+    finally:
+        driver.quit()
+
+
+def test_a_dit_server_encodes_on_the_encoder_server(server, cli):
+    dit = Server(
+        "--model", "demo", "--components", "dit", "--encoder-url", server.url + "/v1",
+        "--encoder-key-env", "LLMDIT_TEST_TOKEN", token=TOKEN,
+    )  # fmt: skip
+    try:
+        body = {"prompt": PROMPT, "size": "64x64", "llmdit": {"seed": 2, "steps": 3}}
+        status, reply = dit.json("POST", "/v1/images/generations", body)
+        assert status == 200, reply
+        Path("dit.png").write_bytes(png_of(reply["data"][0]))
+        status, forwarded, _ = dit.request("POST", "/v1/llmdit/encode", {"prompts": [PROMPT]})
+        direct = server.request("POST", "/v1/llmdit/encode", {"prompts": [PROMPT]})[1]
+        assert status == 200 and forwarded == direct  # answered by its encoder server
+    finally:
+        dit.stop()
+    local = cli(
+        "generate", PROMPT, "--model", "demo", "-W", "64", "-H", "64", "--seed", "2", "--steps", "3", "-o", "l.png"
+    )
+    assert local.code == 0, local.stderr
+    assert (pixels("dit.png") == pixels("l.png")).all()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--components", "dit"], "--encoder-url"),
+        (["--components", "gpu"], "--components gpu"),
+        (["--token-env", "LLMDIT_NOT_SET_ANYWHERE"], "--token-env LLMDIT_NOT_SET_ANYWHERE"),
+        (["--port", "70000"], "--port 70000"),
+        (["--lora-dir", "no/such/folder"], "--lora-dir"),
+        (["--encoder-url", "ftp://x/v1", "--components", "dit"], "--encoder-url ftp://x/v1"),
+    ],
+)
+def test_bad_serve_flags_are_one_line(cli, args, needle):
+    r = cli("serve", "--model", "demo", *args)
+    assert_one_line_error(r, needle)
+
+
+def test_remote_errors_are_one_line(cli):
+    port = free_port()  # nothing listens there
+    r = cli("encode", PROMPT, "--api-url", f"http://127.0.0.1:{port}/v1", "-o", "x.embeds.safetensors")
+    assert_one_line_error(r, "--api-url", "cannot connect")
+    assert not list(Path(".").glob("*x.embeds*"))
+    r = cli("generate", PROMPT, "--model", "demo", "--encoder-url", f"http://127.0.0.1:{port}/v1", "-o", "x.png")
+    assert_one_line_error(r, "--encoder-url", "cannot connect")
+    r = cli("encode", PROMPT, "--api-url", "127.0.0.1/v1")
+    assert_one_line_error(r, "--api-url", "http://")
+
+
+def test_wrong_token_from_the_client_is_one_line(server, cli):
+    r = cli("encode", PROMPT, "--api-url", server.url + "/v1", "-o", "x.embeds.safetensors")
+    assert_one_line_error(r, "--api-url", "401", "API token")
