@@ -24,7 +24,7 @@ _llmdit() {
         "lora convert") opts="--help --json --quiet --to" ;;
         "lora inspect") opts="--help --json" ;;
         "rewrite") opts="--api-key-env --api-model --api-url --config --device --dtype --file --help --keep-thinking --max-new-tokens --min-p --model --profile --quiet --seed --temperature --template --templates-dir --timeout --top-k --top-p" ;;
-        "serve") opts="--attention-backend --compile --components --config --cpu-offload --device --dit-device --dtype --encoder-key-env --encoder-url --help --host --lora-dir --max-body-bytes --max-images --max-pixels --max-prompt-chars --max-queue --max-tokens --model --no-compile --no-vae-tiling --port --profile --quantize --quiet --templates-dir --text-encoder-device --token-env --vae-device --vae-tiling" ;;
+        "serve") opts="--attention-backend --compile --components --config --cpu-offload --device --dit-device --dtype --encoder-key-env --encoder-url --help --host --lora-dir --max-body-bytes --max-images --max-pixels --max-prompt-chars --max-queue --max-steps --max-tokens --model --no-compile --no-vae-tiling --port --profile --quantize --quiet --templates-dir --text-encoder-device --token-env --vae-device --vae-tiling" ;;
         "sweep") opts="--dry-run --force --help --json --limit --model --output --quiet --shard" ;;
         "templates list") opts="--category --help --json --templates-dir" ;;
         "templates show") opts="--help --templates-dir" ;;

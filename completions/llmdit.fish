@@ -255,6 +255,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-images -d 'Most
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-pixels -d 'Largest image, in pixels (width x height)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-prompt-chars -d 'Longest prompt or chat message, in characters' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-queue -d 'Requests that may wait for the model; more get 503' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-steps -d 'Most denoising steps per image' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-tokens -d 'Longest chat reply, in tokens' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l no-compile -d 'torch' -r -F

@@ -12,6 +12,10 @@ from typing import Any
 from llmdit_cli.errors import InputError, UsageError
 
 
+class RemoteError(InputError):
+    """The server could not be reached, or answered with an error."""
+
+
 def check_base_url(url: str, where: str) -> None:
     if not url.lower().startswith(("http://", "https://")):
         raise UsageError(f"{where}: needs http:// or https:// (the base URL ending in /v1)")
@@ -32,16 +36,16 @@ def post_json(url: str, path: str, body: dict[str, Any], key: str | None, timeou
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
-        raise InputError(f"{where}: HTTP {exc.code} {exc.reason}{server_message(exc)}") from None
+        raise RemoteError(f"{where}: HTTP {exc.code} {exc.reason}{server_message(exc)}") from None
     except TimeoutError:
-        raise InputError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
+        raise RemoteError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise InputError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
-        raise InputError(f"{where}: cannot connect ({getattr(reason, 'strerror', None) or reason})") from None
+            raise RemoteError(f"{where}: no reply within {timeout:g} s (--timeout)") from None
+        raise RemoteError(f"{where}: cannot connect ({getattr(reason, 'strerror', None) or reason})") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise InputError(f"{where}: request failed ({type(exc).__name__}: {exc})") from None
+        raise RemoteError(f"{where}: request failed ({type(exc).__name__}: {exc})") from None
 
 
 def server_message(exc) -> str:

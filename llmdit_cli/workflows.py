@@ -153,12 +153,27 @@ def _unwritable(root, report) -> None:
 
 
 def encoder_request_settings(r: Resolved) -> dict[str, Any]:
-    """The settings that shape embeddings and were given (not defaults), by field name: what a
-    remote encoder (`llmdit serve`) needs to encode as this process would."""
-    given = {f: getattr(r.settings.encoder, f) for f in ENCODER_FIELDS if r.sources.get(f"encoder.{f}") != "default"}
-    if r.sources.get("generation.negative_prompt") != "default":
-        given["negative_prompt"] = r.settings.generation.negative_prompt
-    return {k: v for k, v in given.items() if v is not None}
+    """The settings that shape embeddings, by field name: what a remote encoder (`llmdit serve`)
+    needs to encode as this process would, whatever its own config says. The thinking switch goes
+    only when given: left unset, a template's own choice applies on both ends."""
+    e = r.settings.encoder
+    sent = {f: getattr(e, f) for f in ENCODER_FIELDS if f != "enable_thinking"}
+    if r.sources.get("encoder.enable_thinking") != "default":
+        sent["enable_thinking"] = e.enable_thinking
+    sent["negative_prompt"] = r.settings.generation.negative_prompt
+    return {k: v for k, v in sent.items() if v is not None}
+
+
+def check_remote_template(r: Resolved, params: dict[str, Any], where: str) -> None:
+    """Refuse embeddings the server made with another template of the same name."""
+    from llmdit_cli.prompt_templates import find
+
+    name = r.settings.encoder.template
+    if name and params.get("template") != find(name, r.settings.templates.dir).record():
+        raise UsageError(
+            f"{where}: the server's template {name!r} is not yours (another file of that name); "
+            f"its embeddings would differ from local encoding"
+        )
 
 
 def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, timeout: float, where: str) -> Embeds:
@@ -169,7 +184,9 @@ def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, ti
 
     with_negative = r.settings.generation.guidance_scale > 0
     data = encode_remote(url, prompts, encoder_request_settings(r), with_negative, key, timeout, where)
-    return embeds_of(parse_stage(data, where, "embeds"))
+    stage = parse_stage(data, where, "embeds")
+    check_remote_template(r, stage.params, where)
+    return embeds_of(stage)
 
 
 def check_encoder(r: Resolved) -> None:

@@ -175,7 +175,8 @@ def test_rewrite_talks_to_serve_like_to_any_chat_server(server, cli, monkeypatch
 
 def sse_events(server, body):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Authorization": f"Bearer {TOKEN}"})
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
     events = []
@@ -228,6 +229,24 @@ def test_chat_completion_and_its_stream_agree(server):
         ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"seed": -1}}, 400, "llmdit.seed"),
         ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"lora": ["../x.safetensors"]}}, 400, "llmdit.lora"),
         ("/v1/images/generations", {"llmdit": {}}, 400, "prompt"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"steps": True}}, 400, "llmdit.steps"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"steps": 101}}, 400, "llmdit.steps"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"steps": [3]}}, 400, "llmdit.steps"),
+        ("/v1/images/generations", {"prompt": PROMPT, "llmdit": {"lora": ["a\u0000b"]}}, 400, "llmdit.lora"),
+        (
+            "/v1/images/generations",
+            {"prompt": PROMPT, "llmdit": {"lora": ["style.safetensors:1e9"]}},
+            400,
+            "llmdit.lora",
+        ),
+        (
+            "/v1/images/generations",
+            {"prompt": PROMPT, "llmdit": {"negative_prompt": "x" * 501}},
+            400,
+            "llmdit.negative_prompt",
+        ),
+        ("/v1/images/generations", {"prompt": PROMPT, "n": True}, 400, "n"),
+        ("/v1/images/generations", {"prompt": 7}, 400, "prompt"),
         ("/v1/images/generations", [PROMPT], 400, None),
         ("/v1/llmdit/encode", {"prompts": []}, 400, "prompts"),
         ("/v1/llmdit/encode", {"prompts": [PROMPT], "llmdit": {"steps": 3}}, 400, "llmdit.steps"),
@@ -242,6 +261,9 @@ def test_chat_completion_and_its_stream_agree(server):
             "temperature",
         ),
         ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "a"}]}, 400, "messages.0.role"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "stream": "yes"}, 400, "stream"),
+        ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "a"}]}, 404, "model"),
         (
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]},
@@ -267,6 +289,14 @@ def test_malformed_and_oversized_bodies(server):
     assert status == 413 and "--max-body-bytes" in json.loads(data)["error"]["message"]
     status, data, _ = server.request("GET", "/v1/nothing-here")
     assert status == 404 and "error" in json.loads(data)
+    for bad in (b'{"prompt": "x", "n": NaN}', b'{"prompt": "x", "llmdit": {"guidance_scale": 1e999}}', b"[" * 50000):
+        status, data, _ = server.request("POST", "/v1/images/generations", raw=bad)
+        assert status == 400 and json.loads(data)["error"]["message"], bad[:40]
+    plain = {"Content-Type": "text/plain"}  # what a cross-site form may send without asking
+    status, data, _ = server.request("POST", "/v1/images/generations", raw=b'{"prompt": "x"}', headers=plain)
+    assert status == 415 and "application/json" in json.loads(data)["error"]["message"]
+    status, data, _ = server.request("GET", "/docs")
+    assert status == 404  # no Swagger page (it would load from a CDN)
 
 
 def test_token_is_required(server):
@@ -279,7 +309,8 @@ def test_token_is_required(server):
 
 
 def slow_body(seed: int) -> dict:
-    return {"prompt": PROMPT, "size": "256x256", "llmdit": {"seed": seed, "steps": 40}}
+    """A few seconds of work on a busy 2-core machine."""
+    return {"prompt": PROMPT, "size": "128x128", "llmdit": {"seed": seed, "steps": 30}}
 
 
 def test_full_queue_answers_503_and_recovers(server):
@@ -302,27 +333,43 @@ def test_full_queue_answers_503_and_recovers(server):
     assert status == 200
 
 
-def test_a_client_that_goes_away_does_not_wedge_the_queue(server):
+def send(server, body) -> http.client.HTTPConnection:
+    """A request whose reply is never read (the client may go away)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request(
-        "POST",
-        "/v1/images/generations",
-        json.dumps({"prompt": PROMPT, "size": "512x512", "llmdit": {"steps": 200}}),
-        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-    )
-    for _ in range(100):  # bounded: wait until it runs
-        running = server.json("GET", "/v1/llmdit/status")[1]["running"]
-        if running and running.get("total"):
-            break
-        time.sleep(0.1)
-    assert running and running.get("total") == 200
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conn.request("POST", "/v1/images/generations", json.dumps(body), headers)
+    return conn
+
+
+def hang_up(conn) -> None:
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
+
+
+def wait_status(server, ok) -> dict:
+    for _ in range(150):  # bounded
+        status = server.json("GET", "/v1/llmdit/status")[1]
+        if ok(status):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"status never reached: {status}")
+
+
+def test_a_client_that_goes_away_does_not_wedge_the_queue(server):
+    long = send(server, {"prompt": PROMPT, "size": "256x256", "llmdit": {"steps": 100}})
+    running = wait_status(server, lambda s: s["running"] and s["running"].get("total"))["running"]
+    assert running["total"] == 100
+    waiting = send(server, {"prompt": PROMPT, "size": "32x32"})
+    wait_status(server, lambda s: s["waiting"] == 1)
+    hang_up(waiting)  # a waiting client goes away: its place in the queue (of 1) is free again
+    wait_status(server, lambda s: s["waiting"] == 0)
+    hang_up(long)  # the running one too: it stops at its next step
     start = time.monotonic()
     status, reply = server.json("POST", "/v1/images/generations", {"prompt": PROMPT, "size": "32x32"}, timeout=60)
     assert status == 200, reply
-    assert time.monotonic() - start < 30  # the 200-step job was stopped, not run to its end
-    assert "cancelled" in server.output()
+    assert time.monotonic() - start < 30  # the 100-step job was stopped, not run to its end
+    log = server.output()
+    assert "cancelled before it started" in log and "generate 1 image(s): cancelled" in log
 
 
 def test_web_page_generates_an_image_in_chromium(server):
@@ -372,6 +419,10 @@ def test_a_dit_server_encodes_on_the_encoder_server(server, cli):
         status, forwarded, _ = dit.request("POST", "/v1/llmdit/encode", {"prompts": [PROMPT]})
         direct = server.request("POST", "/v1/llmdit/encode", {"prompts": [PROMPT]})[1]
         assert status == 200 and forwarded == direct  # answered by its encoder server
+        chat = {"messages": [{"role": "user", "content": "a cat"}]}
+        assert dit.json("POST", "/v1/chat/completions", chat)[0] == 404  # no text encoder loaded here
+        health = dit.json("GET", "/health")[1]
+        assert health["components"] == "dit"
     finally:
         dit.stop()
     local = cli(
@@ -406,6 +457,29 @@ def test_remote_errors_are_one_line(cli):
     assert_one_line_error(r, "--encoder-url", "cannot connect")
     r = cli("encode", PROMPT, "--api-url", "127.0.0.1/v1")
     assert_one_line_error(r, "--api-url", "http://")
+
+
+def test_a_template_the_server_has_otherwise_is_refused(server, cli, monkeypatch, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    builtin = next(Path(__file__).resolve().parents[1].glob("llmdit_cli/templates/*/low-poly-faceted.md"))
+    (mine / "low-poly-faceted.md").write_text(builtin.read_text() + "\nAlso: warm colours only.\n")
+    monkeypatch.setenv("LLMDIT_API_KEY", TOKEN)
+    r = cli(
+        "encode", PROMPT, "--template", "low-poly-faceted", "--templates-dir", mine, "--api-url", server.url + "/v1",
+        "-o", "x.embeds.safetensors",
+    )  # fmt: skip
+    assert_one_line_error(r, "--api-url", "template 'low-poly-faceted'")
+    assert not Path("x.embeds.safetensors").exists()
+
+
+def test_encoder_server_failures_are_502():
+    from llmdit_cli.remote import RemoteError
+    from llmdit_cli.serve.app import describe, status_for
+    from llmdit_cli.serve.settings import ServerSettings
+
+    message, kind, _ = describe(RemoteError("--encoder-url http://x/v1: cannot connect"), ServerSettings({}))
+    assert status_for(kind) == 502 and "encoder server" in message
 
 
 def test_wrong_token_from_the_client_is_one_line(server, cli):

@@ -142,7 +142,7 @@ def _encode_remote(url, texts, r, key_env, timeout, target, show_format, out) ->
     from llmdit_cli.artifacts import check_binary_target, parse_stage, write_bytes_atomic
     from llmdit_cli.errors import UsageError
     from llmdit_cli.remote import encode_remote
-    from llmdit_cli.workflows import encoder_request_settings
+    from llmdit_cli.workflows import check_remote_template, encoder_request_settings
 
     if show_format:
         raise UsageError("--show-format works on the local tokenizer; drop --api-url")
@@ -154,6 +154,7 @@ def _encode_remote(url, texts, r, key_env, timeout, target, show_format, out) ->
     with out.status(f"encoding {len(texts)} prompt(s) on {url}"):
         data = encode_remote(url, texts, encoder_request_settings(r), True, os.environ.get(key_env), timeout, where)
     stage = parse_stage(data, where, "embeds")
+    check_remote_template(r, stage.params, where)
     write_bytes_atomic(target, data)
     for text, n in zip(texts, stage.params.get("token_counts", [])):
         out.log(f"encoded {n} tokens: {text[:60]}")

@@ -90,6 +90,10 @@ MaxImagesOpt = Annotated[
 MaxPixelsOpt = Annotated[
     int, typer.Option("--max-pixels", help="Largest image, in pixels (width x height).", rich_help_panel=G_LIMITS)
 ]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MaxStepsOpt = Annotated[
+    int, typer.Option("--max-steps", help="Most denoising steps per image.", rich_help_panel=G_LIMITS)
+]
 MaxTokensOpt = Annotated[
     int, typer.Option("--max-tokens", help="Longest chat reply, in tokens.", rich_help_panel=G_LIMITS)
 ]
@@ -111,6 +115,7 @@ def serve(
     max_images: MaxImagesOpt = 4,
     max_pixels: MaxPixelsOpt = 2048 * 2048,
     max_tokens: MaxTokensOpt = 1024,
+    max_steps: MaxStepsOpt = 100,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     text_encoder_device: TextEncoderDeviceOpt = None,
@@ -155,9 +160,10 @@ def serve(
         ("--max-images", max_images),
         ("--max-pixels", max_pixels),
         ("--max-tokens", max_tokens),
+        ("--max-steps", max_steps),
     ]:
-        if value < (0 if name == "--max-queue" else 1):
-            raise UsageError(f"{name} {value}: must be positive")
+        if value < 1:
+            raise UsageError(f"{name} {value}: must be at least 1")
     if not 0 < port < 65536:
         raise UsageError(f"--port {port}: must be 1-65535")
     token = _env_value(token_env, "--token-env") if token_env else None
@@ -204,8 +210,13 @@ def serve(
         token=token,
         encoder_url=encoder_url,
         encoder_key=os.environ.get(encoder_key_env),
-        limits=Limits(max_queue, max_body_bytes, max_prompt_chars, 16, max_images, max_pixels, max_tokens),
+        limits=Limits(
+            max_queue, max_body_bytes, max_prompt_chars, 16, max_images, max_pixels, max_tokens, max_steps=max_steps
+        ),
+        trusted_hosts=None if token or host not in LOOPBACK else ["127.0.0.1", "localhost", "::1", "[::1]"],
     )
+    if token is None and host not in LOOPBACK:
+        out.hint(f"--host {host} without --token-env: anyone who can reach this address can use the server")
     _log_to_stderr(quiet)
     app = create_app(cfg, engine)
     out.log(f"serving {cfg.model} ({components}) on http://{host}:{port}/ (API: http://{host}:{port}/v1)")

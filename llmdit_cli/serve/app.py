@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdit_cli.errors import LlmditError, ModelError
+from llmdit_cli.remote import RemoteError
 from llmdit_cli.serve import schemas
 from llmdit_cli.serve.settings import (
     ENCODE_EXTRA,
@@ -49,6 +50,10 @@ class Limits:
     max_images: int = 4
     max_pixels: int = 2048 * 2048
     max_tokens: int = 1024
+    max_steps: int = 100
+    max_side: int = 4096
+    max_messages: int = 64
+    max_lora_models: int = 2  # models loaded with LoRAs, besides the base one
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ServeConfig:
     encoder_url: str | None = None  # dit: prompts are encoded by this llmdit server
     encoder_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    trusted_hosts: list[str] | None = None
 
 
 def create_app(cfg: ServeConfig, engine=None):
@@ -81,8 +87,16 @@ def create_app(cfg: ServeConfig, engine=None):
         yield
         state["queue"].close()
 
-    app = FastAPI(title="llmdit", version=_version(), lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # No Swagger page: it loads from a CDN, and the endpoints are documented in docs/serve.md.
+    app = FastAPI(
+        title="llmdit", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+    if cfg.trusted_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        # Without a token on a loopback address: refuse other Host names (DNS rebinding).
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.trusted_hosts)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -95,6 +109,13 @@ def create_app(cfg: ServeConfig, engine=None):
     async def http_error(request, exc):
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        message, kind, param = describe(exc, cfg.settings)
+        if kind == "server_error":
+            log.error("request failed", exc_info=exc)
+        return JSONResponse(error_body(message, kind, param), status_for(kind))
+
     def check_auth(request: Request) -> None:
         if cfg.token is None:
             return
@@ -103,20 +124,21 @@ def create_app(cfg: ServeConfig, engine=None):
         if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), cfg.token.encode()):
             raise ApiError(401, "missing or wrong API token (Authorization: Bearer TOKEN)", kind="authentication_error")
 
-    def need(component: str) -> None:
-        if cfg.components not in ("all", component) and not (component == "encoder" and cfg.encoder_url):
+    def need(component: str, forwarded: bool = False) -> None:
+        """`forwarded`: a DiT server answers it through its encoder server."""
+        if cfg.components not in ("all", component) and not (forwarded and cfg.encoder_url):
             raise ApiError(
                 404, f"this server holds the {cfg.components} only (--components {cfg.components})", kind="not_found"
             )
 
     async def body_of(request: Request, model: type):
         check_auth(request)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            # A browser sends text/plain across sites without asking; JSON needs a preflight.
+            raise ApiError(415, f"Content-Type must be application/json, not {kind or 'none'!r}")
         data = await read_limited(request, cfg.limits.max_body_bytes)
-        try:
-            raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not JSON ({exc})") from None
-        return validate(model, raw)
+        return validate(model, parse_json(data))
 
     async def run(request: Request, label: str, work):
         """Queue `work(job)` and wait for it; a client that goes away cancels it."""
@@ -125,6 +147,7 @@ def create_app(cfg: ServeConfig, engine=None):
         except QueueFull as exc:
             raise ApiError(503, f"server busy: {exc}; retry later", kind="server_busy") from None
         waiting = asyncio.wrap_future(job.future)
+        waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, so never "unretrieved"
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=0.2)
             if done:
@@ -157,8 +180,14 @@ def create_app(cfg: ServeConfig, engine=None):
         check_auth(request)
         from llmdit_cli.prompt_templates import available
 
-        found = available(cfg.settings.flags.get("templates_dir"))
-        return {"data": [{"name": n, "category": t.meta.category} for n, t in found.items()]}
+        def listing():
+            folders = cfg.settings.resolve({}, ()).settings.templates.dir
+            return [{"name": n, "category": t.meta.category} for n, t in available(folders).items()]
+
+        try:
+            return {"data": await asyncio.to_thread(listing)}
+        except LlmditError as exc:
+            raise ApiError(500, str(exc), kind="server_error") from None
 
     @app.get("/")
     async def page():
@@ -168,10 +197,11 @@ def create_app(cfg: ServeConfig, engine=None):
 
     @app.post("/v1/llmdit/encode")
     async def encode(request: Request):
-        need("encoder")
+        need("encoder", forwarded=True)
         body = await body_of(request, schemas.EncodeRequest)
         check_prompts(body.prompts, "prompts", cfg.limits)
-        r = cfg.settings.resolve(body.llmdit, ENCODE_SECTIONS, ENCODE_EXTRA)
+        check_llmdit(body.llmdit, cfg.limits)
+        r = await asyncio.to_thread(cfg.settings.resolve, body.llmdit, ENCODE_SECTIONS, ENCODE_EXTRA)
 
         def work(job: Job) -> bytes:
             from llmdit_cli.engine import EncodeRequest
@@ -197,7 +227,7 @@ def create_app(cfg: ServeConfig, engine=None):
     async def images(request: Request):
         need("dit")
         body = await body_of(request, schemas.ImagesRequest)
-        req = image_request(body, cfg, state["engine"])
+        req = await asyncio.to_thread(image_request, body, cfg, state["engine"])
 
         def work(job: Job) -> list[dict[str, Any]]:
             from llmdit_cli.pngmeta import png_bytes
@@ -206,6 +236,7 @@ def create_app(cfg: ServeConfig, engine=None):
             if cfg.encoder_url:
                 req.embeds = remote_embeds(cfg, req)
             results = state["engine"].generate(req, report)
+            keep_few_lora_models(state, req.settings, cfg.limits.max_lora_models)
             return [
                 {
                     "b64_json": base64.b64encode(png_bytes(g.image, g.settings)).decode(),
@@ -223,9 +254,11 @@ def create_app(cfg: ServeConfig, engine=None):
     async def chat(request: Request):
         need("encoder")
         body = await body_of(request, schemas.ChatRequest)
+        if body.model is not None and body.model != cfg.model:
+            raise ApiError(404, f"model {body.model!r} is not served here (GET /v1/models)", "model", "not_found")
         messages = chat_messages(body, cfg.limits)
         sampling = chat_sampling(body, cfg.limits)
-        r = cfg.settings.resolve({}, ENCODE_SECTIONS)
+        r = await asyncio.to_thread(cfg.settings.resolve, {}, ENCODE_SECTIONS)
         thinking = bool(body.chat_template_kwargs and body.chat_template_kwargs.enable_thinking)
         reply_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         created = int(time.time())
@@ -282,15 +315,22 @@ def create_app(cfg: ServeConfig, engine=None):
         async def events():
             try:
                 yield chunk({"role": "assistant", "content": ""})
+                quiet_since = time.monotonic()
                 while not (job.future.done() and pieces.empty()):
                     try:
                         yield chunk({"content": pieces.get_nowait()})
+                        quiet_since = time.monotonic()
                     except queue_module.Empty:
+                        if time.monotonic() - quiet_since > 10:  # waiting in the queue: keep proxies from closing
+                            yield ": keepalive\n\n"
+                            quiet_since = time.monotonic()
                         await asyncio.sleep(0.01)
                 try:
                     _, n_prompt, n_reply = job.future.result()
                 except Exception as exc:  # noqa: BLE001 - headers are sent: the error goes in the stream
                     message, kind, param = describe(exc, cfg.settings)
+                    if kind == "server_error":
+                        log.error("streamed chat failed", exc_info=exc)
                     yield f"data: {json.dumps(error_body(message, kind, param))}\n\n"
                 else:
                     yield chunk({}, finish_reason(n_reply, sampling))
@@ -333,6 +373,66 @@ async def read_limited(request, limit: int) -> bytes:
     return bytes(data)
 
 
+def parse_json(data: bytes) -> Any:
+    """The body as JSON: NaN, Infinity and numbers too large for a float are refused (they would
+    run a whole job and then fail to serialise), as is nesting too deep to parse."""
+
+    def refuse(constant: str):
+        raise ApiError(400, f"the request body holds {constant}, which is not a JSON number")
+
+    try:
+        raw = json.loads(data, parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not JSON ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
+    check_finite(raw, "")
+    return raw
+
+
+def check_finite(value: Any, where: str) -> None:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, f"{where or 'body'}: the number is out of range", where or None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}.{i}" if where else str(i))
+
+
+def check_llmdit(settings: dict[str, Any], limits: Limits) -> None:
+    """Server limits on settings that cost time or memory (the engine checks the rest)."""
+    for name, value in settings.items():
+        if isinstance(value, str) and len(value) > limits.max_prompt_chars:
+            raise ApiError(
+                400,
+                f"llmdit.{name}: {len(value)} characters, over the limit of {limits.max_prompt_chars}",
+                f"llmdit.{name}",
+            )
+    for name, limit in (("steps", limits.max_steps), ("max_length", 4096), ("caption_length", 4096)):
+        value = settings.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ApiError(400, f"llmdit.{name}: {value}, over the limit of {limit}", f"llmdit.{name}")
+
+
+def keep_few_lora_models(state: dict[str, Any], r, keep: int) -> None:
+    """Each LoRA set is its own loaded model: keep the `keep` used last (the base model stays)."""
+    from llmdit_cli.engine.engine import model_key
+
+    if not r.settings.lora.loras:
+        return
+    order: list = state.setdefault("lora_models", [])
+    key = model_key(r)
+    if key in order:
+        order.remove(key)
+    order.append(key)
+    while len(order) > keep:
+        state["engine"].forget(order.pop(0))
+
+
 def validate(model: type, raw: Any):
     """`raw` as `model`, or a 400 that names the first field at fault."""
     from pydantic import ValidationError
@@ -343,8 +443,9 @@ def validate(model: type, raw: Any):
         return model.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("function-", "list[", "union[")))
-        where = where or "body"
+        union_tags = {"str", "int", "float", "bool", "list", "dict", "TextPart", "ImagePart"}
+        parts = [str(x) for x in err["loc"] if str(x) not in union_tags and "[" not in str(x) and "-" not in str(x)]
+        where = ".".join(parts) or "body"
         if err["type"] == "extra_forbidden":
             raise ApiError(400, f"unknown field: {where}", where) from None
         if err["type"] == "missing":
@@ -369,6 +470,7 @@ def image_request(body, cfg: ServeConfig, engine):
     from llmdit_cli.workflows import seeds_for
 
     check_prompts([body.prompt], "prompt", cfg.limits)
+    check_llmdit(body.llmdit, cfg.limits)
     if body.n > cfg.limits.max_images:
         raise ApiError(400, f"n: {body.n} images, at most {cfg.limits.max_images} per request (--max-images)", "n")
     if body.model is not None and body.model != cfg.model:
@@ -378,6 +480,8 @@ def image_request(body, cfg: ServeConfig, engine):
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
         raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
     size = parse_size(body.size)
+    if size and max(size) > cfg.limits.max_side:
+        raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
         if size[0] * size[1] > cfg.limits.max_pixels:
             raise ApiError(400, f"size {body.size}: over the limit of {cfg.limits.max_pixels} pixels", "size")
@@ -404,6 +508,8 @@ def remote_embeds(cfg: ServeConfig, req):
 
 
 def chat_messages(body, limits: Limits) -> list[tuple[str, str]]:
+    if len(body.messages) > limits.max_messages:
+        raise ApiError(400, f"messages: {len(body.messages)}, at most {limits.max_messages}", "messages")
     out = []
     for i, m in enumerate(body.messages):
         if isinstance(m.content, str):
@@ -451,6 +557,8 @@ def describe(exc: BaseException, settings: ServerSettings) -> tuple[str, str, st
     """(message, error type, field) for a failed job."""
     if isinstance(exc, ApiError):
         return exc.message, exc.kind, exc.param
+    if isinstance(exc, RemoteError):
+        return f"the encoder server failed: {exc}", "upstream_error", None
     if isinstance(exc, ModelError):
         message, param = settings.message(exc)
         return message, "server_error", param
@@ -471,5 +579,8 @@ def result_of(done, settings: ServerSettings):
     message, kind, param = describe(exc, settings)
     if kind == "server_error":
         log.error("job failed", exc_info=exc)
-    status = {"invalid_request_error": 400, "cancelled": 499}.get(kind, 500)
-    raise ApiError(status, message, param, kind)
+    raise ApiError(status_for(kind), message, param, kind)
+
+
+def status_for(kind: str) -> int:
+    return {"invalid_request_error": 400, "cancelled": 499, "upstream_error": 502}.get(kind, 500)

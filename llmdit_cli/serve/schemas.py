@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"stream": "yes"` or `"n": true` is an error, not a guess
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(Strict):

@@ -8,6 +8,7 @@ config file) are the base and a request cannot change them. Library messages nam
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ ENCODE_SECTIONS = ("encoder",)
 GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype")
 ENCODE_EXTRA = ("generation.negative_prompt",)
 SIZE_KEYS = ("generation.width", "generation.height")
+MAX_LORA_SCALE = 4.0
 
 
 class ApiError(Exception):
@@ -72,6 +74,8 @@ class ServerSettings:
             key = FLAG_KEY.get(field_ or "")
             if key is None or not (key.split(".")[0] in sections or key in extra):
                 raise ApiError(400, f"unknown or not settable here: llmdit.{name}", f"llmdit.{name}")
+            if isinstance(value, bool) and not _is_bool_setting(key):
+                raise ApiError(400, f"llmdit.{name}: {value} is not a value for this setting", f"llmdit.{name}")
             if field_ == "loras":
                 value = self.lora_specs(value)
             elif field_ == "slg_layers" and isinstance(value, str) and _is_int_list(value):
@@ -95,11 +99,25 @@ class ServerSettings:
         specs = []
         for item in items:
             name, scale = parse_lora(item)
-            path = (self.lora_dir / name).resolve()
-            if self.lora_dir.resolve() not in path.parents or not path.is_file():
+            if not (math.isfinite(scale) and abs(scale) <= MAX_LORA_SCALE):
+                raise ApiError(400, f"llmdit.lora: scale {scale} of {name!r} is not in [-4, 4]", "llmdit.lora")
+            try:
+                path = (self.lora_dir / name).resolve()
+                found = self.lora_dir.resolve() in path.parents and path.is_file()
+            except (OSError, ValueError):
+                found = False
+            if not found:
                 raise ApiError(400, f"llmdit.lora: no LoRA {name!r} in the server's LoRA folder", "llmdit.lora")
-            specs.append(f"{path}:{scale}")
+            # Rounded: near-equal scales share one loaded model (each LoRA set is a model).
+            specs.append(f"{path}:{round(scale, 2)}")
         return specs
+
+
+def _is_bool_setting(key: str) -> bool:
+    from llmdit_cli.config import SECTIONS
+
+    section, _, name = key.partition(".")
+    return "bool" in str(SECTIONS[section].model_fields[name].annotation)
 
 
 def _is_int_list(text: str) -> bool:

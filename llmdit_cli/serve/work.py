@@ -8,11 +8,12 @@ started, stopped at its next step if it has (the engine's hooks come off however
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +35,14 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     progress: dict[str, Any] = field(default_factory=dict)
 
+    started: bool = False
+    on_cancel: Callable[[], None] | None = field(default=None, repr=False)
+
     def cancel(self) -> None:
-        self.cancelled.set()
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            if self.on_cancel:
+                self.on_cancel()
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -90,8 +97,16 @@ class WorkQueue:
                 raise QueueFull(f"{self._waiting} requests are waiting (--max-queue {self.max_queue})")
             self._waiting += 1
         job = Job(label, work)
+        job.on_cancel = lambda: self._release(job)
         self._jobs.put(job)
         return job
+
+    def _release(self, job: Job) -> None:
+        """A waiting job whose client went away gives its place back at once."""
+        with self._lock:
+            if not job.started:
+                job.started = True  # the worker skips it
+                self._waiting -= 1
 
     def status(self) -> dict[str, Any]:
         running = self._running
@@ -108,18 +123,26 @@ class WorkQueue:
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
-                self._waiting -= 1
-            if job.cancelled.is_set():
-                job.future.set_exception(Cancelled(job.label))
+                skip = job.started  # cancelled while it waited: its place is already given back
+                job.started = True
+                if not skip:
+                    self._waiting -= 1
+            if skip or not job.future.set_running_or_notify_cancel():
+                self._log(f"{job.label}: cancelled before it started")
                 continue
             self._running = job
             start = time.perf_counter()
             try:
-                job.future.set_result(job.work(job))
+                outcome: tuple[str, Any] = ("result", job.work(job))
             except BaseException as exc:  # noqa: BLE001 - the request gets it; the worker goes on
-                job.future.set_exception(exc)
+                outcome = ("exception", exc)
             finally:
                 self._running = None
                 self.served += 1
-                outcome = "cancelled" if job.cancelled.is_set() else "done"
-                self._log(f"{job.label}: {outcome} in {time.perf_counter() - start:.2f} s")
+            with contextlib.suppress(InvalidStateError):
+                if outcome[0] == "result":
+                    job.future.set_result(outcome[1])
+                else:
+                    job.future.set_exception(outcome[1])
+            state = "cancelled" if job.cancelled.is_set() else "done" if outcome[0] == "result" else "failed"
+            self._log(f"{job.label}: {state} in {time.perf_counter() - start:.2f} s")
