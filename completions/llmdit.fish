@@ -74,6 +74,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l templates-dir -d '
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l timeout -d 'Seconds to wait for the servers reply' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
@@ -138,6 +144,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l thinking-content
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l assistant-content -d 'Text that opens the assistant turn' -r -F
@@ -205,6 +217,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l thinking-content 
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show help'
@@ -224,6 +242,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l device -d 'auto, 
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l help -d 'Show help'
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l image -d 'Describe or rewrite from this image: by the local Qwen3-VL (--vl-model), or sent to --api-url as image content' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l keep-thinking -d 'Keep the models <think> block in the output' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l max-new-tokens -d 'Longest reply, in tokens' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l min-p -d 'Drop tokens below this fraction of the top tokens probability; 0 = off' -r -F
@@ -237,6 +256,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l templates-dir -d 
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l timeout -d 'Seconds to wait for each reply' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l top-k -d 'Sample among the K most likely tokens; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l top-p -d 'Nucleus sampling: the smallest set of tokens whose probability reaches P' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l components -d 'What this server holds: encoder (text encoder: encode, chat), dit (transformer and VAE: images; prompts encoded by --encoder-url) or all' -r -F

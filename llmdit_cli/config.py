@@ -51,6 +51,20 @@ class EncoderSettings(_Section):
     ] = "pad_end_zero"
 
 
+class VisionSettings(_Section):
+    """Vision conditioning with Qwen3-VL (llmdit_cli/vision.py): it changes the embeddings, so it
+    travels with them (embeds header, and from there an image's record), like the encoder's."""
+
+    flag_prefix: ClassVar[str] = "vl"
+    record: ClassVar[str] = "none"
+    image: str | None = None
+    alpha: float = Field(default=0.3, ge=0, le=1)
+    blend_mode: Literal["linear", "style_only", "graduated", "attention_weighted", "adain"] = "linear"
+    model: str | None = None  # default: Qwen/Qwen3-VL-4B-Instruct; 'demo' is a tiny random one
+    hidden_layer: int = -2
+    tokens: Literal["all", "image", "text"] = "all"
+
+
 class GenerationSettings(_Section):
     # None means: the model family's default (see llmdit_cli.families).
     only_in: ClassVar[dict[str, tuple[str, ...]]] = {"strength": ("img2img",)}
@@ -131,6 +145,7 @@ class OptimizationSettings(_Section):
 class Settings(_Section):
     model: str = DEFAULT_MODEL
     encoder: EncoderSettings = EncoderSettings()
+    vl: VisionSettings = VisionSettings()
     templates: TemplatesSettings = TemplatesSettings()
     cache: CacheSettings = CacheSettings()
     generation: GenerationSettings = GenerationSettings()

@@ -112,6 +112,15 @@ def generate_local(lm, tokenizer, text: str, sampling: Sampling, device, streame
     import torch
 
     ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return sample(lm, tokenizer, inputs, sampling, streamer, should_stop)
+
+
+def sample(lm, tokenizer, inputs: dict, sampling: Sampling, streamer=None, should_stop=None) -> str:
+    """`lm.generate` on prepared inputs (text, or text and image for a VL model), seeded, up to
+    the end of the turn; the reply's text with its special tokens."""
+    import torch
+
     stops = [i for i in {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id} if isinstance(i, int)]
     options = {
         "do_sample": sampling.temperature > 0,
@@ -136,22 +145,43 @@ def generate_local(lm, tokenizer, text: str, sampling: Sampling, device, streame
                 return torch.full((input_ids.shape[0],), bool(should_stop()), device=input_ids.device)
 
         options["stopping_criteria"] = StoppingCriteriaList([_Stop()])
+    prompt_length = inputs["input_ids"].shape[1]
     with _RNG, torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(sampling.seed)
-        out = lm.generate(ids, attention_mask=torch.ones_like(ids), **options)
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False)
+        out = lm.generate(**inputs, **options)
+    return tokenizer.decode(out[0, prompt_length:], skip_special_tokens=False)
+
+
+def image_data_url(path: str) -> str:
+    """An image file as a data: URL (what chat APIs take for image content)."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    kind = mimetypes.guess_type(path)[0] or "image/png"
+    return f"data:{kind};base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
 def generate_api(
-    url: str, model: str, key: str | None, system: str, prompt: str, sampling: Sampling, timeout: float
+    url: str,
+    model: str,
+    key: str | None,
+    system: str,
+    prompt: str,
+    sampling: Sampling,
+    timeout: float,
+    image_url: str | None = None,
 ) -> str:
     """One chat completion from an OpenAI-compatible server (`url` ends in /v1, as the `openai`
-    client's base_url)."""
+    client's base_url); `image_url` (a data: URL) goes with the prompt as image content."""
     from llmdit_cli.remote import post_json
 
+    content: str | list = prompt
+    if image_url:
+        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": prompt}]
     body = {
         "model": model,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": content}],
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_new_tokens,

@@ -144,3 +144,78 @@ def save_pipeline(pipe, folder: str | Path) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+
+
+def build_qwen3_vl(seed: int = 0, hidden_size: int = 64):
+    """A tiny Qwen3-VL (Qwen3VLForConditionalGeneration) with random weights, its byte tokenizer
+    (the chat specials plus the vision tokens) and a PIL image processor (no torchvision): the
+    model `--vl-model` loads in tests, with the demo text encoder's hidden size."""
+    import torch
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = byte_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + VL_TOKENS})
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VL_TOKENS}
+    heads = 4
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            head_dim=hidden_size // heads,
+            max_position_embeddings=1024,
+            # M-RoPE splits head_dim / 2 rotary pairs over time, height and width
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [
+                    hidden_size // heads // 2 - 2 * (hidden_size // heads // 6),
+                    *[hidden_size // heads // 6] * 2,
+                ],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=hidden_size,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|image_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=32 * 32,
+        max_pixels=128 * 128,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return model, tokenizer, processor
+
+
+def save_qwen3_vl(folder: str | Path, seed: int = 0, hidden_size: int = 64) -> Path:
+    folder = Path(folder)
+    model, tokenizer, processor = build_qwen3_vl(seed, hidden_size)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

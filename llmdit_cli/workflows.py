@@ -88,7 +88,8 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
         raise UsageError("no prompt to encode")
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
-    cond = shape_lengths([t for t, _ in pos], r, handle, report)
+    seen, vl_record = with_vision(handle, [t for t, _ in pos], prompts, r, report)
+    cond = shape_lengths(seen, r, handle, report)
     uncond = shape_lengths([t for t, _ in neg], r, handle, report)
     params = {
         "prompts": prompts,
@@ -105,9 +106,36 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
             "assistant_content": fmt.assistant_content,
         },
         **({"template": template.record()} if template else {}),
+        **({"vl": vl_record} if vl_record else {}),
         "llmdit_version": __version__,
     }
     return Embeds(cond, uncond, params, int(cond[0].shape[-1]))
+
+
+def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolved, report=None):
+    """The prompt embeddings with the image blended in (`vision.py`), and what the header records
+    about it; unchanged (and no VL model loaded) without --vl-image or at alpha 0."""
+    from llmdit_cli import vision
+
+    v = r.settings.vl
+    if not v.image:
+        return embeds, None
+    image = vision.open_image(v.image)
+    if v.model is None:  # not given: the model family's (encode runs without `Engine.prepare`)
+        r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
+        v = r.settings.vl
+    recorded = vision.record(v, vision.image_digest(v.image))
+    if v.alpha == 0:
+        return embeds, recorded
+    pl = handle.placement
+    if report is not None:
+        report.log(f"vision conditioning: {v.image} at alpha {v.alpha} ({v.blend_mode})")
+    model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype())
+    blended = []
+    for tensor, prompt in zip(embeds, prompts):
+        states = model.states(image, prompt, v.hidden_layer, v.tokens)
+        blended.append(vision.blend(tensor, states.to(tensor.device), v.alpha, v.blend_mode))
+    return blended, recorded
 
 
 def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved, report=None) -> list[tuple[Any, int]]:
@@ -182,6 +210,8 @@ def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, ti
     from llmdit_cli.artifacts import parse_stage
     from llmdit_cli.remote import encode_remote
 
+    if r.settings.vl.image:
+        raise UsageError(f"{setting('vl.image')} conditions with a local Qwen3-VL; it does not go with {where}")
     with_negative = r.settings.generation.guidance_scale > 0
     data = encode_remote(url, prompts, encoder_request_settings(r), with_negative, key, timeout, where)
     stage = parse_stage(data, where, "embeds")
@@ -409,6 +439,7 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
                 "seed": seed,
                 "encoder": e.params.get("encoder", {}),
                 **({"template": e.params["template"]} if e.params.get("template") else {}),
+                **({"vl": e.params["vl"]} if e.params.get("vl") else {}),
             }
             jobs.append(Job(len(jobs), pi, seed, s))
     return jobs

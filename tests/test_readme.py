@@ -47,6 +47,7 @@ def test_readme_commands_run(tmp_path):
         "lora.png",
         "styled.png",
         "rewritten.png",
+        "vl.png",
     ]:
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "runs" / "dype" / "images").glob("*.png"))) == 28

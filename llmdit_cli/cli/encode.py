@@ -39,6 +39,12 @@ from llmdit_cli.cli.options import (
     TemplatesDirOpt,
     TextEncoderDeviceOpt,
     ThinkingOpt,
+    VlAlphaOpt,
+    VlBlendModeOpt,
+    VlHiddenLayerOpt,
+    VlImageOpt,
+    VlModelOpt,
+    VlTokensOpt,
 )
 from llmdit_cli.cli.output import Output
 
@@ -62,6 +68,12 @@ def encode(
     caption_fill: CaptionFillOpt = None,
     cache: CacheOpt = None,
     cache_dir: CacheDirOpt = None,
+    vl_image: VlImageOpt = None,
+    vl_alpha: VlAlphaOpt = None,
+    vl_blend_mode: VlBlendModeOpt = None,
+    vl_model: VlModelOpt = None,
+    vl_hidden_layer: VlHiddenLayerOpt = None,
+    vl_tokens: VlTokensOpt = None,
     show_format: Annotated[
         bool,
         typer.Option(
@@ -112,6 +124,12 @@ def encode(
         long_prompt_mode=long_prompt_mode,
         caption_length=caption_length,
         caption_fill=caption_fill,
+        vl_image=vl_image,
+        vl_alpha=vl_alpha,
+        vl_blend_mode=vl_blend_mode,
+        vl_model=vl_model,
+        vl_hidden_layer=vl_hidden_layer,
+        vl_tokens=vl_tokens,
     )
     texts = collect_prompts(prompts, file)
     if not texts:
@@ -146,6 +164,8 @@ def _encode_remote(url, texts, r, key_env, timeout, target, show_format, out) ->
 
     if show_format:
         raise UsageError("--show-format works on the local tokenizer; drop --api-url")
+    if r.settings.vl.image:
+        raise UsageError("--vl-image conditions with a local Qwen3-VL; drop --api-url (or --vl-image)")
     if timeout <= 0:
         raise UsageError(f"--timeout {timeout}: must be positive")
     check_binary_target(target)

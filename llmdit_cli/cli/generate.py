@@ -146,7 +146,9 @@ def _render(mode: str, o: dict) -> None:
         write_bytes_atomic,
         write_latents_file,
     )
-    from llmdit_cli.config import reapplied_fields
+    from llmdit_cli.config import VisionSettings, reapplied_fields
+
+    VL_FIELDS = tuple(VisionSettings.model_fields)
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.errors import UsageError
     from llmdit_cli.paths import plan_paths
@@ -161,7 +163,11 @@ def _render(mode: str, o: dict) -> None:
     stored: dict = {}
     if o["from_png"]:
         png = _png_settings(o["from_png"])
-        stored = {**{k: png.get(k) for k in reapplied_fields()}, **(png.get("encoder") or {})}
+        stored = {
+            **{k: png.get(k) for k in reapplied_fields()},
+            **(png.get("encoder") or {}),
+            **{f"vl_{k}": v for k, v in (png.get("vl") or {}).items() if k in VL_FIELDS},
+        }
         texts = texts or [png.get("prompt", "")]
         seed = seed or [png["seed"]]
     if output == "-" and save_latents == "-":

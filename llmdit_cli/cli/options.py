@@ -228,6 +228,50 @@ MaxLengthOpt = setting_option(
     rich_help_panel=G_PROMPT,
 )
 
+G_VL = "Vision conditioning (Qwen3-VL)"
+VlImageOpt = setting_option(
+    "vl_image",
+    Optional[str],
+    "--vl-image",
+    help="Image whose Qwen3-VL hidden states are blended into the prompt embeddings.",
+    rich_help_panel=G_VL,
+)
+VlAlphaOpt = setting_option(
+    "vl_alpha",
+    Optional[float],
+    "--vl-alpha",
+    help="How much of the image goes in: 0 (none: the text-only embeddings) to 1. Default 0.3.",
+    rich_help_panel=G_VL,
+)
+VlBlendModeOpt = setting_option(
+    "vl_blend_mode",
+    Optional[str],
+    "--vl-blend-mode",
+    help="linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain.",
+    rich_help_panel=G_VL,
+)
+VlModelOpt = setting_option(
+    "vl_model",
+    Optional[str],
+    "--vl-model",
+    help="Qwen3-VL Hub id or folder ('demo': a tiny random one). Default: Qwen/Qwen3-VL-4B-Instruct.",
+    rich_help_panel=G_VL,
+)
+VlHiddenLayerOpt = setting_option(
+    "vl_hidden_layer",
+    Optional[int],
+    "--vl-hidden-layer",
+    help="Which of Qwen3-VL's hidden states to take (default -2, as for the text).",
+    rich_help_panel=G_VL,
+)
+VlTokensOpt = setting_option(
+    "vl_tokens",
+    Optional[str],
+    "--vl-tokens",
+    help="Which positions of Qwen3-VL's sequence: all, image, or text (the prompt's).",
+    rich_help_panel=G_VL,
+)
+
 StepsOpt = setting_option(
     "steps",
     Optional[int],

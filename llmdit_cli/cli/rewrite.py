@@ -15,6 +15,7 @@ from llmdit_cli.cli.options import (
     PromptsArg,
     QuietOpt,
     TemplatesDirOpt,
+    VlModelOpt,
 )
 from llmdit_cli.cli.output import Output
 
@@ -84,6 +85,15 @@ ApiKeyEnvOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each reply.", rich_help_panel=G_API)]
+ImageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--image",
+        help="Describe or rewrite from this image: by the local Qwen3-VL (--vl-model), or sent to --api-url "
+        "as image content. Prompts are optional then (the template's instruction alone).",
+        rich_help_panel=G_SAMPLE,
+    ),
+]
 
 
 @handle_errors
@@ -98,6 +108,8 @@ def rewrite(
     max_new_tokens: MaxNewTokensOpt = 256,
     seed: RewriteSeedOpt = None,
     keep_thinking: KeepThinkingOpt = False,
+    image: ImageOpt = None,
+    vl_model: VlModelOpt = None,
     model: ModelOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
@@ -127,14 +139,22 @@ def rewrite(
 
     out = Output(quiet)
     texts = collect_prompts(prompts, file)
+    if not texts and image:
+        texts = ["Describe this image."]
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
+    if image:
+        from llmdit_cli.vision import open_image
+
+        open_image(image, "--image")  # a missing or broken file fails before anything loads
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
         out.log(f"seed {seed} (random; pass --seed to choose)")
     sampling = rewriting.Sampling(temperature, top_p, top_k, min_p, max_new_tokens, seed)
     sampling.check()
-    r = settings(config, profile, model=model, dtype=dtype, device=device, templates_dir=templates_dir or None)
+    r = settings(
+        config, profile, model=model, dtype=dtype, device=device, templates_dir=templates_dir or None, vl_model=vl_model
+    )
     if api_url:
         if not api_model:
             raise UsageError("--api-url needs --api-model (the model name the server knows)")
@@ -142,12 +162,15 @@ def rewrite(
             raise UsageError(f"--timeout {timeout}: must be positive")
         t = find(template, r.settings.templates.dir)
         key = os.environ.get(api_key_env)
-        replies = [rewriting.generate_api(api_url, api_model, key, t.system, p, sampling, timeout) for p in texts]
+        picture = rewriting.image_data_url(image) if image else None
+        replies = [
+            rewriting.generate_api(api_url, api_model, key, t.system, p, sampling, timeout, picture) for p in texts
+        ]
         rewritten = [rewriting.clean(x, keep_thinking) for x in replies]
     else:
         from llmdit_cli.engine import Engine, RewriteRequest
 
-        rewritten = Engine().rewrite(RewriteRequest(r, texts, template, sampling, keep_thinking), out)
+        rewritten = Engine().rewrite(RewriteRequest(r, texts, template, sampling, keep_thinking, image), out)
     for original, new in zip(texts, rewritten):
         if not new:
             out.hint(f"the model returned nothing for {original[:40]!r}; kept the prompt as it was")

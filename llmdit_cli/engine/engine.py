@@ -107,6 +107,8 @@ class Engine:
         t = find(req.template, req.settings.settings.templates.dir)
         fmt = t.chat_format()
         handle, lock = self.model(req.settings)
+        if req.image is not None:
+            return self._rewrite_from_image(req, t, handle, sampling, report)
         with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")
             lm = rewriting.causal_lm(pipe.text_encoder)
@@ -137,6 +139,20 @@ class Engine:
             prompt_tokens = len(pipe.tokenizer(text).input_ids)
             reply_tokens = len(pipe.tokenizer(raw).input_ids)
         return rewriting.reply_text(raw), prompt_tokens, reply_tokens
+
+    @staticmethod
+    def _rewrite_from_image(req, template, handle, sampling, report) -> list[str]:
+        from llmdit_cli import rewriting, vision
+
+        image = vision.open_image(req.image, "--image")
+        r = req.settings
+        r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
+        pl, v = handle.placement, r.settings.vl
+        with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
+            model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype())
+        with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):
+            replies = [model.reply(image, p, template.system, sampling) for p in req.prompts]
+        return [rewriting.clean(r, req.keep_thinking) for r in replies]
 
     # -- generate ----------------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class RewriteRequest:
     template: str = "general-enhancer"
     sampling: Any = None  # rewriting.Sampling; None: its defaults
     keep_thinking: bool = False
+    image: str | None = None  # rewrite from this image, by the Qwen3-VL of the settings' vl.model
 
 
 @dataclass

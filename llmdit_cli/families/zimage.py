@@ -15,12 +15,15 @@ from llmdit_cli.families import Family, register
 # config. `slg_scale` applies once SLG is switched on (--slg); the SLG values are the ones that
 # worked on Z-Image in the project this toolkit grew out of.
 _SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg_stop=0.5)
+# Vision conditioning needs the Qwen3-VL whose language model matches the text encoder (Qwen3-4B:
+# Qwen3-VL-4B, hidden size 2560); the demo's is the tiny random one shipped beside it.
+_VL = dict(vl_model="Qwen/Qwen3-VL-4B-Instruct")
 VARIANTS: dict[str, dict[str, Any]] = {
     "z-image-turbo": dict(
-        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0, **_SLG, dype_base_resolution=1024
+        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0, **_SLG, dype_base_resolution=1024, **_VL
     ),
     "z-image": dict(
-        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None, **_SLG, dype_base_resolution=1024
+        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None, **_SLG, dype_base_resolution=1024, **_VL
     ),
     # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it, so
     # its SLG window starts at the first step. It has 4 blocks.
@@ -35,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         slg_start=0.0,
         slg_stop=0.5,
         dype_base_resolution=32,
+        vl_model="demo",
     ),
 }
 

@@ -109,6 +109,7 @@ def load(path: str, model: str | None = None, output: str | None = None) -> Reci
     base["model"] = model or base.get("model") or raw.model
     grid = _axes(raw.grid, f"{path} [grid]")
     zipped = _axes(raw.zip, f"{path} [zip]")
+    _files_beside(file, base, grid, zipped)
     if model:
         grid.pop("model", None)
         zipped.pop("model", None)
@@ -130,6 +131,22 @@ def load(path: str, model: str | None = None, output: str | None = None) -> Reci
         grid,
         zipped,
     )
+
+
+# Settings that name a file: a relative path in a recipe is relative to the recipe's folder.
+FILE_KEYS = ("vl.image",)
+
+
+def _files_beside(recipe: Path, base: dict, grid: dict, zipped: dict) -> None:
+    def beside(value):
+        return str(recipe.parent / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+
+    for key in FILE_KEYS:
+        if key in base:
+            base[key] = beside(base[key])
+        for axes in (grid, zipped):
+            if key in axes:
+                axes[key] = [beside(v) for v in axes[key]]
 
 
 def _flat(table: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:

@@ -367,6 +367,7 @@ def _encoding_key(r, prompt: str, with_negative: bool) -> tuple:
     return (
         model_key(r),
         json.dumps(s.encoder.model_dump(), sort_keys=True),
+        json.dumps(s.vl.model_dump(), sort_keys=True),  # vision conditioning changes the embeddings too
         s.generation.negative_prompt,
         with_negative,
         prompt,
