@@ -119,7 +119,8 @@ class DypeSettings(_Section):
 
     flag_prefix: ClassVar[str] = "dype"
     enabled: bool = False
-    method: Literal["yarn", "ntk", "vision_yarn"] = "vision_yarn"
+    # None: the model family's (measured on the demo, the DyPE paper's vision_yarn for Z-Image).
+    method: Literal["yarn", "ntk", "vision_yarn"] | None = None
     scale: float = 2.0
     exponent: float = 2.0
     start_sigma: float = 1.0

@@ -362,7 +362,7 @@ def dype_config(r: Resolved, handle: ModelHandle):
     patch = handle.component_config("transformer").get("all_patch_size", [2])[0]
     return DyPEConfig(
         base_tokens=d.base_resolution // (handle.vae_scale_factor() * patch),
-        method=d.method,
+        method=d.method or "vision_yarn",
         scale=d.scale,
         exponent=d.exponent,
         start_sigma=d.start_sigma,

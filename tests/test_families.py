@@ -68,7 +68,9 @@ def test_the_image_record_follows_the_settings_sections():
             flag = (
                 name if not cls.flag_prefix else (cls.flag_prefix if name == "enabled" else f"{cls.flag_prefix}_{name}")
             )
-            expected = section not in ("encoder", "templates", "cache") and flag not in machine and flag != "strength"
+            expected = (
+                section not in ("encoder", "vl", "templates", "cache") and flag not in machine and flag != "strength"
+            )
             assert (flag in record) == expected, flag
     assert "strength" in resolve_defaults({"model": "demo"}).record("img2img")
     assert "attention_backend" in record and "attention_backend" not in reapplied_fields()

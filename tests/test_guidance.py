@@ -1,6 +1,8 @@
 """Skip-layer guidance and DyPE: on the shipped demo through the CLI, and on tiny random
 transformers through the stage functions, against independent re-derivations."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import assert_one_line_error, max_diff, pixels
@@ -311,3 +313,58 @@ def test_dype_at_512_on_the_demo(cli):
     gen(cli, "dype.png", "-W", 512, "-H", 512, "--steps", 1, "--dype")
     assert pixels("dype.png").shape == (512, 512, 3) and pixels("dype.png").std() > 5
     assert max_diff("plain.png", "dype.png") > 10
+
+
+def test_vision_yarn_bands_interpolate_the_slow_keep_the_fast_and_move_with_kappa():
+    """Below ~1 turn over the base side: w / s; the fastest frequencies: native once kappa is 0."""
+    import math
+
+    from llmdit_cli.guidance.dype import scaled_frequencies
+
+    dim, theta, base_len, s = 48, 256.0, 64, 2.0  # Z-Image's spatial axis at 2048 px
+    base = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    turns = base_len * base / (2 * math.pi)
+    early, magnitude = scaled_frequencies("vision_yarn", dim, theta, base_len, s, 2.0)
+    late, _ = scaled_frequencies("vision_yarn", dim, theta, base_len, s, 0.0)
+    slow = turns < 0.5
+    assert torch.allclose(early[slow], base[slow] / s) and torch.allclose(late[slow], base[slow] / s)
+    fast = turns > 2
+    assert torch.allclose(late[fast], base[fast])  # late in sampling the detail frequencies are native
+    assert (early[fast] < base[fast]).any()  # early they are compressed (NTK)
+    assert magnitude == pytest.approx(1 + 0.1 * math.log(s) / math.sqrt(s))
+
+
+def test_each_family_has_its_measured_dype_method(cli):
+    from llmdit_cli.families.zimage import VARIANTS
+    from llmdit_cli.pngmeta import settings_of
+
+    assert VARIANTS["demo"]["dype_method"] == "yarn"  # benchmarks/eval_dype.py
+    assert VARIANTS["z-image-turbo"]["dype_method"] == VARIANTS["z-image"]["dype_method"] == "vision_yarn"
+    gen(cli, "d.png", "-W", 64, "-H", 64, "--dype")
+    assert settings_of(open("d.png", "rb").read(), "d.png")["dype_method"] == "yarn"
+    gen(cli, "v.png", "-W", 64, "-H", 64, "--dype", "--dype-method", "vision_yarn")
+    assert settings_of(open("v.png", "rb").read(), "v.png")["dype_method"] == "vision_yarn"
+
+
+def test_dype_alone_stops_the_tiling_on_the_demo_at_twice_its_base(cli):
+    """What DyPE is for: at 64 px (2x) the demo tiles its shape 2x2; `--dype` keeps one shape
+    (the criterion of benchmarks/eval_dype.py, on part of its prompts)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from eval_dype import dominant
+    from PIL import Image
+
+    from llmdit_cli.train.shapes import caption, held_out
+
+    wanted = sorted(held_out())[::6]  # 3 of the 18 held-out prompts
+    kept = {"off": 0, "on": 0}
+    for shape, colour, background in wanted:
+        for seed in (1, 2):
+            for label, extra in (("off", []), ("on", ["--dype"])):
+                out = f"{label}-{shape}-{colour}-{seed}.png"
+                r = cli("generate", caption(shape, colour, background), "--model", "demo", "-W", 64, "-H", 64,
+                        "--seed", seed, *extra, "-o", out)  # fmt: skip
+                assert r.code == 0, r.stderr
+                kept[label] += dominant(Image.open(out), colour)
+    assert kept["off"] == 0 and kept["on"] >= 5, kept

@@ -63,7 +63,7 @@ def test_readme_commands_run(tmp_path, cli):
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "runs" / "dype" / "images").glob("*.png"))) == 28
     assert (tmp_path / "report.html").is_file() and len(list(tmp_path.glob("dype-[0-9].png"))) == 4
-    assert len(list(tmp_path.glob("dype-diff-*.png"))) == 4  # prompts x scales
+    assert len(list(tmp_path.glob("dype-diff-*.png"))) == 6  # prompts x methods
     assert len(list((tmp_path / "runs" / "hidden-layers").glob("manifest.*-of-2.jsonl"))) == 2
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
 

@@ -179,7 +179,7 @@ def test_settings_record_the_speed_and_memory_choices(cli):
         "slg_scale",
         "slg_layers",
     )
-    expected = ("sdpa", True, False, "none", "none", None, True, "vision_yarn", 32, 1.5, [2])
+    expected = ("sdpa", True, False, "none", "none", None, True, "yarn", 32, 1.5, [2])  # the demo family's DyPE method
     assert tuple(s[k] for k in keys) == expected
     r = cli("inspect", "o.latents.safetensors", "--json")
     assert r.code == 0, r.stderr

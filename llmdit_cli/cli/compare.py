@@ -124,7 +124,7 @@ def compare(
     Rows and columns are two axes the runs vary (recipe keys, prompt, seed, and run when several
     runs are given); other varied axes are fixed with --where or give one grid per value.
 
-    Example: llmdit compare runs/dype --rows dype.method --cols dype.scale --html report.html
+    Example: llmdit compare runs/dype --rows dype.method --cols dype.exponent --html report.html
     """
     from pathlib import Path
 

@@ -20,10 +20,26 @@ _SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg
 _VL = dict(vl_model="Qwen/Qwen3-VL-4B-Instruct")
 VARIANTS: dict[str, dict[str, Any]] = {
     "z-image-turbo": dict(
-        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=3.0, **_SLG, dype_base_resolution=1024, **_VL
+        width=1024,
+        height=1024,
+        steps=8,
+        guidance_scale=0.0,
+        shift=3.0,
+        **_SLG,
+        dype_base_resolution=1024,
+        dype_method="vision_yarn",
+        **_VL,
     ),
     "z-image": dict(
-        width=1024, height=1024, steps=8, guidance_scale=0.0, shift=None, **_SLG, dype_base_resolution=1024, **_VL
+        width=1024,
+        height=1024,
+        steps=8,
+        guidance_scale=0.0,
+        shift=None,
+        **_SLG,
+        dype_base_resolution=1024,
+        dype_method="vision_yarn",
+        **_VL,
     ),
     # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it, so
     # its SLG window starts at the first step. It has 4 blocks.
@@ -38,6 +54,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         slg_start=0.0,
         slg_stop=0.5,
         dype_base_resolution=32,
+        # Measured (benchmarks/eval_dype.py): at 2x its base only yarn stops the tiling on the demo,
+        # whose 8-token base side leaves every frequency below ~1.3 turns (docs/dype.md).
+        dype_method="yarn",
         vl_model="demo",
     ),
 }

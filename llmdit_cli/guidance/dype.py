@@ -40,6 +40,10 @@ from llmdit_cli.errors import UsageError, setting
 HOOK_NAME = "llmdit_dype"
 METHODS = ("yarn", "ntk", "vision_yarn")
 RAMP_ALPHA, RAMP_BETA = 1.0, 32.0
+# vision_yarn's bands, in turns over the base length (the DyPE paper's values for its YaRN): below
+# ~1 turn interpolated (w / s), up to 16 turns NTK, above that native; kappa raises each edge to
+# its power, so late in sampling (kappa -> 0) the edges meet at 1 turn.
+VISION_BANDS = ((1.25, 0.75), (16.0, 2.0))
 
 
 @dataclass
@@ -75,8 +79,20 @@ def axis_scales(config: DyPEConfig, grid: tuple[int, int]) -> tuple[float, float
     return s_h, s_w
 
 
-def scaled_frequencies(method: str, dim: int, theta: float, base_len: int, s: float):
-    """The frequencies w'_j (float64) and the magnitude for one axis at effective scale s > 1."""
+def band(turns, many: float, few: float):
+    """1 for frequencies turning at least `many` times over the base length, 0 at `few` or fewer,
+    linear in log-turns between (log-turns are linear in the frequency index)."""
+    import torch
+
+    if many <= few * (1 + 1e-9):
+        return (turns > few).to(turns.dtype)
+    return ((turns.log() - math.log(few)) / (math.log(many) - math.log(few))).clamp(0.0, 1.0) + torch.zeros_like(turns)
+
+
+def scaled_frequencies(method: str, dim: int, theta: float, base_len: int, s: float, k: float = 1.0):
+    """The frequencies w'_j (float64) and the magnitude for one axis at scale s > 1. For `ntk` and
+    `yarn`, `s` is already the time-dependent s_t; for `vision_yarn` it is the full factor and
+    `k` (kappa) moves the band edges."""
     import torch
 
     exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
@@ -85,9 +101,13 @@ def scaled_frequencies(method: str, dim: int, theta: float, base_len: int, s: fl
     if method == "ntk":
         return ntk, 1.0
     turns = base_len * base / (2 * math.pi)
+    if method == "vision_yarn":
+        (b_many, b_few), (g_many, g_few) = ((x**k for x in pair) for pair in VISION_BANDS)
+        freqs = (1 - band(turns, b_many, b_few)) * base / s + band(turns, b_many, b_few) * ntk
+        keep = band(turns, g_many, g_few)
+        return (1 - keep) * freqs + keep * base, 1.0 + 0.1 * math.log(s) / math.sqrt(s)
     ramp = ((turns / RAMP_ALPHA).log() / math.log(RAMP_BETA / RAMP_ALPHA)).clamp(0.0, 1.0)
-    low = ntk if method == "vision_yarn" else base / s
-    return (1.0 - ramp) * low + ramp * base, 1.0 + 0.1 * math.log(s)
+    return (1.0 - ramp) * base / s + ramp * base, 1.0 + 0.1 * math.log(s)
 
 
 class _State:
@@ -105,13 +125,19 @@ class DyPERope:
         return getattr(self.stock, name)
 
     def effective_scales(self) -> tuple[float, float]:
+        """Per spatial axis: s_t = s ** min(kappa, 1) (ntk, yarn), or the full s (vision_yarn,
+        whose time dependence is in its bands)."""
+        full = axis_scales(self.config, self.state.grid)
+        if self.config.method == "vision_yarn":
+            return full
         k = min(kappa(self.config, self.state.sigma), 1.0)
-        return tuple(s**k for s in axis_scales(self.config, self.state.grid))
+        return tuple(s**k for s in full)
 
     def __call__(self, ids):
         import torch
 
         scales = self.effective_scales()
+        k = kappa(self.config, self.state.sigma)
         if all(s <= 1.0 for s in scales):
             return self.stock(ids)
         stock = self.stock(ids)  # also fills/extends the stock tables
@@ -123,7 +149,7 @@ class DyPERope:
                 parts.append(stock[:, offset : offset + half])
             else:
                 freqs, magnitude = scaled_frequencies(
-                    self.config.method, self.stock.axes_dims[axis], self.stock.theta, self.config.base_tokens, s
+                    self.config.method, self.stock.axes_dims[axis], self.stock.theta, self.config.base_tokens, s, k
                 )
                 angles = torch.outer(ids[:, axis].to(torch.float64).cpu(), freqs).float()
                 rot = torch.polar(torch.full_like(angles, magnitude), angles).to(stock.dtype)
