@@ -98,7 +98,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dtype -d 'auto (
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-method -d 'vision_yarn (default; isotropic), yarn (per axis) or ntk' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-method -d 'vision_yarn (isotropic, the DyPE papers bands), yarn (per axis) or ntk' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
@@ -169,7 +169,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dtype -d 'auto (b
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-method -d 'vision_yarn (default; isotropic), yarn (per axis) or ntk' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-method -d 'vision_yarn (isotropic, the DyPE papers bands), yarn (per axis) or ntk' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F

@@ -121,7 +121,7 @@ class DypeSettings(_Section):
     enabled: bool = False
     # None: the model family's (measured on the demo, the DyPE paper's vision_yarn for Z-Image).
     method: Literal["yarn", "ntk", "vision_yarn"] | None = None
-    scale: float = 2.0
+    scale: float = Field(default=2.0, ge=0, le=16)  # kappa's peak; vision_yarn raises band edges to it
     exponent: float = 2.0
     start_sigma: float = 1.0
     base_resolution: int | None = None

@@ -120,6 +120,8 @@ def _load(ref: str, device, dtype) -> VisionModel:
     local = Path(str(where)).expanduser()
     if (ref == VL_DEMO or str(ref).startswith((".", "/", "~"))) and not local.is_dir():
         raise ModelError(f"{setting('vl.model')} {ref}: no such folder")
+    if local.is_dir():
+        where = local
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(where), dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(where))
@@ -137,7 +139,7 @@ def open_image(path: str, flag: str | None = None):
     from PIL import Image, UnidentifiedImageError
 
     where = f"{flag or setting('vl.image')} {path}"
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"{where}: no such file")
     try:
@@ -148,7 +150,7 @@ def open_image(path: str, flag: str | None = None):
 
 
 def image_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
 
 
 def match(v, t):

@@ -86,6 +86,10 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     neg_texts = [fmt.format(negative) for _ in prompts]
     if not prompts:
         raise UsageError("no prompt to encode")
+    if s.vl.image:
+        from llmdit_cli.vision import open_image
+
+        open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
     seen, vl_record = with_vision(handle, [t for t, _ in pos], prompts, r, report)

@@ -236,6 +236,8 @@ def test_dype_bad_values_are_one_line_errors(cli):
     assert_one_line_error(r, "--dype-start-sigma")
     r = cli("generate", PROMPT, "--model", "demo", "--dype", "--dype-base-resolution", 0, "-o", "x.png")
     assert_one_line_error(r, "--dype-base-resolution")
+    r = cli("generate", PROMPT, "--model", "demo", "--dype", "--dype-scale", 300, "-o", "x.png")
+    assert_one_line_error(r, "--dype-scale")
 
 
 def test_img2img_takes_every_guidance_and_speed_flag(cli):

@@ -88,13 +88,20 @@ def test_a_blended_file_generates_and_the_image_records_it(cli):
 
 
 def test_a_sweep_varies_the_vision_settings(cli, tmp_path):
-    recipe = tmp_path / "vl.toml"
-    recipe.write_text(
-        f'prompts = ["{PROMPT}"]\nseeds = [1]\n[base]\nvl.image = "{REFERENCE}"\n'
+    import shutil
+
+    (tmp_path / "recipes" / "images").mkdir(parents=True)
+    shutil.copy(REFERENCE, tmp_path / "recipes" / "images" / "ref.png")
+    recipe = tmp_path / "recipes" / "vl.toml"
+    recipe.write_text(  # vl.image relative to the recipe
+        f'prompts = ["{PROMPT}"]\nseeds = [1]\n[base]\nvl.image = "images/ref.png"\n'
         "[grid]\nvl.alpha = [0.0, 0.8]\nvl.blend_mode = ['linear', 'adain']\n"
     )
     r = cli("sweep", recipe, "--model", "demo", "-o", "runs/vl", "-q")
     assert r.code == 0, r.stderr
+    r = cli("compare", "runs/vl", "--rows", "vl.alpha", "--cols", "vl.blend_mode", "-o", "grid.png")
+    assert r.code == 0 and "left by another recipe" not in r.stderr, r.stderr  # the run's recipe copy reloads the same
+    assert Path("grid.png").is_file()
     images = sorted((tmp_path / "runs" / "vl" / "images").glob("*.png"))
     settings = [header(cli, p)["settings"]["vl"] for p in images]
     by = {(s["alpha"], s["blend_mode"]): p for s, p in zip(settings, images)}
@@ -170,3 +177,11 @@ def test_rewrite_sends_the_image_to_a_chat_server_as_a_data_url(cli):
     content = seen[0]["messages"][1]["content"]
     assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith("data:image/png;base64,")
     assert content[1] == {"type": "text", "text": "Describe this image."}
+
+
+def test_vision_flags_with_an_embeds_file_are_refused(cli):
+    assert cli("encode", PROMPT, "--model", "demo", "-o", "t.embeds.safetensors").code == 0
+    r = cli(
+        "generate", "--from-embeds", "t.embeds.safetensors", "--model", "demo", "--vl-image", REFERENCE, "-o", "x.png"
+    )
+    assert_one_line_error(r, "--from-embeds", "encode")

@@ -183,6 +183,8 @@ def _render(mode: str, o: dict) -> None:
     engine.prepare(req, out)
     if save_latents:
         check_binary_target(save_latents)
+    if o["from_embeds"] and r.given("vl"):
+        raise UsageError("--vl-* settings shape the embeddings: give them to `llmdit encode`, not with --from-embeds")
     req.embeds = wf.read_embeds(o["from_embeds"]) if o["from_embeds"] else None
     if o["encoder_url"]:
         if o["from_embeds"]:

@@ -254,7 +254,7 @@ VlModelOpt = setting_option(
     "vl_model",
     Optional[str],
     "--vl-model",
-    help="Qwen3-VL Hub id or folder ('demo': a tiny random one). Default: Qwen/Qwen3-VL-4B-Instruct.",
+    help="Qwen3-VL Hub id or folder ('demo': a tiny random one). Default: the model family's (Z-Image: Qwen/Qwen3-VL-4B-Instruct; demo: demo).",
     rich_help_panel=G_VL,
 )
 VlHiddenLayerOpt = setting_option(
@@ -442,7 +442,7 @@ DypeMethodOpt = setting_option(
     "dype_method",
     Optional[str],
     "--dype-method",
-    help="vision_yarn (default; isotropic), yarn (per axis) or ntk.",
+    help="vision_yarn (isotropic, the DyPE paper's bands), yarn (per axis) or ntk. Default: the model family's (Z-Image vision_yarn; demo yarn, measured).",
     rich_help_panel=G_DYPE,
 )
 DypeScaleOpt = setting_option(

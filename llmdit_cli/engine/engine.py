@@ -108,7 +108,8 @@ class Engine:
         fmt = t.chat_format()
         handle, lock = self.model(req.settings)
         if req.image is not None:
-            return self._rewrite_from_image(req, t, handle, sampling, report)
+            with lock:
+                return self._rewrite_from_image(req, t, handle, sampling, report)
         with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")
             lm = rewriting.causal_lm(pipe.text_encoder)

@@ -18,12 +18,15 @@ the current sigma `sigma`, and the parameters (dype_scale, dype_exponent, start_
 
     ntk:          w'_j = (theta * s_t ** (d / (d - 2))) ** (-2j / d)
     yarn:         w'_j = (1 - ramp) * w_j / s_t + ramp * w_j,       magnitude 1 + 0.1 ln s_t
-    vision_yarn:  as yarn with s = max(s_h, s_w) on both axes and the NTK frequency in place of
-                  w_j / s_t (isotropic, so shapes are not stretched)
+    vision_yarn:  s = max(s_h, s_w) on both axes (shapes are not stretched), the full s, and three
+                  bands by turns r_j: w_j / s below 0.75^k..1.25^k turns, the NTK frequency up to
+                  2^k..16^k, w_j above (k = kappa); magnitude 1 + 0.1 ln s / sqrt(s)
 
-The caption axis is never changed. Where `s_t = 1` on an axis the stock table is used, so the
-output equals the stock embedder's exactly when DyPE is off, at the base resolution, and once
-kappa has decayed to 0. The magnitude (YaRN's attention temperature) multiplies both query and
+The caption axis is never changed. Where an axis needs no extrapolation (s_t = 1) the stock table
+is used, so the output equals the stock embedder's exactly when DyPE is off, at the base
+resolution, and for ntk and yarn once kappa has decayed to 0. vision_yarn keeps the frequencies
+that turn less than once over the base side interpolated to the end (the paper's design: they
+carry the layout); `--dype-scale 0` therefore leaves it on. The magnitude (YaRN's attention temperature) multiplies both query and
 key, as in YaRN. docs/dype.md has the derivation and advice on the parameters.
 """
 

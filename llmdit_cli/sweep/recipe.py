@@ -139,7 +139,8 @@ FILE_KEYS = ("vl.image",)
 
 def _files_beside(recipe: Path, base: dict, grid: dict, zipped: dict) -> None:
     def beside(value):
-        return str(recipe.parent / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+        # Absolute, so the copy of the recipe a run keeps (and `compare` reloads) means the same.
+        return str((recipe.parent / Path(value).expanduser()).resolve()) if isinstance(value, str) else value
 
     for key in FILE_KEYS:
         if key in base:
