@@ -32,29 +32,10 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def dominant(img, colour) -> bool:
-    """The largest 4-connected blob of `colour`-nearest pixels holds >= 80% of them."""
-    import numpy as np
-    from scipy import ndimage
-
-    from llmdit_cli.train.shapes import COLOURS
-
-    names = list(COLOURS)
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
-    palette = np.array([COLOURS[n] for n in names], dtype=np.float32)
-    labels = ((arr[:, :, None, :] - palette) ** 2).sum(-1).argmin(-1)
-    mask = labels == names.index(colour)
-    if not mask.any():
-        return False
-    blobs, count = ndimage.label(mask)
-    sizes = np.bincount(blobs.ravel())[1:]
-    return bool(sizes.max() >= 0.8 * mask.sum())
-
-
 def run(name: str, flags: dict, size: int, seeds: list[int], engine) -> dict:
     from llmdit_cli.config import resolve
     from llmdit_cli.engine import GenerateRequest
-    from llmdit_cli.train.evaluate import classify
+    from llmdit_cli.train.evaluate import classify, dominant
     from llmdit_cli.train.shapes import caption, held_out
 
     wanted = sorted(held_out())

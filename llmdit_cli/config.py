@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
 
-from llmdit_cli.errors import ConfigError, setting
+from llmdit_cli.errors import ConfigError, UsageError, setting
 from llmdit_cli.tomlfiles import StrictModel, load_toml
 
 DEFAULT_MODEL = "Tongyi-MAI/Z-Image-Turbo"
@@ -171,6 +171,20 @@ def _flag_name(cls: type[_Section], field: str) -> str:
 # Flag names are unique across sections, so a flag name alone finds its key ("slg_scale" -> "slg.scale").
 FLAG_KEY: dict[str, str] = {_flag_name(cls, f): f"{s}.{f}" for s, cls in SECTIONS.items() for f in cls.model_fields}
 KEY_FLAG: dict[str, str] = {key: flag for flag, key in FLAG_KEY.items()}
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """`7,8,9` or `7-12` (or a mix) -> block indices for `slg.layers`; None stays None (not given)."""
+    if text is None:
+        return None
+    layers: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, sep, last = part.partition("-")
+            layers += list(range(int(first), int(last) + 1)) if sep and first else [int(part)]
+    except ValueError:
+        raise UsageError(f"{setting('slg.layers')} {text}: expected block indices like 7,8,9 or 7-12") from None
+    return layers
 
 
 def key_of(flag: str) -> str:

@@ -160,6 +160,7 @@ def build_qwen3_vl(seed: int = 0, hidden_size: int = 64):
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:] + VL_TOKENS})
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VL_TOKENS}
     heads = 4
+    pairs = hidden_size // heads // 2  # rotary pairs per head, split over time, height and width
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -170,14 +171,10 @@ def build_qwen3_vl(seed: int = 0, hidden_size: int = 64):
             num_key_value_heads=2,
             head_dim=hidden_size // heads,
             max_position_embeddings=1024,
-            # M-RoPE splits head_dim / 2 rotary pairs over time, height and width
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": [
-                    hidden_size // heads // 2 - 2 * (hidden_size // heads // 6),
-                    *[hidden_size // heads // 6] * 2,
-                ],
+                "mrope_section": [pairs - 2 * (pairs // 4), pairs // 4, pairs // 4],
                 "mrope_interleaved": True,
             },
         ),

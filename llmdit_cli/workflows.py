@@ -86,13 +86,14 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     neg_texts = [fmt.format(negative) for _ in prompts]
     if not prompts:
         raise UsageError("no prompt to encode")
+    image = None
     if s.vl.image:
         from llmdit_cli.vision import open_image
 
-        open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
+        image = open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
-    seen, vl_record = with_vision(handle, [t for t, _ in pos], prompts, r, report)
+    seen, vl_record = with_vision(handle, [t for t, _ in pos], prompts, r, image, report)
     cond = shape_lengths(seen, r, handle, report)
     uncond = shape_lengths([t for t, _ in neg], r, handle, report)
     params = {
@@ -116,18 +117,20 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     return Embeds(cond, uncond, params, int(cond[0].shape[-1]))
 
 
-def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolved, report=None):
-    """The prompt embeddings with the image blended in (`vision.py`), and what the header records
-    about it; unchanged (and no VL model loaded) without --vl-image or at alpha 0."""
+def fill_vl_model(r: Resolved, handle: ModelHandle) -> None:
+    """`vl.model` left unset takes the model family's (encode and rewrite run without `Engine.prepare`)."""
+    r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
+
+
+def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolved, image, report=None):
+    """The prompt embeddings with `image` (the opened vl.image) blended in (`vision.py`), and what
+    the header records about it; unchanged (and no VL model loaded) without one or at alpha 0."""
     from llmdit_cli import vision
 
-    v = r.settings.vl
-    if not v.image:
+    if image is None:
         return embeds, None
-    image = vision.open_image(v.image)
-    if v.model is None:  # not given: the model family's (encode runs without `Engine.prepare`)
-        r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
-        v = r.settings.vl
+    fill_vl_model(r, handle)
+    v = r.settings.vl
     recorded = vision.record(v, vision.image_digest(v.image))
     if v.alpha == 0:
         return embeds, recorded
@@ -211,16 +214,22 @@ def check_remote_template(r: Resolved, params: dict[str, Any], where: str) -> No
 def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, timeout: float, where: str) -> Embeds:
     """The prompts' embeddings made by an `llmdit serve` text encoder with these settings (and
     negatives when CFG is on): the same tensors local encoding gives with the same model."""
+    with_negative = r.settings.generation.guidance_scale > 0
+    return embeds_of(remote_embeds_file(url, prompts, r, with_negative, key, timeout, where)[1])
+
+
+def remote_embeds_file(url: str, prompts: list[str], r: Resolved, with_negative: bool, key, timeout: float, where: str):
+    """(bytes, parsed stage) of the embeds file an `llmdit serve` makes for the prompts, checked:
+    a stage file, and the same template as here."""
     from llmdit_cli.artifacts import parse_stage
     from llmdit_cli.remote import encode_remote
 
     if r.settings.vl.image:
         raise UsageError(f"{setting('vl.image')} conditions with a local Qwen3-VL; it does not go with {where}")
-    with_negative = r.settings.generation.guidance_scale > 0
     data = encode_remote(url, prompts, encoder_request_settings(r), with_negative, key, timeout, where)
     stage = parse_stage(data, where, "embeds")
     check_remote_template(r, stage.params, where)
-    return embeds_of(stage)
+    return data, stage
 
 
 def check_encoder(r: Resolved) -> None:

@@ -1,8 +1,6 @@
 """Skip-layer guidance and DyPE: on the shipped demo through the CLI, and on tiny random
 transformers through the stage functions, against independent re-derivations."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import assert_one_line_error, max_diff, pixels
@@ -351,12 +349,9 @@ def test_each_family_has_its_measured_dype_method(cli):
 def test_dype_alone_stops_the_tiling_on_the_demo_at_twice_its_base(cli):
     """What DyPE is for: at 64 px (2x) the demo tiles its shape 2x2; `--dype` keeps one shape
     (the criterion of benchmarks/eval_dype.py, on part of its prompts)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from eval_dype import dominant
     from PIL import Image
 
+    from llmdit_cli.train.evaluate import dominant
     from llmdit_cli.train.shapes import caption, held_out
 
     wanted = sorted(held_out())[::6]  # 3 of the 18 held-out prompts

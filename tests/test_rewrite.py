@@ -42,21 +42,10 @@ def test_a_bare_decoder_with_tied_embeddings_rewrites_with_one_copy_of_its_weigh
     from transformers import Qwen3Config, Qwen3Model
 
     from llmdit_cli.rewriting import Sampling, causal_lm, generate_local
-    from llmdit_cli.tiny import byte_tokenizer
+    from llmdit_cli.tiny import TEXT_ENCODER, byte_tokenizer
 
     torch.manual_seed(0)
-    decoder = Qwen3Model(
-        Qwen3Config(
-            vocab_size=264,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            tie_word_embeddings=True,
-        )
-    ).eval()
+    decoder = Qwen3Model(Qwen3Config(**TEXT_ENCODER)).eval()  # the tiny models' encoder: tied embeddings
     lm = causal_lm(decoder)
     assert lm.model is decoder
     assert lm.lm_head.weight.data_ptr() == decoder.embed_tokens.weight.data_ptr()

@@ -117,7 +117,7 @@ def test_images_have_the_pixels_and_settings_of_generate(server, cli):
         "prompt": PROMPT,
         "size": "64x48",
         "n": 2,
-        "llmdit": {"seed": 7, "steps": 3, "slg_scale": 2.0, "slg-layers": "1", "lora": ["style.safetensors:0.7"]},
+        "llmdit": {"seed": 7, "steps": 3, "slg_scale": 2.0, "slg-layers": "1-2", "lora": ["style.safetensors:0.7"]},
     }
     status, reply = server.json("POST", "/v1/images/generations", body)
     assert status == 200, reply
@@ -125,7 +125,7 @@ def test_images_have_the_pixels_and_settings_of_generate(server, cli):
     lora = str(Path(server.proc.args[server.proc.args.index("--lora-dir") + 1]) / "style.safetensors")
     r = cli(
         "generate", PROMPT, "--model", "demo", "-W", "64", "-H", "48", "--seed", "7", "--num-images", "2",
-        "--steps", "3", "--slg-scale", "2.0", "--slg-layers", "1", "--lora", f"{lora}:0.7", "-o", "local-{seed}.png",
+        "--steps", "3", "--slg-scale", "2.0", "--slg-layers", "1-2", "--lora", f"{lora}:0.7", "-o", "local-{seed}.png",
     )  # fmt: skip
     assert r.code == 0, r.stderr
     from llmdit_cli.pngmeta import settings_of

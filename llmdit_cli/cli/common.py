@@ -40,19 +40,3 @@ def encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_co
         hidden_layer=hidden_layer,
         max_length=max_length,
     )
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """`7,8,9` or `7-12` (or a mix) -> block indices; None stays None (not given)."""
-    from llmdit_cli.errors import UsageError
-
-    if text is None:
-        return None
-    layers: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            first, sep, last = part.partition("-")
-            layers += list(range(int(first), int(last) + 1)) if sep and first else [int(part)]
-    except ValueError:
-        raise UsageError(f"--slg-layers {text}: expected block indices like 7,8,9 or 7-12") from None
-    return layers

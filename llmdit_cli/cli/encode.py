@@ -157,24 +157,19 @@ def _encode_remote(url, texts, r, key_env, timeout, target, show_format, out) ->
     """Encode on an `llmdit serve` and write its embeds file as it came (checked first)."""
     import os
 
-    from llmdit_cli.artifacts import check_binary_target, parse_stage, write_bytes_atomic
+    from llmdit_cli.artifacts import check_binary_target, write_bytes_atomic
     from llmdit_cli.errors import UsageError
-    from llmdit_cli.remote import encode_remote
-    from llmdit_cli.workflows import check_remote_template, encoder_request_settings
+    from llmdit_cli.workflows import remote_embeds_file
 
     if show_format:
         raise UsageError("--show-format works on the local tokenizer; drop --api-url")
-    if r.settings.vl.image:
-        raise UsageError("--vl-image conditions with a local Qwen3-VL; drop --api-url (or --vl-image)")
     if timeout <= 0:
         raise UsageError(f"--timeout {timeout}: must be positive")
     check_binary_target(target)
     out.stdout_is_binary = target == "-"
     where = f"--api-url {url}"
     with out.status(f"encoding {len(texts)} prompt(s) on {url}"):
-        data = encode_remote(url, texts, encoder_request_settings(r), True, os.environ.get(key_env), timeout, where)
-    stage = parse_stage(data, where, "embeds")
-    check_remote_template(r, stage.params, where)
+        data, stage = remote_embeds_file(url, texts, r, True, os.environ.get(key_env), timeout, where)
     write_bytes_atomic(target, data)
     for text, n in zip(texts, stage.params.get("token_counts", [])):
         out.log(f"encoded {n} tokens: {text[:60]}")

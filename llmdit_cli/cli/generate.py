@@ -4,7 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmdit_cli.cli.common import parse_layers, settings
+from llmdit_cli.cli.common import settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
@@ -127,7 +127,7 @@ img2img = _command(
 
 def _setting_flags(o: dict) -> dict:
     """The options that are settings, by setting name (None = not given)."""
-    from llmdit_cli.config import FLAG_KEY
+    from llmdit_cli.config import FLAG_KEY, parse_layers
 
     flags = {k: v for k, v in o.items() if k in FLAG_KEY or k == "model"}
     flags["loras"] = o["loras"] or None  # an empty list is "not given"

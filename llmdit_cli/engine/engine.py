@@ -146,9 +146,8 @@ class Engine:
         from llmdit_cli import rewriting, vision
 
         image = vision.open_image(req.image, "--image")
-        r = req.settings
-        r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
-        pl, v = handle.placement, r.settings.vl
+        wf.fill_vl_model(req.settings, handle)
+        pl, v = handle.placement, req.settings.settings.vl
         with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
             model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype())
         with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):

@@ -483,8 +483,6 @@ def image_request(body, cfg: ServeConfig, engine):
     if size and max(size) > cfg.limits.max_side:
         raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
-        if size[0] * size[1] > cfg.limits.max_pixels:
-            raise ApiError(400, f"size {body.size}: over the limit of {cfg.limits.max_pixels} pixels", "size")
         settings.update(width=size[0], height=size[1])
     r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
     req = GenerateRequest(r, seeds=seeds_for([seed] if seed is not None else None, body.n), prompts=[body.prompt])

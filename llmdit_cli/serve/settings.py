@@ -64,7 +64,7 @@ class ServerSettings:
 
     def resolve(self, llmdit: dict[str, Any], sections: tuple[str, ...], extra: tuple[str, ...] = ()):
         """The server's settings with the request's `llmdit` settings on top (checked)."""
-        from llmdit_cli.config import FLAG_KEY, resolve
+        from llmdit_cli.config import FLAG_KEY, parse_layers, resolve
 
         flags = dict(self.flags)
         by_public = {self.public_name(f): f for f in FLAG_KEY}
@@ -78,8 +78,11 @@ class ServerSettings:
                 raise ApiError(400, f"llmdit.{name}: {value} is not a value for this setting", f"llmdit.{name}")
             if field_ == "loras":
                 value = self.lora_specs(value)
-            elif field_ == "slg_layers" and isinstance(value, str) and _is_int_list(value):
-                value = [int(x) for x in value.split(",") if x.strip()]
+            elif field_ == "slg_layers" and isinstance(value, str):
+                try:
+                    value = parse_layers(value)
+                except LlmditError as exc:
+                    raise ApiError(400, *self.message(exc)) from None
             flags[field_] = value
         try:
             return resolve(self.config, self.profile, flags)
@@ -118,10 +121,6 @@ def _is_bool_setting(key: str) -> bool:
 
     section, _, name = key.partition(".")
     return "bool" in str(SECTIONS[section].model_fields[name].annotation)
-
-
-def _is_int_list(text: str) -> bool:
-    return all(x.strip().lstrip("-").isdigit() for x in text.split(",") if x.strip())
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:

@@ -43,6 +43,22 @@ def classify(img) -> tuple[str, str | None, str | None]:
     return names[bg], names[colour], max(ious, key=ious.get)
 
 
+def dominant(img, colour: str, share: float = 0.8) -> bool:
+    """One shape, not a tiling: the largest 4-connected blob of the pixels nearest `colour` holds at
+    least `share` of them (benchmarks/eval_dype.py)."""
+    import numpy as np
+    from scipy import ndimage
+
+    names = list(COLOURS)
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    palette = np.array([COLOURS[n] for n in names], dtype=np.float32)
+    mask = ((arr[:, :, None, :] - palette) ** 2).sum(-1).argmin(-1) == names.index(colour)
+    if not mask.any():
+        return False
+    blobs, _ = ndimage.label(mask)
+    return bool(np.bincount(blobs.ravel())[1:].max() >= share * mask.sum())
+
+
 def templates(h: int, w: int) -> dict:
     """Ideal circle, square and triangle (apex up) filling an h x w box, as boolean masks."""
     import numpy as np
@@ -97,4 +113,4 @@ def evaluate(
     return score(results)
 
 
-__all__ = ["SHAPES", "classify", "evaluate", "score"]
+__all__ = ["SHAPES", "classify", "dominant", "evaluate", "score"]
