@@ -1,7 +1,9 @@
 """Stage files: prompt embeddings and latents as safetensors with a versioned llmdit header.
 
 Layout (see DESIGN.md §2): embeddings are ragged, one key per item (`prompt_embeds.0`,
-`negative_prompt_embeds.0`, ...); latents are one `latents` tensor `[B, C, h, w]`. The header is
+`negative_prompt_embeds.0`, ...); latents are one `latents` tensor `[B, C, h, w]`; layered latents
+(Qwen-Image-Layered, `decompose --save-latents`) one `latents` tensor `[1, C, layers + 1, h, w]`
+whose frame 0 is the model's composite. The header is
 safetensors metadata (str -> str): `llmdit.schema`, `llmdit.kind`, model identity and
 `llmdit.params` (JSON). Reading a header needs no torch; tensors are loaded on demand.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from llmdit_cli.errors import InputError, UsageError
 
 SCHEMA = 1
-KINDS = ("embeds", "latents")
+KINDS = ("embeds", "latents", "layered-latents")
 STDIO = "-"
 _HEADER_LIMIT = 100 * 1024 * 1024
 _UMASK_LOCK = threading.Lock()
@@ -140,6 +142,7 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
         hint = {
             "latents": "give it to `llmdit decode` or `img2img --from-latents`",
             "embeds": "give it to `llmdit generate --from-embeds`",
+            "layered-latents": "give it to `llmdit decode`",
         }[kind]
         raise InputError(f"{name}: holds {kind}, but {expect} are expected here ({hint})")
     try:
@@ -154,7 +157,7 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
     stage = StageFile(
         source=name, kind=kind, schema=schema, meta=meta, params=params, shapes=shapes, dtypes=dtypes, data=data
     )
-    for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels"):
+    for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels", "layers"):
         stage.meta_int(key)  # a header number that is not one fails here, naming the field
     return stage
 
@@ -174,6 +177,10 @@ def _check_params(kind: str, shapes: dict[str, list[int]], params: dict, name: s
 
     if kind == "latents":
         check_list("images", shapes["latents"][0], dict, "settings records")
+        return
+    if kind == "layered-latents":
+        if not isinstance(params.get("settings", {}), dict) or not isinstance(params.get("source", {}), dict):
+            raise InputError(f"{name}: llmdit.params settings and source should be JSON objects")
         return
     n = sum(1 for k in shapes if k.startswith("prompt_embeds."))
     n_neg = len(shapes) - n
@@ -231,12 +238,15 @@ def _is_count(n: Any) -> bool:
 
 
 def _check_tensor_names(kind: str, shapes: dict[str, list[int]], name: str) -> None:
-    if kind == "latents":
+    if kind in ("latents", "layered-latents"):
         extra = sorted(set(shapes) - {"latents"})
         if "latents" not in shapes or extra:
             raise InputError(f"{name}: a latents file holds one tensor named 'latents' (found {sorted(shapes)})")
-        if len(shapes["latents"]) != 4:
-            raise InputError(f"{name}: latents have shape {shapes['latents']}, expected [batch, channels, h, w]")
+        shape = shapes["latents"]
+        if kind == "latents" and len(shape) != 4:
+            raise InputError(f"{name}: latents have shape {shape}, expected [batch, channels, h, w]")
+        if kind == "layered-latents" and (len(shape) != 5 or shape[0] != 1 or shape[2] < 2):
+            raise InputError(f"{name}: layered latents have shape {shape}, expected [1, channels, layers + 1, h, w]")
         return
     for key, shape in shapes.items():
         if not _EMBED_KEY.match(key):
@@ -252,7 +262,9 @@ def _check_tensor_names(kind: str, shapes: dict[str, list[int]], name: str) -> N
 
 def read_stage(path: str, expect: str | None = None) -> StageFile:
     """Read and validate a stage file ('-' for stdin). `expect` is 'embeds' or 'latents'."""
-    what = {"embeds": "an embeds file", "latents": "a latents file"}.get(expect or "", "a stage file")
+    what = {"embeds": "an embeds file", "latents": "a latents file", "layered-latents": "a layered latents file"}.get(
+        expect or "", "a stage file"
+    )
     data, name = read_bytes(path, what)
     return parse_stage(data, name, expect)
 
@@ -393,6 +405,22 @@ def write_latents_file(
         "count": int(latents.shape[0]),
     }
     write_stage(path, "latents", {"latents": latents}, header, params)
+
+
+def write_layered_latents_file(
+    path: str, latents, identity: dict[str, Any], height: int, width: int, params: dict[str, Any]
+) -> None:
+    """The writer of layered latents (`decompose --save-latents`): finished latents
+    `[1, C, layers + 1, h, w]`, the layer count and the size the layers decode to; `params` hold
+    the layer folder's settings and source record, so `llmdit decode` writes the same folder."""
+    header = {
+        **identity,
+        "layers": int(latents.shape[2]) - 1,
+        "height": height,
+        "width": width,
+        "channels": int(latents.shape[1]),
+    }
+    write_stage(path, "layered-latents", {"latents": latents}, header, params)
 
 
 def embeds_tensors(positive: list, negative: list) -> dict:

@@ -127,6 +127,19 @@ class DypeSettings(_Section):
     base_resolution: int | None = None
 
 
+class LayeredSettings(_Section):
+    """Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`). None: the model
+    family's default (the model cards'). A layer folder's layers.json records them, images do not."""
+
+    record: ClassVar[str] = "none"
+    layers: int | None = Field(default=None, ge=2, le=10)
+    resolution: Literal[640, 1024] | None = None
+    true_cfg_scale: float | None = Field(default=None, ge=0)
+    caption_language: Literal["en", "zh"] = "en"
+    layered_model: str = "Qwen/Qwen-Image-Layered"
+    edit_model: str = "Qwen/Qwen-Image-Edit-2509"
+
+
 class OptimizationSettings(_Section):
     record: ClassVar[str] = "note"
     not_recorded: ClassVar[tuple[str, ...]] = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device")
@@ -154,6 +167,7 @@ class Settings(_Section):
     lora: LoraSettings = LoraSettings()
     slg: SlgSettings = SlgSettings()
     dype: DypeSettings = DypeSettings()
+    layered: LayeredSettings = LayeredSettings()
     optimization: OptimizationSettings = OptimizationSettings()
 
 
@@ -266,6 +280,17 @@ class Resolved:
         self.config_path = config_path
         self.profile = profile
         self._typed: Settings | None = None
+        # The setting that names the model these settings run: `model`, or for the layer
+        # commands `layered.layered_model` / `layered.edit_model` (`with_model`).
+        self.model_setting = "model"
+
+    def with_model(self, key: str) -> Resolved:
+        """A copy whose model is the one setting `key` names (its source kept), for messages too."""
+        values, sources = dict(self.values), dict(self.sources)
+        values["model"], sources["model"] = values[key], sources[key]
+        copy = Resolved(values, sources, self.config_path, self.profile)
+        copy.model_setting = key
+        return copy
 
     @property
     def settings(self) -> Settings:
@@ -293,6 +318,12 @@ class Resolved:
             self.values[key] = value
             self.sources[key] = source
             self._typed = None
+
+    def override(self, field: str, value: Any, source: str) -> None:
+        """Replace a value (already checked by the caller) and say where it came from."""
+        key = key_of(field)
+        self.values[key], self.sources[key] = value, source
+        self._typed = None
 
     def given(self, section: str) -> list[str]:
         """Keys of `section` the caller set (flags, or a request's fields)."""

@@ -69,15 +69,16 @@ VAE = dict(
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 
 
-def byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
-    """A Qwen2Tokenizer over the 256 byte symbols plus the Qwen chat specials; with a `corpus`, also
+def byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512, extra: tuple[str, ...] = (), **named: str):
+    """A Qwen2Tokenizer over the 256 byte symbols plus the Qwen chat specials and `extra` special
+    tokens (`named` ones, e.g. image_token=..., become tokenizer attributes); with a `corpus`, also
     byte-level BPE merges learned from it (whole words become single tokens, as in real vocabularies)."""
     from tokenizers import pre_tokenizers
     from transformers import Qwen2Tokenizer
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {sym: i for i, sym in enumerate(alphabet)}
-    for tok in SPECIAL_TOKENS:
+    for tok in [*SPECIAL_TOKENS, *extra]:
         vocab[tok] = len(vocab)
     merges: list = []
     if corpus:
@@ -90,7 +91,8 @@ def byte_tokenizer(corpus: list[str] | None = None, vocab_size: int = 512):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token=None,
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=[*SPECIAL_TOKENS[1:], *extra],
+        **named,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -216,3 +218,142 @@ def save_qwen3_vl(folder: str | Path, seed: int = 0, hidden_size: int = 64) -> P
     tokenizer.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+# Qwen-Image-Layered and Qwen-Image-Edit-Plus (DESIGN.md §4): a Qwen2.5-VL text encoder, the
+# Wan-style AutoencoderKLQwenImage and the QwenImage MMDiT. The VAE downsamples 16x (the real one
+# 8x) so the ~1024² images Edit-Plus encodes stay cheap; every multiple of 32 still packs into 2x2
+# patches.
+QWEN_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_HIDDEN = 32
+QWEN_TRANSFORMER = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=QWEN_HIDDEN,
+    axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+)
+QWEN_VAE = dict(
+    base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True, True]
+)
+# The real models' scheduler config.
+QWEN_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    shift=1.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=0.9,
+    base_image_seq_len=256,
+    max_image_seq_len=8192,
+    shift_terminal=0.02,
+    time_shift_type="exponential",
+)
+
+
+def qwen_vl_text_encoder(tokenizer, seed: int = 0):
+    """A tiny Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) for the Qwen-Image pipelines."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_VL_TOKENS}
+    heads = 2
+    pairs = QWEN_HIDDEN // heads // 2  # rotary pairs per head, split over time, height and width
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=QWEN_HIDDEN,
+            intermediate_size=2 * QWEN_HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+            bos_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [pairs - 2 * (pairs // 3), pairs // 3, pairs // 3],
+            },
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=QWEN_HIDDEN,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_qwen_image(kind: str, seed: int = 0):
+    """A tiny QwenImageLayeredPipeline (`kind` 'layered': RGBA VAE, layer RoPE and the RGB/RGBA
+    timestep condition) or QwenImageEditPlusPipeline ('edit'), with seeded random weights.
+
+    Seeded random weights condition weakly, so a few are scaled up after the init: the q/k-norm
+    gains, the output projection and the VAE encoder's last conv. Then prompt, negative prompt,
+    true CFG and the input image visibly change the output (DESIGN.md §4)."""
+    import torch
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageLayeredPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import PaddleOCRVLProcessor, Qwen2VLImageProcessorPil
+
+    if kind not in ("layered", "edit"):
+        raise ValueError(f"kind {kind!r}: 'layered' or 'edit'")
+    layered = kind == "layered"
+    tokenizer = byte_tokenizer(extra=QWEN_VL_TOKENS, image_token="<|image_pad|>", video_token="<|video_pad|>")
+    text_encoder = qwen_vl_text_encoder(tokenizer, seed)
+    torch.manual_seed(seed + 1)
+    dit = QwenImageTransformer2DModel(
+        **QWEN_TRANSFORMER, use_additional_t_cond=layered, use_layer3d_rope=layered
+    ).eval()
+    vae = AutoencoderKLQwenImage(**QWEN_VAE, input_channels=4 if layered else 3).eval()
+    with torch.no_grad():
+        for name, p in dit.named_parameters():
+            if "norm_q" in name or "norm_k" in name or "norm_added" in name:
+                p.mul_(4.0)
+            elif name.startswith("proj_out"):
+                p.add_(torch.randn_like(p) * 0.5)
+        vae.encoder.conv_out.weight.mul_(4.0)
+    # PaddleOCRVLProcessor, not Qwen2VLProcessor: the latter cannot be built without torchvision
+    # (DESIGN.md §4); this one expands <|image_pad|> the same way for images.
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56, max_pixels=112 * 112
+    )
+    processor = PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    pipeline_class = QwenImageLayeredPipeline if layered else QwenImageEditPlusPipeline
+    return pipeline_class(
+        scheduler=FlowMatchEulerDiscreteScheduler(**QWEN_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=dit,
+    )
+
+
+def save_qwen_image(kind: str, folder: str | Path, seed: int = 0) -> Path:
+    """`build_qwen_image(kind, seed)` saved as a diffusers folder that `from_pretrained` reloads."""
+    return save_pipeline(build_qwen_image(kind, seed), folder)

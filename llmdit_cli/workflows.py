@@ -23,7 +23,7 @@ PLACEMENT_FIELDS = tuple(OptimizationSettings.model_fields)
 def open_model(r: Resolved) -> ModelHandle:
     """The model handle (nothing loaded yet) for resolved settings."""
     s = r.settings
-    return ModelHandle(s.model, Placement(**s.optimization.model_dump()), list(s.lora.loras))
+    return ModelHandle(s.model, Placement(**s.optimization.model_dump()), list(s.lora.loras), key=r.model_setting)
 
 
 def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> None:
@@ -510,3 +510,45 @@ def latents_identity(handle: ModelHandle) -> dict[str, Any]:
     """What identifies the models that made latents: the transformer and the VAE."""
     vae = handle.identity("vae")
     return {**handle.identity("transformer"), "vae_config": vae["vae_config"], "vae_weights": vae["vae_weights"]}
+
+
+# -- layers (Qwen-Image-Layered, Qwen-Image-Edit-Plus) ----------------------------------------------
+
+
+def fill_layer_defaults(r: Resolved, handle: ModelHandle) -> None:
+    """The family's defaults for what the settings leave unset, and model CPU offload on CUDA where
+    `optimization.cpu_offload` is still at its built-in default (these models do not fit most
+    GPUs whole)."""
+    defaults = dict(handle.defaults())
+    offload = defaults.pop("cpu_offload", None)
+    fill_family_defaults(r, defaults, handle.variant)
+    key = "optimization.cpu_offload"
+    if offload and r.sources.get(key) == "default" and _uses_cuda(r):
+        r.override(key, offload, f"model family {handle.variant} (on CUDA)")
+        handle.placement.cpu_offload = offload
+
+
+def _uses_cuda(r: Resolved) -> bool:
+    return Placement(**r.settings.optimization.model_dump()).base_device().startswith("cuda")
+
+
+def true_cfg(r: Resolved) -> tuple[str, float]:
+    """The negative prompt and true-CFG scale: an empty negative prompt is sent as " " (the
+    pipelines run true CFG only with one; " " is the model cards' own)."""
+    s = r.settings
+    return s.generation.negative_prompt or " ", float(s.layered.true_cfg_scale)
+
+
+def layer_settings(r: Resolved, handle: ModelHandle, seed: int, **extra: Any) -> dict[str, Any]:
+    """What layers.json records of a decomposition or an edit."""
+    s = r.settings
+    negative, scale = true_cfg(r)
+    return {
+        "model": handle.ref,
+        "revision": handle.revision,
+        "seed": seed,
+        "steps": s.generation.steps,
+        "true_cfg_scale": scale,
+        "negative_prompt": negative,
+        **extra,
+    }

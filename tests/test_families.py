@@ -38,11 +38,24 @@ def test_a_pipeline_of_no_registered_family_is_one_line(cli, tmp_path, tiny_mode
     other = tmp_path / "other"
     shutil.copytree(tiny_model, other)
     index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "FluxPipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    r = cli("generate", "x", "--model", str(other), "-o", "x.png")
+    assert_one_line_error(r, f"--model {other}: a FluxPipeline pipeline", "ZImagePipeline", "QwenImageLayeredPipeline")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_model_of_another_family_names_the_command_that_runs_it(cli, tmp_path, tiny_model):
+    other = tmp_path / "layered"
+    shutil.copytree(tiny_model, other)
+    index = json.loads((other / "model_index.json").read_text())
     index["_class_name"] = "QwenImageLayeredPipeline"
     (other / "model_index.json").write_text(json.dumps(index))
     r = cli("generate", "x", "--model", str(other), "-o", "x.png")
-    assert_one_line_error(r, f"--model {other}: a QwenImageLayeredPipeline pipeline", "ZImagePipeline")
-    assert not (tmp_path / "x.png").exists()
+    assert_one_line_error(r, f"--model {other}: a qwen-image-layered model", "`llmdit decompose` runs it")
+    r = cli("decompose", "x.png", "--layered-model", str(tiny_model), "-o", "out")
+    # the input image is checked first
+    assert_one_line_error(r, "x.png: no such file")
 
 
 def test_every_setting_is_an_option_of_generate_and_img2img():
@@ -52,7 +65,9 @@ def test_every_setting_is_an_option_of_generate_and_img2img():
     from llmdit_cli.cli.options import SETTING_OPTIONS
     from llmdit_cli.config import FLAG_KEY
 
-    assert set(SETTING_OPTIONS) == {"model", *FLAG_KEY}
+    # The layer commands' settings (decompose, edit-layer) are theirs alone.
+    layered = {f for f, k in FLAG_KEY.items() if k.startswith("layered.")}
+    assert set(SETTING_OPTIONS) == {"model", *FLAG_KEY} - layered
     gen, i2i = (set(inspect.signature(c).parameters) for c in (generate, img2img))
     assert set(SETTING_OPTIONS) - {"strength"} <= gen and "strength" not in gen
     assert set(SETTING_OPTIONS) <= i2i
@@ -69,7 +84,9 @@ def test_the_image_record_follows_the_settings_sections():
                 name if not cls.flag_prefix else (cls.flag_prefix if name == "enabled" else f"{cls.flag_prefix}_{name}")
             )
             expected = (
-                section not in ("encoder", "vl", "templates", "cache") and flag not in machine and flag != "strength"
+                section not in ("encoder", "vl", "templates", "cache", "layered")
+                and flag not in machine
+                and flag != "strength"
             )
             assert (flag in record) == expected, flag
     assert "strength" in resolve_defaults({"model": "demo"}).record("img2img")

@@ -89,3 +89,39 @@ def test_readme_serve_example_runs(tmp_path):
         assert (tmp_path / name).is_file(), name
     with Image.open(tmp_path / "api.png") as img:
         assert img.size == (64, 64) and "llmdit" in img.info
+
+
+def test_readme_layers_example_runs(tmp_path, cli):
+    """The Layers block as written, on tiny Qwen-Image-Layered and Edit-Plus folders this test
+    builds: each decompose / edit-layer line gets --layered-model / --edit-model and --steps 2."""
+    import json
+    import shlex
+
+    import numpy as np
+    from PIL import Image
+
+    from llmdit_cli.tiny import save_qwen_image
+
+    layered = save_qwen_image("layered", tmp_path / "models" / "layered", seed=1)
+    edit = save_qwen_image("edit", tmp_path / "models" / "edit", seed=2)
+    a = np.zeros((64, 96, 3), np.uint8)
+    a[16:48, 24:72] = [200, 30, 30]
+    Image.fromarray(a).save(tmp_path / "photo.png")
+    block = re.search(r"```bash layers\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert [c.split()[1] for c in commands][:3] == ["decompose", "edit-layer", "edit-layer"]
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[0] == "decompose":
+            args += ["--layered-model", layered, "--steps", "2"]
+        if args[0] == "edit-layer" and "--layer" in args:
+            args += ["--edit-model", edit, "--steps", "2"]
+        r = cli(*args)
+        assert r.code == 0, (command, r.stderr[-2000:], r.exception)
+    record = json.loads((tmp_path / "layers" / "layers.json").read_text())
+    assert len(record["layers"]) == 3 and record["settings"]["captioned"]  # no --prompt: the model's caption
+    assert record["edits"][0]["instruction"] == "make it blue" and (tmp_path / "layers" / "layer_01.v1.png").is_file()
+    assert record["order"] == [2, 0, 1] and record["hidden"] == [0]
+    assert (tmp_path / "layers" / "layers.ora").is_file()
+    for name in ("layer_00.png", "layer_01.png", "composite.png"):
+        assert (tmp_path / "photo-layers" / name).read_bytes() == (tmp_path / "photo-layers-again" / name).read_bytes()

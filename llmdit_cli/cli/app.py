@@ -23,6 +23,8 @@ COMMANDS = {
     "generate": ("llmdit_cli.cli.generate", "generate", False),
     "img2img": ("llmdit_cli.cli.generate", "img2img", False),
     "decode": ("llmdit_cli.cli.decode", "decode", False),
+    "decompose": ("llmdit_cli.cli.layers_cmd", "decompose", False),
+    "edit-layer": ("llmdit_cli.cli.layers_cmd", "edit_layer", False),
     "inspect": ("llmdit_cli.cli.inspect", "inspect", False),
     "train": ("llmdit_cli.cli.train", "train", False),
     "sweep": ("llmdit_cli.cli.sweep", "sweep", False),

@@ -21,7 +21,10 @@ from llmdit_cli.cli.options import (
 from llmdit_cli.cli.output import Output
 
 LatentsArg = Annotated[
-    str, typer.Argument(help="A .latents.safetensors file from --save-latents ('-' for stdin).", show_default=False)
+    str,
+    typer.Argument(
+        help="A latents file from --save-latents of generate or decompose ('-' for stdin).", show_default=False
+    ),
 ]
 
 
@@ -42,24 +45,34 @@ def decode(
     """Decode a latents file to PNG images with the model's VAE.
 
     The model defaults to the one recorded in the file; the PNGs carry the settings that made the
-    latents, so they match what `generate` would have written directly.
+    latents, so they match what `generate` would have written directly. Layered latents
+    (`decompose --save-latents`) become the layer folder `decompose` writes (-o names the folder).
 
     Example: llmdit decode circle.latents.safetensors -o circle.png
     """
     from llmdit_cli.artifacts import read_stage, write_bytes_atomic
     from llmdit_cli.engine import DecodeRequest, Engine
+    from llmdit_cli.errors import InputError
     from llmdit_cli.paths import plan_paths
     from llmdit_cli.pngmeta import png_bytes
 
     out = Output(quiet, json_out)
     out.stdout_is_binary = output == "-"
-    stage = read_stage(latents, expect="latents")
+    stage = read_stage(latents)
+    if stage.kind == "embeds":
+        raise InputError(
+            f"{stage.source}: holds embeds, but latents are expected here (give it to `llmdit generate --from-embeds`)"
+        )
     r = settings(
         config,
         profile,
         **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device, None, None, vae_device, None),
         vae_tiling=vae_tiling,
     )
+    if stage.kind == "layered-latents":
+        from llmdit_cli.cli.layers_cmd import decode_layered
+
+        return decode_layered(stage, output, r, out)
     tensor = stage.tensors()["latents"]  # parse_stage checked it is there and 4-D
     images = stage.params.get("images") or [{} for _ in range(tensor.shape[0])]
     paths = plan_paths(output, [(i, s.get("seed", 0), s.get("prompt", "image")) for i, s in enumerate(images)])

@@ -15,7 +15,16 @@ from typing import Any, Protocol
 
 from llmdit_cli import workflows as wf
 from llmdit_cli.config import Resolved
-from llmdit_cli.engine.requests import DecodeRequest, EncodeRequest, Generated, GenerateRequest
+from llmdit_cli.engine.requests import (
+    DecodeRequest,
+    Decomposed,
+    DecomposeRequest,
+    EditLayerRequest,
+    EncodeRequest,
+    Generated,
+    GenerateRequest,
+    LayersDecodeRequest,
+)
 from llmdit_cli.errors import InputError, UsageError, setting
 
 
@@ -58,19 +67,25 @@ class Engine:
 
     # -- models ------------------------------------------------------------------------------------
 
-    def model(self, r: Resolved):
-        """The handle for the settings' model (components load on first use) and its lock."""
+    def model(self, r: Resolved, task: str = "generate"):
+        """The handle for the settings' model (components load on first use) and its lock; a
+        model whose family does not do `task` (`families.Family.tasks`) is refused."""
+        from llmdit_cli.families import check_task
+
         key = model_key(r)
         with self._guard:
-            if key in self._models:
-                return self._models[key], self._locks[key]
-        # Opening validates devices and reads LoRA files (or asks the Hub): not under the guard, so
-        # requests for models already open never wait for it. A race opens a handle twice; one wins.
-        handle = wf.open_model(r)
+            found = self._models.get(key)
+        if found is None:
+            # Opening validates devices and reads LoRA files (or asks the Hub): not under the guard,
+            # so requests for models already open never wait for it. A race opens a handle twice.
+            handle = wf.open_model(r)
+            with self._guard:
+                self._models.setdefault(key, handle)
+                self._locks.setdefault(key, threading.RLock())
         with self._guard:
-            self._models.setdefault(key, handle)
-            self._locks.setdefault(key, threading.RLock())
-            return self._models[key], self._locks[key]
+            handle, lock = self._models[key], self._locks[key]
+        check_task(handle.family, task, handle.ref, handle.key)
+        return handle, lock
 
     def adopt(self, handle, r: Resolved) -> None:
         """Serve requests for `r`'s model with an already opened handle (the trainer's)."""
@@ -248,6 +263,87 @@ class Engine:
             with report.status(f"decoding with {handle.ref}"):
                 handle.pipeline("vae")
             return self._decode_all(handle, [lat[i : i + 1] for i in range(lat.shape[0])])
+
+    # -- layers ------------------------------------------------------------------------------------
+
+    def prepare_layers(self, r: Resolved, task: str):
+        """The layer model's handle (nothing loaded) with the family's defaults filled into `r`:
+        settings are complete, and checked, before a weight loads."""
+        handle, lock = self.model(r, task)
+        wf.fill_layer_defaults(r, handle)
+        return handle, lock
+
+    def decompose(self, req: DecomposeRequest, report: Reporter | None = None) -> Decomposed:
+        """The image's RGBA layers (Qwen-Image-Layered through diffusers' own pipeline)."""
+        report = report or Silent()
+        r = req.settings
+        handle, lock = self.prepare_layers(r, "decompose")
+        code, s = handle.code, r.settings
+        negative, scale = wf.true_cfg(r)
+        with lock:
+            with report.status(f"loading {handle.ref}"):
+                pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
+            prompt = req.prompt
+            if not prompt.strip():
+                with report.status("captioning the image (no --prompt given)"):
+                    prompt = code.caption(pipe, req.image, s.layered.resolution, s.layered.caption_language == "en")
+                report.log(f"caption: {prompt}")
+            params = code.LayeredParams(
+                prompt, negative, scale, s.layered.layers, s.generation.steps, s.layered.resolution, req.seed
+            )
+            with report.progress("decomposing", params.steps) as tick:
+                layers, latents = code.decompose(
+                    pipe,
+                    req.image,
+                    params,
+                    wf.generator(req.seed),
+                    lambda done: tick(done, params.steps),
+                    req.keep_latents,
+                )
+        record = wf.layer_settings(
+            r,
+            handle,
+            req.seed,
+            layers=params.layers,
+            resolution=params.resolution,
+            prompt=prompt,
+            captioned=not req.prompt.strip(),
+            caption_language=s.layered.caption_language,
+        )
+        return Decomposed(layers, latents, record)
+
+    def edit_layer(self, req: EditLayerRequest, report: Reporter | None = None):
+        """`req.image` (PIL RGB) edited by the instruction (Qwen-Image-Edit-Plus, true CFG), and the
+        settings record of the edit."""
+        report = report or Silent()
+        r = req.settings
+        handle, lock = self.prepare_layers(r, "edit-layer")
+        negative, scale = wf.true_cfg(r)
+        params = handle.code.EditParams(req.instruction, negative, scale, r.settings.generation.steps, req.seed)
+        with lock:
+            with report.status(f"loading {handle.ref}"):
+                pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
+            with report.progress("editing", params.steps) as tick:
+                image = handle.code.edit(
+                    pipe, req.image, params, wf.generator(req.seed), lambda d: tick(d, params.steps)
+                )
+        return image, wf.layer_settings(r, handle, req.seed, instruction=req.instruction)
+
+    def decode_layers(self, req: LayersDecodeRequest, report: Reporter | None = None) -> list:
+        """RGBA layers (PIL, bottom first) of layered latents, by the layered model's VAE."""
+        report = report or Silent()
+        handle, lock = self.model(req.settings, "decompose")
+        lat = req.latents
+        channels = handle.component_config("vae").get("z_dim")
+        if lat.shape[1] != channels:
+            raise InputError(
+                f"{req.source}: latents have {lat.shape[1]} channels, the VAE of {setting(handle.key)} "
+                f"{handle.ref} takes {channels}"
+            )
+        with lock:
+            with report.status(f"decoding with {handle.ref}"):
+                pipe = handle.pipeline("vae")
+                return handle.code.decode_layers(pipe, lat)
 
     @staticmethod
     def _decode_all(handle, latents: list) -> list:

@@ -88,3 +88,47 @@ class ChatRequest:
     enable_thinking: bool = False
     on_text: Any = None  # (str) -> None: receives the reply's text piece by piece as it comes
     should_stop: Any = None  # () -> bool: end the reply early
+
+
+@dataclass
+class DecomposeRequest:
+    """An image (PIL RGBA) to split into RGBA layers by the Qwen-Image-Layered model that the
+    settings name (`layered.layered_model`), with `layered.*` and `generation.steps` /
+    `generation.negative_prompt`. An empty `prompt` takes the model's own caption."""
+
+    settings: Resolved
+    image: Any
+    seed: int
+    prompt: str = ""
+    keep_latents: bool = False  # also return the finished latents (for a layered-latents file)
+
+
+@dataclass
+class Decomposed:
+    """The layers (PIL RGBA, bottom first), the latents when asked for, and the settings record
+    that layers.json keeps (the prompt used, the caption when the model made it)."""
+
+    layers: list
+    latents: Any
+    settings: dict[str, Any]
+
+
+@dataclass
+class EditLayerRequest:
+    """One layer's RGB (PIL) to edit by an instruction with the Qwen-Image-Edit-Plus model that
+    the settings name (`layered.edit_model`), with true CFG."""
+
+    settings: Resolved
+    image: Any
+    instruction: str
+    seed: int
+
+
+@dataclass
+class LayersDecodeRequest:
+    """Layered latents `[1, C, layers + 1, h, w]` to decode into RGBA layers with the settings'
+    layered model (its VAE)."""
+
+    settings: Resolved
+    latents: Any
+    source: str = "latents"

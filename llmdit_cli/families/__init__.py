@@ -3,7 +3,9 @@
 A family registers a `Family` here (`register`). A folder picks its family by the `_class_name`
 of its `model_index.json` and its variant (a set of defaults) by, in order: the folder's own
 `_llmdit_variant` key in `model_index.json`, the exact Hub id, the family's base variant. Adding a
-family (Qwen-Image: Layered, Edit-Plus) is a module beside `zimage.py` and one import below.
+family is a module beside `zimage.py` (`qwenimage.py`: Qwen-Image-Layered, Qwen-Image-Edit-Plus) and
+one import below. A family serves some `tasks` (the commands that run it): a folder given to
+another command is refused in one line that names the command that runs it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ class Family:
 
     `variants` map a variant name to its defaults by setting field name (`width`, `slg_layers`,
     ...): values the settings leave unset (None) take them. `runner` is the module with the
-    family's stage functions (loading, encode, denoise, VAE), imported only when a model runs."""
+    family's stage functions (loading, encode, denoise, VAE), imported only when a model runs.
+    `tasks` name the work it does (`generate`: encode, generate, img2img, decode, rewrite, train;
+    `decompose`; `edit-layer`)."""
 
     name: str
     pipelines: tuple[str, ...]
@@ -31,6 +35,7 @@ class Family:
     base_variant: str
     runner: str
     hub_variants: dict[str, str] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ("generate",)
 
     def defaults(self, variant: str) -> dict[str, Any]:
         return self.variants[variant]
@@ -40,6 +45,8 @@ class Family:
 
 
 REGISTRY: list[Family] = []
+# A Hub id no family knows is taken as this family's until its folder says otherwise.
+DEFAULT_FAMILY = "z-image"
 
 
 def register(family: Family) -> Family:
@@ -55,6 +62,15 @@ def for_pipeline(class_name: str, ref: str) -> Family:
     raise ModelError(
         f"{setting('model')} {ref}: a {class_name or 'unnamed'} pipeline, which llmdit does not run (it runs {known})"
     )
+
+
+def check_task(family: Family, task: str, ref: str, key: str = "model") -> None:
+    """Refuse a model whose family does not do `task`, naming the command that runs it."""
+    if task not in family.tasks:
+        raise ModelError(
+            f"{setting(key)} {ref}: a {family.name} model ({', '.join(family.pipelines)}), which "
+            f"`llmdit {task}` does not run; `llmdit {family.tasks[0]}` runs it"
+        )
 
 
 def identify(folder: Path, ref: str) -> tuple[Family, str]:
@@ -86,7 +102,7 @@ def mark_variant(folder: Path, variant: str) -> None:
 def identify_ref(ref: str) -> tuple[Family, str]:
     """Family and variant for a reference, without downloading: a local folder (or `demo`) is read;
     a Hub id is looked up in the families' known repos, and is otherwise taken as the first
-    registered family's base variant (loading a model reads its folder: `identify`)."""
+    default family's base variant (loading a model reads its folder: `identify`)."""
     from llmdit_cli.models.refs import is_local, resolve_folder
 
     for family in REGISTRY:
@@ -94,9 +110,26 @@ def identify_ref(ref: str) -> tuple[Family, str]:
             return family, family.hub_variants[ref]
     if is_local(ref):
         return identify(resolve_folder(ref)[0], ref)
-    return REGISTRY[0], REGISTRY[0].base_variant
+    default = by_name(DEFAULT_FAMILY)
+    return default, default.base_variant
 
 
-from llmdit_cli.families import zimage  # noqa: E402 - registers the Z-Image family
+def by_name(name: str) -> Family:
+    return next(f for f in REGISTRY if f.name == name)
 
-__all__ = ["Family", "REGISTRY", "for_pipeline", "identify", "identify_ref", "mark_variant", "register", "zimage"]
+
+from llmdit_cli.families import qwenimage, zimage  # noqa: E402 - registers the families
+
+__all__ = [
+    "Family",
+    "REGISTRY",
+    "by_name",
+    "check_task",
+    "for_pipeline",
+    "identify",
+    "identify_ref",
+    "mark_variant",
+    "qwenimage",
+    "register",
+    "zimage",
+]

@@ -34,6 +34,7 @@ class ModelHandle:
     ref: str
     placement: Placement = field(default_factory=Placement)
     loras: list[str] = field(default_factory=list)
+    key: str = "model"  # the setting that named the model (`layered.layered_model`), for messages
     _pipe: Any = None
     _loaded: set = field(default_factory=set)
     _keys: dict = field(default_factory=dict)
@@ -43,8 +44,19 @@ class ModelHandle:
 
         self.placement.validate()
         check_lora_files(self.loras)
-        self.folder, self.revision = resolve_folder(self.ref)
-        self.family, self.variant = identify(self.folder, self.ref)
+        with self.naming_its_setting():
+            self.folder, self.revision = resolve_folder(self.ref)
+            self.family, self.variant = identify(self.folder, self.ref)
+
+    @contextmanager
+    def naming_its_setting(self):
+        """Model errors name the setting that gave the model (`--layered-model`), not `--model`."""
+        try:
+            yield
+        except ModelError as exc:
+            if self.key == "model":
+                raise
+            raise ModelError(str(exc.args[0]).replace(MODEL, setting(self.key), 1)) from None
 
     @property
     def code(self):
@@ -118,7 +130,14 @@ class ModelHandle:
         return self._pipe
 
     def _load(self, want: set):
+        with self.naming_its_setting():
+            return self._load_pipeline(want)
+
+    def _load_pipeline(self, want: set):
         quiet_libraries()
+        check = getattr(self.code, "check_loadable", None)
+        if check is not None:
+            check(self.folder, self.ref)
         pipeline_class = self.code.pipeline_class()
         kept = {c: getattr(self._pipe, c) for c in self._loaded if c in want} if self._pipe is not None else {}
         skip = {c: None for c in COMPONENTS if c not in want}

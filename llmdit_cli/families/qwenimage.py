@@ -1,0 +1,48 @@
+"""The Qwen-Image families: Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`).
+
+Both run diffusers' own pipelines (`QwenImageLayeredPipeline`, `QwenImageEditPlusPipeline`) with
+a Qwen2.5-VL text encoder; their code (`runner`) is `llmdit_cli.stages.qwen_layered` and
+`llmdit_cli.stages.qwen_edit`. The defaults are the model cards' (QwenLM/Qwen-Image-Layered and
+QwenLM/Qwen-Image READMEs): true CFG 4.0 with the negative prompt " ", 50 steps and 640 px for
+Layered (640 is the recommended bucket), 40 steps for Edit-2509/2511. `cpu_offload` applies on CUDA
+only, where the settings leave it at its default (`workflows.fill_offload_default`): the bf16
+transformer alone is ~41 GB.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmdit_cli.families import Family, register
+
+LAYERED_HUB = "Qwen/Qwen-Image-Layered"
+EDIT_HUB = "Qwen/Qwen-Image-Edit-2509"
+
+LAYERED_VARIANTS: dict[str, dict[str, Any]] = {
+    "layered": dict(steps=50, true_cfg_scale=4.0, layers=4, resolution=640, cpu_offload="model"),
+}
+_EDIT = dict(steps=40, true_cfg_scale=4.0, cpu_offload="model")
+EDIT_VARIANTS: dict[str, dict[str, Any]] = {"edit-2509": dict(_EDIT), "edit-2511": dict(_EDIT)}
+
+LAYERED = register(
+    Family(
+        name="qwen-image-layered",
+        pipelines=("QwenImageLayeredPipeline",),
+        variants=LAYERED_VARIANTS,
+        base_variant="layered",
+        runner="llmdit_cli.stages.qwen_layered",
+        hub_variants={LAYERED_HUB: "layered"},
+        tasks=("decompose",),
+    )
+)
+EDIT = register(
+    Family(
+        name="qwen-image-edit",
+        pipelines=("QwenImageEditPlusPipeline",),
+        variants=EDIT_VARIANTS,
+        base_variant="edit-2509",
+        runner="llmdit_cli.stages.qwen_edit",
+        hub_variants={EDIT_HUB: "edit-2509", "Qwen/Qwen-Image-Edit-2511": "edit-2511"},
+        tasks=("edit-layer",),
+    )
+)

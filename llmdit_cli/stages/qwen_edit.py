@@ -1,0 +1,61 @@
+"""The code of the Qwen-Image-Edit-Plus family (`families/qwenimage.py`): diffusers'
+QwenImageEditPlusPipeline (Qwen-Image-Edit-2509 / -2511) run as it is on one RGB image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from llmdit_cli.stages.qwen_layered import check_loadable
+
+__all__ = ["EditParams", "check_loadable", "edit", "output_size", "pipeline_class", "transformer_class"]
+
+
+def pipeline_class():
+    from diffusers import QwenImageEditPlusPipeline
+
+    return QwenImageEditPlusPipeline
+
+
+def transformer_class():
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel
+
+
+@dataclass
+class EditParams:
+    instruction: str
+    negative_prompt: str
+    true_cfg_scale: float
+    steps: int
+    seed: int
+
+
+def output_size(pipe, width: int, height: int) -> tuple[int, int]:
+    """The size the pipeline renders when asked for `width` x `height` (its packing grid)."""
+    grid = pipe.vae_scale_factor * 2
+    return width // grid * grid, height // grid * grid
+
+
+def edit(pipe, rgb, p: EditParams, generator, on_step: Callable[[int], None] | None = None):
+    """`rgb` (PIL RGB) edited by the instruction, rendered at its own size (Edit-Plus renders near
+    1024² unless told the size)."""
+
+    def step_end(_pipe, i, _t, _tensors):
+        if on_step:
+            on_step(i + 1)
+        return {}
+
+    out = pipe(
+        image=[rgb],
+        prompt=p.instruction,
+        negative_prompt=p.negative_prompt,
+        true_cfg_scale=p.true_cfg_scale,
+        num_inference_steps=p.steps,
+        width=rgb.width,
+        height=rgb.height,
+        generator=generator,
+        callback_on_step_end=step_end,
+    )
+    return out.images[0]
