@@ -42,6 +42,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decode' -l quiet -d 'No logs 
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l caption-language -d 'Language of the automatic caption: en (default) or zh' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l cfg-normalize -d 'Rescale the guided prediction to the norm of the conditional one (default on, as the model card runs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
@@ -52,6 +53,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l json -d 'For ea
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layered-model -d 'Hub id or local folder of a Qwen-Image-Layered model' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layers -d 'Number of layers, 2 to 10 (default 4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l negative-prompt -d 'Negative prompt for true CFG (default  )' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l no-cfg-normalize -d 'Rescale the guided prediction to the norm of the conditional one (default on, as the model card runs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l output -d 'New (or empty) folder for the layers' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l prompt -d 'What the image shows' -r -F

@@ -159,6 +159,11 @@ def parse_stage(data: bytes, name: str, expect: str | None = None) -> StageFile:
     )
     for key in ("hidden_size", "hidden_layer", "height", "width", "count", "channels", "layers"):
         stage.meta_int(key)  # a header number that is not one fails here, naming the field
+    frames = shapes["latents"][2] if kind == "layered-latents" else None
+    if frames is not None and stage.meta_int("layers") not in (None, frames - 1):
+        raise InputError(
+            f"{name}: header llmdit.layers is {stage.meta_int('layers')}, but the latents hold {frames - 1}"
+        )
     return stage
 
 

@@ -128,15 +128,21 @@ class DypeSettings(_Section):
 
 
 class LayeredSettings(_Section):
-    """Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`). None: the model
-    family's default (the model cards'). A layer folder's layers.json records them, images do not."""
+    """Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`): their own steps
+    and negative prompt, so Z-Image's `[generation]` never applies to them. None: the model
+    family's default (the model cards'). A layer folder's layers.json records them, images do not.
+    The commands name the options without the prefix (`--steps`, `--layers`; cli/options.py)."""
 
+    flag_prefix: ClassVar[str] = "layered"
     record: ClassVar[str] = "none"
     layers: int | None = Field(default=None, ge=2, le=10)
     resolution: Literal[640, 1024] | None = None
+    steps: int | None = Field(default=None, ge=1)
     true_cfg_scale: float | None = Field(default=None, ge=0)
+    negative_prompt: str = " "  # the model cards'; true CFG needs a negative prompt
+    cfg_normalize: bool | None = None  # decompose: rescale the guided prediction to the conditional one's norm
     caption_language: Literal["en", "zh"] = "en"
-    layered_model: str = "Qwen/Qwen-Image-Layered"
+    model: str = "Qwen/Qwen-Image-Layered"
     edit_model: str = "Qwen/Qwen-Image-Edit-2509"
 
 
@@ -281,7 +287,7 @@ class Resolved:
         self.profile = profile
         self._typed: Settings | None = None
         # The setting that names the model these settings run: `model`, or for the layer
-        # commands `layered.layered_model` / `layered.edit_model` (`with_model`).
+        # commands `layered.model` / `layered.edit_model` (`with_model`).
         self.model_setting = "model"
 
     def with_model(self, key: str) -> Resolved:

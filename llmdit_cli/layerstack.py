@@ -8,7 +8,8 @@ is built from them.
       composite.png      the visible layers alpha-composited bottom to top
 
 Every file is written atomically (a temporary file renamed into place) and a new folder appears
-whole; an edit holds the folder's lock (`.llmdit-layers.lock`) from its checks to its last write.
+whole. A command that changes a folder checks its arguments first, then holds the folder's lock
+(`.llmdit-layers.lock`) from re-reading the record to its last write.
 """
 
 from __future__ import annotations
@@ -193,9 +194,9 @@ def _check_record(record: Any, path: Path) -> None:
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size)):
         raise bad('"size" should be [width, height]')
     order, hidden, n = record.get("order"), record.get("hidden", []), len(layers)
-    if not isinstance(order, list) or sorted(order) != list(range(n)):
+    if not isinstance(order, list) or not all(_is_index(i) for i in order) or sorted(order) != list(range(n)):
         raise bad(f'"order" should list each layer 0 to {n - 1} once')
-    if not isinstance(hidden, list) or not all(isinstance(i, int) and 0 <= i < n for i in hidden):
+    if not isinstance(hidden, list) or not all(_is_index(i) and i < n for i in hidden):
         raise bad(f'"hidden" should list layer numbers 0 to {n - 1}')
     if not isinstance(record.get("edits", []), list):
         raise bad('"edits" should be a list')
@@ -203,6 +204,10 @@ def _check_record(record: Any, path: Path) -> None:
     record.setdefault("edits", [])
     if not _is_name(record.get("composite", COMPOSITE)):
         raise bad('"composite" should be a file name inside the folder')
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_name(value: Any) -> bool:
@@ -223,7 +228,9 @@ def parse_order(text: str, count: int) -> list[int]:
 
 def check_target_folder(folder: str) -> Path:
     """Where a new layer folder may go: a path that does not exist yet, or an empty folder."""
-    path = Path(folder).expanduser()
+    path = Path(folder).expanduser().resolve()
+    if path == Path.cwd().resolve() or path.parent == path:
+        raise UsageError(f"-o {folder}: give a new folder for the layers, not the current one")
     if path.exists() and not path.is_dir():
         raise UsageError(f"-o {folder}: is a file; give a folder for the layers")
     if path.is_dir() and (path / LAYERS_JSON).exists():
@@ -260,7 +267,10 @@ def locked(folder: Path):
     """Hold the folder's edit lock; another holder makes this a one-line error at once."""
     import fcntl
 
-    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole block
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot write its lock file {LOCK_FILE} ({exc.strerror or exc})") from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -282,16 +292,28 @@ def replace_layer(stack: Stack, i: int, image, edit: dict) -> str:
     kept = stack.folder / name
     try:
         os.link(current, kept)  # the old bytes stay reachable under the version name
-    except OSError:
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FAT file systems)
         shutil.copy2(current, kept)
+    entry, edits = stack.record["layers"][i], stack.record["edits"]
+    replaced = False
     try:
         write_bytes_atomic(str(current), png_bytes(image))
+        replaced = True
+        entry["versions"].append(name)
+        edits.append({**edit, "layer": i, "kept": name})
+        stack.save_record()
     except BaseException:
-        kept.unlink(missing_ok=True)
+        # Back to the state before: the old layer in place, no version file, the record unchanged.
+        if replaced:
+            os.replace(kept, current)
+            if entry["versions"][-1:] == [name]:
+                entry["versions"].pop()
+                edits.pop()
+        else:
+            kept.unlink(missing_ok=True)
         raise
-    stack.record["layers"][i]["versions"].append(name)
-    stack.record["edits"].append({**edit, "layer": i, "kept": name})
-    stack.save_record()
     return name
 
 

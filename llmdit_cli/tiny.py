@@ -237,7 +237,7 @@ QWEN_TRANSFORMER = dict(
     axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
 )
 QWEN_VAE = dict(
-    base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True, True]
+    base_dim=2, z_dim=16, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=0, temperal_downsample=[False, True, True, True]
 )
 # The real models' scheduler config.
 QWEN_SCHEDULER = dict(

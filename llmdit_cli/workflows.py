@@ -532,23 +532,15 @@ def _uses_cuda(r: Resolved) -> bool:
     return Placement(**r.settings.optimization.model_dump()).base_device().startswith("cuda")
 
 
-def true_cfg(r: Resolved) -> tuple[str, float]:
-    """The negative prompt and true-CFG scale: an empty negative prompt is sent as " " (the
-    pipelines run true CFG only with one; " " is the model cards' own)."""
-    s = r.settings
-    return s.generation.negative_prompt or " ", float(s.layered.true_cfg_scale)
-
-
 def layer_settings(r: Resolved, handle: ModelHandle, seed: int, **extra: Any) -> dict[str, Any]:
     """What layers.json records of a decomposition or an edit."""
-    s = r.settings
-    negative, scale = true_cfg(r)
+    s = r.settings.layered
     return {
         "model": handle.ref,
         "revision": handle.revision,
         "seed": seed,
-        "steps": s.generation.steps,
-        "true_cfg_scale": scale,
-        "negative_prompt": negative,
+        "steps": s.steps,
+        "true_cfg_scale": s.true_cfg_scale,
+        "negative_prompt": s.negative_prompt,
         **extra,
     }

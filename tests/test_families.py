@@ -52,7 +52,9 @@ def test_a_model_of_another_family_names_the_command_that_runs_it(cli, tmp_path,
     index["_class_name"] = "QwenImageLayeredPipeline"
     (other / "model_index.json").write_text(json.dumps(index))
     r = cli("generate", "x", "--model", str(other), "-o", "x.png")
-    assert_one_line_error(r, f"--model {other}: a qwen-image-layered model", "`llmdit decompose` runs it")
+    assert_one_line_error(
+        r, f"--model {other}: a qwen-image-layered model", "not one for text-to-image; `llmdit decompose` runs it"
+    )
     r = cli("decompose", "x.png", "--layered-model", str(tiny_model), "-o", "out")
     # the input image is checked first
     assert_one_line_error(r, "x.png: no such file")

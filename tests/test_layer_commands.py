@@ -7,6 +7,7 @@ import json
 import shutil
 import zipfile
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,32 +18,49 @@ from tests.helpers import assert_one_line_error
 STEPS = 2  # the real scheduler config divides 0/0 at 1 step (DESIGN.md §4)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` run by one pytest-xdist worker; the others wait for it and share the folder
+    (the base temp folder's parent is common to the workers of one run)."""
+    root = Path(tmp_path_factory.getbasetemp()).parent / name
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if not (root / ".done").exists():
+            build(root)
+            (root / ".done").touch()
+    return root
+
+
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory):
     """Tiny layered and edit folders, and a source image."""
+    root = built_once(tmp_path_factory, "qwen-models", make_models)
+    return {"layered": root / "layered", "edit": root / "edit", "image": root / "img.png"}
+
+
+def make_models(root):
     from llmdit_cli.tiny import save_qwen_image
 
-    root = tmp_path_factory.mktemp("qwen")
     a = np.zeros((96, 128, 4), np.uint8)
     a[..., 3] = 255
     a[..., :3] = [30, 60, 200]
     a[20:70, 30:90, :3] = [220, 40, 40]
     Image.fromarray(a, "RGBA").save(root / "img.png")
-    return {
-        "layered": save_qwen_image("layered", root / "layered", seed=3),
-        "edit": save_qwen_image("edit", root / "edit", seed=4),
-        "image": root / "img.png",
-    }
+    save_qwen_image("layered", root / "layered", seed=3)
+    save_qwen_image("edit", root / "edit", seed=4)
 
 
 @pytest.fixture(scope="module")
 def decomposed(qwen, tmp_path_factory):
     """`llmdit decompose` run once (with --save-latents); tests copy the folder before changing it."""
+    return built_once(tmp_path_factory, "qwen-decomposed", lambda root: decompose_into(root, qwen))
+
+
+def decompose_into(root, qwen):
     from typer.testing import CliRunner
 
     from llmdit_cli.cli.app import app
 
-    root = tmp_path_factory.mktemp("decomposed")
     args = ["decompose", qwen["image"], "--layers", "3", "-o", root / "layers", "--layered-model", qwen["layered"]]
     args += [
         "--steps",
@@ -56,7 +74,6 @@ def decomposed(qwen, tmp_path_factory):
     ]
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, (result.stdout, result.stderr)
-    return root
 
 
 def copy_of(decomposed, tmp_path):
@@ -84,7 +101,7 @@ def test_decompose_writes_rgba_layers_a_composite_and_the_record(decomposed, qwe
     assert record["size"] == [layers[0].shape[1], layers[0].shape[0]]
     assert record["order"] == [0, 1, 2] and record["hidden"] == [] and record["edits"] == []
     s = record["settings"]
-    assert (s["layers"], s["steps"], s["seed"], s["resolution"]) == (3, STEPS, 11, 640)
+    assert (s["layers"], s["steps"], s["seed"], s["resolution"], s["cfg_normalize"]) == (3, STEPS, 11, 640, True)
     assert (s["true_cfg_scale"], s["negative_prompt"], s["prompt"], s["captioned"]) == (
         4.0,
         " ",
@@ -119,6 +136,7 @@ def test_decompose_matches_the_stock_pipeline(decomposed, qwen):
         layers=3,
         num_inference_steps=STEPS,
         resolution=640,
+        cfg_normalize=True,  # the model card's, llmdit's default
         generator=torch.Generator().manual_seed(11),
     ).images[0]
     assert len(out) == 3
@@ -327,7 +345,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(decomposed, qwen, cli, tmp
         (["decompose", img, "-o", folder, "--layered-model", layered], ["already holds layers"]),
         (
             ["decompose", img, "--layered-model", qwen["edit"]],
-            ["--layered-model", "which `llmdit decompose` does not run", "edit-layer"],
+            ["--layered-model", "not one for layer decomposition", "`llmdit edit-layer` runs it"],
         ),
         (["decompose", img, "--layered-model", tmp_path / "none"], ["--layered-model", "no such folder"]),
         (["edit-layer", tmp_path, "--recompose"], ["no layers.json"]),
@@ -336,10 +354,12 @@ def test_bad_input_is_one_line_and_nothing_is_written(decomposed, qwen, cli, tmp
         (["edit-layer", folder], ["nothing to do"]),
         (["edit-layer", folder, "--order", "0,0,1"], ["--order 0,0,1", "exactly once"]),
         (["edit-layer", folder, "--hide", "7"], ["--hide 7"]),
+        (["edit-layer", folder, "--hide", "1", "--show", "1"], ["--hide 1 and --show 1"]),
+        (["decompose", img, "-o", ".", "--layered-model", layered], ["-o .", "not the current one"]),
         (["edit-layer", folder, "--export", "psd"], ["--export psd"]),
         (
             ["edit-layer", folder, "--layer", "1", "x", "--edit-model", layered],
-            ["--edit-model", "which `llmdit edit-layer` does not run"],
+            ["--edit-model", "not one for layer editing", "`llmdit decompose` runs it"],
         ),
     ]:
         r = cli(*args)
@@ -399,6 +419,8 @@ def test_record_checks_and_order_parsing(tmp_path):
         (dict(kind="other"), "not a layer record"),
         (dict(format=99), "upgrade llmdit"),
         (dict(order=[0, 0]), '"order"'),
+        (dict(order=["a", 1]), '"order"'),
+        (dict(order=[True, 0]), '"order"'),
         (dict(layers=[{"file": "../x.png"}, {"file": "b.png"}]), "inside the folder"),
         (dict(size=[32]), '"size"'),
     ]:
@@ -421,3 +443,44 @@ def test_a_layer_off_the_pipeline_grid_keeps_its_size_and_exact_alpha(qwen, cli,
     assert after.shape == (40, 72, 4)
     assert np.array_equal(after[..., 3], np.asarray(layers[0])[..., 3])
     assert not np.array_equal(after[..., :3], np.asarray(layers[0])[..., :3])
+
+
+def test_the_layer_commands_read_their_own_settings(tmp_path, monkeypatch, cli):
+    """[generation] steps and a LoRA kept for Z-Image never reach the layer models; [layered]
+    and LLMDIT_LAYERED_* do, and their errors name the commands' own options."""
+    from llmdit_cli.cli.layers_cmd import _layer_settings
+
+    (tmp_path / "c.toml").write_text(
+        '[default.generation]\nsteps = 8\nnegative_prompt = "blurry"\n[default.lora]\nloras = ["z.safetensors"]\n'
+        '[default.layered]\nsteps = 30\nedit_model = "Qwen/Qwen-Image-Edit-2511"\n'
+    )
+    r = _layer_settings(str(tmp_path / "c.toml"), None, "layered.edit_model", {})
+    s = r.settings
+    assert (s.model, s.layered.steps, s.layered.negative_prompt, s.lora.loras) == (
+        "Qwen/Qwen-Image-Edit-2511",
+        30,
+        " ",
+        [],
+    )
+    monkeypatch.setenv("LLMDIT_LAYERED_STEPS", "12")
+    assert _layer_settings(str(tmp_path / "c.toml"), None, "layered.model", {}).settings.layered.steps == 12
+    assert_one_line_error(cli("decompose", "x.png", "--steps", "0"), "--steps", "greater than or equal to 1")
+
+
+def test_an_edit_that_fails_to_save_its_record_puts_everything_back(decomposed, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from llmdit_cli.layerstack import Stack, read_stack, replace_layer
+
+    folder = copy_of(decomposed, tmp_path)
+    before = snapshot(folder)
+    stack = read_stack(str(folder))
+
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Stack, "save_record", full_disk)
+    with pytest.raises(OSError):
+        replace_layer(stack, 1, Image.new("RGBA", stack.size, (0, 0, 255, 255)), {"instruction": "x"})
+    assert snapshot(folder) == before
+    assert stack.record["layers"][1]["versions"] == [] and stack.record["edits"] == []

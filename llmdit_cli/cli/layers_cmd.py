@@ -71,6 +71,15 @@ PromptOpt = Annotated[
         rich_help_panel=G_GEN,
     ),
 ]
+CfgNormalizeOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--cfg-normalize/--no-cfg-normalize",
+        help="Rescale the guided prediction to the norm of the conditional one (default on, as the model card runs).",
+        show_default=False,
+        rich_help_panel=G_GEN,
+    ),
+]
 CaptionLanguageOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -162,6 +171,7 @@ def decompose(
     steps: LayerStepsOpt = None,
     true_cfg_scale: TrueCfgOpt = None,
     negative_prompt: LayerNegativeOpt = None,
+    cfg_normalize: CfgNormalizeOpt = None,
     seed: LayerSeedOpt = None,
     save_latents: LayeredLatentsOpt = None,
     layered_model: LayeredModelOpt = None,
@@ -196,22 +206,19 @@ def decompose(
 
     out = Output(quiet, json_out)
     out.stdout_is_binary = save_latents == "-"
+    placement = model_flags(None, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload)
     r = _layer_settings(
         config,
         profile,
-        "layered.layered_model",
-        dtype=dtype,
-        device=device,
-        text_encoder_device=text_encoder_device,
-        dit_device=dit_device,
-        vae_device=vae_device,
-        cpu_offload=cpu_offload,
-        layers=layers,
-        resolution=resolution,
-        caption_language=caption_language,
-        steps=steps,
-        true_cfg_scale=true_cfg_scale,
-        negative_prompt=negative_prompt,
+        "layered.model",
+        placement,
+        layered_layers=layers,
+        layered_resolution=resolution,
+        layered_caption_language=caption_language,
+        layered_steps=steps,
+        layered_true_cfg_scale=true_cfg_scale,
+        layered_negative_prompt=negative_prompt,
+        layered_cfg_normalize=cfg_normalize,
         layered_model=layered_model,
     )
     data, name = read_bytes(image, "an image")
@@ -222,12 +229,12 @@ def decompose(
         check_binary_target(save_latents)
     seed = _seed(seed, out)
     engine = Engine()
-    engine.prepare_layers(r, "decompose")  # family defaults filled and the model checked before loading
+    engine.prepare_layers(r, "layer decomposition")  # family defaults filled and the model checked before loading
     req = DecomposeRequest(r, picture, seed, prompt or "", keep_latents=bool(save_latents))
     result = engine.decompose(req, out)
     source = {"file": name, "sha256": sha256_of(data), "size": list(picture.size)}
     if save_latents:
-        handle, _ = engine.model(r, "decompose")
+        handle, _ = engine.model(r, "layer decomposition")
         width, height = result.layers[0].size
         params = {"settings": result.settings, "source": source}
         write_layered_latents_file(save_latents, result.latents, latents_identity(handle), height, width, params)
@@ -296,12 +303,47 @@ def edit_layer(
     Example: llmdit edit-layer photo-layers/ --layer 1 "make it blue"
     """
     from llmdit_cli.engine import Engine
-    from llmdit_cli.errors import UsageError
-    from llmdit_cli.layerstack import EXPORTS, locked, parse_order, read_stack
     from llmdit_cli.layerstack import export as write_export
+    from llmdit_cli.layerstack import locked, read_stack
 
     out = Output(quiet, json_out)
+    out.stdout_is_binary = output == "-"
     stack = read_stack(layers_dir)
+    new_order = _check_stack_args(stack, instruction, layer, recompose, order, hide or [], show or [], export, output)
+    r = None
+    if instruction is not None:
+        placement = model_flags(None, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload)
+        r = _layer_settings(
+            config,
+            profile,
+            "layered.edit_model",
+            placement,
+            layered_steps=steps,
+            layered_true_cfg_scale=true_cfg_scale,
+            layered_negative_prompt=negative_prompt,
+            layered_edit_model=edit_model,
+        )
+        stack.image(layer)  # the layer readable before the model is fetched
+    with locked(stack.folder):
+        stack = read_stack(layers_dir)  # as it is now that this process holds the lock
+        if instruction is not None:
+            engine = Engine()
+            engine.prepare_layers(r, "layer editing")  # the model checked and its defaults filled
+            _edit(engine, stack, layer, instruction, r, _seed(seed, out), out)
+        _restack(stack, new_order, hide or [], show or [])
+        images = stack.images()
+        out.wrote(str(stack.write_composite(images)), "composite", order=stack.order, hidden=stack.hidden)
+        if export:
+            path = output or str(stack.folder / f"layers.{export}")
+            write_export(stack, images, export, path)
+            out.wrote(path, export)
+
+
+def _check_stack_args(stack, instruction, layer, recompose, order, hide, show, export, output) -> list[int] | None:
+    """Every edit-layer argument checked against the stack before anything loads; the new order."""
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.layerstack import EXPORTS, parse_order
+
     if (instruction is None) != (layer is None):
         raise UsageError('an edit needs both --layer N and an instruction, e.g. --layer 1 "make it blue"')
     if not (instruction or recompose or order or hide or show or export):
@@ -314,45 +356,13 @@ def edit_layer(
         raise UsageError(f"--export {export}: expected one of {', '.join(EXPORTS)}")
     if output and not export:
         raise UsageError("-o names the --export file; give --export ora or --export tiff")
-    for flag, indices in (
-        ("--layer", [layer] if layer is not None else []),
-        ("--hide", hide or []),
-        ("--show", show or []),
-    ):
+    for flag, indices in (("--layer", [] if layer is None else [layer]), ("--hide", hide), ("--show", show)):
         for i in indices:
             stack.check_index(i, flag)
-    new_order = parse_order(order, stack.count) if order else None
-    engine = r = None
-    if instruction is not None:
-        r = _layer_settings(
-            config,
-            profile,
-            "layered.edit_model",
-            dtype=dtype,
-            device=device,
-            text_encoder_device=text_encoder_device,
-            dit_device=dit_device,
-            vae_device=vae_device,
-            cpu_offload=cpu_offload,
-            steps=steps,
-            true_cfg_scale=true_cfg_scale,
-            negative_prompt=negative_prompt,
-            edit_model=edit_model,
-        )
-        engine = Engine()
-        engine.prepare_layers(r, "edit-layer")  # the model checked, defaults filled, before the lock
-        stack.image(layer)  # the layer readable before anything loads
-    with locked(stack.folder):
-        stack = read_stack(layers_dir)  # as it is now that this process holds the lock
-        if instruction is not None:
-            _edit(engine, stack, layer, instruction, r, _seed(seed, out), out)
-        _restack(stack, new_order, hide or [], show or [])
-        images = stack.images()
-        out.wrote(str(stack.write_composite(images)), "composite", order=stack.order, hidden=stack.hidden)
-        if export:
-            path = output or str(stack.folder / f"layers.{export}")
-            write_export(stack, images, export, path)
-            out.wrote(path, export)
+    both = sorted(set(hide) & set(show))
+    if both:
+        raise UsageError(f"--hide {both[0]} and --show {both[0]}: give one of them")
+    return parse_order(order, stack.count) if order else None
 
 
 def _edit(engine, stack, i: int, instruction: str, r, seed: int, out: Output) -> None:
@@ -395,14 +405,10 @@ def _seed(seed: int | None, out: Output) -> int:
     return seed
 
 
-def _layer_settings(
-    config, profile, model_key: str, *, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload, **flags
-):
-    """Settings for a layer command, run by the model that setting `model_key` names."""
-    r = settings(
-        config,
-        profile,
-        **model_flags(None, dtype, device, text_encoder_device, dit_device, vae_device, cpu_offload),
-        **flags,
-    )
-    return r.with_model(model_key)
+def _layer_settings(config, profile, model_key: str, placement: dict, **flags):
+    """Settings for a layer command, run by the model that setting `model_key` names. LoRAs and a
+    single-file transformer from the config are Z-Image's, so they stay off."""
+    r = settings(config, profile, **placement, **flags).with_model(model_key)
+    r.override("loras", [], "default (the layer commands take no LoRA)")
+    r.override("transformer_file", None, "default (the layer commands take no single-file transformer)")
+    return r

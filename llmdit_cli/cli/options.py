@@ -21,8 +21,25 @@ def setting_option(name: str, kind: Any, *flags: str, **kwargs: Any) -> Any:
     return alias
 
 
+# Settings whose commands name their option apart from the flag name: the layer commands'
+# (`layered.steps` is `--steps` of decompose and edit-layer).
+OPTION_NAMES = {
+    "layered_layers": "--layers",
+    "layered_resolution": "--resolution",
+    "layered_steps": "--steps",
+    "layered_true_cfg_scale": "--true-cfg-scale",
+    "layered_negative_prompt": "--negative-prompt",
+    "layered_cfg_normalize": "--cfg-normalize",
+    "layered_caption_language": "--caption-language",
+    "layered_model": "--layered-model",
+    "layered_edit_model": "--edit-model",
+}
+
+
 def flag_of(name: str) -> str:
     """The option a setting field is given with (`loras` -> `--lora`)."""
+    if name in OPTION_NAMES:
+        return OPTION_NAMES[name]
     alias = SETTING_OPTIONS.get(name)
     if alias is None:
         return "--" + name.replace("_", "-")
@@ -107,7 +124,7 @@ CpuOffloadOpt = setting_option(
     "cpu_offload",
     Optional[str],
     "--cpu-offload",
-    help="none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest). Needs a CUDA GPU.",
+    help="none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest). Needs a CUDA GPU. Default: none (model for decompose and edit-layer on CUDA).",
     show_default=False,
     rich_help_panel=G_SPEED,
 )

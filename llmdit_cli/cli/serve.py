@@ -252,5 +252,6 @@ def _public_names() -> dict[str, str]:
     from llmdit_cli.cli.options import flag_of
     from llmdit_cli.config import FLAG_KEY
 
-    names = {f: flag_of(f).lstrip("-").replace("-", "_") for f in FLAG_KEY}
+    # The layer commands' settings are not the server's (and their options reuse names: `--steps`).
+    names = {f: flag_of(f).lstrip("-").replace("-", "_") for f, k in FLAG_KEY.items() if not k.startswith("layered.")}
     return {f: n for f, n in names.items() if n != f}

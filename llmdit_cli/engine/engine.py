@@ -67,9 +67,9 @@ class Engine:
 
     # -- models ------------------------------------------------------------------------------------
 
-    def model(self, r: Resolved, task: str = "generate"):
+    def model(self, r: Resolved, task: str = "text-to-image"):
         """The handle for the settings' model (components load on first use) and its lock; a
-        model whose family does not do `task` (`families.Family.tasks`) is refused."""
+        model whose family does not do `task` (`families.Family.task`) is refused."""
         from llmdit_cli.families import check_task
 
         key = model_key(r)
@@ -269,27 +269,32 @@ class Engine:
     def prepare_layers(self, r: Resolved, task: str):
         """The layer model's handle (nothing loaded) with the family's defaults filled into `r`:
         settings are complete, and checked, before a weight loads."""
+        before = model_key(r)
         handle, lock = self.model(r, task)
-        wf.fill_layer_defaults(r, handle)
+        wf.fill_layer_defaults(r, handle)  # may switch offload on (CUDA), which is part of the key
+        after = model_key(r)
+        if after != before:
+            with self._guard:
+                self._models[after] = self._models.pop(before)
+                self._locks[after] = self._locks.pop(before)
         return handle, lock
 
     def decompose(self, req: DecomposeRequest, report: Reporter | None = None) -> Decomposed:
         """The image's RGBA layers (Qwen-Image-Layered through diffusers' own pipeline)."""
         report = report or Silent()
         r = req.settings
-        handle, lock = self.prepare_layers(r, "decompose")
-        code, s = handle.code, r.settings
-        negative, scale = wf.true_cfg(r)
+        handle, lock = self.prepare_layers(r, "layer decomposition")
+        code, s = handle.code, r.settings.layered
         with lock:
             with report.status(f"loading {handle.ref}"):
                 pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
             prompt = req.prompt
             if not prompt.strip():
                 with report.status("captioning the image (no --prompt given)"):
-                    prompt = code.caption(pipe, req.image, s.layered.resolution, s.layered.caption_language == "en")
+                    prompt = code.caption(pipe, req.image, s.resolution, s.caption_language == "en")
                 report.log(f"caption: {prompt}")
             params = code.LayeredParams(
-                prompt, negative, scale, s.layered.layers, s.generation.steps, s.layered.resolution, req.seed
+                prompt, s.negative_prompt, s.true_cfg_scale, s.layers, s.steps, s.resolution, s.cfg_normalize
             )
             with report.progress("decomposing", params.steps) as tick:
                 layers, latents = code.decompose(
@@ -307,8 +312,9 @@ class Engine:
             layers=params.layers,
             resolution=params.resolution,
             prompt=prompt,
+            cfg_normalize=params.cfg_normalize,
             captioned=not req.prompt.strip(),
-            caption_language=s.layered.caption_language,
+            caption_language=s.caption_language,
         )
         return Decomposed(layers, latents, record)
 
@@ -317,9 +323,9 @@ class Engine:
         settings record of the edit."""
         report = report or Silent()
         r = req.settings
-        handle, lock = self.prepare_layers(r, "edit-layer")
-        negative, scale = wf.true_cfg(r)
-        params = handle.code.EditParams(req.instruction, negative, scale, r.settings.generation.steps, req.seed)
+        handle, lock = self.prepare_layers(r, "layer editing")
+        s = r.settings.layered
+        params = handle.code.EditParams(req.instruction, s.negative_prompt, s.true_cfg_scale, s.steps)
         with lock:
             with report.status(f"loading {handle.ref}"):
                 pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
@@ -332,7 +338,7 @@ class Engine:
     def decode_layers(self, req: LayersDecodeRequest, report: Reporter | None = None) -> list:
         """RGBA layers (PIL, bottom first) of layered latents, by the layered model's VAE."""
         report = report or Silent()
-        handle, lock = self.model(req.settings, "decompose")
+        handle, lock = self.model(req.settings, "layer decomposition")
         lat = req.latents
         channels = handle.component_config("vae").get("z_dim")
         if lat.shape[1] != channels:

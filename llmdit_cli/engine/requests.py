@@ -93,8 +93,8 @@ class ChatRequest:
 @dataclass
 class DecomposeRequest:
     """An image (PIL RGBA) to split into RGBA layers by the Qwen-Image-Layered model that the
-    settings name (`layered.layered_model`), with `layered.*` and `generation.steps` /
-    `generation.negative_prompt`. An empty `prompt` takes the model's own caption."""
+    settings name (`layered.model`), with the `layered.*` settings. An empty `prompt` takes the
+    model's own caption."""
 
     settings: Resolved
     image: Any

@@ -4,8 +4,8 @@ A family registers a `Family` here (`register`). A folder picks its family by th
 of its `model_index.json` and its variant (a set of defaults) by, in order: the folder's own
 `_llmdit_variant` key in `model_index.json`, the exact Hub id, the family's base variant. Adding a
 family is a module beside `zimage.py` (`qwenimage.py`: Qwen-Image-Layered, Qwen-Image-Edit-Plus) and
-one import below. A family serves some `tasks` (the commands that run it): a folder given to
-another command is refused in one line that names the command that runs it.
+one import below. A family does one `task` (text-to-image, layer decomposition, layer editing): a
+folder given to a command of another task is refused in one line that names the command for it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class Family:
     `variants` map a variant name to its defaults by setting field name (`width`, `slg_layers`,
     ...): values the settings leave unset (None) take them. `runner` is the module with the
     family's stage functions (loading, encode, denoise, VAE), imported only when a model runs.
-    `tasks` name the work it does (`generate`: encode, generate, img2img, decode, rewrite, train;
-    `decompose`; `edit-layer`)."""
+    `task` names the work it does (`text-to-image`: encode, generate, img2img, decode, rewrite,
+    train; `layer decomposition`; `layer editing`) and `command` the command that runs it."""
 
     name: str
     pipelines: tuple[str, ...]
@@ -35,7 +35,8 @@ class Family:
     base_variant: str
     runner: str
     hub_variants: dict[str, str] = field(default_factory=dict)
-    tasks: tuple[str, ...] = ("generate",)
+    task: str = "text-to-image"
+    command: str = "generate"
 
     def defaults(self, variant: str) -> dict[str, Any]:
         return self.variants[variant]
@@ -66,10 +67,10 @@ def for_pipeline(class_name: str, ref: str) -> Family:
 
 def check_task(family: Family, task: str, ref: str, key: str = "model") -> None:
     """Refuse a model whose family does not do `task`, naming the command that runs it."""
-    if task not in family.tasks:
+    if task != family.task:
         raise ModelError(
-            f"{setting(key)} {ref}: a {family.name} model ({', '.join(family.pipelines)}), which "
-            f"`llmdit {task}` does not run; `llmdit {family.tasks[0]}` runs it"
+            f"{setting(key)} {ref}: a {family.name} model ({', '.join(family.pipelines)}), not one for "
+            f"{task}; `llmdit {family.command}` runs it"
         )
 
 

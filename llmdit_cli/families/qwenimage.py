@@ -3,10 +3,10 @@
 Both run diffusers' own pipelines (`QwenImageLayeredPipeline`, `QwenImageEditPlusPipeline`) with
 a Qwen2.5-VL text encoder; their code (`runner`) is `llmdit_cli.stages.qwen_layered` and
 `llmdit_cli.stages.qwen_edit`. The defaults are the model cards' (QwenLM/Qwen-Image-Layered and
-QwenLM/Qwen-Image READMEs): true CFG 4.0 with the negative prompt " ", 50 steps and 640 px for
-Layered (640 is the recommended bucket), 40 steps for Edit-2509/2511. `cpu_offload` applies on CUDA
-only, where the settings leave it at its default (`workflows.fill_offload_default`): the bf16
-transformer alone is ~41 GB.
+QwenLM/Qwen-Image READMEs): true CFG 4.0 with the negative prompt " ", 50 steps, 640 px (the
+recommended bucket) and CFG normalisation for Layered, 40 steps for Edit-2509/2511. `cpu_offload`
+applies on CUDA only, where the settings leave it at its default (`workflows.fill_layer_defaults`):
+the bf16 transformer alone is ~41 GB.
 """
 
 from __future__ import annotations
@@ -19,9 +19,16 @@ LAYERED_HUB = "Qwen/Qwen-Image-Layered"
 EDIT_HUB = "Qwen/Qwen-Image-Edit-2509"
 
 LAYERED_VARIANTS: dict[str, dict[str, Any]] = {
-    "layered": dict(steps=50, true_cfg_scale=4.0, layers=4, resolution=640, cpu_offload="model"),
+    "layered": dict(
+        layered_steps=50,
+        layered_true_cfg_scale=4.0,
+        layered_cfg_normalize=True,
+        layered_layers=4,
+        layered_resolution=640,
+        cpu_offload="model",
+    ),
 }
-_EDIT = dict(steps=40, true_cfg_scale=4.0, cpu_offload="model")
+_EDIT = dict(layered_steps=40, layered_true_cfg_scale=4.0, cpu_offload="model")
 EDIT_VARIANTS: dict[str, dict[str, Any]] = {"edit-2509": dict(_EDIT), "edit-2511": dict(_EDIT)}
 
 LAYERED = register(
@@ -32,7 +39,8 @@ LAYERED = register(
         base_variant="layered",
         runner="llmdit_cli.stages.qwen_layered",
         hub_variants={LAYERED_HUB: "layered"},
-        tasks=("decompose",),
+        task="layer decomposition",
+        command="decompose",
     )
 )
 EDIT = register(
@@ -43,6 +51,7 @@ EDIT = register(
         base_variant="edit-2509",
         runner="llmdit_cli.stages.qwen_edit",
         hub_variants={EDIT_HUB: "edit-2509", "Qwen/Qwen-Image-Edit-2511": "edit-2511"},
-        tasks=("edit-layer",),
+        task="layer editing",
+        command="edit-layer",
     )
 )

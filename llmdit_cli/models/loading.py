@@ -34,7 +34,7 @@ class ModelHandle:
     ref: str
     placement: Placement = field(default_factory=Placement)
     loras: list[str] = field(default_factory=list)
-    key: str = "model"  # the setting that named the model (`layered.layered_model`), for messages
+    key: str = "model"  # the setting that named the model (`layered.model`), for messages
     _pipe: Any = None
     _loaded: set = field(default_factory=set)
     _keys: dict = field(default_factory=dict)

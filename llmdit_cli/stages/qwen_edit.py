@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmdit_cli.stages.qwen_layered import check_loadable
+from llmdit_cli.stages.qwen_layered import check_loadable, step_callback
 
-__all__ = ["EditParams", "check_loadable", "edit", "output_size", "pipeline_class", "transformer_class"]
+__all__ = ["EditParams", "check_loadable", "edit", "pipeline_class", "transformer_class"]
 
 
 def pipeline_class():
@@ -29,23 +29,11 @@ class EditParams:
     negative_prompt: str
     true_cfg_scale: float
     steps: int
-    seed: int
-
-
-def output_size(pipe, width: int, height: int) -> tuple[int, int]:
-    """The size the pipeline renders when asked for `width` x `height` (its packing grid)."""
-    grid = pipe.vae_scale_factor * 2
-    return width // grid * grid, height // grid * grid
 
 
 def edit(pipe, rgb, p: EditParams, generator, on_step: Callable[[int], None] | None = None):
     """`rgb` (PIL RGB) edited by the instruction, rendered at its own size (Edit-Plus renders near
     1024² unless told the size)."""
-
-    def step_end(_pipe, i, _t, _tensors):
-        if on_step:
-            on_step(i + 1)
-        return {}
 
     out = pipe(
         image=[rgb],
@@ -56,6 +44,6 @@ def edit(pipe, rgb, p: EditParams, generator, on_step: Callable[[int], None] | N
         width=rgb.width,
         height=rgb.height,
         generator=generator,
-        callback_on_step_end=step_end,
+        callback_on_step_end=step_callback(p.steps, on_step),
     )
     return out.images[0]

@@ -50,7 +50,7 @@ class LayeredParams:
     layers: int
     steps: int
     resolution: int
-    seed: int
+    cfg_normalize: bool
 
 
 def output_size(pipe, image_size: tuple[int, int], resolution: int) -> tuple[int, int]:
@@ -92,14 +92,6 @@ def decompose(
     """The RGBA layers (PIL, bottom first) of `image` (RGBA), and with `keep_latents` the finished
     latents `[1, C, layers + 1, h, w]` (normalised, frame 0 the pipeline's composite)."""
     kept: dict[str, Any] = {}
-
-    def step_end(_pipe, i, _t, tensors):
-        if keep_latents and i == p.steps - 1:
-            kept["latents"] = tensors["latents"]
-        if on_step:
-            on_step(i + 1)
-        return {}
-
     out = pipe(
         image,
         prompt=p.prompt,
@@ -108,14 +100,30 @@ def decompose(
         layers=p.layers,
         num_inference_steps=p.steps,
         resolution=p.resolution,
+        cfg_normalize=p.cfg_normalize,
         generator=generator,
-        callback_on_step_end=step_end,
+        callback_on_step_end=step_callback(p.steps, on_step, kept if keep_latents else None),
     )
     latents = None
     if keep_latents:
         width, height = output_size(pipe, image.size, p.resolution)
         latents = pipe._unpack_latents(kept["latents"], height, width, p.layers, pipe.vae_scale_factor)
     return list(out.images[0]), latents
+
+
+def step_callback(steps: int, on_step: Callable[[int], None] | None, kept: dict | None = None):
+    """A pipeline's `callback_on_step_end`: reports each finished step, and keeps the latents after
+    the last one in `kept` (diffusers 0.42's Layered pipeline cannot return them itself:
+    `output_type="latent"` fails on an unset variable)."""
+
+    def step_end(_pipe, i, _t, tensors):
+        if kept is not None and i == steps - 1:
+            kept["latents"] = tensors["latents"]
+        if on_step:
+            on_step(i + 1)
+        return {}
+
+    return step_end
 
 
 def decode_layers(pipe, latents) -> list:
