@@ -208,7 +208,8 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 
 def key_of(flag: str) -> str:
-    return flag if flag == "model" else FLAG_KEY[flag]
+    """The key of a flag name (`slg_scale` -> `slg.scale`); a key is its own."""
+    return flag if flag == "model" or flag in KEY_FLAG else FLAG_KEY[flag]
 
 
 def default_config_path() -> Path:

@@ -484,3 +484,29 @@ def test_an_edit_that_fails_to_save_its_record_puts_everything_back(decomposed, 
         replace_layer(stack, 1, Image.new("RGBA", stack.size, (0, 0, 255, 255)), {"instruction": "x"})
     assert snapshot(folder) == before
     assert stack.record["layers"][1]["versions"] == [] and stack.record["edits"] == []
+
+
+def test_model_offload_is_the_default_on_cuda_only(qwen, monkeypatch, tmp_path):
+    """The layer models take `--cpu-offload model` on CUDA where nothing set the offload; a value
+    from the config (or a flag) stays, and off CUDA nothing changes."""
+    from llmdit_cli import workflows as wf
+    from llmdit_cli.cli.layers_cmd import _layer_settings
+    from llmdit_cli.engine import Engine
+
+    def prepared(cuda: bool, config: str | None = None):
+        monkeypatch.setattr(wf, "_uses_cuda", lambda r: cuda)
+        r = _layer_settings(config, None, "layered.model", {}, layered_model=str(qwen["layered"]))
+        engine = Engine()
+        handle, _ = engine.prepare_layers(r, "layer decomposition")
+        assert engine.model(r, "layer decomposition")[0] is handle  # one handle, under the filled settings
+        return r, handle
+
+    r, handle = prepared(cuda=True)
+    assert r.settings.optimization.cpu_offload == handle.placement.cpu_offload == "model"
+    assert "on CUDA" in r.sources["optimization.cpu_offload"]
+    assert (r.settings.layered.steps, r.settings.layered.layers, r.settings.layered.cfg_normalize) == (50, 4, True)
+    r, handle = prepared(cuda=False)
+    assert r.settings.optimization.cpu_offload == handle.placement.cpu_offload == "none"
+    (tmp_path / "c.toml").write_text('[default.optimization]\ncpu_offload = "none"\n')
+    r, handle = prepared(cuda=True, config=str(tmp_path / "c.toml"))
+    assert r.settings.optimization.cpu_offload == handle.placement.cpu_offload == "none"
