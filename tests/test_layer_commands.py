@@ -510,3 +510,11 @@ def test_model_offload_is_the_default_on_cuda_only(qwen, monkeypatch, tmp_path):
     (tmp_path / "c.toml").write_text('[default.optimization]\ncpu_offload = "none"\n')
     r, handle = prepared(cuda=True, config=str(tmp_path / "c.toml"))
     assert r.settings.optimization.cpu_offload == handle.placement.cpu_offload == "none"
+
+
+def test_inspect_shows_a_layer_folder_record(decomposed, cli):
+    r = cli("inspect", decomposed / "layers", "--json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads((decomposed / "layers" / "layers.json").read_text())
+    r = cli("inspect", decomposed / "layers")
+    assert r.code == 0 and "llmdit-layers" in r.stdout and "a red box on blue" in r.stdout

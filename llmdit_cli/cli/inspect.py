@@ -13,7 +13,11 @@ from llmdit_cli.cli.options import (
 from llmdit_cli.cli.output import Output
 
 FileArg = Annotated[
-    str, typer.Argument(help="An embeds or latents file, or a PNG made by llmdit ('-' for stdin).", show_default=False)
+    str,
+    typer.Argument(
+        help="An embeds or latents file, a PNG made by llmdit, or a layer folder ('-' for stdin).",
+        show_default=False,
+    ),
 ]
 
 
@@ -24,17 +28,33 @@ def inspect(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ):
-    """Show the header of an embeds / latents file, or the settings stored in a PNG.
+    """Show the header of an embeds / latents file, the settings stored in a PNG, or the record
+    (layers.json) of a layer folder from `llmdit decompose`.
 
     Reads headers only: no model, no torch.
     """
     import json
+    from pathlib import Path
 
-    from llmdit_cli.artifacts import parse_stage, read_bytes
-    from llmdit_cli.pngmeta import settings_of
+    from llmdit_cli.layerstack import read_stack
 
     out = Output()
     settings(config, profile)  # a bad config or profile is reported here as everywhere
+    if file != "-" and Path(file).is_dir():
+        info = read_stack(file).record
+    else:
+        info = _file_info(file)
+    if json_out:
+        out.data(json.dumps(info, indent=2, sort_keys=True))
+        return
+    for line in _lines(info):
+        out.data(line)
+
+
+def _file_info(file: str) -> dict:
+    from llmdit_cli.artifacts import parse_stage, read_bytes
+    from llmdit_cli.pngmeta import settings_of
+
     data, name = read_bytes(file, "a stage file or PNG")
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         info = {"kind": "png", "settings": settings_of(data, name)}
@@ -51,11 +71,7 @@ def inspect(
             "tensors": {k: {"shape": stage.shapes[k], "dtype": stage.dtypes[k]} for k in sorted(stage.shapes)},
             "params": stage.params,
         }
-    if json_out:
-        out.data(json.dumps(info, indent=2, sort_keys=True))
-        return
-    for line in _lines(info):
-        out.data(line)
+    return info
 
 
 def _lines(info: dict, indent: str = "") -> list[str]:
