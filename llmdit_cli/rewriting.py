@@ -59,7 +59,8 @@ def reply_text(reply: str) -> str:
 
 class TextPieces:
     """A transformers streamer that hands `on_text` each new piece of the reply's text (special
-    tokens left out; a piece ends on a whole character)."""
+    tokens left out; a piece ends on a whole character). Whitespace at the start is never sent and
+    at the end only once text follows it, so the pieces join to `reply_text` of the whole reply."""
 
     def __init__(self, tokenizer, on_text):
         self.tokenizer, self.on_text = tokenizer, on_text
@@ -75,9 +76,10 @@ class TextPieces:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             return
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.on_text(text[len(self.sent) :])
-            self.sent = text
+        ready = text.strip()
+        if len(ready) > len(self.sent) and ready.startswith(self.sent):
+            self.on_text(ready[len(self.sent) :])
+            self.sent = ready
 
     def end(self) -> None:
         pass

@@ -223,3 +223,20 @@ def test_a_server_url_needs_its_scheme(cli):
     assert_one_line_error(
         cli("rewrite", PROMPT, "--api-url", "localhost:8000/v1", "--api-model", "m"), "needs http:// or https://"
     )
+
+
+def test_streamed_pieces_join_to_the_stripped_reply():
+    import torch
+
+    from llmdit_cli.rewriting import TextPieces, reply_text
+    from llmdit_cli.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    raw = "\n  a red cat,  on a mat \u00e9 \n<|im_end|>"
+    pieces: list[str] = []
+    streamer = TextPieces(tok, pieces.append)
+    streamer.put(torch.tensor([[1, 2, 3]]))  # generate() hands the prompt first
+    for i in tok(raw).input_ids:
+        streamer.put(torch.tensor([i]))
+    assert "".join(pieces) == reply_text(raw) == "a red cat,  on a mat \u00e9"
+    assert pieces[0].startswith("a") and all(pieces)

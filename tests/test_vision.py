@@ -87,6 +87,22 @@ def test_a_blended_file_generates_and_the_image_records_it(cli):
     assert (pixels("again.png") == pixels("direct.png")).all()
 
 
+def test_from_png_refuses_a_vision_image_that_changed(cli, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    ref = shutil.copy(REFERENCE, tmp_path / "ref.png")
+    args = ["--model", "demo", "--vl-image", ref, "--vl-alpha", "0.7", "--seed", "3"]
+    assert cli("generate", PROMPT, *args, "-o", "made.png").code == 0
+    Image.open(ref).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(ref)  # the file changes
+    r = cli("generate", "--from-png", "made.png", "--model", "demo", "-o", "again.png")
+    assert_one_line_error(r, "--from-png made.png", "has changed since", f"--vl-image {ref}")
+    assert not (tmp_path / "again.png").exists()
+    r = cli("generate", "--from-png", "made.png", "--model", "demo", "--vl-image", ref, "-o", "again.png")
+    assert r.code == 0, r.stderr  # named again: the image as it is now
+
+
 def test_a_sweep_varies_the_vision_settings(cli, tmp_path):
     import shutil
 

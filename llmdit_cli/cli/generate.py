@@ -163,6 +163,8 @@ def _render(mode: str, o: dict) -> None:
     stored: dict = {}
     if o["from_png"]:
         png = _png_settings(o["from_png"])
+        if flags.get("vl_image") is None:
+            _check_vl_image_unchanged(o["from_png"], png.get("vl") or {})
         stored = {
             **{k: png.get(k) for k in reapplied_fields()},
             **(png.get("encoder") or {}),
@@ -250,6 +252,22 @@ def _png_settings(path: str) -> dict:
             f"rerun that command with the settings shown by `llmdit inspect {path}`"
         )
     return stored
+
+
+def _check_vl_image_unchanged(path: str, vl: dict) -> None:
+    """The conditioning image a PNG records must still be the one it was made with: a changed file
+    would silently make another picture."""
+    from pathlib import Path
+
+    from llmdit_cli.errors import InputError
+    from llmdit_cli.vision import image_digest
+
+    image, digest = vl.get("image"), vl.get("image_sha256")
+    if image and digest and Path(image).expanduser().is_file() and image_digest(image) != digest:
+        raise InputError(
+            f"--from-png {path}: its vision image {image} has changed since (SHA-256 differs); "
+            f"pass --vl-image {image} to use it as it is now"
+        )
 
 
 def _init_source(mode, image, from_latents) -> dict:

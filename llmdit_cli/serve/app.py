@@ -237,12 +237,13 @@ def create_app(cfg: ServeConfig, engine=None):
                 req.embeds = remote_embeds(cfg, req)
             results = state["engine"].generate(req, report)
             keep_few_lora_models(state, req.settings, cfg.limits.max_lora_models)
+            records = [cfg.settings.client_record(g.settings) for g in results]
             return [
                 {
-                    "b64_json": base64.b64encode(png_bytes(g.image, g.settings)).decode(),
-                    "llmdit": {"seed": g.seed, "settings": g.settings},
+                    "b64_json": base64.b64encode(png_bytes(g.image, record)).decode(),
+                    "llmdit": {"seed": g.seed, "settings": record},
                 }
-                for g in results
+                for g, record in zip(results, records)
             ]
 
         data = await run(request, f"generate {len(req.seeds)} image(s)", work)

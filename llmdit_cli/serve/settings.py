@@ -115,6 +115,20 @@ class ServerSettings:
             specs.append(f"{path}:{round(scale, 2)}")
         return specs
 
+    def client_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """An image's settings as the client sees them: its LoRAs named as requests name them
+        (inside --lora-dir, with their scale), never by the server's own paths."""
+        from llmdit_cli.models.lora_stack import parse_lora
+
+        if not record.get("loras") or self.lora_dir is None:
+            return record
+        root = self.lora_dir.resolve()
+        names = []
+        for spec in record["loras"]:
+            path, scale = parse_lora(spec)
+            names.append(f"{Path(path).relative_to(root).as_posix()}:{scale:g}")
+        return {**record, "loras": names}
+
 
 def _is_bool_setting(key: str) -> bool:
     from llmdit_cli.config import SECTIONS
