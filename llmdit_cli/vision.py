@@ -29,6 +29,9 @@ DEFAULT_VL_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
 VL_DEMO = "demo"
 VL_DEMO_PATH = Path(__file__).resolve().parent / "assets" / "demo-vl"
 _EPS = 1e-6
+# What follows the user's text in the chat. It starts with a special token, so the text tokenizes
+# alone and its tokens are the last ones before this tail (`--vl-tokens text`).
+CHAT_TAIL = "<|im_end|>\n<|im_start|>assistant\n"
 _LOADED: dict[tuple, Any] = {}
 _LOAD_LOCK = threading.Lock()
 
@@ -53,7 +56,7 @@ class VisionModel:
         count = int(grid[0].prod()) // int(self.processor.merge_size) ** 2
         turn = "<|vision_start|>" + "<|image_pad|>" * count + "<|vision_end|>" + text
         chat = (f"<|im_start|>system\n{system}<|im_end|>\n" if system else "") + (
-            f"<|im_start|>user\n{turn}<|im_end|>\n<|im_start|>assistant\n"
+            f"<|im_start|>user\n{turn}{CHAT_TAIL}"
         )
         ids = self.tokenizer(chat, return_tensors="pt").input_ids
         image_token = self.model.config.image_token_id
@@ -91,8 +94,9 @@ class VisionModel:
         if tokens == "image":
             keep = is_image
         elif tokens == "text":
-            specials = set(self.tokenizer.all_special_ids)
-            keep = ~is_image & torch.tensor([int(i) not in specials for i in ids], device=ids.device)
+            keep = torch.zeros_like(is_image)
+            end = len(ids) - len(self.tokenizer(CHAT_TAIL).input_ids)
+            keep[end - len(self.tokenizer(text).input_ids) : end] = True
         else:
             keep = torch.ones_like(is_image)
         if not bool(keep.any()):

@@ -201,3 +201,26 @@ def test_vision_flags_with_an_embeds_file_are_refused(cli):
         "generate", "--from-embeds", "t.embeds.safetensors", "--model", "demo", "--vl-image", REFERENCE, "-o", "x.png"
     )
     assert_one_line_error(r, "--from-embeds", "encode")
+
+
+def test_text_tokens_are_the_prompt_s_own():
+    """--vl-tokens text keeps exactly the prompt's tokens: not the chat's role words or markup."""
+    import torch
+
+    from llmdit_cli import vision
+    from llmdit_cli.pngmeta import open_image
+
+    model = vision.load("demo", "cpu", torch.float32)
+    image = open_image(REFERENCE.read_bytes(), "ref").convert("RGB")
+    inputs = model.chat_inputs(image, PROMPT)
+    ids = inputs["input_ids"][0].tolist()
+    prompt_ids = model.tokenizer(PROMPT).input_ids
+    tail = model.tokenizer(vision.CHAT_TAIL).input_ids
+    assert ids[len(ids) - len(tail) - len(prompt_ids) :] == prompt_ids + tail  # the text tokenizes alone
+    every = model.states(image, PROMPT, -2, "all")
+    text = model.states(image, PROMPT, -2, "text")
+    assert text.shape[0] == len(prompt_ids)
+    end = len(ids) - len(tail)
+    assert torch.equal(text, every[end - len(prompt_ids) : end])
+    image_states = model.states(image, PROMPT, -2, "image")
+    assert image_states.shape[0] == sum(i == model.model.config.image_token_id for i in ids)
