@@ -165,6 +165,27 @@ def test_resume_is_exact(cli, red_data):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_lora_checkpoints_hold_the_adapter_and_resume_exactly(cli, red_data):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    common = ["--method", "lora", "--lr", 1e-3, "--max-steps", 6, "--checkpoint-every", 100]
+    assert cli(*train_args(red_data, "straight", *common)).code == 0
+    r = cli(*train_args(red_data, "split", *common, "--stop-at", 3))
+    assert r.code == 0, r.stderr
+    with safe_open("split/checkpoints/step-000003/model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys)  # not the frozen base
+    r = cli(*train_args(red_data, "split", *common, "--resume"))
+    assert r.code == 0, r.stderr
+    losses = [Path(f"{run}/losses.jsonl").read_text() for run in ("straight", "split")]
+    assert losses[0] == losses[1]
+    from llmdit_cli.train.loop import LORA_FILE
+
+    a, b = (load_file(str(Path(run) / LORA_FILE)) for run in ("straight", "split"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_from_another_recipe(cli, red_data):
     assert cli(*train_args(red_data, "run", "--max-steps", 4, "--stop-at", 2)).code == 0
     r = cli(*train_args(red_data, "run", "--max-steps", 4, "--lr", 0.5, "--resume"))

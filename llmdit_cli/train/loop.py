@@ -72,6 +72,8 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
     # process); it is registered so checkpoints carry its state.
     transformer, optimizer = acc.prepare(transformer, optimizer)
     acc.register_for_checkpointing(scheduler)
+    if r.method == "lora":
+        _checkpoint_trainable_only(acc)
     ema = _Ema(params, r.train.ema) if r.train.ema > 0 else None
 
     start = _resume(run, acc, ema) if resume else 0
@@ -408,6 +410,34 @@ def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
     acc.wait_for_everyone()
 
 
+def _checkpoint_trainable_only(acc) -> None:
+    """A LoRA run's checkpoints hold the weights it trains, not the frozen base model (which would
+    be the whole transformer in float32 each time: ~24 GB for Z-Image). Resuming loads them over
+    the base that the run loads anyway, and refuses a checkpoint that lacks one of them."""
+
+    def trainable(model) -> set[str]:
+        return {n for n, p in acc.unwrap_model(model).named_parameters() if p.requires_grad}
+
+    def keep_trainable(models, weights, _output_dir) -> None:
+        for model, state in zip(models, weights):
+            keep = trainable(model)
+            for key in [k for k in state if k not in keep]:
+                del state[key]
+
+    def check_complete(models, input_dir) -> None:
+        from safetensors import safe_open
+
+        for i, model in enumerate(models):
+            path = Path(input_dir) / f"model{f'_{i}' if i else ''}.safetensors"
+            with safe_open(str(path), "pt") as f:
+                missing = sorted(trainable(model) - set(f.keys()))
+            if missing:
+                raise InputError(f"--resume: {path} lacks trained weights ({missing[0]}, ...)")
+
+    acc.register_save_state_pre_hook(keep_trainable)
+    acc.register_load_state_pre_hook(check_complete)
+
+
 def _resume(run: Run, acc, ema) -> int:
     ckpts = _checkpoints(run.output)
     if not ckpts:
@@ -422,7 +452,8 @@ def _resume(run: Run, acc, ema) -> int:
             f"--resume: {latest} was made by another recipe (model, data, method or training "
             f"settings differ); use the same recipe or another --output"
         )
-    acc.load_state(str(latest))
+    # LoRA checkpoints hold only the trained weights (`_checkpoint_trainable_only`).
+    acc.load_state(str(latest), strict=run.recipe.method != "lora")
     if ema is not None and (latest / "ema.safetensors").is_file():
         from safetensors.torch import load_file
 
