@@ -20,8 +20,11 @@ STEPS = 2  # the real scheduler config divides 0/0 at 1 step (DESIGN.md §4)
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """`build(folder)` run by one pytest-xdist worker; the others wait for it and share the folder
-    (the base temp folder's parent is common to the workers of one run)."""
-    root = Path(tmp_path_factory.getbasetemp()).parent / name
+    (a worker's base temp folder is inside the run's; without xdist the run's is its own)."""
+    import os
+
+    base = Path(tmp_path_factory.getbasetemp())
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
     root.mkdir(exist_ok=True)
     with open(root / ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
