@@ -59,8 +59,9 @@ def reply_text(reply: str) -> str:
 
 class TextPieces:
     """A transformers streamer that hands `on_text` each new piece of the reply's text (special
-    tokens left out; a piece ends on a whole character). Whitespace at the start is never sent and
-    at the end only once text follows it, so the pieces join to `reply_text` of the whole reply."""
+    tokens left out; a piece ends on a whole character). Each piece is what `reply_text` of the
+    reply so far adds, so the pieces join to `reply_text` of the whole reply: whitespace at either
+    end is held back until text follows it."""
 
     def __init__(self, tokenizer, on_text):
         self.tokenizer, self.on_text = tokenizer, on_text
@@ -73,16 +74,19 @@ class TextPieces:
             self.prompt_seen = True
             return
         self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+        self._send(final=False)
+
+    def end(self) -> None:
+        self._send(final=True)
+
+    def _send(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd") and not final:  # a character split across tokens: wait for the rest
             return
-        ready = text.strip()
+        ready = reply_text(text)  # the same cleaning as the whole reply's
         if len(ready) > len(self.sent) and ready.startswith(self.sent):
             self.on_text(ready[len(self.sent) :])
             self.sent = ready
-
-    def end(self) -> None:
-        pass
 
 
 def causal_lm(text_encoder):

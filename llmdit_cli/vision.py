@@ -74,6 +74,9 @@ class VisionModel:
 
         return sample(self.model, self.tokenizer, self.chat_inputs(image, text, system), sampling)
 
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def states(self, image, text: str, hidden_layer: int, tokens: str):
         """Hidden states (L x D, float32) of layer `hidden_layer` for the image and `text`; `tokens`
         keeps all positions, the image's, or the text's (the chat's own markup left out)."""
@@ -95,8 +98,8 @@ class VisionModel:
             keep = is_image
         elif tokens == "text":
             keep = torch.zeros_like(is_image)
-            end = len(ids) - len(self.tokenizer(CHAT_TAIL).input_ids)
-            keep[end - len(self.tokenizer(text).input_ids) : end] = True
+            end = len(ids) - self._count(CHAT_TAIL)
+            keep[end - self._count(text) : end] = True
         else:
             keep = torch.ones_like(is_image)
         if not bool(keep.any()):

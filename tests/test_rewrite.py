@@ -240,3 +240,20 @@ def test_streamed_pieces_join_to_the_stripped_reply():
         streamer.put(torch.tensor([i]))
     assert "".join(pieces) == reply_text(raw) == "a red cat,  on a mat \u00e9"
     assert pieces[0].startswith("a") and all(pieces)
+
+
+def test_a_reply_cut_inside_a_character_streams_what_the_whole_reply_shows():
+    import torch
+
+    from llmdit_cli.rewriting import TextPieces, reply_text
+    from llmdit_cli.tiny import byte_tokenizer
+
+    tok = byte_tokenizer()
+    ids = tok("a cat \u00e9").input_ids[:-1]  # max_new_tokens ended between the two bytes of é
+    pieces: list[str] = []
+    streamer = TextPieces(tok, pieces.append)
+    streamer.put(torch.tensor([[0]]))
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert "".join(pieces) == reply_text(tok.decode(ids)) and pieces[-1].endswith("\ufffd")

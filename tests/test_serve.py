@@ -488,3 +488,13 @@ def test_encoder_server_failures_are_502():
 def test_wrong_token_from_the_client_is_one_line(server, cli):
     r = cli("encode", PROMPT, "--api-url", server.url + "/v1", "-o", "x.embeds.safetensors")
     assert_one_line_error(r, "--api-url", "401", "API token")
+
+
+def test_a_client_record_names_loras_without_server_paths(tmp_path):
+    from llmdit_cli.serve.settings import ServerSettings
+
+    folder = tmp_path / "loras"
+    cfg = ServerSettings(flags={}, lora_dir=folder)
+    record = {"seed": 1, "loras": [f"{folder}/styles/ink.safetensors:0.7", f"{tmp_path}/own.safetensors:1.0"]}
+    assert cfg.client_record(record)["loras"] == ["styles/ink.safetensors:0.7", "own.safetensors:1"]
+    assert str(tmp_path) not in json.dumps(ServerSettings(flags={}).client_record(record))

@@ -254,6 +254,25 @@ def test_two_processes_end_identical(red_data, tmp_path):
     ZImagePipeline.from_pretrained(tmp_path / "ddp" / "model", local_files_only=True)
 
 
+def test_two_processes_keep_the_lora_weights_in_checkpoints_and_resume(red_data, tmp_path):
+    """With two processes the LoRA checkpoint holds every adapter weight (and only those), and a
+    two-process run resumes from it."""
+    from safetensors import safe_open
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    cmd += ["-m", "llmdit_cli", *[str(a) for a in train_args(red_data, tmp_path / "ddp", "--max-steps", 4)]]
+    cmd += ["--batch-size", "2", "--cache-dir", str(tmp_path / "cache")]
+    r = subprocess.run([*cmd, "--stop-at", "2"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with safe_open(str(tmp_path / "ddp" / "checkpoints" / "step-000002" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys), keys[:3]
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len((tmp_path / "ddp" / "losses.jsonl").read_text().splitlines()) == 4
+
+
 def test_sigterm_saves_a_checkpoint(red_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [

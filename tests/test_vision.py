@@ -97,7 +97,7 @@ def test_from_png_refuses_a_vision_image_that_changed(cli, tmp_path):
     assert cli("generate", PROMPT, *args, "-o", "made.png").code == 0
     Image.open(ref).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(ref)  # the file changes
     r = cli("generate", "--from-png", "made.png", "--model", "demo", "-o", "again.png")
-    assert_one_line_error(r, "--from-png made.png", "has changed since", f"--vl-image {ref}")
+    assert_one_line_error(r, "--from-png made.png", "differs from the one it was made with", f"--vl-image {ref}")
     assert not (tmp_path / "again.png").exists()
     r = cli("generate", "--from-png", "made.png", "--model", "demo", "--vl-image", ref, "-o", "again.png")
     assert r.code == 0, r.stderr  # named again: the image as it is now

@@ -163,7 +163,7 @@ def _render(mode: str, o: dict) -> None:
     stored: dict = {}
     if o["from_png"]:
         png = _png_settings(o["from_png"])
-        if flags.get("vl_image") is None:
+        if flags.get("vl_image") is None and flags.get("vl_alpha") != 0:
             _check_vl_image_unchanged(o["from_png"], png.get("vl") or {})
         stored = {
             **{k: png.get(k) for k in reapplied_fields()},
@@ -265,8 +265,8 @@ def _check_vl_image_unchanged(path: str, vl: dict) -> None:
     image, digest = vl.get("image"), vl.get("image_sha256")
     if image and digest and Path(image).expanduser().is_file() and image_digest(image) != digest:
         raise InputError(
-            f"--from-png {path}: its vision image {image} has changed since (SHA-256 differs); "
-            f"pass --vl-image {image} to use it as it is now"
+            f"--from-png {path}: its vision image {image} differs from the one it was made with "
+            f"(SHA-256); pass --vl-image {image} to use it as it is now"
         )
 
 

@@ -117,16 +117,19 @@ class ServerSettings:
 
     def client_record(self, record: dict[str, Any]) -> dict[str, Any]:
         """An image's settings as the client sees them: its LoRAs named as requests name them
-        (inside --lora-dir, with their scale), never by the server's own paths."""
+        (inside --lora-dir, with their scale), never by the server's own paths; a LoRA from the
+        server's own settings, outside --lora-dir, by its file name."""
         from llmdit_cli.models.lora_stack import parse_lora
 
-        if not record.get("loras") or self.lora_dir is None:
+        if not record.get("loras"):
             return record
-        root = self.lora_dir.resolve()
+        root = self.lora_dir.resolve() if self.lora_dir is not None else None
         names = []
         for spec in record["loras"]:
             path, scale = parse_lora(spec)
-            names.append(f"{Path(path).relative_to(root).as_posix()}:{scale:g}")
+            where = Path(path).resolve()
+            name = where.relative_to(root).as_posix() if root and root in where.parents else where.name
+            names.append(f"{name}:{scale:g}")
         return {**record, "loras": names}
 
 

@@ -416,7 +416,8 @@ def _checkpoint_trainable_only(acc) -> None:
     the base that the run loads anyway, and refuses a checkpoint that lacks one of them."""
 
     def trainable(model) -> set[str]:
-        return {n for n, p in acc.unwrap_model(model).named_parameters() if p.requires_grad}
+        # The names of the model Accelerate keeps for checkpoints (its state dict is what is saved).
+        return {n for n, p in model.named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, _output_dir) -> None:
         for model, state in zip(models, weights):
@@ -429,6 +430,8 @@ def _checkpoint_trainable_only(acc) -> None:
 
         for i, model in enumerate(models):
             path = Path(input_dir) / f"model{f'_{i}' if i else ''}.safetensors"
+            if not path.is_file():
+                raise InputError(f"--resume: {path.parent} holds no {path.name}")
             with safe_open(str(path), "pt") as f:
                 missing = sorted(trainable(model) - set(f.keys()))
             if missing:
