@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,28 @@ _LOAD_LOCK = threading.Lock()
 
 
 class VisionModel:
-    """A loaded Qwen3-VL: model, tokenizer, image processor, device."""
+    """A loaded Qwen3-VL: model, tokenizer, image processor, the device it runs on. With `offload`
+    (the main model's --cpu-offload) it waits on the CPU and moves to its device only to run."""
 
-    def __init__(self, model, tokenizer, processor, device, ref: str):
+    def __init__(self, model, tokenizer, processor, device, ref: str, offload: bool = False):
         self.model, self.tokenizer, self.processor, self.device, self.ref = model, tokenizer, processor, device, ref
+        self.offload = offload
+
+    @contextmanager
+    def placed(self):
+        """The model on its device for the block (and back on the CPU after it, with offload)."""
+        if not self.offload:
+            yield
+            return
+        import torch
+
+        self.model.to(self.device)
+        try:
+            yield
+        finally:
+            self.model.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     @property
     def hidden_size(self) -> int:
@@ -72,7 +91,8 @@ class VisionModel:
         """Qwen3-VL's reply to the image and `text` under `system` (rewriting from an image)."""
         from llmdit_cli.rewriting import sample
 
-        return sample(self.model, self.tokenizer, self.chat_inputs(image, text, system), sampling)
+        with self.placed():
+            return sample(self.model, self.tokenizer, self.chat_inputs(image, text, system), sampling)
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
@@ -89,7 +109,7 @@ class VisionModel:
                 f"{setting('vl.hidden_layer')} {hidden_layer}: {self.ref} has {layers} hidden states "
                 f"(use {-layers}..{layers - 1})"
             )
-        with torch.no_grad():
+        with torch.no_grad(), self.placed():
             out = self.model(**inputs, output_hidden_states=True)
         h = out.hidden_states[hidden_layer][0].float()
         ids = inputs["input_ids"][0]
@@ -107,17 +127,18 @@ class VisionModel:
         return h[keep].cpu()
 
 
-def load(ref: str | None, device, dtype) -> VisionModel:
-    """The Qwen3-VL model `ref` (Hub id, folder or 'demo'), loaded once per process and device."""
+def load(ref: str | None, device, dtype, offload: bool = False) -> VisionModel:
+    """The Qwen3-VL model `ref` (Hub id, folder or 'demo'), loaded once per process and device;
+    with `offload` it waits on the CPU between uses (`VisionModel.placed`)."""
     ref = ref or DEFAULT_VL_MODEL
-    key = (ref, str(device), str(dtype))
+    key = (ref, str(device), str(dtype), offload)
     with _LOAD_LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load(ref, device, dtype)
+            _LOADED[key] = _load(ref, device, dtype, offload)
         return _LOADED[key]
 
 
-def _load(ref: str, device, dtype) -> VisionModel:
+def _load(ref: str, device, dtype, offload: bool) -> VisionModel:
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from llmdit_cli.models.loading import quiet_libraries
@@ -130,7 +151,8 @@ def _load(ref: str, device, dtype) -> VisionModel:
     if local.is_dir():
         where = local
     try:
-        model = AutoModelForImageTextToText.from_pretrained(str(where), dtype=dtype).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(str(where), dtype=dtype)
+        model = model.to("cpu" if offload else device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(where))
         processor = AutoImageProcessor.from_pretrained(str(where))
     except (OSError, ValueError, KeyError, ImportError) as exc:
@@ -138,7 +160,7 @@ def _load(ref: str, device, dtype) -> VisionModel:
         raise ModelError(f"{setting('vl.model')} {ref}: cannot load as a Qwen3-VL model ({first[:200]})") from None
     if not hasattr(model.config, "image_token_id") or not hasattr(model.config, "text_config"):
         raise ModelError(f"{setting('vl.model')} {ref}: not a vision-language model (no image tokens)")
-    return VisionModel(model, tokenizer, processor, device, ref)
+    return VisionModel(model, tokenizer, processor, device, ref, offload)
 
 
 def open_image(path: str, flag: str | None = None):

@@ -224,3 +224,24 @@ def test_text_tokens_are_the_prompt_s_own():
     assert torch.equal(text, every[end - len(prompt_ids) : end])
     image_states = model.states(image, PROMPT, -2, "image")
     assert image_states.shape[0] == sum(i == model.model.config.image_token_id for i in ids)
+
+
+def test_an_offloaded_vl_model_waits_on_the_cpu_and_gives_the_same_states(monkeypatch):
+    """With the main model's --cpu-offload the VL model is kept apart (its own cache entry), loaded
+    on the CPU, moved to its device only while it runs, and its states are the same."""
+    import torch
+
+    from llmdit_cli import vision
+    from llmdit_cli.pngmeta import open_image
+
+    image = open_image(REFERENCE.read_bytes(), "ref").convert("RGB")
+    whole = vision.load("demo", "cpu", torch.float32)
+    offloaded = vision.load("demo", "cpu", torch.float32, offload=True)
+    assert offloaded is not whole and offloaded.offload and not whole.offload
+    moves: list[str] = []
+    real_to = offloaded.model.to
+    monkeypatch.setattr(offloaded.model, "to", lambda device: moves.append(str(device)) or real_to(device))
+    states = offloaded.states(image, PROMPT, -2, "all")
+    assert moves == ["cpu", "cpu"]  # to its device for the forward pass, back to the CPU after it
+    assert torch.equal(states, whole.states(image, PROMPT, -2, "all"))
+    assert {p.device.type for p in offloaded.model.parameters()} == {"cpu"}

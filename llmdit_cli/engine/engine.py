@@ -164,7 +164,7 @@ class Engine:
         wf.fill_vl_model(req.settings, handle)
         pl, v = handle.placement, req.settings.settings.vl
         with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
-            model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype())
+            model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
         with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):
             replies = [model.reply(image, p, template.system, sampling) for p in req.prompts]
         return [rewriting.clean(r, req.keep_thinking) for r in replies]
