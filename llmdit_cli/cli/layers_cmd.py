@@ -229,7 +229,6 @@ def decompose(
         check_binary_target(save_latents)
     seed = _seed(seed, out)
     engine = Engine()
-    engine.prepare_layers(r, "layer decomposition")  # family defaults filled and the model checked before loading
     req = DecomposeRequest(r, picture, seed, prompt or "", keep_latents=bool(save_latents))
     result = engine.decompose(req, out)
     source = {"file": name, "sha256": sha256_of(data), "size": list(picture.size)}
@@ -327,9 +326,7 @@ def edit_layer(
     with locked(stack.folder):
         stack = read_stack(layers_dir)  # as it is now that this process holds the lock
         if instruction is not None:
-            engine = Engine()
-            engine.prepare_layers(r, "layer editing")  # the model checked and its defaults filled
-            _edit(engine, stack, layer, instruction, r, _seed(seed, out), out)
+            _edit(Engine(), stack, layer, instruction, r, _seed(seed, out), out)
         _restack(stack, new_order, hide or [], show or [])
         images = stack.images()
         out.wrote(str(stack.write_composite(images)), "composite", order=stack.order, hidden=stack.hidden)
