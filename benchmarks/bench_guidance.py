@@ -34,9 +34,9 @@ def main() -> None:
 
     from llmdit_cli.config import resolve
     from llmdit_cli.engine import EncodeRequest, Engine
+    from llmdit_cli.families.zimage.denoise import DenoiseParams, txt2img
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
-    from llmdit_cli.stages.denoise import DenoiseParams, txt2img
 
     torch.set_num_threads(1)
     r = resolve(flags={"model": "demo"})
@@ -47,7 +47,7 @@ def main() -> None:
     n = args.steps
     all_steps = SLGConfig(scale=2.5, layers=[1, 2], start=0.0, stop=1.0)
     z_window = SLGConfig(scale=2.5, layers=[1, 2], start=0.05, stop=0.5)
-    base_tokens = 32 // (handle.vae_scale_factor() * 2)
+    base_tokens = 32 // handle.limits().token_pixels
     cases = {
         "plain": DenoiseParams(steps=n),
         "slg_all": DenoiseParams(steps=n, slg=all_steps),

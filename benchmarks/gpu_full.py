@@ -664,7 +664,7 @@ def generate_argv(args, spec: Spec, device: str, seed: int, png: Path, extra: li
 def stage_image(memo: MemoModel, r, prompt: str, seed: int) -> None:
     """llmdit's stage functions alone, as `benchmarks/bench_core.py` times them."""
     from llmdit_cli.cli.output import Output
-    from llmdit_cli.stages.vae import decode_latents
+    from llmdit_cli.families.zimage.vae import decode_latents
 
     wf, handle = memo.wf, memo.handle
     e = wf.encode(handle, [prompt], r, with_negative=False)

@@ -275,14 +275,13 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | Non
         out.hint(
             f"{e.source} was encoded by another text encoder ({e.made_by.get('model')}) than {model} {handle.ref} has"
         )
-    cfg = handle.component_config("transformer")
-    cap = cfg.get("cap_feat_dim")
-    if cap is not None and cap != e.hidden_size:
+    lim = handle.limits()
+    if lim.text_hidden_size is not None and lim.text_hidden_size != e.hidden_size:
         raise ModelError(
             f"{e.source}: embeddings have hidden size {e.hidden_size}, but the transformer of "
-            f"{model} {handle.ref} expects cap_feat_dim {cap} (encode with the same model)"
+            f"{model} {handle.ref} takes hidden size {lim.text_hidden_size} (encode with the same model)"
         )
-    limit = caption_limit(handle)
+    limit = lim.caption_tokens
     longest = max(int(t.shape[0]) for t in [*e.cond, *e.uncond])
     if limit and longest > limit:
         mode = e.params.get("encoder", {}).get("long_prompt_mode") or "truncate"
@@ -298,19 +297,11 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | Non
             )
 
 
-def caption_limit(handle: ModelHandle) -> int | None:
-    """How many caption tokens the transformer takes. Captions are padded to a multiple of 32 and
-    image positions follow them on the caption axis of the RoPE, so at most axes_lens[0] - 32
-    (1504 for Z-Image)."""
-    lens = handle.component_config("transformer").get("axes_lens") or [None]
-    return lens[0] - 32 if lens[0] else None
-
-
 def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) -> list:
     """Each embedding within the caption limit (`encoder.long_prompt_mode`), then at exactly
     `encoder.caption_length` tokens when that is set (`encoder.caption_fill`)."""
     enc = r.settings.encoder
-    limit = caption_limit(handle)
+    limit = handle.limits().caption_tokens
     out = []
     for t in tensors:
         if limit and t.shape[0] > limit:
@@ -358,39 +349,15 @@ def check_generation(r: Resolved) -> None:
         raise UsageError(f"{r.origin('strength')} {g.strength}: must be in [0, 1]")
 
 
-def slg_config(r: Resolved):
-    from llmdit_cli.guidance.slg import SLGConfig
-
-    slg = r.settings.slg
-    return SLGConfig(scale=slg.scale, layers=list(slg.layers or []), start=slg.start, stop=slg.stop)
-
-
-def dype_config(r: Resolved, handle: ModelHandle):
-    """The DyPE settings, or None when DyPE is off."""
-    from llmdit_cli.guidance.dype import DyPEConfig
-
-    d = r.settings.dype
-    if not d.enabled:
-        return None
-    patch = handle.component_config("transformer").get("all_patch_size", [2])[0]
-    return DyPEConfig(
-        base_tokens=d.base_resolution // (handle.vae_scale_factor() * patch),
-        method=d.method or "vision_yarn",
-        scale=d.scale,
-        exponent=d.exponent,
-        start_sigma=d.start_sigma,
-    )
-
-
 def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     """Refuse SLG/DyPE settings this model cannot run (before it loads); hint at ones with no effect."""
-    from llmdit_cli.guidance.dype import check_dype
-    from llmdit_cli.guidance.slg import check_slg
+    from llmdit_cli.guidance.dype import DyPEConfig, check_dype
+    from llmdit_cli.guidance.slg import SLGConfig, check_slg
 
-    cfg = handle.component_config("transformer")
-    slg = slg_config(r)
-    check_slg(slg, int(cfg.get("n_layers", 0)))
-    dype = dype_config(r, handle)
+    lim = handle.limits()
+    slg = SLGConfig.from_settings(r.settings.slg)
+    check_slg(slg, lim.blocks)
+    dype = DyPEConfig.from_settings(r.settings.dype, lim)
     if dype is not None:
         check_dype(dype)
     if out is None:
@@ -408,8 +375,7 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
             f"{setting('dype.enabled')} changes nothing at {g.width}x{g.height}: it acts above the base "
             f"resolution {d.base_resolution} px ({setting('dype.base_resolution')})"
         )
-    patch = cfg.get("all_patch_size", [2])[0] * handle.vae_scale_factor()
-    trained = min(cfg.get("axes_lens", [0, 0, 0])[1:] or [0]) * patch
+    trained = lim.trained_size
     if not d.enabled and trained and max(g.width, g.height) > trained:
         out.hint(
             f"{g.width}x{g.height} is beyond the {trained} px the position embedding of {setting('model')} "
@@ -458,19 +424,6 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
     return jobs
 
 
-def denoise_params(r: Resolved, handle: ModelHandle):
-    g = r.settings.generation
-    return handle.code.DenoiseParams(
-        steps=g.steps,
-        guidance_scale=g.guidance_scale,
-        cfg_normalization=g.cfg_normalization,
-        cfg_truncation=g.cfg_truncation,
-        shift=r.settings.scheduler.shift,
-        slg=slg_config(r),
-        dype=dype_config(r, handle),
-    )
-
-
 def generator(seed: int):
     import torch
 
@@ -483,7 +436,7 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
     code = handle.code
     pipe = handle.pipeline("transformer", "vae")
     device = code.transformer_device(pipe)
-    p = denoise_params(r, handle)
+    p = code.denoise_params(r.settings, handle.limits())
     g = r.settings.generation
     results = []
     for job in jobs:

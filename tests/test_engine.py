@@ -71,7 +71,7 @@ def test_generate_records_settings_and_returns_latents():
 
     engine = Engine()
     made = engine.generate(request(seed=9, steps=3))
-    factor = engine.model(request().settings)[0].vae_scale_factor()
+    factor = engine.model(request().settings)[0].limits().vae_scale_factor
     assert len(made) == 1
     g = made[0]
     assert g.seed == 9 and g.prompt == PROMPTS[0]

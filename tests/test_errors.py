@@ -94,7 +94,7 @@ def test_hidden_size_mismatch(cli, tmp_path, embeds):
     save_pipeline(build_pipeline(transformer={"cap_feat_dim": 48}, text_encoder={"hidden_size": 48}), tmp_path / "m48")
     r = cli("generate", "--from-embeds", embeds, "--model", tmp_path / "m48", "-o", "x.png")
     hidden = demo_config("text_encoder")["hidden_size"]
-    assert_one_line_error(r, embeds, f"hidden size {hidden}", "cap_feat_dim 48")
+    assert_one_line_error(r, embeds, f"hidden size {hidden}", "takes hidden size 48")
     no_outputs(tmp_path, embeds, "m48")
 
 

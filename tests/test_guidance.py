@@ -84,8 +84,8 @@ def _skipping_by_forward_hooks(dit, layers):
 
 @pytest.mark.parametrize("n,cfg", [(1, 0.0), (2, 0.0), (1, 3.0), (2, 3.0)])
 def test_slg_math_composes_with_cfg_and_batches(n, cfg):
+    from llmdit_cli.families.zimage.denoise import guided_velocity
     from llmdit_cli.guidance.slg import SLGConfig, slg_applied
-    from llmdit_cli.stages.denoise import guided_velocity
 
     dit = _tiny_dit()
     lat, cond, uncond = _inputs(n)
@@ -107,7 +107,7 @@ def test_slg_math_composes_with_cfg_and_batches(n, cfg):
 def _loop(dit, p, lat, cond, on_step=None):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from llmdit_cli.stages.denoise import run_loop, set_timesteps
+    from llmdit_cli.families.zimage.denoise import run_loop, set_timesteps
 
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     steps = set_timesteps(sched, p.steps, 16, "cpu")
@@ -116,8 +116,8 @@ def _loop(dit, p, lat, cond, on_step=None):
 
 
 def test_slg_runs_one_extra_pass_per_step_in_its_window():
+    from llmdit_cli.families.zimage.denoise import DenoiseParams
     from llmdit_cli.guidance.slg import SLGConfig
-    from llmdit_cli.stages.denoise import DenoiseParams
 
     dit = _tiny_dit()
     lat, cond, _ = _inputs(1)
@@ -128,9 +128,9 @@ def test_slg_runs_one_extra_pass_per_step_in_its_window():
 
 
 def test_hooks_are_removed_after_an_interrupted_run():
+    from llmdit_cli.families.zimage.denoise import DenoiseParams
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
-    from llmdit_cli.stages.denoise import DenoiseParams
 
     dit = _tiny_dit()
     lat, cond, _ = _inputs(1, size=16)
@@ -166,7 +166,8 @@ def _ids(cap_len, h, w):
 
 
 def _dype_rope(method, base_tokens, grid, sigma, **kw):
-    from llmdit_cli.guidance.dype import DyPEConfig, DyPERope, _State
+    from llmdit_cli.families.zimage.rope import DyPERope, _State
+    from llmdit_cli.guidance.dype import DyPEConfig
 
     dit = _tiny_dit()
     state = _State()
@@ -205,7 +206,7 @@ def test_dype_fades_towards_the_stock_rope_as_sigma_falls():
 
 
 def test_positions_beyond_the_table_extend_it_with_the_stock_formula():
-    from llmdit_cli.guidance.dype import positions_for
+    from llmdit_cli.families.zimage.rope import positions_for
 
     dit = _tiny_dit()
     rope = dit.rope_embedder
@@ -291,8 +292,8 @@ def test_img2img_takes_every_guidance_and_speed_flag(cli):
 
 def test_img2img_keeps_the_slg_window_in_the_full_schedule():
     """img2img runs the last steps of the schedule; the window is a fraction of the full one."""
+    from llmdit_cli.families.zimage.denoise import DenoiseParams, img2img
     from llmdit_cli.guidance.slg import SLGConfig
-    from llmdit_cli.stages.denoise import DenoiseParams, img2img
     from llmdit_cli.tiny import build_pipeline
 
     pipe = build_pipeline(seed=1)

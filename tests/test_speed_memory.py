@@ -113,8 +113,8 @@ def test_vae_tiling_decodes_in_tiles_close_to_whole(cli):
     from helpers import as_array
     from safetensors.torch import load_file
 
+    from llmdit_cli.families.zimage.vae import decode_latents
     from llmdit_cli.models import ModelHandle, Placement
-    from llmdit_cli.stages.vae import decode_latents
 
     r = cli(
         "generate",

@@ -52,11 +52,6 @@ class Silent:
         yield lambda done, total_, info="": None
 
 
-def model_key(r: Resolved) -> tuple:
-    s = r.settings
-    return (s.model, tuple(s.lora.loras), tuple(str(v) for v in s.optimization.model_dump().values()))
-
-
 class Engine:
     """Loads each model once and serves encode / generate / decode requests, from any thread."""
 
@@ -67,12 +62,18 @@ class Engine:
 
     # -- models ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def key_for(r: Resolved) -> tuple:
+        """What identifies the model settings run: its reference, LoRA stack and placement."""
+        s = r.settings
+        return (s.model, tuple(s.lora.loras), tuple(str(v) for v in s.optimization.model_dump().values()))
+
     def model(self, r: Resolved, task: str = "text-to-image"):
         """The handle for the settings' model (components load on first use) and its lock; a
         model whose family does not do `task` (`families.Family.task`) is refused."""
         from llmdit_cli.families import check_task
 
-        key = model_key(r)
+        key = self.key_for(r)
         with self._guard:
             found = self._models.get(key)
         if found is None:
@@ -90,11 +91,11 @@ class Engine:
     def adopt(self, handle, r: Resolved) -> None:
         """Serve requests for `r`'s model with an already opened handle (the trainer's)."""
         with self._guard:
-            self._models[model_key(r)] = handle
-            self._locks.setdefault(model_key(r), threading.RLock())
+            self._models[self.key_for(r)] = handle
+            self._locks.setdefault(self.key_for(r), threading.RLock())
 
-    def forget(self, key: tuple) -> None:
-        """Drop a model (by `model_key`) so its memory can go; a later request loads it again."""
+    def release(self, key: tuple) -> None:
+        """Drop a model (by `key_for`) so its memory can go; a later request loads it again."""
         with self._guard:
             self._models.pop(key, None)
 
@@ -182,14 +183,16 @@ class Engine:
         handle, _ = self.model(r)
         if req.mode == "img2img" and req.init is None:
             raise UsageError("img2img needs an input image or latents")
+        lim = handle.limits()
         if req.init is not None and not wf.is_image(req.init):
-            f = handle.vae_scale_factor()
+            f = lim.vae_scale_factor
             height, width = req.init_size or (int(req.init.shape[-2]) * f, int(req.init.shape[-1]) * f)
             r.set_default("height", height, "latents file")
             r.set_default("width", width, "latents file")
         elif req.init is not None:
-            r.set_default("height", req.init.height // 16 * 16, "input image")
-            r.set_default("width", req.init.width // 16 * 16, "input image")
+            step = lim.token_pixels
+            r.set_default("height", req.init.height // step * step, "input image")
+            r.set_default("width", req.init.width // step * step, "input image")
         wf.fill_family_defaults(r, handle.defaults(), handle.variant)
         wf.check_generation(r)
         wf.check_guidance(r, handle, report)
@@ -229,14 +232,15 @@ class Engine:
         if init is None or wf.is_image(init):
             return init
         name = req.init_source or "latents"
-        channels = handle.component_config("transformer").get("in_channels")
+        lim = handle.limits()
+        channels = lim.channels
         if init.ndim != 4 or init.shape[1] != channels:
             raise InputError(
                 f"{name}: latents of shape {list(init.shape)} do not fit this transformer ({channels} channels)"
             )
         if init.shape[0] != 1:
             raise InputError(f"{name}: holds {init.shape[0]} latents; img2img takes one")
-        f, g = handle.vae_scale_factor(), r.settings.generation
+        f, g = lim.vae_scale_factor, r.settings.generation
         if tuple(init.shape[-2:]) != (g.height // f, g.width // f):
             raise InputError(
                 f"{name}: latents are {init.shape[-1] * f}x{init.shape[-2] * f}, but "
@@ -253,7 +257,7 @@ class Engine:
         lat = req.latents
         if lat is None or lat.ndim != 4:
             raise InputError(f"{req.source}: no 4-D 'latents' tensor in the file")
-        channels = handle.component_config("vae").get("latent_channels")
+        channels = handle.limits().channels
         if lat.shape[1] != channels:
             raise InputError(
                 f"{req.source}: latents have {lat.shape[1]} channels, the VAE of {setting('model')} "
@@ -269,10 +273,10 @@ class Engine:
     def prepare_layers(self, r: Resolved, task: str):
         """The layer model's handle (nothing loaded) with the family's defaults filled into `r`:
         settings are complete, and checked, before a weight loads."""
-        before = model_key(r)
+        before = self.key_for(r)
         handle, lock = self.model(r, task)
         wf.fill_layer_defaults(r, handle)  # may switch offload on (CUDA), which is part of the key
-        after = model_key(r)
+        after = self.key_for(r)
         if after != before:
             with self._guard:
                 self._models[after] = self._models.pop(before)
@@ -340,7 +344,7 @@ class Engine:
         report = report or Silent()
         handle, lock = self.model(req.settings, "layer decomposition")
         lat = req.latents
-        channels = handle.component_config("vae").get("z_dim")
+        channels = handle.limits().channels
         if lat.shape[1] != channels:
             raise InputError(
                 f"{req.source}: latents have {lat.shape[1]} channels, the VAE of {setting(handle.key)} "

@@ -1,11 +1,16 @@
 """Model families: which pipeline a model folder holds, its defaults, and the code that runs it.
 
-A family registers a `Family` here (`register`). A folder picks its family by the `_class_name`
-of its `model_index.json` and its variant (a set of defaults) by, in order: the folder's own
-`_llmdit_variant` key in `model_index.json`, the exact Hub id, the family's base variant. Adding a
-family is a module beside `zimage.py` (`qwenimage.py`: Qwen-Image-Layered, Qwen-Image-Edit-Plus) and
-one import below. A family does one `task` (text-to-image, layer decomposition, layer editing): a
-folder given to a command of another task is refused in one line that names the command for it.
+Each family is a package here (`zimage/`, `qwenimage/`) that registers its `Family` records when
+imported (`register`); everything model-specific (config keys, classes, stage functions, limits)
+stays inside its package. Generic code reaches a family only through this registry and the
+contracts in `protocol.py` (`Limits`, the runner protocols), never by importing the package (an
+import-linter contract checks it).
+
+A folder picks its family by the `_class_name` of its `model_index.json` and its variant (a set of
+defaults) by, in order: the folder's own `_llmdit_variant` key in `model_index.json`, the exact Hub
+id, the family's base variant. A family does one `task` (text-to-image, layer decomposition, layer
+editing): a folder given to a command of another task is refused in one line that names the
+command for it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from llmdit_cli.errors import ModelError, setting
+from llmdit_cli.families.protocol import Limits, Runner
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,8 @@ class Family:
     """A model family: the pipelines it serves, its variants' defaults, and its code.
 
     `variants` map a variant name to its defaults by setting field name (`width`, `slg_layers`,
-    ...): values the settings leave unset (None) take them. `runner` is the module with the
-    family's stage functions (loading, encode, denoise, VAE), imported only when a model runs.
+    ...): values the settings leave unset (None) take them. `runner` names the module with the
+    family's code (`protocol.Runner` and its task's protocol), imported only when a model runs.
     `task` names the work it does (`text-to-image`: encode, generate, img2img, decode, rewrite,
     train; `layer decomposition`; `layer editing`) and `command` the command that runs it."""
 
@@ -41,8 +46,8 @@ class Family:
     def defaults(self, variant: str) -> dict[str, Any]:
         return self.variants[variant]
 
-    def code(self) -> ModuleType:
-        return importlib.import_module(self.runner)
+    def code(self) -> Runner:
+        return importlib.import_module(self.runner)  # type: ignore[return-value]
 
 
 REGISTRY: list[Family] = []
@@ -123,6 +128,8 @@ from llmdit_cli.families import qwenimage, zimage  # noqa: E402 - registers the 
 
 __all__ = [
     "Family",
+    "Limits",
+    "Runner",
     "REGISTRY",
     "by_name",
     "check_task",

@@ -33,6 +33,11 @@ class SLGConfig:
     start: float = 0.0
     stop: float = 1.0
 
+    @classmethod
+    def from_settings(cls, slg) -> SLGConfig:
+        """From the `slg` settings section (family defaults filled)."""
+        return cls(scale=slg.scale, layers=list(slg.layers or []), start=slg.start, stop=slg.stop)
+
     @property
     def enabled(self) -> bool:
         return self.scale > 0 and bool(self.layers)

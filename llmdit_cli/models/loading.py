@@ -38,6 +38,7 @@ class ModelHandle:
     _pipe: Any = None
     _loaded: set = field(default_factory=set)
     _keys: dict = field(default_factory=dict)
+    _limits: Any = None
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -60,8 +61,15 @@ class ModelHandle:
 
     @property
     def code(self):
-        """The family's stage functions (`stages.zimage` for Z-Image)."""
+        """The family's runner (`families.protocol`): its classes and stage functions."""
         return self.family.code()
+
+    def limits(self):
+        """What the folder can take (`families.protocol.Limits`), read once from its configs."""
+        if self._limits is None:
+            with self.naming_its_setting():
+                self._limits = self.code.limits(self)
+        return self._limits
 
     def defaults(self) -> dict[str, Any]:
         return self.family.defaults(self.variant)
@@ -85,9 +93,6 @@ class ModelHandle:
     def component_config(self, component: str) -> dict[str, Any]:
         name = "scheduler_config.json" if component == "scheduler" else "config.json"
         return read_json(self.folder / component / name, self.ref, f"{component} config")
-
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.component_config("vae").get("block_out_channels", [0] * 4)) - 1)
 
     def release(self, *components: str) -> None:
         """Drop loaded components (e.g. the text encoder once training data is cached)."""
@@ -135,9 +140,7 @@ class ModelHandle:
 
     def _load_pipeline(self, want: set):
         quiet_libraries()
-        check = getattr(self.code, "check_loadable", None)
-        if check is not None:
-            check(self.folder, self.ref)
+        self.code.check_loadable(self.folder, self.ref)
         pipeline_class = self.code.pipeline_class()
         kept = {c: getattr(self._pipe, c) for c in self._loaded if c in want} if self._pipe is not None else {}
         skip = {c: None for c in COMPONENTS if c not in want}
@@ -163,7 +166,7 @@ class ModelHandle:
     def _place(self, pipe, new: set) -> None:
         pl = self.placement
         if "vae" in new and pl.vae_tiling:
-            enable_vae_tiling(pipe.vae)
+            enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor)
         if "transformer" in new:
             set_attention_backend(pipe.transformer, pl.attention_backend)
         if pl.cpu_offload == "model":

@@ -21,16 +21,16 @@ _CUDA_ONLY_BACKENDS = {"flash", "flash_3", "sage", "xformers"}
 MIN_TILE_PX = 256
 
 
-def enable_vae_tiling(vae) -> None:
+def enable_vae_tiling(vae, scale_factor: int) -> None:
     """diffusers' own VAE tiling, with tiles of at least MIN_TILE_PX pixels.
 
     Each tile's attention and group norms see only that tile, so tiles much smaller than the image
     content show seams (measured on the demo VAE: 32 px tiles 22 dB, 256 px 40 dB PSNR against an
-    untiled decode). The Z-Image VAE's own tile is 1024 px and is kept."""
+    untiled decode). The Z-Image VAE's own tile is 1024 px and is kept. `scale_factor`: pixels per
+    latent (`Limits.vae_scale_factor`)."""
     vae.enable_tiling()
     if getattr(vae, "tile_sample_min_size", MIN_TILE_PX) < MIN_TILE_PX:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        vae.tile_sample_min_size, vae.tile_latent_min_size = MIN_TILE_PX, MIN_TILE_PX // factor
+        vae.tile_sample_min_size, vae.tile_latent_min_size = MIN_TILE_PX, MIN_TILE_PX // scale_factor
 
 
 def attention_backend_problem(name: str, device: str) -> str | None:

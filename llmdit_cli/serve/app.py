@@ -421,17 +421,16 @@ def check_llmdit(settings: dict[str, Any], limits: Limits) -> None:
 
 def keep_few_lora_models(state: dict[str, Any], r, keep: int) -> None:
     """Each LoRA set is its own loaded model: keep the `keep` used last (the base model stays)."""
-    from llmdit_cli.engine.engine import model_key
 
     if not r.settings.lora.loras:
         return
     order: list = state.setdefault("lora_models", [])
-    key = model_key(r)
+    key = state["engine"].key_for(r)
     if key in order:
         order.remove(key)
     order.append(key)
     while len(order) > keep:
-        state["engine"].forget(order.pop(0))
+        state["engine"].release(order.pop(0))
 
 
 def validate(model: type, raw: Any):

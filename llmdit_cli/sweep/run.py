@@ -246,17 +246,15 @@ def fits_model(cells: list[Cell], engine, recipe: Recipe, device: str | None, wa
     """Leave out cells whose values go beyond their model (a hidden layer deeper than its text
     encoder, SLG blocks it lacks), with one warning per setting naming the values."""
     kept, dropped = [], {}
-    limits: dict[str, tuple[int, int]] = {}
+    limits: dict[str, Any] = {}
     for cell in cells:
         if cell.model not in limits:
-            handle, _ = engine.model(settings_of(cell, recipe, device))
-            layers = int(handle.component_config("text_encoder").get("num_hidden_layers", 0))
-            limits[cell.model] = (layers, int(handle.component_config("transformer").get("n_layers", 0)))
-        te_layers, blocks = limits[cell.model]
+            limits[cell.model] = engine.model(settings_of(cell, recipe, device))[0].limits()
+        states, blocks = limits[cell.model].text_hidden_states, limits[cell.model].blocks
         hidden = cell.settings.get("encoder.hidden_layer", -2)
         slg_on = cell.settings.get("slg.enabled") or (cell.settings.get("slg.scale") or 0) > 0
         slg = (cell.settings.get("slg.layers") or []) if slg_on else []
-        if not -(te_layers + 1) <= hidden <= te_layers:
+        if not -states <= hidden < states:
             dropped.setdefault(("encoder.hidden_layer", cell.model), set()).add(hidden)
         elif any(not 0 <= b < blocks for b in slg):
             dropped.setdefault(("slg.layers", cell.model), set()).add(str(slg))
@@ -271,7 +269,6 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
     """Each cell's request, filled (family defaults, size) and checked before any weights load: a
     bad value stops the sweep here, named with the recipe table it came from."""
     from llmdit_cli.engine import GenerateRequest
-    from llmdit_cli.engine.engine import model_key
 
     planned = []
     for cell in todo:
@@ -280,8 +277,8 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
         engine.prepare(req, report)
         planned.append((cell, req))
     # Grouped by model (reference, LoRA stack, placement), so each loads once and is let go after.
-    order = {key: n for n, key in enumerate(dict.fromkeys(str(model_key(req.settings)) for _, req in planned))}
-    return sorted(planned, key=lambda p: (order[str(model_key(p[1].settings))], p[0].index))
+    order = {key: n for n, key in enumerate(dict.fromkeys(str(engine.key_for(req.settings)) for _, req in planned))}
+    return sorted(planned, key=lambda p: (order[str(engine.key_for(p[1].settings))], p[0].index))
 
 
 def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shard, report, on_done) -> Outcome:
@@ -289,7 +286,6 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
     manifest; a failing cell is recorded as failed and the sweep goes on."""
     from llmdit_cli.artifacts import write_bytes_atomic
     from llmdit_cli.engine import EncodeRequest
-    from llmdit_cli.engine.engine import model_key
     from llmdit_cli.pngmeta import png_bytes
 
     manifest = folder / shard.manifest
@@ -300,9 +296,9 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
     previous = None
     for cell, req in planned:
         start = time.perf_counter()
-        key = model_key(req.settings)
+        key = engine.key_for(req.settings)
         if previous is not None and key != previous:
-            engine.forget(previous)  # cells are grouped by model: the last one is done with
+            engine.release(previous)  # cells are grouped by model: the last one is done with
             encodings.clear()
         previous = key
         record: dict[str, Any] = {
@@ -361,11 +357,11 @@ def _size(req, engine, recipe: Recipe) -> None:
 
 
 def _encoding_key(r, prompt: str, with_negative: bool) -> tuple:
-    from llmdit_cli.engine.engine import model_key
+    from llmdit_cli.engine import Engine
 
     s = r.settings
     return (
-        model_key(r),
+        Engine.key_for(r),
         json.dumps(s.encoder.model_dump(), sort_keys=True),
         json.dumps(s.vl.model_dump(), sort_keys=True),  # vision conditioning changes the embeddings too
         s.generation.negative_prompt,

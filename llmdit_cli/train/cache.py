@@ -31,8 +31,6 @@ def embeds_path(cache: Path, identity: dict, text: str) -> Path:
 
 def encode_captions(handle, captions: list[str], cache: Path, log) -> dict[str, Path]:
     """Cached embeds file for each caption (formatted as stock Z-Image does)."""
-    from llmdit_cli.stages.encode import encode_texts
-
     identity = handle.identity("text_encoder")
     fmt = ChatFormat()
     paths = {c: embeds_path(cache, identity, fmt.format(c)) for c in dict.fromkeys(captions)}
@@ -43,7 +41,7 @@ def encode_captions(handle, captions: list[str], cache: Path, log) -> dict[str, 
         for start in range(0, len(todo), ENCODE_BATCH):
             chunk = todo[start : start + ENCODE_BATCH]
             texts = [fmt.format(c) for c in chunk]
-            enc = encode_texts(pipe.tokenizer, pipe.text_encoder, texts, HIDDEN_LAYER, MAX_LENGTH)
+            enc = handle.code.encode_texts(pipe.tokenizer, pipe.text_encoder, texts, HIDDEN_LAYER, MAX_LENGTH)
             for caption, text, emb, n in zip(chunk, texts, enc.embeds, enc.token_counts):
                 write_embeds_file(
                     str(paths[caption]),
@@ -60,10 +58,8 @@ def encode_images(handle, items: list[Item], resolution: int, buckets: bool, cac
     """Cached latents file for each item: (path, (w, h))."""
     import torch
 
-    from llmdit_cli.stages.vae import normalise
-
     identity = handle.identity("vae")
-    multiple = handle.vae_scale_factor() * 2
+    multiple = handle.limits().token_pixels
     results, todo = [], []
     for item in items:
         img = item.load_image()
@@ -79,7 +75,7 @@ def encode_images(handle, items: list[Item], resolution: int, buckets: bool, cac
             pixels = to_tensor(fit_image(img, size)).unsqueeze(0).to(vae.device, vae.dtype)
             with torch.no_grad():
                 z = vae.encode(pixels).latent_dist.mode()
-            z = normalise(vae, z)
+            z = handle.code.normalise(vae, z)
             write_latents_file(
                 str(path), z, identity, size[1], size[0], {"source": item.source, "caption": item.caption}
             )

@@ -1,4 +1,4 @@
-"""The code of the Qwen-Image-Edit-Plus family (`families/qwenimage.py`): diffusers'
+"""The code of the Qwen-Image-Edit-Plus family (`families/qwenimage/`): diffusers'
 QwenImageEditPlusPipeline (Qwen-Image-Edit-2509 / -2511) run as it is on one RGB image."""
 
 from __future__ import annotations
@@ -6,21 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from llmdit_cli.stages.qwen_layered import check_loadable, step_callback
+from llmdit_cli.families.qwenimage.common import check_loadable, limits, step_callback, transformer_class
 
-__all__ = ["EditParams", "check_loadable", "edit", "pipeline_class", "transformer_class"]
+__all__ = ["EditParams", "check_loadable", "edit", "limits", "pipeline_class", "transformer_class"]
 
 
 def pipeline_class():
     from diffusers import QwenImageEditPlusPipeline
 
     return QwenImageEditPlusPipeline
-
-
-def transformer_class():
-    from diffusers import QwenImageTransformer2DModel
-
-    return QwenImageTransformer2DModel
 
 
 @dataclass

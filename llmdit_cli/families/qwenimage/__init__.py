@@ -1,8 +1,8 @@
 """The Qwen-Image families: Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`).
 
 Both run diffusers' own pipelines (`QwenImageLayeredPipeline`, `QwenImageEditPlusPipeline`) with
-a Qwen2.5-VL text encoder; their code (`runner`) is `llmdit_cli.stages.qwen_layered` and
-`llmdit_cli.stages.qwen_edit`. The defaults are the model cards' (QwenLM/Qwen-Image-Layered and
+a Qwen2.5-VL text encoder; their code (`runner`) is `layered.py` and `edit.py` beside this
+module, with what they share in `common.py`. The defaults are the model cards' (QwenLM/Qwen-Image-Layered and
 QwenLM/Qwen-Image READMEs): true CFG 4.0 with the negative prompt " ", 50 steps, 640 px (the
 recommended bucket) and CFG normalisation for Layered, 40 steps for Edit-2509/2511. `cpu_offload`
 applies on CUDA only, where the settings leave it at its default (`workflows.fill_layer_defaults`):
@@ -37,7 +37,7 @@ LAYERED = register(
         pipelines=("QwenImageLayeredPipeline",),
         variants=LAYERED_VARIANTS,
         base_variant="layered",
-        runner="llmdit_cli.stages.qwen_layered",
+        runner="llmdit_cli.families.qwenimage.layered",
         hub_variants={LAYERED_HUB: "layered"},
         task="layer decomposition",
         command="decompose",
@@ -49,7 +49,7 @@ EDIT = register(
         pipelines=("QwenImageEditPlusPipeline",),
         variants=EDIT_VARIANTS,
         base_variant="edit-2509",
-        runner="llmdit_cli.stages.qwen_edit",
+        runner="llmdit_cli.families.qwenimage.edit",
         hub_variants={EDIT_HUB: "edit-2509", "Qwen/Qwen-Image-Edit-2511": "edit-2511"},
         task="layer editing",
         command="edit-layer",

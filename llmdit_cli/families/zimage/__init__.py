@@ -1,8 +1,10 @@
 """The Z-Image family: Tongyi-MAI/Z-Image-Turbo, other Z-Image folders, and the shipped demo.
 
-Its code (`runner`, imported when a model runs) is `llmdit_cli.stages.zimage`: the diffusers
-classes, the Qwen3 prompt encoder, the flow-matching denoise loop with CFG/SLG/DyPE hooks, and the
-Flux-style VAE normalisation.
+The package holds everything Z-Image-specific: this module (the family record and its variants'
+defaults, imported to register), and its code, imported only when a model runs: `runner.py` (the
+diffusers classes, `limits`, the stage functions), `encode.py` (the Qwen3 prompt encoder),
+`denoise.py` (the flow-matching loop with CFG/SLG), `rope.py` (DyPE in its RoPE) and `vae.py` (the
+Flux-style VAE normalisation).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ FAMILY = register(
         pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline"),
         variants=VARIANTS,
         base_variant="z-image",
-        runner="llmdit_cli.stages.zimage",
+        runner="llmdit_cli.families.zimage.runner",
         hub_variants={"Tongyi-MAI/Z-Image-Turbo": "z-image-turbo", "Tongyi-MAI/Z-Image": "z-image"},
     )
 )

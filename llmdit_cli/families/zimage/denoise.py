@@ -132,7 +132,7 @@ def run_loop(
     (img2img), so the SLG window keeps its place in the schedule."""
     import torch
 
-    from llmdit_cli.guidance.dype import dype_applied, positions_for
+    from llmdit_cli.families.zimage.rope import dype_applied, positions_for
     from llmdit_cli.guidance.slg import slg_applied
 
     use_cfg = p.guidance_scale > 0

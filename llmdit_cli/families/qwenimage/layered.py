@@ -1,4 +1,4 @@
-"""The code of the Qwen-Image-Layered family (`families/qwenimage.py`): diffusers'
+"""The code of the Qwen-Image-Layered family (`families/qwenimage/`): diffusers'
 QwenImageLayeredPipeline run as it is, plus what llmdit adds around it: the caption (when no
 prompt is given), the finished latents for `--save-latents`, and their decoding (`llmdit decode`).
 
@@ -13,33 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmdit_cli.families.qwenimage.common import check_loadable, limits, step_callback, transformer_class
 
-def check_loadable(folder, ref: str) -> None:
-    """The real Qwen-Image repos name transformers' Qwen2VLProcessor, which cannot even be built
-    without torchvision (its video half): say so in one line instead of a traceback."""
-    import importlib.util
-
-    from llmdit_cli.errors import ModelError
-    from llmdit_cli.models.refs import MODEL, read_json
-
-    processor = read_json(folder / "model_index.json", ref, "model_index.json").get("processor") or [None, None]
-    if processor[-1] == "Qwen2VLProcessor" and importlib.util.find_spec("torchvision") is None:
-        raise ModelError(
-            f"{MODEL} {ref}: its processor (transformers' Qwen2VLProcessor) needs torchvision, which is not "
-            f"installed here (pip install torchvision)"
-        )
+__all__ = [
+    "LayeredParams",
+    "caption",
+    "check_loadable",
+    "decode_layers",
+    "decompose",
+    "limits",
+    "output_size",
+    "pipeline_class",
+    "transformer_class",
+]
 
 
 def pipeline_class():
     from diffusers import QwenImageLayeredPipeline
 
     return QwenImageLayeredPipeline
-
-
-def transformer_class():
-    from diffusers import QwenImageTransformer2DModel
-
-    return QwenImageTransformer2DModel
 
 
 @dataclass
@@ -109,21 +101,6 @@ def decompose(
         width, height = output_size(pipe, image.size, p.resolution)
         latents = pipe._unpack_latents(kept["latents"], height, width, p.layers, pipe.vae_scale_factor)
     return list(out.images[0]), latents
-
-
-def step_callback(steps: int, on_step: Callable[[int], None] | None, kept: dict | None = None):
-    """A pipeline's `callback_on_step_end`: reports each finished step, and keeps the latents after
-    the last one in `kept` (diffusers 0.42's Layered pipeline cannot return them itself:
-    `output_type="latent"` fails on an unset variable)."""
-
-    def step_end(_pipe, i, _t, tensors):
-        if kept is not None and i == steps - 1:
-            kept["latents"] = tensors["latents"]
-        if on_step:
-            on_step(i + 1)
-        return {}
-
-    return step_end
 
 
 def decode_layers(pipe, latents) -> list:

@@ -1,0 +1,130 @@
+"""The seams between generic code and the model families: model config keys are read only inside
+`llmdit_cli/families/`, generic code reaches a family package only through the registry, every
+runner has its protocol's functions, and `Limits` say what each tiny folder's configs say."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "llmdit_cli"
+# Keys of the Z-Image and Qwen-Image transformer and VAE configs (diffusers 0.42).
+MODEL_CONFIG_KEYS = {
+    "axes_lens",
+    "axes_dims",
+    "cap_feat_dim",
+    "all_patch_size",
+    "all_f_patch_size",
+    "n_layers",
+    "n_refiner_layers",
+    "in_channels",
+    "latent_channels",
+    "block_out_channels",
+    "scaling_factor",
+    "shift_factor",
+    "z_dim",
+    "temperal_downsample",
+    "joint_attention_dim",
+    "latents_mean",
+    "latents_std",
+}
+# Builders make models from configs (tests' tiny models, the demo's base model): they name the keys.
+BUILDERS = {PACKAGE / "tiny.py", PACKAGE / "train" / "scratch.py"}
+
+
+def config_key_uses(path: Path, root: Path = ROOT) -> list[str]:
+    """`file:line key` for every string constant or attribute named like a model config key."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        name = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            name = node.value
+        elif isinstance(node, ast.Attribute):
+            name = node.attr
+        if name in MODEL_CONFIG_KEYS:
+            found.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    return found
+
+
+def generic_modules() -> list[Path]:
+    families = PACKAGE / "families"
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if families not in p.parents and p not in BUILDERS]
+
+
+def test_no_model_config_key_is_read_outside_the_family_packages():
+    uses = [use for path in generic_modules() for use in config_key_uses(path)]
+    assert not uses, "model config keys outside llmdit_cli/families/:\n" + "\n".join(uses)
+
+
+def test_the_key_scan_finds_a_config_read(tmp_path):
+    """The scan above sees the ways code reads a config key."""
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "def f(handle, t):\n"
+        "    a = handle.component_config('transformer').get('axes_lens')\n"
+        "    b = t.config.cap_feat_dim\n"
+        "    return a, b, t.config['n_layers']\n"
+    )
+    uses = config_key_uses(sample, tmp_path)
+    assert sorted(u.split()[-1] for u in uses) == ["axes_lens", "cap_feat_dim", "n_layers"]
+
+
+def test_a_direct_import_of_a_family_package_breaks_the_contract(tmp_path):
+    """Generic code that imports a family package (not the registry) fails `lint-imports`."""
+    copy = tmp_path / "proj"
+    shutil.copytree(PACKAGE, copy / "llmdit_cli", ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    engine = copy / "llmdit_cli" / "workflows.py"
+    engine.write_text(engine.read_text() + "\n\ndef _peek():\n    from llmdit_cli.families.zimage import runner\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy), str(ROOT / "tools")])}
+    cmd = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
+    done = subprocess.run([*cmd, "--no-cache"], cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "only through the registry" in done.stdout and "BROKEN" in done.stdout
+    assert "llmdit_cli.workflows -> llmdit_cli.families.zimage" in done.stdout
+
+
+def protocol_functions(protocol) -> set[str]:
+    return {n for n, v in vars(protocol).items() if inspect.isfunction(v) and not n.startswith("_")}
+
+
+def test_every_runner_has_its_protocol():
+    from llmdit_cli.families import REGISTRY
+    from llmdit_cli.families.protocol import DecomposeRunner, EditRunner, Runner, TextToImageRunner
+
+    by_task = {"text-to-image": TextToImageRunner, "layer decomposition": DecomposeRunner, "layer editing": EditRunner}
+    for family in REGISTRY:
+        code = family.code()
+        wanted = protocol_functions(Runner) | protocol_functions(by_task[family.task])
+        missing = [n for n in sorted(wanted) if not callable(getattr(code, n, None))]
+        assert not missing, f"{family.name} runner {family.runner} lacks {missing}"
+
+
+def test_limits_of_a_z_image_folder_come_from_its_configs(tiny_model):
+    """The tiny folder: axes_lens [256, 32, 32] -> 224 caption tokens (axes_lens[0] - 32), 3 blocks,
+    patch 2 over an 8x VAE -> 16 px per token, 32 tokens -> 512 px covered."""
+    from llmdit_cli.models import ModelHandle
+
+    lim = ModelHandle(str(tiny_model)).limits()
+    assert (lim.caption_tokens, lim.text_hidden_size, lim.text_hidden_states) == (224, 32, 3)
+    assert (lim.channels, lim.patch_size, lim.vae_scale_factor, lim.token_pixels) == (16, 2, 8, 16)
+    assert (lim.trained_size, lim.blocks) == (512, 3)
+
+
+@pytest.mark.parametrize("kind", ["edit"])
+def test_limits_of_a_qwen_image_folder_come_from_its_configs(tmp_path, kind):
+    from llmdit_cli.models import ModelHandle
+    from llmdit_cli.tiny import QWEN_HIDDEN, save_qwen_image
+
+    lim = ModelHandle(str(save_qwen_image(kind, tmp_path / kind))).limits()
+    assert lim.text_hidden_size == QWEN_HIDDEN and lim.caption_tokens is None and lim.trained_size is None
+    assert (lim.channels, lim.patch_size, lim.vae_scale_factor, lim.blocks) == (16, 2, 16, 2)
+    assert lim.text_hidden_states == 3
