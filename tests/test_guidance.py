@@ -1,6 +1,8 @@
 """Skip-layer guidance and DyPE: on the shipped demo through the CLI, and on tiny random
 transformers through the stage functions, against independent re-derivations."""
 
+from contextlib import ExitStack
+
 import pytest
 import torch
 from helpers import assert_one_line_error, max_diff, pixels
@@ -84,19 +86,28 @@ def _skipping_by_forward_hooks(dit, layers):
 
 @pytest.mark.parametrize("n,cfg", [(1, 0.0), (2, 0.0), (1, 3.0), (2, 3.0)])
 def test_slg_math_composes_with_cfg_and_batches(n, cfg):
-    from llmdit_cli.families.zimage.denoise import guided_velocity
-    from llmdit_cli.guidance.slg import SLGConfig, slg_applied
+    from llmdit_cli.families.zimage.denoise import DenoiseParams, guided_velocity
+    from llmdit_cli.guidance.guiders import Step
+    from llmdit_cli.guidance.slg import SLGConfig
 
     dit = _tiny_dit()
     lat, cond, uncond = _inputs(n)
     t = torch.full((n,), 0.3)
+    step = Step(0, 1, 0.3)
+
+    def velocity(params, negatives):
+        guiders = params.guiders()
+        with ExitStack() as hooks:
+            for g in guiders:
+                hooks.enter_context(g.attach(dit.layers))
+            return guided_velocity(dit, lat, t, cond, negatives, guiders, step)
+
     with torch.no_grad():
-        plain = guided_velocity(dit, lat, t, cond, uncond if cfg else [], cfg, 0.0)
-        with slg_applied(dit, SLGConfig(scale=2.0, layers=[0, 2])) as skipper:
-            guided = guided_velocity(dit, lat, t, cond, uncond if cfg else [], cfg, 0.0, 2.0, skipper)
-        pos = guided_velocity(dit, lat, t, cond, [], 0.0, 0.0)
+        plain = velocity(DenoiseParams(1, guidance_scale=cfg), uncond if cfg else [])
+        guided = velocity(DenoiseParams(1, guidance_scale=cfg, slg=SLGConfig(2.0, [0, 2])), uncond if cfg else [])
+        pos = velocity(DenoiseParams(1), [])
         handles = _skipping_by_forward_hooks(dit, [0, 2])
-        skip = guided_velocity(dit, lat, t, cond, [], 0.0, 0.0)
+        skip = velocity(DenoiseParams(1), [])
         for h in handles:
             h.remove()
     assert guided.shape == plain.shape == (n, 16, 1, 8, 8)
@@ -125,6 +136,60 @@ def test_slg_runs_one_extra_pass_per_step_in_its_window():
     dit.register_forward_pre_hook(lambda m, a: calls.append(1))
     _loop(dit, DenoiseParams(steps=8, slg=SLGConfig(scale=2.5, layers=[1], start=0.25, stop=0.5)), lat, cond)
     assert len(calls) == 8 + 2  # steps 2 and 3 of 0..7 lie in [0.25, 0.5)
+
+
+def test_cfg_truncation_drops_the_unconditional_pass_once_past_it():
+    """The CFG guider asks for the negative pass only while progress <= truncation: the batch the
+    transformer sees halves from then on."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from llmdit_cli.families.zimage.denoise import DenoiseParams, run_loop, set_timesteps
+
+    dit = _tiny_dit()
+    lat, cond, uncond = _inputs(1)
+    batches = []
+    dit.register_forward_pre_hook(lambda m, a: batches.append(len(a[0])))
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    steps = set_timesteps(sched, 6, 16, "cpu")
+    sched.set_begin_index(0)
+    progress = [float((1000 - t) / 1000) for t in steps]
+    run_loop(dit, sched, steps, lat.clone(), cond, uncond, DenoiseParams(6, guidance_scale=3.0, cfg_truncation=0.5))
+    assert batches == [2 if x <= 0.5 else 1 for x in progress]
+    assert 1 in batches and 2 in batches
+
+
+def test_a_guider_joins_the_loop_without_changing_it():
+    """A new method is a Guider in the family's list: here one that asks for the negative pass
+    and moves away from it, which is CFG written again; the loop gives CFG's latents."""
+    from llmdit_cli.families.zimage.denoise import DenoiseParams
+    from llmdit_cli.guidance.guiders import UNCOND, Guider
+
+    class AwayFromNegative(Guider):
+        def needs(self, step):
+            return frozenset({UNCOND})
+
+        def combine(self, pred, p, step):
+            return pred + 2.0 * (p.cond - p.uncond)
+
+    class Custom(DenoiseParams):
+        def guiders(self):
+            return [AwayFromNegative()]
+
+    dit = _tiny_dit()
+    lat, cond, uncond = _inputs(1)
+
+    def run(p):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from llmdit_cli.families.zimage.denoise import run_loop, set_timesteps
+
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        steps = set_timesteps(sched, p.steps, 16, "cpu")
+        sched.set_begin_index(0)
+        return run_loop(dit, sched, steps, lat.clone(), cond, uncond, p)
+
+    torch.testing.assert_close(run(Custom(3)), run(DenoiseParams(3, guidance_scale=2.0)))
+    assert not torch.equal(run(Custom(3)), run(DenoiseParams(3)))
 
 
 def test_hooks_are_removed_after_an_interrupted_run():

@@ -1,4 +1,5 @@
-"""Skip-layer guidance (SLG) for Z-Image, written as a diffusers model hook.
+"""Skip-layer guidance (SLG), written as a diffusers model hook; `guiders.SkipLayerGuidance` is the
+guider that runs it in the denoise loop.
 
 Inside the window `start <= step / steps < stop` one more forward pass runs on the conditional
 batch with the transformer blocks in `layers` skipped (each returns its input unchanged), and
@@ -107,22 +108,3 @@ class LayerSkipper:
             if registry is not None and registry.get_hook(HOOK_NAME) is not None:
                 registry.remove_hook(HOOK_NAME, recurse=False)
         self.blocks = []
-
-
-def apply_slg(transformer, config: SLGConfig) -> LayerSkipper:
-    """Attach skip hooks to `transformer.layers[i]` for each i in `config.layers`."""
-    check_slg(config, len(transformer.layers))
-    return LayerSkipper([transformer.layers[i] for i in sorted(set(config.layers))])
-
-
-@contextmanager
-def slg_applied(transformer, config: SLGConfig | None):
-    """`apply_slg` for the duration of a run; the hooks come off however the run ends."""
-    if config is None or not config.enabled:
-        yield None
-        return
-    skipper = apply_slg(transformer, config)
-    try:
-        yield skipper
-    finally:
-        skipper.remove()

@@ -1,15 +1,13 @@
 """Flow-matching denoising for Z-Image, step for step the arithmetic of the stock pipelines.
 
-Per step, with `t` the scheduler timestep and `s` the guidance scale:
+Per step, with `t` the scheduler timestep:
 
-    v_pos = DiT(x, (1000 - t) / 1000, cond)
-    v     = v_pos + s * (v_pos - v_neg)      if CFG is on (s > 0 and progress <= cfg_truncation)
-    v     = v + g * (v_pos - v_skip)          in the skip-layer guidance window (guidance/slg.py)
-    v     = v * min(1, c * |v_pos| / |v|)     if CFG is on and cfg_normalization c > 0
+    v_pos = DiT(x, (1000 - t) / 1000, cond)   (with v_neg / v_skip when a guider needs them)
+    v     = the guiders' combination           (guidance/guiders.py: CFG, SLG, CFG normalisation)
     x     = euler_step(-v, t, x)
 
 The DiT output is negated because Z-Image predicts `x0 - noise` while the scheduler steps along
-`noise - x0`. Written out here (not a call to the pipeline) so guidance hooks can join the loop.
+`noise - x0`. Written out here (not a call to the pipeline) so guiders and hooks join the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +18,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmdit_cli.errors import UsageError, setting
+from llmdit_cli.guidance.guiders import (
+    SKIP,
+    UNCOND,
+    CFGNormalization,
+    ClassifierFreeGuidance,
+    Guider,
+    Predictions,
+    SkipLayerGuidance,
+    Step,
+    combine,
+    needed,
+    pass_context,
+)
 from llmdit_cli.stages import run_device
 
 if TYPE_CHECKING:
@@ -36,6 +47,14 @@ class DenoiseParams:
     shift: float | None = None
     slg: SLGConfig | None = None
     dype: DyPEConfig | None = None
+
+    def guiders(self) -> list[Guider]:
+        """Z-Image's guidance, in the order it combines: CFG, SLG, then CFG normalisation."""
+        out: list[Guider] = [ClassifierFreeGuidance(self.guidance_scale, self.cfg_truncation)]
+        if self.slg is not None and self.slg.enabled:
+            out.append(SkipLayerGuidance(self.slg))
+        out.append(CFGNormalization(self.cfg_normalization))
+        return out
 
 
 def make_scheduler(base_scheduler, shift: float | None):
@@ -76,44 +95,31 @@ def _forward(transformer, x, timestep, embeds: list) -> list:
     return transformer(list(x.unsqueeze(2).unbind(dim=0)), timestep, embeds, return_dict=False)[0]
 
 
-def guided_velocity(
-    transformer,
-    latents,
-    timestep,
-    cond: list,
-    uncond: list,
-    scale: float,
-    normalization: float,
-    slg_scale: float = 0.0,
-    skipper=None,
-):
-    """The DiT prediction for the batch, with CFG when `scale > 0` and SLG when `skipper` is given."""
+def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, guiders: list[Guider], step: Step):
+    """The DiT prediction for the batch, combined by the guiders: the passes they need at this
+    step run once (the unconditional one batched with the conditional one)."""
     import torch
 
     n = latents.shape[0]
     x = latents.to(transformer.dtype)
-    if scale > 0:
+    need = needed(guiders, step)
+    with_uncond = UNCOND in need and len(uncond) == n
+    if with_uncond:
         out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond)
     else:
         out = _forward(transformer, x, timestep, cond)
     skipped = None
-    if skipper is not None:
-        with skipper.skipping():
+    if SKIP in need:
+        with pass_context(guiders, SKIP, step):
             skipped = _forward(transformer, x, timestep, cond)
     preds = []
     for i in range(n):
-        pos = out[i].float()
-        pred = pos
-        if scale > 0:
-            pred = pos + scale * (pos - out[n + i].float())
-        if skipped is not None:
-            pred = pred + slg_scale * (pos - skipped[i].float())
-        if scale > 0 and normalization and normalization > 0:
-            pos_norm, new_norm = torch.linalg.vector_norm(pos), torch.linalg.vector_norm(pred)
-            limit = pos_norm * float(normalization)
-            if new_norm > limit:
-                pred = pred * (limit / new_norm)
-        preds.append(pred)
+        p = Predictions(
+            out[i].float(),
+            out[n + i].float() if with_uncond else None,
+            skipped[i].float() if skipped is not None else None,
+        )
+        preds.append(combine(guiders, p, step))
     return torch.stack(preds, dim=0)
 
 
@@ -129,40 +135,24 @@ def run_loop(
     first_step: int = 0,
 ):
     """Denoise over `timesteps`; `first_step` is where they start in the full `p.steps` schedule
-    (img2img), so the SLG window keeps its place in the schedule."""
+    (img2img), so guidance windows keep their place in the schedule."""
     import torch
 
     from llmdit_cli.families.zimage.rope import dype_applied, positions_for
-    from llmdit_cli.guidance.slg import slg_applied
 
-    use_cfg = p.guidance_scale > 0
-    if use_cfg and len(uncond) != len(cond):
-        raise UsageError(f"{setting('generation.guidance_scale')} > 0 needs negative embeddings for every prompt")
+    guiders = p.guiders()
     patch = transformer.config.all_patch_size[0]
     grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
     # Hooks come off in reverse order however the loop ends (error, Ctrl-C), so the next run is clean.
     with torch.no_grad(), ExitStack() as hooks:
         hooks.enter_context(positions_for(transformer, grid))
         hooks.enter_context(dype_applied(transformer, p.dype))
-        skipper = hooks.enter_context(slg_applied(transformer, p.slg))
+        for g in guiders:
+            hooks.enter_context(g.attach(transformer.layers))
         for i, t in enumerate(timesteps):
             timestep = (1000 - t.expand(latents.shape[0])) / 1000
-            scale = p.guidance_scale
-            if use_cfg and p.cfg_truncation is not None and float(p.cfg_truncation) <= 1:
-                if float((1000 - t.float()) / 1000) > p.cfg_truncation:
-                    scale = 0.0
-            in_window = skipper is not None and p.slg.active_at(first_step + i, p.steps)
-            v = guided_velocity(
-                transformer,
-                latents,
-                timestep,
-                cond,
-                uncond if scale > 0 else [],
-                scale,
-                p.cfg_normalization,
-                p.slg.scale if in_window else 0.0,
-                skipper if in_window else None,
-            )
+            step = Step(first_step + i, p.steps, float((1000 - t.float()) / 1000))
+            v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step)
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
             if on_step:
                 on_step(i + 1, len(timesteps))
@@ -187,8 +177,6 @@ def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, str
     """Noise `image_latents` to the level `strength` and denoise from there, as ZImageImg2ImgPipeline."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    if not 0.0 <= strength <= 1.0:
-        raise UsageError(f"{setting('generation.strength')} {strength}: must be in [0, 1]")
     device = transformer_device(pipe)
     shape = tuple(image_latents.shape)
     scheduler = make_scheduler(pipe.scheduler, p.shift)
