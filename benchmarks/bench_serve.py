@@ -84,7 +84,8 @@ def in_process():
     from llmdit_cli.config import resolve
     from llmdit_cli.engine import Engine
     from llmdit_cli.pngmeta import png_bytes
-    from llmdit_cli.serve.app import ServeConfig, image_request
+    from llmdit_cli.serve.app import ServeConfig
+    from llmdit_cli.serve.routes.images import image_request
     from llmdit_cli.serve.schemas import ImagesRequest
     from llmdit_cli.serve.settings import ServerSettings
 

@@ -299,6 +299,14 @@ class Resolved:
         copy.model_setting = key
         return copy
 
+    def with_flags(self, flags: dict[str, Any]) -> Resolved:
+        """A copy with `flags` (by flag name or key, None = not given) on top, checked like flags."""
+        values, sources = dict(self.values), dict(self.sources)
+        _apply_flags(values, sources, flags)
+        copy = Resolved(values, sources, self.config_path, self.profile)
+        copy.model_setting = self.model_setting
+        return copy
+
     @property
     def settings(self) -> Settings:
         if self._typed is None:

@@ -498,3 +498,35 @@ def test_a_client_record_names_loras_without_server_paths(tmp_path):
     record = {"seed": 1, "loras": [f"{folder}/styles/ink.safetensors:0.7", f"{tmp_path}/own.safetensors:1.0"]}
     assert cfg.client_record(record)["loras"] == ["styles/ink.safetensors:0.7", "own.safetensors:1"]
     assert str(tmp_path) not in json.dumps(ServerSettings(flags={}).client_record(record))
+
+
+def test_openapi_describes_the_routes_and_their_request_bodies(server):
+    """The schema clients (and schemathesis) read: every route, each body's fields by name."""
+    status, schema = server.json("GET", "/openapi.json", auth=False)
+    assert status == 200
+    paths = schema["paths"]
+    for path in ("/v1/chat/completions", "/v1/llmdit/encode", "/v1/images/generations"):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        name = body.rsplit("/", 1)[1]
+        assert schema["components"]["schemas"][name]["properties"], name
+    assert {"/health", "/v1/models", "/v1/llmdit/status", "/v1/llmdit/templates"} <= set(paths)
+    chat = schema["components"]["schemas"]["ChatRequest"]
+    assert "messages" in chat["required"] and "Message" in schema["components"]["schemas"]
+    assert set(schema["components"]["schemas"]["ImagesRequest"]["properties"]) >= {"prompt", "n", "size", "llmdit"}
+
+
+def test_settings_are_resolved_once_at_start(tmp_path):
+    """Editing the config file while serving changes nothing (it would load a second model copy)."""
+    config = tmp_path / "config.toml"
+    config.write_text("[default.generation]\nsteps = 3\n")
+    s = Server("--model", "demo", "--config", str(config))
+    try:
+        config.write_text("[default.generation]\nsteps = 5\n")
+        body = {"prompt": PROMPT, "llmdit": {"seed": 1}}
+        status, data = s.json("POST", "/v1/images/generations", body)
+        assert status == 200, data
+        assert data["data"][0]["llmdit"]["settings"]["steps"] == 3
+        config.write_text("[default.generation]\nsteps = nonsense\n")
+        assert s.json("POST", "/v1/images/generations", body)[0] == 200
+    finally:
+        s.stop()

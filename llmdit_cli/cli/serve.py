@@ -177,7 +177,7 @@ def serve(
 
     from llmdit_cli.engine import Engine
     from llmdit_cli.remote import check_base_url
-    from llmdit_cli.serve.app import Limits, ServeConfig, create_app
+    from llmdit_cli.serve.app import ServeConfig, ServerLimits, create_app
     from llmdit_cli.serve.settings import ServerSettings
 
     if encoder_url:
@@ -205,12 +205,13 @@ def serve(
             profile,
             Path(lora_dir) if lora_dir else None,
             _public_names(),
+            r,
         ),
         components=components,
         token=token,
         encoder_url=encoder_url,
         encoder_key=os.environ.get(encoder_key_env),
-        limits=Limits(
+        limits=ServerLimits(
             max_queue, max_body_bytes, max_prompt_chars, 16, max_images, max_pixels, max_tokens, max_steps=max_steps
         ),
         trusted_hosts=None if token or host not in LOOPBACK else ["127.0.0.1", "localhost", "::1", "[::1]"],

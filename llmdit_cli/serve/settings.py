@@ -41,6 +41,20 @@ class ServerSettings:
     lora_dir: Path | None = None
     # Setting field -> the name requests use (the CLI flag without dashes, where it differs).
     public: dict[str, str] = field(default_factory=dict)
+    # The server's own settings, resolved once: editing the config file while serving changes
+    # nothing (it would silently load a second copy of the model).
+    resolved: Any = field(default=None, repr=False)
+
+    def base(self):
+        """The server's settings (config file, profile, environment, its flags), resolved once."""
+        if self.resolved is None:
+            from llmdit_cli.config import resolve
+
+            try:
+                self.resolved = resolve(self.config, self.profile, self.flags)
+            except LlmditError as exc:
+                raise ApiError(500, str(exc), kind="server_error") from None
+        return self.resolved
 
     def public_name(self, field_name: str) -> str:
         return self.public.get(field_name, field_name)
@@ -63,10 +77,10 @@ class ServerSettings:
         return render(raw, self.field_name), param
 
     def resolve(self, llmdit: dict[str, Any], sections: tuple[str, ...], extra: tuple[str, ...] = ()):
-        """The server's settings with the request's `llmdit` settings on top (checked)."""
-        from llmdit_cli.config import FLAG_KEY, parse_layers, resolve
+        """The server's settings (`base`) with the request's `llmdit` settings on top (checked)."""
+        from llmdit_cli.config import FLAG_KEY, parse_layers
 
-        flags = dict(self.flags)
+        flags: dict[str, Any] = {}
         by_public = {self.public_name(f): f for f in FLAG_KEY}
         for name, value in llmdit.items():
             wanted = name.replace("-", "_")
@@ -85,7 +99,7 @@ class ServerSettings:
                     raise ApiError(400, *self.message(exc)) from None
             flags[field_] = value
         try:
-            return resolve(self.config, self.profile, flags)
+            return self.base().with_flags(flags)
         except LlmditError as exc:
             message, param = self.message(exc)
             raise ApiError(400, message, param) from None

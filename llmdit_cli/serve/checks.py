@@ -1,0 +1,145 @@
+"""Checks on what a request sends, before anything queues: the body (size, JSON, types), prompts,
+settings and chat messages against the server's limits. Each refusal is an `ApiError` naming the
+field at fault."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmdit_cli.serve.config import ServerLimits
+from llmdit_cli.serve.settings import ApiError
+
+
+async def read_limited(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit} (--max-body-bytes)")
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > limit:
+            raise ApiError(413, f"request body is over the limit of {limit} bytes (--max-body-bytes)")
+    return bytes(data)
+
+
+def parse_json(data: bytes) -> Any:
+    """The body as JSON: NaN, Infinity and numbers too large for a float are refused (they would
+    run a whole job and then fail to serialise), as is nesting too deep to parse."""
+
+    def refuse(constant: str):
+        raise ApiError(400, f"the request body holds {constant}, which is not a JSON number")
+
+    try:
+        raw = json.loads(data, parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not JSON ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
+    check_finite(raw, "")
+    return raw
+
+
+def check_finite(value: Any, where: str) -> None:
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, f"{where or 'body'}: the number is out of range", where or None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}.{i}" if where else str(i))
+
+
+def validate(model: type, raw: Any):
+    """`raw` as `model`, or a 400 that names the first field at fault."""
+    from pydantic import ValidationError
+
+    if not isinstance(raw, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        union_tags = {"str", "int", "float", "bool", "list", "dict", "TextPart", "ImagePart"}
+        parts = [str(x) for x in err["loc"] if str(x) not in union_tags and "[" not in str(x) and "-" not in str(x)]
+        where = ".".join(parts) or "body"
+        if err["type"] == "extra_forbidden":
+            raise ApiError(400, f"unknown field: {where}", where) from None
+        if err["type"] == "missing":
+            raise ApiError(400, f"missing field: {where}", where) from None
+        raise ApiError(400, f"{where}: {err['msg']}", where) from None
+
+
+def check_llmdit(settings: dict[str, Any], limits: ServerLimits) -> None:
+    """Server limits on settings that cost time or memory (the engine checks the rest)."""
+    for name, value in settings.items():
+        if isinstance(value, str) and len(value) > limits.max_prompt_chars:
+            raise ApiError(
+                400,
+                f"llmdit.{name}: {len(value)} characters, over the limit of {limits.max_prompt_chars}",
+                f"llmdit.{name}",
+            )
+    for name, limit in (("steps", limits.max_steps), ("max_length", 4096), ("caption_length", 4096)):
+        value = settings.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            raise ApiError(400, f"llmdit.{name}: {value}, over the limit of {limit}", f"llmdit.{name}")
+
+
+def check_prompts(prompts: list[str], name: str, limits: ServerLimits) -> None:
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"{name}: {len(prompts)} prompts, at most {limits.max_prompts} per request", name)
+    for i, p in enumerate(prompts):
+        where = f"{name}.{i}" if name == "prompts" else name
+        if not p.strip():
+            raise ApiError(400, f"{where}: empty prompt", where)
+        if len(p) > limits.max_prompt_chars:
+            raise ApiError(400, f"{where}: {len(p)} characters, over the limit of {limits.max_prompt_chars}", where)
+
+
+def chat_messages(body, limits: ServerLimits) -> list[tuple[str, str]]:
+    if len(body.messages) > limits.max_messages:
+        raise ApiError(400, f"messages: {len(body.messages)}, at most {limits.max_messages}", "messages")
+    out = []
+    for i, m in enumerate(body.messages):
+        if isinstance(m.content, str):
+            text = m.content
+        else:
+            if any(p.type == "image_url" for p in m.content):
+                raise ApiError(
+                    400,
+                    f"messages.{i}.content: image input needs a vision model, and none is loaded here",
+                    f"messages.{i}.content",
+                )
+            text = "".join(p.text for p in m.content)
+        if len(text) > limits.max_prompt_chars:
+            raise ApiError(
+                400,
+                f"messages.{i}.content: {len(text)} characters, over the limit of {limits.max_prompt_chars}",
+                f"messages.{i}.content",
+            )
+        out.append(("system" if m.role == "developer" else m.role, text))
+    return out
+
+
+def chat_sampling(body, limits: ServerLimits):
+    import random
+
+    from llmdit_cli.rewriting import Sampling
+
+    wanted = body.max_completion_tokens or body.max_tokens or min(256, limits.max_tokens)
+    if wanted > limits.max_tokens:
+        name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{name}: {wanted}, over the limit of {limits.max_tokens} (--max-tokens)", name)
+    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
+    return Sampling(body.temperature, body.top_p, body.top_k, body.min_p, wanted, seed)
+
+
+def finish_reason(n_reply: int, sampling) -> str:
+    return "length" if n_reply >= sampling.max_new_tokens else "stop"
+
+
+def usage(n_prompt: int, n_reply: int) -> dict[str, int]:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_reply, "total_tokens": n_prompt + n_reply}

@@ -1,0 +1,34 @@
+"""What `llmdit serve` was started with: the model, its settings, components, auth and limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmdit_cli.serve.settings import ServerSettings
+
+
+@dataclass
+class ServerLimits:
+    max_queue: int = 8
+    max_body_bytes: int = 1 << 20
+    max_prompt_chars: int = 4000
+    max_prompts: int = 16
+    max_images: int = 4
+    max_pixels: int = 2048 * 2048
+    max_tokens: int = 1024
+    max_steps: int = 100
+    max_side: int = 4096
+    max_messages: int = 64
+    max_lora_models: int = 2  # models loaded with LoRAs, besides the base one
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    settings: ServerSettings
+    components: str = "all"  # encoder | dit | all
+    token: str | None = None
+    encoder_url: str | None = None  # dit: prompts are encoded by this llmdit server
+    encoder_key: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    trusted_hosts: list[str] | None = None
