@@ -6,7 +6,7 @@
 2. `llmdit generate --model demo` against a plain script calling diffusers' ZImagePipeline on the
    same folder and settings: whole process, and in-process per image.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_core.py [--repeats 5] [--help-only]
+    OMP_NUM_THREADS=1 python benchmarks/bench_core.py [--repeats 5] [--help-only | --per-image-only]
 """
 
 from __future__ import annotations
@@ -130,25 +130,29 @@ def in_process(repeats: int) -> tuple[float, float]:
     def ours_once():
         engine.generate(request())
 
-    def median(fn):
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats * 4):
+    # Interleaved A B A B after a warm-up of each, so drift (heat, other load) hits both alike.
+    stock_once(), ours_once()
+    times: dict = {stock_once: [], ours_once: []}
+    for _ in range(repeats * 4):
+        for fn in (stock_once, ours_once):
             t = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    return median(stock_once), median(ours_once)
+            times[fn].append(time.perf_counter() - t)
+    return statistics.median(times[stock_once]), statistics.median(times[ours_once])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--help-only", action="store_true", help="only the help-time ratios")
+    parser.add_argument("--per-image-only", action="store_true", help="only the in-process per-image ratio")
     args = parser.parse_args()
     if args.help_only:
         print_rows(help_ratios(max(args.repeats, 7)))
+        return
+    if args.per_image_only:
+        stock_img, ours_img = in_process(args.repeats)
+        print_rows([("llmdit engine / `ZImagePipeline.__call__` (in-process, per image)", ours_img, stock_img)])
         return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:

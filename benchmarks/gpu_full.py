@@ -584,7 +584,9 @@ class MemoModel:
         wf.open_model = self.open
 
     def open(self, r):
-        key = repr([r[f] for f in ("model", "loras", *self.wf.PLACEMENT_FIELDS)])
+        from llmdit_cli.config import OptimizationSettings
+
+        key = repr([r[f] for f in ("model", "loras", *OptimizationSettings.model_fields)])
         if key not in self.cache:
             self.cache[key] = self.original(r)
         return self.cache[key]

@@ -10,14 +10,13 @@ from typing import Any
 
 from llmdit_cli import __version__
 from llmdit_cli.artifacts import embeds_file_bytes, read_stage, split_embeds, write_bytes_atomic
-from llmdit_cli.config import EncoderSettings, OptimizationSettings, Resolved
+from llmdit_cli.config import EncoderSettings, Resolved
 from llmdit_cli.errors import ModelError, UsageError, setting
 from llmdit_cli.models import ModelHandle, Placement
 from llmdit_cli.prompts import ChatFormat
 from llmdit_cli.stages.lengths import LONG_MODES, fill_length, fit_length
 
 ENCODER_FIELDS = tuple(EncoderSettings.model_fields)
-PLACEMENT_FIELDS = tuple(OptimizationSettings.model_fields)
 
 
 def open_model(r: Resolved) -> ModelHandle:

@@ -38,7 +38,3 @@ def encode_texts(
         states = text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     chosen = states[hidden_layer]
     return Encoded([chosen[i][mask[i]] for i in range(len(texts))], [int(m.sum()) for m in mask])
-
-
-def count_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text).input_ids)
