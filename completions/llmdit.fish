@@ -102,12 +102,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l dtype -d 'auto (bf
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l help -d 'Show help'
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
@@ -156,13 +156,13 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l from-png -d 'Reg
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l guidance-scale -d 'CFG scale; 0 turns CFG off (Turbo default 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l height -d 'Height in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l help -d 'Show help'
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
@@ -227,14 +227,14 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l from-latents -d '
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l guidance-scale -d 'CFG scale; 0 turns CFG off (Turbo default 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l height -d 'Height in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l help -d 'Show help'
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l hidden-layer -d 'Text-encoder hidden state to use (default -2, as stock)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l image -d 'Input image' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l negative-prompt -d 'Negative prompt (used when --guidance-scale > 0)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F

@@ -38,7 +38,7 @@ class EncoderSettings(_Section):
     thinking_content: str | None = None
     enable_thinking: bool = True
     assistant_content: str | None = None
-    hidden_layer: int = -2
+    hidden_layer: int | None = None  # None: the model family's (its stock pipeline's)
     max_length: int = 512
     # A prompt template by name (templates/, `llmdit templates list`): its system prompt and
     # think-block settings apply where the settings above are left unset.
@@ -74,7 +74,7 @@ class GenerationSettings(_Section):
     guidance_scale: float | None = None
     cfg_normalization: float = 0.0
     cfg_truncation: float = 1.0
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
     strength: float = 0.6
 
 

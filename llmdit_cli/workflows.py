@@ -12,6 +12,7 @@ from llmdit_cli import __version__
 from llmdit_cli.artifacts import embeds_file_bytes, read_stage, split_embeds, write_bytes_atomic
 from llmdit_cli.config import EncoderSettings, Resolved
 from llmdit_cli.errors import ModelError, UsageError, setting
+from llmdit_cli.families import check_feature
 from llmdit_cli.models import ModelHandle, Placement
 from llmdit_cli.prompts import ChatFormat
 from llmdit_cli.stages.lengths import LONG_MODES, fill_length, fit_length
@@ -44,17 +45,20 @@ def chat_format(r: Resolved):
     if not e.template:
         return ChatFormat(e.system_prompt, e.thinking_content, e.enable_thinking, e.assistant_content), None
     t = find(e.template, s.templates.dir)
-    thinking = (
-        e.enable_thinking
-        if r.sources.get("encoder.enable_thinking", "default") != "default"
-        else t.meta.enable_thinking
-    )
+    thinking = e.enable_thinking if _chosen(r, "encoder.enable_thinking") else t.meta.enable_thinking
     return ChatFormat(
-        e.system_prompt if e.system_prompt is not None else t.system,
+        e.system_prompt if _chosen(r, "encoder.system_prompt") else t.system,
         e.thinking_content if e.thinking_content is not None else t.meta.thinking_content,
         thinking,
         e.assistant_content if e.assistant_content is not None else t.meta.assistant_content,
     ), t
+
+
+def _chosen(r: Resolved, key: str) -> bool:
+    """Whether the caller chose `key` (a flag, config, environment, stored settings): a template
+    fills what is left to the defaults or the model family (its system prompt, say)."""
+    source = r.sources.get(key, "default")
+    return source != "default" and not source.startswith("model family")
 
 
 @dataclass
@@ -89,6 +93,7 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     if s.vl.image:
         from llmdit_cli.vision import open_image
 
+        check_feature(handle.family, "vision", "vl.image", handle.ref)
         image = open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
@@ -210,10 +215,11 @@ def check_remote_template(r: Resolved, params: dict[str, Any], where: str) -> No
         )
 
 
-def remote_encode(url: str, prompts: list[str], r: Resolved, key: str | None, timeout: float, where: str) -> Embeds:
+def remote_encode(url: str, prompts: list[str], r: Resolved, handle: ModelHandle, key, timeout: float, where: str):
     """The prompts' embeddings made by an `llmdit serve` text encoder with these settings (and
-    negatives when CFG is on): the same tensors local encoding gives with the same model."""
-    with_negative = r.settings.generation.guidance_scale > 0
+    negatives when the model's guidance uses them): the same tensors local encoding gives with the
+    same model."""
+    with_negative = handle.code.wants_negative(r.settings.generation)
     return embeds_of(remote_embeds_file(url, prompts, r, with_negative, key, timeout, where)[1])
 
 
@@ -334,12 +340,12 @@ def check_size(value: int, label: str, multiple: int = 16) -> None:
         raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")
 
 
-def check_generation(r: Resolved) -> None:
-    """Values each setting must have; a message names the setting and, unless the caller gave it,
-    where its value came from."""
+def check_generation(r: Resolved, lim) -> None:
+    """Values each setting must have (sides on the model's token grid, `lim`: its `Limits`); a
+    message names the setting and, unless the caller gave it, where its value came from."""
     g = r.settings.generation
     for side in ("width", "height"):
-        check_size(getattr(g, side), label=r.origin(side))
+        check_size(getattr(g, side), label=r.origin(side), multiple=lim.size_multiple)
     if g.steps < 1:
         raise UsageError(f"{r.origin('steps')} {g.steps}: must be at least 1")
     if g.guidance_scale < 0:
@@ -355,6 +361,7 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
 
     lim = handle.limits()
     slg = SLGConfig.from_settings(r.settings.slg)
+    _check_features(r, handle, slg.enabled)
     check_slg(slg, lim.blocks)
     dype = DyPEConfig.from_settings(r.settings.dype, lim)
     if dype is not None:
@@ -380,6 +387,19 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
             f"{g.width}x{g.height} is beyond the {trained} px the position embedding of {setting('model')} "
             f"{handle.ref} covers; positions are extrapolated (try {setting('dype.enabled')})"
         )
+
+
+def _check_features(r: Resolved, handle: ModelHandle, slg_on: bool) -> None:
+    """Refuse settings for what the model's family does not offer (`families.FEATURES`)."""
+    s = r.settings
+    wanted = {
+        "slg": (slg_on, "slg.enabled"),
+        "dype": (s.dype.enabled, "dype.enabled"),
+        "lora": (s.lora.loras, "lora.loras"),
+    }
+    for feature, (on, key) in wanted.items():
+        if on:
+            check_feature(handle.family, feature, key, handle.ref)
 
 
 def _hint_unused(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:

@@ -98,14 +98,24 @@ def protocol_functions(protocol) -> set[str]:
 
 def test_every_runner_has_its_protocol():
     from llmdit_cli.families import REGISTRY
-    from llmdit_cli.families.protocol import DecomposeRunner, EditRunner, Runner, TextToImageRunner
+    from llmdit_cli.families.protocol import (
+        FEATURE_PROTOCOLS,
+        DecomposeRunner,
+        EditRunner,
+        Img2ImgRunner,
+        Runner,
+        TextToImageRunner,
+    )
 
     by_task = {"text-to-image": TextToImageRunner, "layer decomposition": DecomposeRunner, "layer editing": EditRunner}
     for family in REGISTRY:
         code = family.code()
         wanted = protocol_functions(Runner) | protocol_functions(by_task[family.task])
+        for feature in family.features & set(FEATURE_PROTOCOLS):
+            wanted |= protocol_functions(FEATURE_PROTOCOLS[feature])
         missing = [n for n in sorted(wanted) if not callable(getattr(code, n, None))]
         assert not missing, f"{family.name} runner {family.runner} lacks {missing}"
+    assert "encode_image" in protocol_functions(Img2ImgRunner)  # a feature's protocol adds its own
 
 
 def test_limits_of_a_z_image_folder_come_from_its_configs(tiny_model):
@@ -116,7 +126,7 @@ def test_limits_of_a_z_image_folder_come_from_its_configs(tiny_model):
     lim = ModelHandle(str(tiny_model)).limits()
     assert (lim.caption_tokens, lim.text_hidden_size, lim.text_hidden_states) == (224, 32, 3)
     assert (lim.channels, lim.patch_size, lim.vae_scale_factor, lim.token_pixels) == (16, 2, 8, 16)
-    assert (lim.trained_size, lim.blocks) == (512, 3)
+    assert (lim.trained_size, lim.blocks, lim.size_multiple) == (512, 3, 16)
 
 
 @pytest.mark.parametrize("kind", ["edit"])
@@ -127,4 +137,15 @@ def test_limits_of_a_qwen_image_folder_come_from_its_configs(tmp_path, kind):
     lim = ModelHandle(str(save_qwen_image(kind, tmp_path / kind))).limits()
     assert lim.text_hidden_size == QWEN_HIDDEN and lim.caption_tokens is None and lim.trained_size is None
     assert (lim.channels, lim.patch_size, lim.vae_scale_factor, lim.blocks) == (16, 2, 16, 2)
-    assert lim.text_hidden_states == 3
+    assert lim.text_hidden_states == 3 and lim.size_multiple == 32
+
+
+def test_a_family_without_a_feature_refuses_its_setting():
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.families import FEATURES, Family, by_name, check_feature
+
+    bare = Family("bare", ("BarePipeline",), {"v": {}}, "v", "llmdit_cli.families.zimage.runner")
+    with pytest.raises(UsageError, match=r"slg\.enabled.*bare models \(some/model\) do not take skip-layer guidance"):
+        check_feature(bare, "slg", "slg.enabled", "some/model")
+    for feature in FEATURES:
+        check_feature(by_name("z-image"), feature, "model", "demo")  # Z-Image offers every one

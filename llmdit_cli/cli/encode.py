@@ -139,7 +139,7 @@ def encode(
         _encode_remote(api_url, texts, r, api_key_env, timeout, output or "-", show_format, out)
         return
     engine = Engine()
-    handle, _ = engine.model(r)
+    handle, _ = engine.settled(r)
     if show_format:
         _show_format(handle, chat_format(r)[0], texts, r.settings.encoder.max_length, out)
         return

@@ -193,7 +193,9 @@ def _render(mode: str, o: dict) -> None:
             raise UsageError("--encoder-url encodes prompts; it takes prompts, not --from-embeds")
         where = f"--encoder-url {o['encoder_url']}"
         with out.status(f"encoding {len(texts)} prompt(s) on {o['encoder_url']}"):
-            req.embeds = wf.remote_encode(o["encoder_url"], texts, r, os.environ.get(o["api_key_env"]), 300.0, where)
+            handle = engine.model(r)[0]
+            key = os.environ.get(o["api_key_env"])
+            req.embeds = wf.remote_encode(o["encoder_url"], texts, r, handle, key, 300.0, where)
     req.seeds = wf.seeds_for(seed, o["num_images"])
     names = req.embeds.prompts if req.embeds else texts
     paths = plan_paths(

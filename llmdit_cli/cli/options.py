@@ -148,7 +148,7 @@ NegativeOpt = setting_option(
     Optional[str],
     "--negative-prompt",
     "-n",
-    help="Negative prompt (used when --guidance-scale > 0).",
+    help="Negative prompt, used when guidance is on (default: the model family's; none for Z-Image).",
     rich_help_panel=G_PROMPT,
 )
 SystemPromptOpt = setting_option(
@@ -234,7 +234,7 @@ HiddenLayerOpt = setting_option(
     "hidden_layer",
     Optional[int],
     "--hidden-layer",
-    help="Text-encoder hidden state to use (default -2, as stock).",
+    help="Text-encoder hidden state to use (default: the model family's, as its stock pipeline: -2 for Z-Image).",
     rich_help_panel=G_PROMPT,
 )
 MaxLengthOpt = setting_option(

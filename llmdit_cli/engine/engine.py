@@ -26,6 +26,7 @@ from llmdit_cli.engine.requests import (
     LayersDecodeRequest,
 )
 from llmdit_cli.errors import InputError, UsageError, setting
+from llmdit_cli.families import check_feature
 
 
 class Reporter(Protocol):
@@ -88,6 +89,12 @@ class Engine:
         check_task(handle.family, task, handle.ref, handle.key)
         return handle, lock
 
+    def settled(self, r: Resolved, task: str = "text-to-image"):
+        """`model` with the settings it leaves unset filled from the model's family."""
+        handle, lock = self.model(r, task)
+        wf.fill_family_defaults(r, handle.defaults(), handle.variant)
+        return handle, lock
+
     def adopt(self, handle, r: Resolved) -> None:
         """Serve requests for `r`'s model with an already opened handle (the trainer's)."""
         with self._guard:
@@ -104,7 +111,7 @@ class Engine:
     def encode(self, req: EncodeRequest, report: Reporter | None = None):
         """Prompt embeddings (`workflows.Embeds`) for the request's prompts."""
         report = report or Silent()
-        handle, lock = self.model(req.settings)
+        handle, lock = self.settled(req.settings)
         with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
             return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative, report=report)
 
@@ -122,7 +129,8 @@ class Engine:
         sampling.check()
         t = find(req.template, req.settings.settings.templates.dir)
         fmt = t.chat_format()
-        handle, lock = self.model(req.settings)
+        handle, lock = self.settled(req.settings)
+        check_feature(handle.family, "rewrite", "model", handle.ref)
         if req.image is not None:
             with lock:
                 return self._rewrite_from_image(req, t, handle, sampling, report)
@@ -146,7 +154,8 @@ class Engine:
         sampling = req.sampling or rewriting.Sampling()
         sampling.check()
         text = chat_text(req.messages, req.enable_thinking)
-        handle, lock = self.model(req.settings)
+        handle, lock = self.settled(req.settings)
+        check_feature(handle.family, "rewrite", "model", handle.ref)
         with lock, report.status(f"chat reply with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")
             lm = rewriting.causal_lm(pipe.text_encoder)
@@ -183,6 +192,8 @@ class Engine:
         handle, _ = self.model(r)
         if req.mode == "img2img" and req.init is None:
             raise UsageError("img2img needs an input image or latents")
+        if req.mode == "img2img":
+            check_feature(handle.family, "img2img", "model", handle.ref)
         lim = handle.limits()
         if req.init is not None and not wf.is_image(req.init):
             f = lim.vae_scale_factor
@@ -194,7 +205,7 @@ class Engine:
             r.set_default("height", req.init.height // step * step, "input image")
             r.set_default("width", req.init.width // step * step, "input image")
         wf.fill_family_defaults(r, handle.defaults(), handle.variant)
-        wf.check_generation(r)
+        wf.check_generation(r, lim)
         wf.check_guidance(r, handle, report)
         req.prepared = True
 
@@ -204,8 +215,8 @@ class Engine:
         report = report or Silent()
         self.prepare(req, report)
         r = req.settings
-        cfg = r.settings.generation.guidance_scale > 0
         handle, lock = self.model(r)
+        cfg = handle.code.wants_negative(r.settings.generation)
         with lock:
             e = req.embeds
             if e is None:
@@ -214,8 +225,8 @@ class Engine:
             wf.check_embeds_fit(e, handle, report, r)
             if cfg and len(e.uncond) != len(e.cond):
                 raise UsageError(
-                    f"{e.source}: {setting('generation.guidance_scale')} > 0 needs negative embeddings, "
-                    f"and this file has none"
+                    f"{e.source}: {setting('generation.guidance_scale')} {r.settings.generation.guidance_scale} "
+                    f"needs negative embeddings, and this file has none"
                 )
             start = self._start_latents(req, handle)
             jobs = wf.plan_jobs(e, req.seeds, r, handle, req.mode)

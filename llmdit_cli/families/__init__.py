@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdit_cli.errors import ModelError, setting
+from llmdit_cli.errors import ModelError, UsageError, setting
 from llmdit_cli.families.protocol import Limits, Runner
 
 
@@ -32,7 +32,9 @@ class Family:
     ...): values the settings leave unset (None) take them. `runner` names the module with the
     family's code (`protocol.Runner` and its task's protocol), imported only when a model runs.
     `task` names the work it does (`text-to-image`: encode, generate, img2img, decode, rewrite,
-    train; `layer decomposition`; `layer editing`) and `command` the command that runs it."""
+    train; `layer decomposition`; `layer editing`) and `command` the command that runs it.
+    `features` are what a text-to-image family offers beyond generating (`FEATURES`); its runner
+    then has the functions of the feature's protocol (`protocol.FEATURE_PROTOCOLS`)."""
 
     name: str
     pipelines: tuple[str, ...]
@@ -42,6 +44,7 @@ class Family:
     hub_variants: dict[str, str] = field(default_factory=dict)
     task: str = "text-to-image"
     command: str = "generate"
+    features: frozenset[str] = frozenset()
 
     def defaults(self, variant: str) -> dict[str, Any]:
         return self.variants[variant]
@@ -49,6 +52,18 @@ class Family:
     def code(self) -> Runner:
         return importlib.import_module(self.runner)  # type: ignore[return-value]
 
+
+# What a text-to-image family may offer beyond generating, with how messages name each; generic
+# code refuses a setting whose feature the model's family lacks (`check_feature`).
+FEATURES = {
+    "img2img": "img2img",
+    "slg": "skip-layer guidance",
+    "dype": "DyPE",
+    "vision": "vision conditioning",
+    "rewrite": "prompt rewriting or chat",
+    "train": "training",
+    "lora": "LoRAs",
+}
 
 REGISTRY: list[Family] = []
 # A Hub id no family knows is taken as this family's until its folder says otherwise.
@@ -77,6 +92,12 @@ def check_task(family: Family, task: str, ref: str, key: str = "model") -> None:
             f"{setting(key)} {ref}: a {family.name} model ({', '.join(family.pipelines)}), not one for "
             f"{task}; `llmdit {family.command}` runs it"
         )
+
+
+def check_feature(family: Family, feature: str, key: str, ref: str) -> None:
+    """Refuse setting `key` when the family of model `ref` lacks `feature` (`FEATURES`)."""
+    if feature not in family.features:
+        raise UsageError(f"{setting(key)}: {family.name} models ({ref}) do not take {FEATURES[feature]}")
 
 
 def identify(folder: Path, ref: str) -> tuple[Family, str]:
@@ -131,7 +152,9 @@ __all__ = [
     "Limits",
     "Runner",
     "REGISTRY",
+    "FEATURES",
     "by_name",
+    "check_feature",
     "check_task",
     "for_pipeline",
     "identify",

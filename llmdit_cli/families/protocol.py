@@ -23,7 +23,8 @@ class Limits:
     - `channels` (of the latents), `patch_size`, `vae_scale_factor`: the latent grid (pixels per latent is
       `vae_scale_factor`, per transformer token `vae_scale_factor * patch_size`);
     - `trained_size`: the side in pixels its position embedding covers (None: not bounded);
-    - `blocks`: the number of transformer blocks (skip-layer guidance names them by index).
+    - `blocks`: the number of transformer blocks (skip-layer guidance names them by index);
+    - `size_multiple`: what image sides must be a multiple of (at least the token grid).
     """
 
     caption_tokens: int | None
@@ -34,6 +35,7 @@ class Limits:
     vae_scale_factor: int
     trained_size: int | None
     blocks: int
+    size_multiple: int
 
     @property
     def token_pixels(self) -> int:
@@ -51,7 +53,7 @@ class Runner(Protocol):
 
 
 class TextToImageRunner(Runner, Protocol):
-    """A text-to-image family (`generate`, `img2img`, `encode`, `decode`, `sweep`, `train`).
+    """A text-to-image family (`generate`, `encode`, `decode`, `sweep`, `serve`).
 
     Embeddings are ragged lists of `[seq_i, hidden]` tensors (one per prompt), latents are the
     normalised latents the transformer works in (what stage files hold)."""
@@ -60,16 +62,31 @@ class TextToImageRunner(Runner, Protocol):
         self, tokenizer, text_encoder, texts: list[str], hidden_layer: int, max_length: int, device=None
     ) -> Any: ...
     def denoise_params(self, settings, limits: Limits) -> Any: ...
+    def wants_negative(self, generation) -> bool: ...
     def transformer_device(self, pipe) -> Any: ...
     def txt2img(
         self, pipe, cond: list, uncond: list, p, height: int, width: int, generator, on_step: Callable | None = None
     ) -> Any: ...
+    def decode_latents(self, pipe, latents) -> list: ...
+
+
+class Img2ImgRunner(TextToImageRunner, Protocol):
+    """The `img2img` feature: an image or finished latents noised to `strength` and denoised."""
+
+    def encode_image(self, pipe, image, generator, height: int | None = None, width: int | None = None) -> Any: ...
     def img2img(
         self, pipe, cond: list, uncond: list, p, image_latents, strength: float, generator, on_step=None
     ) -> Any: ...
-    def encode_image(self, pipe, image, generator, height: int | None = None, width: int | None = None) -> Any: ...
-    def decode_latents(self, pipe, latents) -> list: ...
+
+
+class TrainingRunner(TextToImageRunner, Protocol):
+    """The `train` feature: the training cache's VAE latents in the transformer's normalisation."""
+
     def normalise(self, vae, z) -> Any: ...
+
+
+# The runner protocol each feature of a text-to-image family adds (`families.FEATURES`).
+FEATURE_PROTOCOLS: dict[str, type] = {"img2img": Img2ImgRunner, "train": TrainingRunner}
 
 
 class DecomposeRunner(Runner, Protocol):

@@ -251,10 +251,10 @@ def fits_model(cells: list[Cell], engine, recipe: Recipe, device: str | None, wa
         if cell.model not in limits:
             limits[cell.model] = engine.model(settings_of(cell, recipe, device))[0].limits()
         states, blocks = limits[cell.model].text_hidden_states, limits[cell.model].blocks
-        hidden = cell.settings.get("encoder.hidden_layer", -2)
+        hidden = cell.settings.get("encoder.hidden_layer")  # None: the family's, which fits
         slg_on = cell.settings.get("slg.enabled") or (cell.settings.get("slg.scale") or 0) > 0
         slg = (cell.settings.get("slg.layers") or []) if slg_on else []
-        if not -states <= hidden < states:
+        if hidden is not None and not -states <= hidden < states:
             dropped.setdefault(("encoder.hidden_layer", cell.model), set()).add(hidden)
         elif any(not 0 <= b < blocks for b in slg):
             dropped.setdefault(("slg.layers", cell.model), set()).add(str(slg))

@@ -12,8 +12,8 @@ from llmdit_cli.config import EncoderSettings
 from llmdit_cli.prompts import ChatFormat
 from llmdit_cli.train.data import Item, cache_key, fit_image, pick_bucket, to_tensor
 
-# The stock encoding (the defaults of every command), which validation images and users share.
-HIDDEN_LAYER = EncoderSettings().hidden_layer
+# The stock encoding (the defaults of every command), which validation images and users share; the
+# hidden layer is the model family's (`stock_layer`).
 MAX_LENGTH = EncoderSettings().max_length
 ENCODE_BATCH = 16
 
@@ -25,15 +25,21 @@ class Example:
     size: tuple[int, int]  # (width, height)
 
 
-def embeds_path(cache: Path, identity: dict, text: str) -> Path:
-    return cache / "embeds" / f"{cache_key('embeds', identity, text, HIDDEN_LAYER, MAX_LENGTH)}.embeds.safetensors"
+def stock_layer(handle) -> int:
+    """The hidden layer the model family's stock pipeline encodes with."""
+    return handle.defaults()["hidden_layer"]
+
+
+def embeds_path(cache: Path, identity: dict, text: str, hidden_layer: int) -> Path:
+    return cache / "embeds" / f"{cache_key('embeds', identity, text, hidden_layer, MAX_LENGTH)}.embeds.safetensors"
 
 
 def encode_captions(handle, captions: list[str], cache: Path, log) -> dict[str, Path]:
     """Cached embeds file for each caption (formatted as stock Z-Image does)."""
     identity = handle.identity("text_encoder")
     fmt = ChatFormat()
-    paths = {c: embeds_path(cache, identity, fmt.format(c)) for c in dict.fromkeys(captions)}
+    layer = stock_layer(handle)
+    paths = {c: embeds_path(cache, identity, fmt.format(c), layer) for c in dict.fromkeys(captions)}
     todo = [c for c, p in paths.items() if not p.is_file()]
     if todo:
         log(f"encoding {len(todo)} caption(s) into {cache / 'embeds'}")
@@ -41,14 +47,14 @@ def encode_captions(handle, captions: list[str], cache: Path, log) -> dict[str, 
         for start in range(0, len(todo), ENCODE_BATCH):
             chunk = todo[start : start + ENCODE_BATCH]
             texts = [fmt.format(c) for c in chunk]
-            enc = handle.code.encode_texts(pipe.tokenizer, pipe.text_encoder, texts, HIDDEN_LAYER, MAX_LENGTH)
+            enc = handle.code.encode_texts(pipe.tokenizer, pipe.text_encoder, texts, layer, MAX_LENGTH)
             for caption, text, emb, n in zip(chunk, texts, enc.embeds, enc.token_counts):
                 write_embeds_file(
                     str(paths[caption]),
                     [emb],
                     [],
                     identity,
-                    HIDDEN_LAYER,
+                    layer,
                     {"prompts": [caption], "formatted": [text], "token_counts": [n]},
                 )
     return paths

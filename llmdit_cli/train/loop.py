@@ -140,11 +140,14 @@ def _synthetic_data(r: Recipe, acc, log) -> None:
 
 
 def _base_model(r: Recipe, output: Path, acc, log):
+    from llmdit_cli.families import check_feature
     from llmdit_cli.models import ModelHandle
 
     _synthetic_data(r, acc, log)
     if r.scratch is None:
-        return ModelHandle(r.model)
+        handle = ModelHandle(r.model)
+        check_feature(handle.family, "train", "model", handle.ref)
+        return handle
     base = output / "base"
     if acc.is_main_process and not (base / "model_index.json").is_file():
         from llmdit_cli.train.scratch import build_base
@@ -174,9 +177,8 @@ def _cache(r: Recipe, handle, acc, log):
 
 def _transformer(r: Recipe, handle):
     import torch
-    from diffusers import ZImageTransformer2DModel
 
-    transformer = ZImageTransformer2DModel.from_pretrained(
+    transformer = handle.code.transformer_class().from_pretrained(
         handle.folder / "transformer", local_files_only=True, dtype=torch.float32
     )
     if r.assistant_lora:

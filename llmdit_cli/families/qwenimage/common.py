@@ -39,15 +39,18 @@ def limits(handle) -> Limits:
     vae = handle.component_config("vae")
     te = handle.component_config("text_encoder")
     layers = te.get("num_hidden_layers") or (te.get("text_config") or {}).get("num_hidden_layers", 0)
+    patch = int(t.get("patch_size", 2))
+    scale = 2 ** len(vae.get("temperal_downsample", [False, True, True]))
     return Limits(
         caption_tokens=None,
         text_hidden_size=t.get("joint_attention_dim"),
         text_hidden_states=int(layers) + 1,
         channels=int(vae.get("z_dim", 16)),
-        patch_size=int(t.get("patch_size", 2)),
-        vae_scale_factor=2 ** len(vae.get("temperal_downsample", [False, True, True])),
+        patch_size=patch,
+        vae_scale_factor=scale,
         trained_size=None,
         blocks=int(t.get("num_layers", 0)),
+        size_multiple=patch * scale,
     )
 
 

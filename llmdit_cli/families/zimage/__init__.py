@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmdit_cli.families import Family, register
+from llmdit_cli.families import FEATURES, Family, register
 
 # One source of truth for the family's defaults. `shift: None` keeps the model's own scheduler
 # config. `slg_scale` applies once SLG is switched on (--slg); the SLG values are the ones that
@@ -20,6 +20,8 @@ _SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg
 # Vision conditioning needs the Qwen3-VL whose language model matches the text encoder (Qwen3-4B:
 # Qwen3-VL-4B, hidden size 2560); the demo's is the tiny random one shipped beside it.
 _VL = dict(vl_model="Qwen/Qwen3-VL-4B-Instruct")
+# ZImagePipeline's encoding: the second-to-last hidden state; no negative prompt unless given.
+_STOCK = dict(hidden_layer=-2, negative_prompt="")
 VARIANTS: dict[str, dict[str, Any]] = {
     "z-image-turbo": dict(
         width=1024,
@@ -31,6 +33,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         dype_base_resolution=1024,
         dype_method="vision_yarn",
         **_VL,
+        **_STOCK,
     ),
     "z-image": dict(
         width=1024,
@@ -42,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         dype_base_resolution=1024,
         dype_method="vision_yarn",
         **_VL,
+        **_STOCK,
     ),
     # The trained demo (recipes/demo-shapes.toml) makes 32x32 images; 2 steps score best on it, so
     # its SLG window starts at the first step. It has 4 blocks.
@@ -60,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # whose 8-token base side leaves every frequency below ~1.3 turns (docs/dype.md).
         dype_method="yarn",
         vl_model="demo",
+        **_STOCK,
     ),
 }
 
@@ -71,5 +76,6 @@ FAMILY = register(
         base_variant="z-image",
         runner="llmdit_cli.families.zimage.runner",
         hub_variants={"Tongyi-MAI/Z-Image-Turbo": "z-image-turbo", "Tongyi-MAI/Z-Image": "z-image"},
+        features=frozenset(FEATURES),
     )
 )

@@ -22,10 +22,13 @@ __all__ = [
     "transformer_class",
     "transformer_device",
     "txt2img",
+    "wants_negative",
 ]
 
 # Captions are padded to a multiple of this and image positions follow them on the caption axis.
 CAPTION_PAD = 32
+# Z-Image's sides are multiples of 16 (its token grid); folders with a finer grid keep the rule.
+SIZE_MULTIPLE = 16
 
 
 def pipeline_class():
@@ -67,6 +70,7 @@ def limits(handle) -> Limits:
         vae_scale_factor=scale,
         trained_size=spatial * patch * scale or None,
         blocks=int(t.get("n_layers", 0)),
+        size_multiple=max(SIZE_MULTIPLE, patch * scale),
     )
 
 
@@ -85,3 +89,8 @@ def denoise_params(settings, lim: Limits) -> DenoiseParams:
         slg=SLGConfig.from_settings(settings.slg),
         dype=DyPEConfig.from_settings(settings.dype, lim),
     )
+
+
+def wants_negative(generation) -> bool:
+    """Whether the negative prompt's embeddings take part: CFG runs at a scale above 0."""
+    return generation.guidance_scale > 0

@@ -35,7 +35,7 @@ async def images(
         from llmdit_cli.pngmeta import png_bytes
 
         if cfg.encoder_url:
-            req.embeds = remote_embeds(cfg, req)
+            req.embeds = remote_embeds(cfg, req, state.engine)
         results = state.engine.generate(req, JobReport(job, log.info))
         keep_few_lora_models(state, req.settings)
         records = [cfg.settings.client_record(g.settings) for g in results]
@@ -88,12 +88,13 @@ def check_image_body(body, cfg: ServeConfig) -> None:
         raise ApiError(404, f"model {body.model!r} is not served here (GET /v1/models)", "model", "not_found")
 
 
-def remote_embeds(cfg: ServeConfig, req):
+def remote_embeds(cfg: ServeConfig, req, engine):
     """The prompt's embeddings from the encoder server (a DiT-only server)."""
     from llmdit_cli.workflows import remote_encode
 
     where = f"--encoder-url {cfg.encoder_url}"
-    return remote_encode(cfg.encoder_url, req.prompts, req.settings, cfg.encoder_key, 300.0, where)
+    handle = engine.model(req.settings)[0]
+    return remote_encode(cfg.encoder_url, req.prompts, req.settings, handle, cfg.encoder_key, 300.0, where)
 
 
 def keep_few_lora_models(state: ServerState, r) -> None:
