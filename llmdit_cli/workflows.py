@@ -359,9 +359,9 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     from llmdit_cli.guidance.dype import DyPEConfig, check_dype
     from llmdit_cli.guidance.slg import SLGConfig, check_slg
 
+    _check_features(r, handle)
     lim = handle.limits()
     slg = SLGConfig.from_settings(r.settings.slg)
-    _check_features(r, handle, slg.enabled)
     check_slg(slg, lim.blocks)
     dype = DyPEConfig.from_settings(r.settings.dype, lim)
     if dype is not None:
@@ -389,9 +389,10 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
         )
 
 
-def _check_features(r: Resolved, handle: ModelHandle, slg_on: bool) -> None:
+def _check_features(r: Resolved, handle: ModelHandle) -> None:
     """Refuse settings for what the model's family does not offer (`families.FEATURES`)."""
     s = r.settings
+    slg_on = s.slg.enabled or (s.slg.scale or 0) > 0
     wanted = {
         "slg": (slg_on, "slg.enabled"),
         "dype": (s.dype.enabled, "dype.enabled"),

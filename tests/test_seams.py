@@ -149,3 +149,12 @@ def test_a_family_without_a_feature_refuses_its_setting():
         check_feature(bare, "slg", "slg.enabled", "some/model")
     for feature in FEATURES:
         check_feature(by_name("z-image"), feature, "model", "demo")  # Z-Image offers every one
+
+
+def test_guidance_settings_a_family_leaves_unset_are_off():
+    """A family with no SLG defaults leaves slg.* unset: that is SLG off, not an error."""
+    from llmdit_cli.config import SlgSettings
+    from llmdit_cli.guidance.slg import SLGConfig
+
+    off = SLGConfig.from_settings(SlgSettings())
+    assert (off.enabled, off.scale, off.start, off.stop) == (False, 0.0, 0.0, 1.0)

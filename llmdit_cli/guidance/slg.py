@@ -36,8 +36,10 @@ class SLGConfig:
 
     @classmethod
     def from_settings(cls, slg) -> SLGConfig:
-        """From the `slg` settings section (family defaults filled)."""
-        return cls(scale=slg.scale, layers=list(slg.layers or []), start=slg.start, stop=slg.stop)
+        """From the `slg` settings section (family defaults filled; a family without SLG leaves
+        them unset, which is off)."""
+        start, stop = slg.start if slg.start is not None else 0.0, slg.stop if slg.stop is not None else 1.0
+        return cls(scale=slg.scale or 0.0, layers=list(slg.layers or []), start=start, stop=stop)
 
     @property
     def enabled(self) -> bool:
