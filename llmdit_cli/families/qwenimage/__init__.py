@@ -1,12 +1,15 @@
-"""The Qwen-Image families: Qwen-Image-Layered (`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`).
+"""The Qwen-Image families: Qwen-Image (`generate`, text-to-image), Qwen-Image-Layered
+(`decompose`) and Qwen-Image-Edit-Plus (`edit-layer`), each with a Qwen2.5-VL text encoder.
 
-Both run diffusers' own pipelines (`QwenImageLayeredPipeline`, `QwenImageEditPlusPipeline`) with
-a Qwen2.5-VL text encoder; their code (`runner`) is `layered.py` and `edit.py` beside this
-module, with what they share in `common.py`. The defaults are the model cards' (QwenLM/Qwen-Image-Layered and
-QwenLM/Qwen-Image READMEs): true CFG 4.0 with the negative prompt " ", 50 steps, 640 px (the
-recommended bucket) and CFG normalisation for Layered, 40 steps for Edit-2509/2511. `cpu_offload`
-applies on CUDA only, where the settings leave it at its default (`workflows.fill_layer_defaults`):
-the bf16 transformer alone is ~41 GB.
+Their code (`runner`): `t2i.py` (the arithmetic of diffusers' `QwenImagePipeline` as stage
+functions, with true CFG as a guider), `layered.py` and `edit.py` (diffusers' own pipelines run as
+they are), and what they share in `common.py`. The defaults are the model cards' (QwenLM/Qwen-Image,
+QwenLM/Qwen-Image-Layered): true CFG 4.0 with the negative prompt " " for all; 50 steps at
+1328x1328 for Qwen-Image; 50 steps, 640 px (the recommended bucket) and CFG normalisation for
+Layered; 40 steps for Edit-2509/2511. `cpu_offload` applies to the layer models on CUDA only,
+where the settings leave it at its default (`workflows.fill_layer_defaults`): the bf16
+transformer alone is ~41 GB. Qwen-Image offers none of the text-to-image features beyond
+generating (no img2img, SLG, DyPE, vision conditioning, rewriting, training or LoRAs yet).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from llmdit_cli.families import Family, register
 
+QWEN_IMAGE_HUB = "Qwen/Qwen-Image"
 LAYERED_HUB = "Qwen/Qwen-Image-Layered"
 EDIT_HUB = "Qwen/Qwen-Image-Edit-2509"
 
@@ -31,6 +35,34 @@ LAYERED_VARIANTS: dict[str, dict[str, Any]] = {
 _EDIT = dict(layered_steps=40, layered_true_cfg_scale=4.0, cpu_offload="model")
 EDIT_VARIANTS: dict[str, dict[str, Any]] = {"edit-2509": dict(_EDIT), "edit-2511": dict(_EDIT)}
 
+# Text-to-image (`generate`): the model card's 50 steps, true CFG 4.0 with the negative prompt " "
+# and its 1:1 size 1328x1328; the pipeline encodes with the last hidden state of Qwen2.5-VL and
+# this system prompt in its template (which `ChatFormat` then equals).
+SYSTEM_PROMPT = (
+    "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of "
+    "the objects and background:"
+)
+_T2I = dict(
+    width=1328,
+    height=1328,
+    steps=50,
+    guidance_scale=4.0,
+    negative_prompt=" ",
+    hidden_layer=-1,
+    system_prompt=SYSTEM_PROMPT,
+)
+T2I_VARIANTS: dict[str, dict[str, Any]] = {"qwen-image": dict(_T2I), "qwen-image-2512": dict(_T2I)}
+
+TEXT_TO_IMAGE = register(
+    Family(
+        name="qwen-image",
+        pipelines=("QwenImagePipeline",),
+        variants=T2I_VARIANTS,
+        base_variant="qwen-image",
+        runner="llmdit_cli.families.qwenimage.t2i",
+        hub_variants={QWEN_IMAGE_HUB: "qwen-image", "Qwen/Qwen-Image-2512": "qwen-image-2512"},
+    )
+)
 LAYERED = register(
     Family(
         name="qwen-image-layered",

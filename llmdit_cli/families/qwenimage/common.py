@@ -31,6 +31,17 @@ def check_loadable(folder, ref: str) -> None:
         )
 
 
+def denormalise(vae, latents):
+    """Normalised latents `[B, C, frames, h, w]` (the transformer's space) -> the VAE's, as the
+    pipelines decode: `latents / (1 / latents_std) + latents_mean`, in the latents' dtype."""
+    import torch
+
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    return latents / inv_std + mean
+
+
 def limits(handle) -> Limits:
     """Read from the folder's configs: the VAE downsamples 2x per `temperal_downsample` entry, the
     transformer packs 2x2 patches of `z_dim`-channel latents and takes Qwen2.5-VL states of

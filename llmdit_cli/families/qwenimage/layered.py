@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmdit_cli.families.qwenimage.common import check_loadable, limits, step_callback, transformer_class
+from llmdit_cli.families.qwenimage.common import (
+    check_loadable,
+    denormalise,
+    limits,
+    step_callback,
+    transformer_class,
+)
 
 __all__ = [
     "LayeredParams",
@@ -111,11 +117,7 @@ def decode_layers(pipe, latents) -> list:
     from llmdit_cli.stages import run_device
 
     vae = pipe.vae
-    latents = latents.to(run_device(pipe, vae), vae.dtype)
-    z = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-    latents = latents / inv_std + mean
+    latents = denormalise(vae, latents.to(run_device(pipe, vae), vae.dtype))
     _, c, _, h, w = latents.shape
     frames = latents[:, :, 1:].permute(0, 2, 1, 3, 4).reshape(-1, c, 1, h, w)
     with torch.no_grad():
