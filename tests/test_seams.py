@@ -158,3 +158,17 @@ def test_guidance_settings_a_family_leaves_unset_are_off():
 
     off = SLGConfig.from_settings(SlgSettings())
     assert (off.enabled, off.scale, off.start, off.stop) == (False, 0.0, 0.0, 1.0)
+
+
+def test_commands_are_plain_functions_that_take_every_setting_option():
+    """`generate` and `img2img` declare their parameters (no synthesized `__signature__`), and
+    none of the registered setting options is left out."""
+    from llmdit_cli.cli.generate import generate, img2img
+    from llmdit_cli.cli.options import SETTING_OPTIONS
+
+    for command, not_taken in ((generate, {"strength"}), (img2img, set())):
+        taken = set(inspect.signature(command).parameters)
+        assert set(SETTING_OPTIONS) - not_taken <= taken, set(SETTING_OPTIONS) - not_taken - taken
+    assert "strength" in inspect.signature(img2img).parameters
+    offenders = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__signature__" in p.read_text()]
+    assert not offenders, offenders

@@ -9,20 +9,71 @@ from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
     REMOTE_KEY_ENV,
-    SETTING_OPTIONS,
+    AssistantOpt,
+    AttentionBackendOpt,
+    CacheDirOpt,
+    CacheOpt,
+    CaptionFillOpt,
+    CaptionLengthOpt,
+    CfgNormOpt,
+    CfgTruncOpt,
+    CompileOpt,
     ConfigOpt,
+    CpuOffloadOpt,
+    DeviceOpt,
+    DitDeviceOpt,
+    DtypeOpt,
+    DypeBaseResOpt,
+    DypeExponentOpt,
+    DypeMethodOpt,
+    DypeOpt,
+    DypeScaleOpt,
+    DypeStartSigmaOpt,
+    EnableThinkingOpt,
     EncoderUrlOpt,
     FileOpt,
     FromEmbedsOpt,
+    GuidanceOpt,
+    HeightOpt,
+    HiddenLayerOpt,
     JsonOpt,
+    LongPromptModeOpt,
+    LoraOpt,
+    MaxLengthOpt,
+    ModelOpt,
+    NegativeOpt,
     NumImagesOpt,
     OutputOpt,
     ProfileOpt,
     PromptsArg,
+    QuantizeOpt,
     QuietOpt,
     RemoteKeyEnvOpt,
     SaveLatentsOpt,
     SeedOpt,
+    ShiftOpt,
+    SlgLayersOpt,
+    SlgOpt,
+    SlgScaleOpt,
+    SlgStartOpt,
+    SlgStopOpt,
+    StepsOpt,
+    StrengthOpt,
+    SystemPromptOpt,
+    TemplateOpt,
+    TemplatesDirOpt,
+    TextEncoderDeviceOpt,
+    ThinkingOpt,
+    TransformerFileOpt,
+    VaeDeviceOpt,
+    VaeTilingOpt,
+    VlAlphaOpt,
+    VlBlendModeOpt,
+    VlHiddenLayerOpt,
+    VlImageOpt,
+    VlModelOpt,
+    VlTokensOpt,
+    WidthOpt,
 )
 from llmdit_cli.cli.output import Output
 
@@ -45,84 +96,168 @@ FromLatentsOpt = Annotated[
 ]
 
 
-# Settings only one mode takes.
-IMG2IMG_ONLY = ("strength",)
-# The parameters `generate` and `img2img` share, in --help order: the inputs and outputs, every
-# setting option (`options.setting_option` registers them, so a new setting needs no edit here),
-# then the config and output switches. Each command's own parameters go in front.
-SHARED = [
-    ("prompts", PromptsArg, None),
-    ("file", FileOpt, None),
-    ("from_embeds", FromEmbedsOpt, None),
-    ("output", OutputOpt, None),
-    ("save_latents", SaveLatentsOpt, None),
-    ("seed", SeedOpt, None),
-    ("num_images", NumImagesOpt, 1),
-    *[(name, alias, None) for name, alias in SETTING_OPTIONS.items() if name not in IMG2IMG_ONLY],
-    ("encoder_url", EncoderUrlOpt, None),
-    ("api_key_env", RemoteKeyEnvOpt, REMOTE_KEY_ENV),
-    ("config", ConfigOpt, None),
-    ("profile", ProfileOpt, None),
-    ("quiet", QuietOpt, False),
-    ("json_out", JsonOpt, False),
-]
-OWN = {
-    "txt2img": (3, [("from_png", FromPngOpt, None)]),  # after from_embeds
-    "img2img": (
-        1,
-        [
-            ("image", ImageOpt, None),
-            ("from_latents", FromLatentsOpt, None),
-            *[(name, SETTING_OPTIONS[name], None) for name in IMG2IMG_ONLY],
-        ],
-    ),  # after the prompts
-}
+# `generate` and `img2img` take every setting option (`options.SETTING_OPTIONS`; a test checks
+# none is missing), then the config and output switches. `ctx.params` is every parameter by name.
 
 
-def _command(mode: str, name: str, doc: str):
-    """A Typer command whose signature is SHARED plus the mode's own parameters."""
-    import inspect
-
-    at, own = OWN[mode]
-    spec = [*SHARED[:at], *own, *SHARED[at:]]
-    params = [
-        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a) for n, a, d in spec
-    ]
-
-    def command(**opts):
-        other = {n: None for m, (_, params) in OWN.items() if m != mode for n, _, _ in params}
-        _render(mode, {**other, **opts})
-
-    command.__name__ = command.__qualname__ = name
-    command.__doc__ = doc
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {n: a for n, a, _ in spec}
-    return handle_errors(command)
-
-
-generate = _command(
-    "txt2img",
-    "generate",
+@handle_errors
+def generate(
+    ctx: typer.Context,
+    prompts: PromptsArg = None,
+    file: FileOpt = None,
+    from_embeds: FromEmbedsOpt = None,
+    from_png: FromPngOpt = None,
+    output: OutputOpt = None,
+    save_latents: SaveLatentsOpt = None,
+    seed: SeedOpt = None,
+    num_images: NumImagesOpt = 1,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None,
+    dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    cpu_offload: CpuOffloadOpt = None,
+    loras: LoraOpt = None,
+    negative_prompt: NegativeOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    thinking_content: ThinkingOpt = None,
+    enable_thinking: EnableThinkingOpt = None,
+    assistant_content: AssistantOpt = None,
+    template: TemplateOpt = None,
+    templates_dir: TemplatesDirOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    long_prompt_mode: LongPromptModeOpt = None,
+    caption_length: CaptionLengthOpt = None,
+    caption_fill: CaptionFillOpt = None,
+    hidden_layer: HiddenLayerOpt = None,
+    max_length: MaxLengthOpt = None,
+    vl_image: VlImageOpt = None,
+    vl_alpha: VlAlphaOpt = None,
+    vl_blend_mode: VlBlendModeOpt = None,
+    vl_model: VlModelOpt = None,
+    vl_hidden_layer: VlHiddenLayerOpt = None,
+    vl_tokens: VlTokensOpt = None,
+    steps: StepsOpt = None,
+    shift: ShiftOpt = None,
+    guidance_scale: GuidanceOpt = None,
+    cfg_normalization: CfgNormOpt = None,
+    cfg_truncation: CfgTruncOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    slg: SlgOpt = None,
+    slg_scale: SlgScaleOpt = None,
+    slg_layers: SlgLayersOpt = None,
+    slg_start: SlgStartOpt = None,
+    slg_stop: SlgStopOpt = None,
+    dype: DypeOpt = None,
+    dype_method: DypeMethodOpt = None,
+    dype_scale: DypeScaleOpt = None,
+    dype_exponent: DypeExponentOpt = None,
+    dype_start_sigma: DypeStartSigmaOpt = None,
+    dype_base_resolution: DypeBaseResOpt = None,
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = None,
+    vae_tiling: VaeTilingOpt = None,
+    quantize: QuantizeOpt = None,
+    transformer_file: TransformerFileOpt = None,
+    encoder_url: EncoderUrlOpt = None,
+    api_key_env: RemoteKeyEnvOpt = REMOTE_KEY_ENV,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+):
     """Generate images from prompts (encoded in-process) or from an embeds file.
 
     Each prompt is made once per seed. Output PNGs carry every setting, so
     `llmdit generate --from-png IMG` makes the same image again.
 
     Example: llmdit generate "a red circle on a blue background" --model demo --seed 7 -o circle.png
-    """,
-)
+    """
+    _render("txt2img", {**ctx.params, "image": None, "from_latents": None})
 
-img2img = _command(
-    "img2img",
-    "img2img",
+
+@handle_errors
+def img2img(
+    ctx: typer.Context,
+    prompts: PromptsArg = None,
+    image: ImageOpt = None,
+    from_latents: FromLatentsOpt = None,
+    strength: StrengthOpt = None,
+    file: FileOpt = None,
+    from_embeds: FromEmbedsOpt = None,
+    output: OutputOpt = None,
+    save_latents: SaveLatentsOpt = None,
+    seed: SeedOpt = None,
+    num_images: NumImagesOpt = 1,
+    model: ModelOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    text_encoder_device: TextEncoderDeviceOpt = None,
+    dit_device: DitDeviceOpt = None,
+    vae_device: VaeDeviceOpt = None,
+    cpu_offload: CpuOffloadOpt = None,
+    loras: LoraOpt = None,
+    negative_prompt: NegativeOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    thinking_content: ThinkingOpt = None,
+    enable_thinking: EnableThinkingOpt = None,
+    assistant_content: AssistantOpt = None,
+    template: TemplateOpt = None,
+    templates_dir: TemplatesDirOpt = None,
+    cache: CacheOpt = None,
+    cache_dir: CacheDirOpt = None,
+    long_prompt_mode: LongPromptModeOpt = None,
+    caption_length: CaptionLengthOpt = None,
+    caption_fill: CaptionFillOpt = None,
+    hidden_layer: HiddenLayerOpt = None,
+    max_length: MaxLengthOpt = None,
+    vl_image: VlImageOpt = None,
+    vl_alpha: VlAlphaOpt = None,
+    vl_blend_mode: VlBlendModeOpt = None,
+    vl_model: VlModelOpt = None,
+    vl_hidden_layer: VlHiddenLayerOpt = None,
+    vl_tokens: VlTokensOpt = None,
+    steps: StepsOpt = None,
+    shift: ShiftOpt = None,
+    guidance_scale: GuidanceOpt = None,
+    cfg_normalization: CfgNormOpt = None,
+    cfg_truncation: CfgTruncOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    slg: SlgOpt = None,
+    slg_scale: SlgScaleOpt = None,
+    slg_layers: SlgLayersOpt = None,
+    slg_start: SlgStartOpt = None,
+    slg_stop: SlgStopOpt = None,
+    dype: DypeOpt = None,
+    dype_method: DypeMethodOpt = None,
+    dype_scale: DypeScaleOpt = None,
+    dype_exponent: DypeExponentOpt = None,
+    dype_start_sigma: DypeStartSigmaOpt = None,
+    dype_base_resolution: DypeBaseResOpt = None,
+    attention_backend: AttentionBackendOpt = None,
+    compile: CompileOpt = None,
+    vae_tiling: VaeTilingOpt = None,
+    quantize: QuantizeOpt = None,
+    transformer_file: TransformerFileOpt = None,
+    encoder_url: EncoderUrlOpt = None,
+    api_key_env: RemoteKeyEnvOpt = REMOTE_KEY_ENV,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+):
     """Change an image (--image) or finished latents (--from-latents) towards the prompts.
 
     --strength sets how far: 0 keeps the input, 1 ignores it. Only the last
     strength x steps of the schedule run. The size defaults to the input's.
 
     Example: llmdit img2img "a green square" --image circle.png --strength 0.6 --model demo -o square.png
-    """,
-)
+    """
+    _render("img2img", {**ctx.params, "from_png": None})
 
 
 def _setting_flags(o: dict) -> dict:
