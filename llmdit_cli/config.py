@@ -39,7 +39,7 @@ class EncoderSettings(_Section):
     enable_thinking: bool = True
     assistant_content: str | None = None
     hidden_layer: int | None = None  # None: the model family's (its stock pipeline's)
-    max_length: int = 512
+    max_length: int = Field(default=512, ge=1)
     # A prompt template by name (templates/, `llmdit templates list`): its system prompt and
     # think-block settings apply where the settings above are left unset.
     template: str | None = None
@@ -259,8 +259,24 @@ def check_value(key: str, value: Any, where: str) -> Any:
         setattr(obj, field, value)
         return getattr(obj, field)
     except ValidationError as exc:
-        msg = exc.errors()[0]["msg"]
+        msg = _in_words(exc.errors()[0])
+        if where == setting(key):  # a flag: `--max-length 0: must be greater than or equal to 1`
+            raise ConfigError(f"{where} {value}: {msg}") from None
         raise ConfigError(f"{where}: bad value for '{key}' ({value!r}): {msg}") from None
+
+
+# A field's range constraint as a plain sentence (pydantic's wording, after the value).
+_BOUNDS = {
+    "greater_than_equal": "greater than or equal to {ge}",
+    "less_than_equal": "less than or equal to {le}",
+    "greater_than": "greater than {gt}",
+    "less_than": "less than {lt}",
+}
+
+
+def _in_words(error: dict) -> str:
+    bound = _BOUNDS.get(error["type"])
+    return "must be " + bound.format(**error["ctx"]) if bound else error["msg"]
 
 
 def _env_layer() -> dict[str, Any]:

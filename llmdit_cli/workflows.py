@@ -83,7 +83,6 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     settings ask for (`stages/lengths.py`)."""
     s = r.settings
     enc, negative = s.encoder, s.generation.negative_prompt
-    check_encoder(r)
     fmt, template = chat_format(r)
     texts = [fmt.format(p) for p in prompts]
     neg_texts = [fmt.format(negative) for _ in prompts]
@@ -93,7 +92,6 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     if s.vl.image:
         from llmdit_cli.vision import open_image
 
-        check_feature(handle.family, "vision", "vl.image", handle.ref)
         image = open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
@@ -237,10 +235,68 @@ def remote_embeds_file(url: str, prompts: list[str], r: Resolved, with_negative:
     return data, stage
 
 
-def check_encoder(r: Resolved) -> None:
-    n = r.settings.encoder.max_length
-    if n < 1:
-        raise UsageError(f"{r.origin('max_length')} {n}: must be at least 1")
+@dataclass(frozen=True)
+class Beyond:
+    """A setting the model cannot take: its key, the value shown, and why."""
+
+    key: str
+    value: Any
+    why: str
+
+
+def beyond_limits(s, lim) -> list[Beyond]:
+    """The settings (`config.Settings`; values left unset are the family's, which fit) that go
+    beyond what the model can take (`lim`: its `Limits`), read from its configs: nothing loads.
+    Requests refuse the first (`check_limits`); sweeps leave such cells out."""
+    found = []
+    n, e = lim.text_hidden_states, s.encoder
+    if e.hidden_layer is not None and not -n <= e.hidden_layer < n:
+        found.append(
+            Beyond(
+                "encoder.hidden_layer", e.hidden_layer, f"the text encoder has {n} hidden states (valid: {-n}..{n - 1})"
+            )
+        )
+    slg_on = s.slg.enabled or (s.slg.scale or 0) > 0
+    bad = [i for i in (s.slg.layers or []) if not 0 <= i < lim.blocks] if slg_on else []
+    if bad:
+        found.append(
+            Beyond(
+                "slg.layers",
+                ",".join(map(str, bad)),
+                f"the transformer has {lim.blocks} layers (indices 0-{lim.blocks - 1})",
+            )
+        )
+    if e.caption_length and lim.caption_tokens and e.caption_length > lim.caption_tokens:
+        found.append(
+            Beyond(
+                "encoder.caption_length",
+                e.caption_length,
+                f"the model takes at most {lim.caption_tokens} caption tokens",
+            )
+        )
+    return found
+
+
+def check_limits(r: Resolved, handle: ModelHandle) -> None:
+    """Refuse the first setting beyond the model (`beyond_limits`), named as it was given."""
+    for b in beyond_limits(r.settings, handle.limits()):
+        raise UsageError(f"{r.origin(b.key)} {b.value}: {b.why}")
+
+
+def validate_encoding(r: Resolved, handle: ModelHandle) -> None:
+    """What encoding needs checked, once per request and before the text encoder loads."""
+    if r.settings.vl.image:
+        check_feature(handle.family, "vision", "vl.image", handle.ref)
+    check_limits(r, handle)
+
+
+def validate(r: Resolved, handle: ModelHandle, report=None) -> None:
+    """Every check of a generation request, once, before anything loads (family defaults filled):
+    the settings' own ranges, what the model's family offers and what its configs allow. The
+    stages assume what passed here."""
+    check_generation(r, handle.limits())
+    validate_encoding(r, handle)
+    check_guidance(r, handle, report)
 
 
 def write_embeds(path: str, handle: ModelHandle, e: Embeds) -> None:
@@ -318,11 +374,6 @@ def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) 
                 )
             t = fit_length(t, limit, enc.long_prompt_mode)
         if enc.caption_length:
-            if limit and enc.caption_length > limit:
-                raise UsageError(
-                    f"{r.origin('caption_length')} {enc.caption_length}: {setting('model')} "
-                    f"{handle.ref} takes at most {limit} caption tokens"
-                )
             t = fill_length(t, enc.caption_length, enc.caption_fill)
         out.append(t)
     return out
@@ -362,7 +413,7 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     _check_features(r, handle)
     lim = handle.limits()
     slg = SLGConfig.from_settings(r.settings.slg)
-    check_slg(slg, lim.blocks)
+    check_slg(slg)
     dype = DyPEConfig.from_settings(r.settings.dype, lim)
     if dype is not None:
         check_dype(dype)

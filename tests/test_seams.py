@@ -172,3 +172,53 @@ def test_commands_are_plain_functions_that_take_every_setting_option():
     assert "strength" in inspect.signature(img2img).parameters
     offenders = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "__signature__" in p.read_text()]
     assert not offenders, offenders
+
+
+def test_settings_beyond_the_model_are_refused_before_a_weight_loads(cli, monkeypatch):
+    """One check (`workflows.beyond_limits`) for requests and sweeps, from the configs alone."""
+    from helpers import assert_one_line_error
+
+    from llmdit_cli.models import ModelHandle
+
+    def no_loading(self, *needed):
+        raise AssertionError(f"loaded {needed} before the settings were checked")
+
+    monkeypatch.setattr(ModelHandle, "pipeline", no_loading)
+    r = cli("encode", "a cat", "--model", "demo", "--hidden-layer", 5, "-o", "e.safetensors")
+    assert_one_line_error(r, "--hidden-layer 5", "3 hidden states (valid: -3..2)")
+    r = cli("generate", "a cat", "--model", "demo", "--slg", "--slg-layers", "1,9", "-o", "x.png")
+    assert_one_line_error(r, "--slg-layers 9", "4 layers (indices 0-3)")
+    r = cli("generate", "a cat", "--model", "demo", "--caption-length", 5000, "-o", "x.png")
+    assert_one_line_error(r, "--caption-length 5000", "at most 992 caption tokens")
+
+
+def test_beyond_limits_lists_every_setting_a_model_cannot_take():
+    from llmdit_cli.config import resolve_defaults
+    from llmdit_cli.models import ModelHandle
+    from llmdit_cli.workflows import beyond_limits
+
+    lim = ModelHandle("demo").limits()
+    fits = resolve_defaults({"hidden_layer": -3, "slg": True, "slg_layers": [0, 3], "caption_length": 992})
+    assert beyond_limits(fits.settings, lim) == []
+    off = resolve_defaults({"slg_layers": [7]})  # SLG off: its layers need not fit
+    assert beyond_limits(off.settings, lim) == []
+    r = resolve_defaults({"hidden_layer": 3, "slg_scale": 1.0, "slg_layers": [2, 4, 5], "caption_length": 993})
+    found = {(b.key, b.value) for b in beyond_limits(r.settings, lim)}
+    assert found == {("encoder.hidden_layer", 3), ("slg.layers", "4,5"), ("encoder.caption_length", 993)}
+
+
+def test_a_field_constraint_holds_for_every_front_end(cli, tmp_path, monkeypatch):
+    """`encoder.max_length >= 1` is declared once, on the settings field: a flag, a config file and
+    an environment variable are all refused by it, in one line, before any model opens."""
+    from helpers import assert_one_line_error
+
+    args = ("encode", "a cat", "--model", "demo", "-o", "e.safetensors")
+    assert_one_line_error(cli(*args, "--max-length", 0), "--max-length 0: must be greater than or equal to 1")
+    config = tmp_path / "c.toml"
+    config.write_text("[default.encoder]\nmax_length = 0\n")
+    assert_one_line_error(
+        cli(*args, "--config", config), "bad value for 'encoder.max_length' (0): must be greater than or equal to 1"
+    )
+    monkeypatch.setenv("LLMDIT_ENCODER_MAX_LENGTH", "-4")
+    assert_one_line_error(cli(*args), "LLMDIT_ENCODER_MAX_LENGTH", "must be greater than or equal to 1")
+    assert not (tmp_path / "e.safetensors").exists()

@@ -107,7 +107,7 @@ def encode(
     from llmdit_cli.engine import EncodeRequest, Engine
     from llmdit_cli.errors import UsageError
     from llmdit_cli.prompts import collect_prompts
-    from llmdit_cli.workflows import chat_format, check_encoder, write_embeds
+    from llmdit_cli.workflows import chat_format, write_embeds
 
     out = Output(quiet, json_out)
     r = settings(
@@ -134,7 +134,6 @@ def encode(
     texts = collect_prompts(prompts, file)
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
-    check_encoder(r)
     if api_url:
         _encode_remote(api_url, texts, r, api_key_env, timeout, output or "-", show_format, out)
         return

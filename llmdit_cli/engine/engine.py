@@ -112,6 +112,7 @@ class Engine:
         """Prompt embeddings (`workflows.Embeds`) for the request's prompts."""
         report = report or Silent()
         handle, lock = self.settled(req.settings)
+        wf.validate_encoding(req.settings, handle)
         with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
             return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative, report=report)
 
@@ -205,8 +206,7 @@ class Engine:
             r.set_default("height", req.init.height // step * step, "input image")
             r.set_default("width", req.init.width // step * step, "input image")
         wf.fill_family_defaults(r, handle.defaults(), handle.variant)
-        wf.check_generation(r, lim)
-        wf.check_guidance(r, handle, report)
+        wf.validate(r, handle, report)
         req.prepared = True
 
     def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:

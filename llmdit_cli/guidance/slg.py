@@ -50,8 +50,9 @@ class SLGConfig:
         return self.enabled and self.start <= step / steps < self.stop
 
 
-def check_slg(config: SLGConfig, n_layers: int) -> None:
-    """Refuse settings that cannot run, naming the flag."""
+def check_slg(config: SLGConfig) -> None:
+    """Refuse settings that cannot run on any model, naming the flag (blocks the model lacks:
+    `workflows.beyond_limits`)."""
     if config.scale < 0:
         raise UsageError(f"{setting('slg.scale')} {config.scale}: must be 0 (off) or positive")
     if not 0.0 <= config.start <= config.stop <= 1.0:
@@ -62,12 +63,6 @@ def check_slg(config: SLGConfig, n_layers: int) -> None:
         return  # off: the family's layer list need not fit this model
     if not config.layers:
         raise UsageError(f"{setting('slg.scale')} > 0 needs {setting('slg.layers')} (indices of transformer blocks)")
-    bad = [i for i in config.layers if not 0 <= i < n_layers]
-    if bad:
-        raise UsageError(
-            f"{setting('slg.layers')} {','.join(map(str, bad))}: the transformer has {n_layers} layers "
-            f"(indices 0-{n_layers - 1})"
-        )
 
 
 class _Switch:

@@ -243,22 +243,21 @@ def settings_of(cell: Cell, recipe: Recipe, device: str | None):
 
 
 def fits_model(cells: list[Cell], engine, recipe: Recipe, device: str | None, warn) -> list[Cell]:
-    """Leave out cells whose values go beyond their model (a hidden layer deeper than its text
-    encoder, SLG blocks it lacks), with one warning per setting naming the values."""
+    """Leave out cells whose values go beyond their model (`workflows.beyond_limits`: a hidden layer
+    deeper than its text encoder, SLG blocks it lacks, ...), with one warning per setting naming
+    the values."""
+    from llmdit_cli.workflows import beyond_limits
+
     kept, dropped = [], {}
     limits: dict[str, Any] = {}
     for cell in cells:
+        r = settings_of(cell, recipe, device)
         if cell.model not in limits:
-            limits[cell.model] = engine.model(settings_of(cell, recipe, device))[0].limits()
-        states, blocks = limits[cell.model].text_hidden_states, limits[cell.model].blocks
-        hidden = cell.settings.get("encoder.hidden_layer")  # None: the family's, which fits
-        slg_on = cell.settings.get("slg.enabled") or (cell.settings.get("slg.scale") or 0) > 0
-        slg = (cell.settings.get("slg.layers") or []) if slg_on else []
-        if hidden is not None and not -states <= hidden < states:
-            dropped.setdefault(("encoder.hidden_layer", cell.model), set()).add(hidden)
-        elif any(not 0 <= b < blocks for b in slg):
-            dropped.setdefault(("slg.layers", cell.model), set()).add(str(slg))
-        else:
+            limits[cell.model] = engine.model(r)[0].limits()
+        beyond = beyond_limits(r.settings, limits[cell.model])
+        for b in beyond[:1]:
+            dropped.setdefault((b.key, cell.model), set()).add(b.value)
+        if not beyond:
             kept.append(cell)
     for (key, model), values in dropped.items():
         warn(f"{key} {', '.join(map(str, sorted(values)))}: beyond model {model}; those cells are left out")

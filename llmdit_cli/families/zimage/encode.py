@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmdit_cli.errors import UsageError, setting
-
 STOCK_MAX_LENGTH = 512
 
 
@@ -21,12 +19,6 @@ def encode_texts(
     """Encode already-formatted chat texts the way `ZImagePipeline._encode_prompt` does."""
     import torch
 
-    n_states = text_encoder.config.num_hidden_layers + 1
-    if not -n_states <= hidden_layer < n_states:
-        raise UsageError(
-            f"{setting('encoder.hidden_layer')} {hidden_layer}: the text encoder has {n_states} hidden states "
-            f"(valid: {-n_states}..{n_states - 1})"
-        )
     # Padded to max_length as stock diffusers pads (512); a longer limit pads only to the longest
     # text, since causal attention keeps real tokens from seeing the padding after them.
     padding = "max_length" if max_length <= STOCK_MAX_LENGTH else "longest"

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from diffusers.hooks import HookRegistry, ModelHook
 
-from llmdit_cli.guidance.dype import DyPEConfig, axis_scales, check_dype, kappa, scaled_frequencies
+from llmdit_cli.guidance.dype import DyPEConfig, axis_scales, kappa, scaled_frequencies
 
 HOOK_NAME = "llmdit_dype"
 
@@ -89,7 +89,6 @@ class DyPEHook(ModelHook):
 
 
 def apply_dype(transformer, config: DyPEConfig) -> DyPEHook:
-    check_dype(config)
     hook = DyPEHook(config)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(hook, HOOK_NAME)
     return hook
