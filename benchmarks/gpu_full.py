@@ -687,8 +687,7 @@ def stage_settings(args, spec: Spec, device: str, memo: MemoModel):
             "guidance_scale": 0.0,
         }
     )
-    memo.wf.fill_family_defaults(r, memo.handle.defaults(), memo.handle.variant)
-    return r
+    return memo.wf.fill_family_defaults(r, memo.handle.defaults(), memo.handle.variant)
 
 
 def role_llmdit(args) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
@@ -292,42 +293,87 @@ def _env_layer() -> dict[str, Any]:
 
 
 class Resolved:
-    """Resolved settings plus where each value came from.
+    """The plan of a request: resolved settings, frozen, with where each value came from.
 
-    `r.settings` is the typed view (`r.settings.generation.steps`) that the engine and the stages
-    read; `r["steps"]` / `r["generation.steps"]` reach the same values by flag name or key."""
+    Sections read as attributes (`r.generation.steps`; `r.settings` is the whole typed object) and
+    `r["steps"]` / `r["generation.steps"]` reach a value by flag name or key. Nothing changes a
+    plan: filling what is left (the model family's defaults, an input's size) makes a new one
+    (`with_defaults`, `with_value`, `with_flags`, `with_model`) and says so in its sources;
+    `prepared` marks the plan the engine has filled and checked for generating."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str], config_path: Path | None, profile: str):
-        self.values = values
-        self.sources = sources
-        self.config_path = config_path
-        self.profile = profile
-        self._typed: Settings | None = None
+    __slots__ = ("values", "sources", "config_path", "profile", "model_setting", "prepared", "_typed")
+
+    def __init__(
+        self,
+        values: dict[str, Any],
+        sources: dict[str, str],
+        config_path: Path | None,
+        profile: str,
+        model_setting: str = "model",
+        prepared: bool = False,
+    ):
+        set_ = object.__setattr__
+        set_(self, "values", MappingProxyType(dict(values)))
+        set_(self, "sources", MappingProxyType(dict(sources)))
+        set_(self, "config_path", config_path)
+        set_(self, "profile", profile)
         # The setting that names the model these settings run: `model`, or for the layer
         # commands `layered.model` / `layered.edit_model` (`with_model`).
-        self.model_setting = "model"
+        set_(self, "model_setting", model_setting)
+        set_(self, "prepared", prepared)
+        set_(self, "_typed", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a plan is frozen: {name} cannot change (make a new one with with_...)")
+
+    def _copy(self, values, sources, **changes: Any) -> Resolved:
+        kept = dict(model_setting=self.model_setting, prepared=False)
+        return Resolved(values, sources, self.config_path, self.profile, **{**kept, **changes})
 
     def with_model(self, key: str) -> Resolved:
         """A copy whose model is the one setting `key` names (its source kept), for messages too."""
         values, sources = dict(self.values), dict(self.sources)
         values["model"], sources["model"] = values[key], sources[key]
-        copy = Resolved(values, sources, self.config_path, self.profile)
-        copy.model_setting = key
-        return copy
+        return self._copy(values, sources, model_setting=key)
 
     def with_flags(self, flags: dict[str, Any]) -> Resolved:
         """A copy with `flags` (by flag name or key, None = not given) on top, checked like flags."""
         values, sources = dict(self.values), dict(self.sources)
         _apply_flags(values, sources, flags)
-        copy = Resolved(values, sources, self.config_path, self.profile)
-        copy.model_setting = self.model_setting
-        return copy
+        return self._copy(values, sources)
+
+    def with_defaults(self, defaults: dict[str, Any], source: str) -> Resolved:
+        """A copy where the values still unset (None) take `defaults` (by flag name or key), e.g.
+        the model family's, named `source`."""
+        values, sources = dict(self.values), dict(self.sources)
+        for field, value in defaults.items():
+            key = key_of(field)
+            if values.get(key) is None:
+                values[key], sources[key] = value, source
+        return self._copy(values, sources, prepared=self.prepared)
+
+    def with_value(self, field: str, value: Any, source: str) -> Resolved:
+        """A copy with one value replaced (already checked by the caller), saying where it came from."""
+        values, sources = dict(self.values), dict(self.sources)
+        key = key_of(field)
+        values[key], sources[key] = value, source
+        return self._copy(values, sources)
+
+    def as_prepared(self) -> Resolved:
+        """This plan, marked as filled and checked for generating (`Engine.prepare`)."""
+        return self._copy(dict(self.values), dict(self.sources), prepared=True)
 
     @property
     def settings(self) -> Settings:
         if self._typed is None:
-            self._typed = Settings.model_validate(_nest(self.values))
+            object.__setattr__(self, "_typed", Settings.model_validate(_nest(dict(self.values))))
         return self._typed
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are no attribute: the sections (`r.generation`).
+        if name in SECTIONS:
+            return getattr(self.settings, name)
+        raise AttributeError(name)
 
     def __getitem__(self, field: str) -> Any:
         return self.values[key_of(field)]
@@ -341,20 +387,6 @@ class Resolved:
         if source == "flag":
             return setting(key)
         return f"{key} (from {source})"
-
-    def set_default(self, field: str, value: Any, source: str) -> None:
-        """Fill a value that is still unset (None) from a lower layer, e.g. the model family."""
-        key = key_of(field)
-        if self.values.get(key) is None:
-            self.values[key] = value
-            self.sources[key] = source
-            self._typed = None
-
-    def override(self, field: str, value: Any, source: str) -> None:
-        """Replace a value (already checked by the caller) and say where it came from."""
-        key = key_of(field)
-        self.values[key], self.sources[key] = value, source
-        self._typed = None
 
     def given(self, section: str) -> list[str]:
         """Keys of `section` the caller set (flags, or a request's fields)."""

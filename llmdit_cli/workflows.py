@@ -26,12 +26,12 @@ def open_model(r: Resolved) -> ModelHandle:
     return ModelHandle(s.model, Placement(**s.optimization.model_dump()), list(s.lora.loras), key=r.model_setting)
 
 
-def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> None:
-    """Settings still unset take the model family's defaults (`families`), named `label`."""
-    for name, value in defaults.items():
-        if name == "slg_scale" and not r["slg"]:
-            r.set_default(name, 0.0, "default (SLG off; slg.enabled or slg.scale > 0 turns it on)")
-        r.set_default(name, value, f"model family {label}")
+def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> Resolved:
+    """The plan with its unset settings taken from the model family's defaults (`families`),
+    named `label`; with SLG off the family's SLG scale does not apply."""
+    if "slg_scale" in defaults and not r["slg"]:
+        r = r.with_defaults({"slg_scale": 0.0}, "default (SLG off; slg.enabled or slg.scale > 0 turns it on)")
+    return r.with_defaults(defaults, f"model family {label}")
 
 
 def chat_format(r: Resolved):
@@ -119,9 +119,9 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
     return Embeds(cond, uncond, params, int(cond[0].shape[-1]))
 
 
-def fill_vl_model(r: Resolved, handle: ModelHandle) -> None:
+def fill_vl_model(r: Resolved, handle: ModelHandle) -> Resolved:
     """`vl.model` left unset takes the model family's (encode and rewrite run without `Engine.prepare`)."""
-    r.set_default("vl_model", handle.defaults().get("vl_model"), f"model family {handle.variant}")
+    return r.with_defaults({"vl_model": handle.defaults().get("vl_model")}, f"model family {handle.variant}")
 
 
 def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolved, image, report=None):
@@ -131,8 +131,7 @@ def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolv
 
     if image is None:
         return embeds, None
-    fill_vl_model(r, handle)
-    v = r.settings.vl
+    v = fill_vl_model(r, handle).vl
     recorded = vision.record(v, vision.image_digest(v.image))
     if v.alpha == 0:
         return embeds, recorded
@@ -193,11 +192,11 @@ def encoder_request_settings(r: Resolved) -> dict[str, Any]:
     """The settings that shape embeddings, by field name: what a remote encoder (`llmdit serve`)
     needs to encode as this process would, whatever its own config says. The thinking switch goes
     only when given: left unset, a template's own choice applies on both ends."""
-    e = r.settings.encoder
+    e = r.encoder
     sent = {f: getattr(e, f) for f in ENCODER_FIELDS if f != "enable_thinking"}
     if r.sources.get("encoder.enable_thinking") != "default":
         sent["enable_thinking"] = e.enable_thinking
-    sent["negative_prompt"] = r.settings.generation.negative_prompt
+    sent["negative_prompt"] = r.generation.negative_prompt
     return {k: v for k, v in sent.items() if v is not None}
 
 
@@ -205,8 +204,8 @@ def check_remote_template(r: Resolved, params: dict[str, Any], where: str) -> No
     """Refuse embeddings the server made with another template of the same name."""
     from llmdit_cli.prompt_templates import find
 
-    name = r.settings.encoder.template
-    if name and params.get("template") != find(name, r.settings.templates.dir).record():
+    name = r.encoder.template
+    if name and params.get("template") != find(name, r.templates.dir).record():
         raise UsageError(
             f"{where}: the server's template {name!r} is not yours (another file of that name); "
             f"its embeddings would differ from local encoding"
@@ -217,7 +216,7 @@ def remote_encode(url: str, prompts: list[str], r: Resolved, handle: ModelHandle
     """The prompts' embeddings made by an `llmdit serve` text encoder with these settings (and
     negatives when the model's guidance uses them): the same tensors local encoding gives with the
     same model."""
-    with_negative = handle.code.wants_negative(r.settings.generation)
+    with_negative = handle.code.wants_negative(r.generation)
     return embeds_of(remote_embeds_file(url, prompts, r, with_negative, key, timeout, where)[1])
 
 
@@ -227,7 +226,7 @@ def remote_embeds_file(url: str, prompts: list[str], r: Resolved, with_negative:
     from llmdit_cli.artifacts import parse_stage
     from llmdit_cli.remote import encode_remote
 
-    if r.settings.vl.image:
+    if r.vl.image:
         raise UsageError(f"{setting('vl.image')} conditions with a local Qwen3-VL; it does not go with {where}")
     data = encode_remote(url, prompts, encoder_request_settings(r), with_negative, key, timeout, where)
     stage = parse_stage(data, where, "embeds")
@@ -285,7 +284,7 @@ def check_limits(r: Resolved, handle: ModelHandle) -> None:
 
 def validate_encoding(r: Resolved, handle: ModelHandle) -> None:
     """What encoding needs checked, once per request and before the text encoder loads."""
-    if r.settings.vl.image:
+    if r.vl.image:
         check_feature(handle.family, "vision", "vl.image", handle.ref)
     check_limits(r, handle)
 
@@ -347,7 +346,7 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | Non
     if limit and longest > limit:
         mode = e.params.get("encoder", {}).get("long_prompt_mode") or "truncate"
         if r is not None and r.sources.get("encoder.long_prompt_mode") == "flag":
-            mode = r.settings.encoder.long_prompt_mode  # the caller's choice over the file's
+            mode = r.encoder.long_prompt_mode  # the caller's choice over the file's
         mode = mode if mode in LONG_MODES else "truncate"
         e.cond = [fit_length(t, limit, mode) for t in e.cond]
         e.uncond = [fit_length(t, limit, mode) for t in e.uncond]
@@ -361,7 +360,7 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | Non
 def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) -> list:
     """Each embedding within the caption limit (`encoder.long_prompt_mode`), then at exactly
     `encoder.caption_length` tokens when that is set (`encoder.caption_fill`)."""
-    enc = r.settings.encoder
+    enc = r.encoder
     limit = handle.limits().caption_tokens
     out = []
     for t in tensors:
@@ -394,7 +393,7 @@ def check_size(value: int, label: str, multiple: int = 16) -> None:
 def check_generation(r: Resolved, lim) -> None:
     """Values each setting must have (sides on the model's token grid, `lim`: its `Limits`); a
     message names the setting and, unless the caller gave it, where its value came from."""
-    g = r.settings.generation
+    g = r.generation
     for side in ("width", "height"):
         check_size(getattr(g, side), label=r.origin(side), multiple=lim.size_multiple)
     if g.steps < 1:
@@ -412,14 +411,14 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
 
     _check_features(r, handle)
     lim = handle.limits()
-    slg = SLGConfig.from_settings(r.settings.slg)
+    slg = SLGConfig.from_settings(r.slg)
     check_slg(slg)
-    dype = DyPEConfig.from_settings(r.settings.dype, lim)
+    dype = DyPEConfig.from_settings(r.dype, lim)
     if dype is not None:
         check_dype(dype)
     if out is None:
         return
-    g, d = r.settings.generation, r.settings.dype
+    g, d = r.generation, r.dype
     _hint_unused(r, out, "slg", "SLG", slg.enabled, f"{setting('slg.enabled')} or {setting('slg.scale')} > 0")
     _hint_unused(r, out, "dype", "DyPE", dype is not None, setting("dype.enabled"))
     if slg.enabled and not any(slg.active_at(i, g.steps) for i in range(g.steps)):
@@ -508,7 +507,7 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
     pipe = handle.pipeline("transformer", "vae")
     device = code.transformer_device(pipe)
     p = code.denoise_params(r.settings, handle.limits())
-    g = r.settings.generation
+    g = r.generation
     results = []
     for job in jobs:
         cond = [e.cond[job.prompt_index].to(device)]
@@ -539,26 +538,27 @@ def latents_identity(handle: ModelHandle) -> dict[str, Any]:
 # -- layers (Qwen-Image-Layered, Qwen-Image-Edit-Plus) ----------------------------------------------
 
 
-def fill_layer_defaults(r: Resolved, handle: ModelHandle) -> None:
+def fill_layer_defaults(r: Resolved, handle: ModelHandle) -> Resolved:
     """The family's defaults for what the settings leave unset, and model CPU offload on CUDA where
     `optimization.cpu_offload` is still at its built-in default (these models do not fit most
     GPUs whole)."""
     defaults = dict(handle.defaults())
     offload = defaults.pop("cpu_offload", None)
-    fill_family_defaults(r, defaults, handle.variant)
+    r = fill_family_defaults(r, defaults, handle.variant)
     key = "optimization.cpu_offload"
     if offload and r.sources.get(key) == "default" and _uses_cuda(r):
-        r.override(key, offload, f"model family {handle.variant} (on CUDA)")
+        r = r.with_value(key, offload, f"model family {handle.variant} (on CUDA)")
         handle.placement.cpu_offload = offload
+    return r
 
 
 def _uses_cuda(r: Resolved) -> bool:
-    return Placement(**r.settings.optimization.model_dump()).base_device().startswith("cuda")
+    return Placement(**r.optimization.model_dump()).base_device().startswith("cuda")
 
 
 def layer_settings(r: Resolved, handle: ModelHandle, seed: int, **extra: Any) -> dict[str, Any]:
     """What layers.json records of a decomposition or an edit."""
-    s = r.settings.layered
+    s = r.layered
     return {
         "model": handle.ref,
         "revision": handle.revision,

@@ -500,7 +500,7 @@ def test_model_offload_is_the_default_on_cuda_only(qwen, monkeypatch, tmp_path):
         monkeypatch.setattr(wf, "_uses_cuda", lambda r: cuda)
         r = _layer_settings(config, None, "layered.model", {}, layered_model=str(qwen["layered"]))
         engine = Engine()
-        handle, _ = engine.prepare_layers(r, "layer decomposition")
+        handle, _, r = engine.prepare_layers(r, "layer decomposition")
         assert engine.model(r, "layer decomposition")[0] is handle  # one handle, under the filled settings
         return r, handle
 

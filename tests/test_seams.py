@@ -222,3 +222,24 @@ def test_a_field_constraint_holds_for_every_front_end(cli, tmp_path, monkeypatch
     monkeypatch.setenv("LLMDIT_ENCODER_MAX_LENGTH", "-4")
     assert_one_line_error(cli(*args), "LLMDIT_ENCODER_MAX_LENGTH", "must be greater than or equal to 1")
     assert not (tmp_path / "e.safetensors").exists()
+
+
+def test_the_plan_is_frozen_and_preparing_makes_a_new_one():
+    """Settings resolve once into a frozen plan; `Engine.prepare` fills the family's defaults into
+    a new plan (with their provenance) and leaves the caller's request as it was."""
+    from llmdit_cli.config import resolve
+    from llmdit_cli.engine import Engine, GenerateRequest
+
+    plan = resolve(flags={"model": "demo", "steps": 3})
+    with pytest.raises(AttributeError):
+        plan.prepared = True
+    with pytest.raises(TypeError):
+        plan.values["generation.steps"] = 9  # type: ignore[index]
+    req = GenerateRequest(plan, seeds=[1], prompts=["a cat"])
+    engine = Engine()
+    ready = engine.prepare(req)
+    assert req.settings is plan and plan.generation.width is None and not plan.prepared
+    assert ready.settings.prepared and ready.settings.generation.width == 32  # the demo family's
+    assert ready.settings.sources["generation.width"] == "model family demo"
+    assert ready.settings.generation.steps == 3 and ready.settings.sources["generation.steps"] == "flag"
+    assert engine.prepare(ready) is ready

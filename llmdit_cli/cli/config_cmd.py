@@ -30,7 +30,7 @@ def show(
     out = Output()
     r = settings(config, profile, model=model)
     family, variant = identify_ref(r["model"])
-    fill_family_defaults(r, family.defaults(variant), variant)
+    r = fill_family_defaults(r, family.defaults(variant), variant)
     if json_out:
         out.data(
             json.dumps(

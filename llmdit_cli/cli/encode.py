@@ -138,9 +138,9 @@ def encode(
         _encode_remote(api_url, texts, r, api_key_env, timeout, output or "-", show_format, out)
         return
     engine = Engine()
-    handle, _ = engine.settled(r)
+    handle, _, settled = engine.settled(r)
     if show_format:
-        _show_format(handle, chat_format(r)[0], texts, r.settings.encoder.max_length, out)
+        _show_format(handle, chat_format(settled)[0], texts, settled.encoder.max_length, out)
         return
     target = output or "-"
     check_binary_target(target)

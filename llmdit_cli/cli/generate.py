@@ -315,9 +315,9 @@ def _render(mode: str, o: dict) -> None:
         raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
     init = _init_source(mode, o["image"], o["from_latents"])
     r = settings(o["config"], o["profile"], stored, f"{o['from_png']} (stored settings)", **flags)
-    req = GenerateRequest(r, seeds=[], prompts=texts, mode=mode, **init)
     engine = Engine()
-    engine.prepare(req, out)
+    req = engine.prepare(GenerateRequest(r, seeds=[], prompts=texts, mode=mode, **init), out)
+    r = req.settings
     if save_latents:
         check_binary_target(save_latents)
     if o["from_embeds"] and r.given("vl"):
@@ -347,7 +347,7 @@ def _render(mode: str, o: dict) -> None:
 
         stacked = torch.cat([g.latents for g in results], dim=0)
         handle, _ = engine.model(req.settings)
-        g0 = req.settings.settings.generation
+        g0 = req.settings.generation
         write_latents_file(
             save_latents,
             stacked,

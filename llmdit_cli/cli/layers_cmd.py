@@ -406,6 +406,5 @@ def _layer_settings(config, profile, model_key: str, placement: dict, **flags):
     """Settings for a layer command, run by the model that setting `model_key` names. LoRAs and a
     single-file transformer from the config are Z-Image's, so they stay off."""
     r = settings(config, profile, **placement, **flags).with_model(model_key)
-    r.override("loras", [], "default (the layer commands take no LoRA)")
-    r.override("transformer_file", None, "default (the layer commands take no single-file transformer)")
-    return r
+    r = r.with_value("loras", [], "default (the layer commands take no LoRA)")
+    return r.with_value("transformer_file", None, "default (the layer commands take no single-file transformer)")

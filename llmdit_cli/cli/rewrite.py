@@ -160,7 +160,7 @@ def rewrite(
             raise UsageError("--api-url needs --api-model (the model name the server knows)")
         if timeout <= 0:
             raise UsageError(f"--timeout {timeout}: must be positive")
-        t = find(template, r.settings.templates.dir)
+        t = find(template, r.templates.dir)
         key = os.environ.get(api_key_env)
         picture = rewriting.image_data_url(image) if image else None
         replies = [

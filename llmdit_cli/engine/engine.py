@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any, Protocol
 
 from llmdit_cli import workflows as wf
@@ -90,10 +91,10 @@ class Engine:
         return handle, lock
 
     def settled(self, r: Resolved, task: str = "text-to-image"):
-        """`model` with the settings it leaves unset filled from the model's family."""
+        """`model`'s handle and lock, and the plan with what it leaves unset taken from the
+        model's family."""
         handle, lock = self.model(r, task)
-        wf.fill_family_defaults(r, handle.defaults(), handle.variant)
-        return handle, lock
+        return handle, lock, wf.fill_family_defaults(r, handle.defaults(), handle.variant)
 
     def adopt(self, handle, r: Resolved) -> None:
         """Serve requests for `r`'s model with an already opened handle (the trainer's)."""
@@ -111,10 +112,10 @@ class Engine:
     def encode(self, req: EncodeRequest, report: Reporter | None = None):
         """Prompt embeddings (`workflows.Embeds`) for the request's prompts."""
         report = report or Silent()
-        handle, lock = self.settled(req.settings)
-        wf.validate_encoding(req.settings, handle)
+        handle, lock, r = self.settled(req.settings)
+        wf.validate_encoding(r, handle)
         with lock, report.status(f"encoding {len(req.prompts)} prompt(s) with {handle.ref}"):
-            return wf.encode(handle, list(req.prompts), req.settings, with_negative=req.with_negative, report=report)
+            return wf.encode(handle, list(req.prompts), r, with_negative=req.with_negative, report=report)
 
     # -- rewrite -----------------------------------------------------------------------------------
 
@@ -128,13 +129,13 @@ class Engine:
         report = report or Silent()
         sampling = req.sampling or rewriting.Sampling()
         sampling.check()
-        t = find(req.template, req.settings.settings.templates.dir)
+        t = find(req.template, req.settings.templates.dir)
         fmt = t.chat_format()
-        handle, lock = self.settled(req.settings)
+        handle, lock, r = self.settled(req.settings)
         check_feature(handle.family, "rewrite", "model", handle.ref)
         if req.image is not None:
             with lock:
-                return self._rewrite_from_image(req, t, handle, sampling, report)
+                return self._rewrite_from_image(req, r, t, handle, sampling, report)
         with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")
             lm = rewriting.causal_lm(pipe.text_encoder)
@@ -155,7 +156,7 @@ class Engine:
         sampling = req.sampling or rewriting.Sampling()
         sampling.check()
         text = chat_text(req.messages, req.enable_thinking)
-        handle, lock = self.settled(req.settings)
+        handle, lock = self.model(req.settings)
         check_feature(handle.family, "rewrite", "model", handle.ref)
         with lock, report.status(f"chat reply with {handle.ref}"):
             pipe = handle.pipeline("tokenizer", "text_encoder")
@@ -168,12 +169,11 @@ class Engine:
         return rewriting.reply_text(raw), prompt_tokens, reply_tokens
 
     @staticmethod
-    def _rewrite_from_image(req, template, handle, sampling, report) -> list[str]:
+    def _rewrite_from_image(req, r: Resolved, template, handle, sampling, report) -> list[str]:
         from llmdit_cli import rewriting, vision
 
         image = vision.open_image(req.image, "--image")
-        wf.fill_vl_model(req.settings, handle)
-        pl, v = handle.placement, req.settings.settings.vl
+        pl, v = handle.placement, wf.fill_vl_model(r, handle).vl
         with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
             model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
         with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):
@@ -182,12 +182,12 @@ class Engine:
 
     # -- generate ----------------------------------------------------------------------------------
 
-    def prepare(self, req: GenerateRequest, report: Reporter | None = None) -> None:
-        """Fill what the settings leave open (input size, model family defaults) and check them,
-        before anything loads. `generate` calls it too; calling it first lets a caller check
-        everything (and plan its output paths) before the work starts."""
-        if req.prepared:
-            return
+    def prepare(self, req: GenerateRequest, report: Reporter | None = None) -> GenerateRequest:
+        """The request with its plan filled (input size, model family defaults) and checked, before
+        anything loads. `generate` prepares a request that is not; preparing first lets a caller
+        check everything (and plan its output paths) before the work starts."""
+        if req.settings.prepared:
+            return req
         report = report or Silent()
         r = req.settings
         handle, _ = self.model(r)
@@ -199,24 +199,23 @@ class Engine:
         if req.init is not None and not wf.is_image(req.init):
             f = lim.vae_scale_factor
             height, width = req.init_size or (int(req.init.shape[-2]) * f, int(req.init.shape[-1]) * f)
-            r.set_default("height", height, "latents file")
-            r.set_default("width", width, "latents file")
+            r = r.with_defaults({"height": height, "width": width}, "latents file")
         elif req.init is not None:
             step = lim.token_pixels
-            r.set_default("height", req.init.height // step * step, "input image")
-            r.set_default("width", req.init.width // step * step, "input image")
-        wf.fill_family_defaults(r, handle.defaults(), handle.variant)
+            size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
+            r = r.with_defaults(size, "input image")
+        r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)
         wf.validate(r, handle, report)
-        req.prepared = True
+        return replace(req, settings=r.as_prepared())
 
     def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:
         """Make the request's images; `transformer` runs in place of the model's own (validation
         images of a transformer being trained)."""
         report = report or Silent()
-        self.prepare(req, report)
+        req = self.prepare(req, report)
         r = req.settings
         handle, lock = self.model(r)
-        cfg = handle.code.wants_negative(r.settings.generation)
+        cfg = handle.code.wants_negative(r.generation)
         with lock:
             e = req.embeds
             if e is None:
@@ -225,7 +224,7 @@ class Engine:
             wf.check_embeds_fit(e, handle, report, r)
             if cfg and len(e.uncond) != len(e.cond):
                 raise UsageError(
-                    f"{e.source}: {setting('generation.guidance_scale')} {r.settings.generation.guidance_scale} "
+                    f"{e.source}: {setting('generation.guidance_scale')} {r.generation.guidance_scale} "
                     f"needs negative embeddings, and this file has none"
                 )
             start = self._start_latents(req, handle)
@@ -251,7 +250,7 @@ class Engine:
             )
         if init.shape[0] != 1:
             raise InputError(f"{name}: holds {init.shape[0]} latents; img2img takes one")
-        f, g = lim.vae_scale_factor, r.settings.generation
+        f, g = lim.vae_scale_factor, r.generation
         if tuple(init.shape[-2:]) != (g.height // f, g.width // f):
             raise InputError(
                 f"{name}: latents are {init.shape[-1] * f}x{init.shape[-2] * f}, but "
@@ -282,24 +281,23 @@ class Engine:
     # -- layers ------------------------------------------------------------------------------------
 
     def prepare_layers(self, r: Resolved, task: str):
-        """The layer model's handle (nothing loaded) with the family's defaults filled into `r`:
-        settings are complete, and checked, before a weight loads."""
+        """The layer model's handle (nothing loaded), its lock, and the plan with the family's
+        defaults filled: settings are complete, and checked, before a weight loads."""
         before = self.key_for(r)
         handle, lock = self.model(r, task)
-        wf.fill_layer_defaults(r, handle)  # may switch offload on (CUDA), which is part of the key
+        r = wf.fill_layer_defaults(r, handle)  # may switch offload on (CUDA), which is part of the key
         after = self.key_for(r)
         if after != before:
             with self._guard:
                 self._models[after] = self._models.pop(before)
                 self._locks[after] = self._locks.pop(before)
-        return handle, lock
+        return handle, lock, r
 
     def decompose(self, req: DecomposeRequest, report: Reporter | None = None) -> Decomposed:
         """The image's RGBA layers (Qwen-Image-Layered through diffusers' own pipeline)."""
         report = report or Silent()
-        r = req.settings
-        handle, lock = self.prepare_layers(r, "layer decomposition")
-        code, s = handle.code, r.settings.layered
+        handle, lock, r = self.prepare_layers(req.settings, "layer decomposition")
+        code, s = handle.code, r.layered
         with lock:
             with report.status(f"loading {handle.ref}"):
                 pipe = handle.pipeline("tokenizer", "text_encoder", "transformer", "vae")
@@ -337,9 +335,8 @@ class Engine:
         """`req.image` (PIL RGB) edited by the instruction (Qwen-Image-Edit-Plus, true CFG), and the
         settings record of the edit."""
         report = report or Silent()
-        r = req.settings
-        handle, lock = self.prepare_layers(r, "layer editing")
-        s = r.settings.layered
+        handle, lock, r = self.prepare_layers(req.settings, "layer editing")
+        s = r.layered
         params = handle.code.EditParams(req.instruction, s.negative_prompt, s.true_cfg_scale, s.steps)
         with lock:
             with report.status(f"loading {handle.ref}"):

@@ -21,8 +21,8 @@ class EncodeRequest:
 class GenerateRequest:
     """Images to make: each prompt (or each item of `embeds`) once per seed.
 
-    `settings` are resolved (defaults < config < env < flags); the engine fills what is left from
-    the model family and the input's size. `init` is the img2img input: a PIL image or finished
+    `settings` is the plan, resolved (defaults < config < env < flags) and frozen; `Engine.prepare`
+    returns the request with a new plan that the model family and the input's size filled. `init` is the img2img input: a PIL image or finished
     latents `[1, C, h, w]` (with `init_source` naming them in messages)."""
 
     settings: Resolved
@@ -34,7 +34,6 @@ class GenerateRequest:
     init_source: str = ""
     init_size: tuple[int, int] | None = None  # (height, width) recorded with input latents
     decode: bool = True  # False: latents only (the caller decodes later, or never)
-    prepared: bool = field(default=False, repr=False)  # set by Engine.prepare
 
 
 @dataclass

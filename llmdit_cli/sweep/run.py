@@ -14,7 +14,7 @@ import json
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +272,7 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
     planned = []
     for cell in todo:
         req = GenerateRequest(settings_of(cell, recipe, device), seeds=[cell.seed])
-        _size(req, engine, recipe)
-        engine.prepare(req, report)
-        planned.append((cell, req))
+        planned.append((cell, engine.prepare(_size(req, engine, recipe), report)))
     # Grouped by model (reference, LoRA stack, placement), so each loads once and is let go after.
     order = {key: n for n, key in enumerate(dict.fromkeys(str(engine.key_for(req.settings)) for _, req in planned))}
     return sorted(planned, key=lambda p: (order[str(engine.key_for(p[1].settings))], p[0].index))
@@ -310,7 +308,7 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
         }
         try:
             r = req.settings
-            with_negative = r.settings.generation.guidance_scale > 0
+            with_negative = r.generation.guidance_scale > 0
             key = _encoding_key(r, cell.prompt, with_negative)
             if key not in encodings:
                 encodings[key] = engine.encode(EncodeRequest(r, [cell.prompt], with_negative=with_negative), report)
@@ -340,19 +338,17 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
     return outcome
 
 
-def _size(req, engine, recipe: Recipe) -> None:
-    """Width and height as `size_factor` x the family's default, where the recipe leaves them open."""
+def _size(req, engine, recipe: Recipe):
+    """The request with width and height as `size_factor` x the family's default, where the
+    recipe leaves them open."""
     if recipe.size_factor is None:
-        return
-    r = req.settings
-    handle, _ = engine.model(r)
-    for side in ("width", "height"):
-        base = handle.defaults().get(side)
-        if base:
-            value = max(16, round(base * recipe.size_factor / 16) * 16)
-            r.set_default(
-                side, value, f"{recipe.source} size_factor {recipe.size_factor:g} x model family {handle.variant}"
-            )
+        return req
+    handle, _ = engine.model(req.settings)
+    step = handle.limits().size_multiple
+    sides = {side: handle.defaults().get(side) for side in ("width", "height")}
+    sized = {side: max(step, round(base * recipe.size_factor / step) * step) for side, base in sides.items() if base}
+    source = f"{recipe.source} size_factor {recipe.size_factor:g} x model family {handle.variant}"
+    return replace(req, settings=req.settings.with_defaults(sized, source))
 
 
 def _encoding_key(r, prompt: str, with_negative: bool) -> tuple:

@@ -69,11 +69,11 @@ def image_request(body, cfg: ServeConfig, engine):
     r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
     req = GenerateRequest(r, seeds=seeds_for([seed] if seed is not None else None, body.n), prompts=[body.prompt])
     try:
-        engine.prepare(req)
+        req = engine.prepare(req)
     except LlmditError as exc:
         message, param = cfg.settings.message(exc)
         raise ApiError(400, message, param) from None
-    g = r.settings.generation
+    g = req.settings.generation
     if g.width * g.height > cfg.limits.max_pixels:
         raise ApiError(400, f"size {g.width}x{g.height}: over the limit of {cfg.limits.max_pixels} pixels", "size")
     return req
@@ -99,7 +99,7 @@ def remote_embeds(cfg: ServeConfig, req, engine):
 
 def keep_few_lora_models(state: ServerState, r) -> None:
     """Each LoRA set is its own loaded model: keep the --max-lora-models used last (the base model stays)."""
-    if not r.settings.lora.loras:
+    if not r.lora.loras:
         return
     order, key = state.lora_models, state.engine.key_for(r)
     if key in order:
