@@ -86,7 +86,7 @@ def in_process():
     from llmdit_cli.pngmeta import png_bytes
     from llmdit_cli.serve.app import ServeConfig
     from llmdit_cli.serve.routes.images import image_request
-    from llmdit_cli.serve.schemas import ImagesRequest
+    from llmdit_cli.serve.schemas import ImagesBody
     from llmdit_cli.serve.settings import ServerSettings
 
     engine = Engine()
@@ -94,7 +94,7 @@ def in_process():
     engine.model(resolve(flags={"model": "demo"}))[0].pipeline("tokenizer", "text_encoder", "transformer", "vae")
 
     def call(b: dict) -> None:
-        req = image_request(ImagesRequest.model_validate(b), cfg, engine)
+        req = image_request(ImagesBody.model_validate(b), cfg, engine)
         for g in engine.generate(req):
             base64.b64encode(png_bytes(g.image, g.settings))
 

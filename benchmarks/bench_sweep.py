@@ -131,7 +131,7 @@ def per_image(work: Path, repeats: int) -> dict:
         start = time.perf_counter()
         encoded: dict[str, object] = {}
         for cell in cells:
-            req = GenerateRequest(run.settings_of(cell, r, None), seeds=[cell.seed], prompts=[cell.prompt])
+            req = GenerateRequest(run.cell_plan(cell, r, None), seeds=[cell.seed], prompts=[cell.prompt])
             if share_encodings:
                 if cell.prompt not in encoded:
                     encoded[cell.prompt] = engine.encode(

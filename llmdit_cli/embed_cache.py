@@ -129,7 +129,7 @@ class EmbedCache:
         return len(paths)
 
 
-def parse_size(text: str) -> int:
+def parse_byte_size(text: str) -> int:
     """`500M`, `2G`, `10k`, `1048576` -> bytes (K, M, G, T are powers of 1024)."""
     import re
 

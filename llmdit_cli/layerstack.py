@@ -48,7 +48,7 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def png_bytes(image) -> bytes:
+def plain_png_bytes(image) -> bytes:
     buf = BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -148,7 +148,7 @@ class Stack:
     def write_composite(self, images: list | None = None) -> Path:
         images = images or self.images()
         path = self.folder / self.record.get("composite", COMPOSITE)
-        write_bytes_atomic(str(path), png_bytes(composite(images, self.order, self.hidden)))
+        write_bytes_atomic(str(path), plain_png_bytes(composite(images, self.order, self.hidden)))
         return path
 
 
@@ -248,7 +248,7 @@ def write_new_folder(folder: str, layers: list, record: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         for i, image in enumerate(layers):
-            write_bytes_atomic(str(tmp / layer_file(i)), png_bytes(image))
+            write_bytes_atomic(str(tmp / layer_file(i)), plain_png_bytes(image))
         stack = Stack(tmp, record)
         stack.write_composite(layers)
         stack.save_record()
@@ -299,7 +299,7 @@ def replace_layer(stack: Stack, i: int, image, edit: dict) -> str:
     entry, edits = stack.record["layers"][i], stack.record["edits"]
     replaced = False
     try:
-        write_bytes_atomic(str(current), png_bytes(image))
+        write_bytes_atomic(str(current), plain_png_bytes(image))
         replaced = True
         entry["versions"].append(name)
         edits.append({**edit, "layer": i, "kept": name})
@@ -345,9 +345,9 @@ def export_ora(stack: Stack, images: list, path: str) -> None:
         z.writestr(zipfile.ZipInfo("mimetype"), "image/openraster", compress_type=zipfile.ZIP_STORED)
         z.writestr("stack.xml", xml, compress_type=zipfile.ZIP_DEFLATED)
         for i, image in enumerate(images):
-            z.writestr(f"data/{layer_file(i)}", png_bytes(image), compress_type=zipfile.ZIP_STORED)
-        z.writestr("mergedimage.png", png_bytes(merged), compress_type=zipfile.ZIP_STORED)
-        z.writestr("Thumbnails/thumbnail.png", png_bytes(thumb), compress_type=zipfile.ZIP_STORED)
+            z.writestr(f"data/{layer_file(i)}", plain_png_bytes(image), compress_type=zipfile.ZIP_STORED)
+        z.writestr("mergedimage.png", plain_png_bytes(merged), compress_type=zipfile.ZIP_STORED)
+        z.writestr("Thumbnails/thumbnail.png", plain_png_bytes(thumb), compress_type=zipfile.ZIP_STORED)
     write_bytes_atomic(path, buf.getvalue())
 
 

@@ -189,10 +189,10 @@ def _read_peft_config(path: Path) -> dict | None:
 def read_lora(path: str | Path) -> Lora:
     """Any supported layout -> Lora. Raises InputError naming the file and what is wrong."""
     tensors, meta, peft_config, hint = load_tensors(path)
-    return parse_lora(tensors, meta, peft_config, str(path), hint)
+    return lora_from_tensors(tensors, meta, peft_config, str(path), hint)
 
 
-def parse_lora(tensors: dict, meta: dict[str, str], peft_config: dict | None, name: str, hint: str = "") -> Lora:
+def lora_from_tensors(tensors: dict, meta: dict[str, str], peft_config: dict | None, name: str, hint: str = "") -> Lora:
     groups = _group_keys(tensors, name)
     if not groups:
         raise InputError(f"{name}: holds no LoRA weights (no lora_A/lora_B or lora_down/lora_up keys)")
@@ -562,7 +562,7 @@ def from_peft_state(state: dict, rank: int, alpha: float) -> Lora:
 def summary(path: str | Path) -> dict[str, Any]:
     """What `llmdit lora inspect` shows: layout, ranks, alphas, targets, per-loader strength."""
     tensors, meta, peft_config, hint = load_tensors(path)
-    lora = parse_lora(tensors, meta, peft_config, str(path), hint)
+    lora = lora_from_tensors(tensors, meta, peft_config, str(path), hint)
     suffixes = sorted({_target_suffix(n) for n in lora.pairs})
     return {
         "file": str(path),

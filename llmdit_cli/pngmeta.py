@@ -43,7 +43,7 @@ def png_bytes(image, settings: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def open_image(data: bytes, name: str):
+def image_from_bytes(data: bytes, name: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -56,7 +56,7 @@ def open_image(data: bytes, name: str):
 
 def settings_of(data: bytes, name: str) -> dict[str, Any]:
     """The llmdit settings stored in a PNG, or an InputError."""
-    img = open_image(data, name)
+    img = image_from_bytes(data, name)
     raw = getattr(img, "text", {}).get(CHUNK)
     if raw is None:
         raise InputError(f"{name}: the image carries no llmdit settings (not made by llmdit)")

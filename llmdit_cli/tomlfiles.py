@@ -43,7 +43,7 @@ def validation_error(exc: ValidationError, where: str, prefix: str = "") -> Conf
     return ConfigError(f"{where}: bad value for '{key}': {err['msg']}")
 
 
-def validate(model: type[BaseModel], doc: dict[str, Any], where: str):
+def validated(model: type[BaseModel], doc: dict[str, Any], where: str):
     try:
         return model.model_validate(doc)
     except ValidationError as exc:

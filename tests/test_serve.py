@@ -510,9 +510,9 @@ def test_openapi_describes_the_routes_and_their_request_bodies(server):
         name = body.rsplit("/", 1)[1]
         assert schema["components"]["schemas"][name]["properties"], name
     assert {"/health", "/v1/models", "/v1/llmdit/status", "/v1/llmdit/templates"} <= set(paths)
-    chat = schema["components"]["schemas"]["ChatRequest"]
+    chat = schema["components"]["schemas"]["ChatBody"]
     assert "messages" in chat["required"] and "Message" in schema["components"]["schemas"]
-    assert set(schema["components"]["schemas"]["ImagesRequest"]["properties"]) >= {"prompt", "n", "size", "llmdit"}
+    assert set(schema["components"]["schemas"]["ImagesBody"]["properties"]) >= {"prompt", "n", "size", "llmdit"}
 
 
 def test_settings_are_resolved_once_at_start(tmp_path):

@@ -208,10 +208,10 @@ def test_text_tokens_are_the_prompt_s_own():
     import torch
 
     from llmdit_cli import vision
-    from llmdit_cli.pngmeta import open_image
+    from llmdit_cli.pngmeta import image_from_bytes
 
     model = vision.load("demo", "cpu", torch.float32)
-    image = open_image(REFERENCE.read_bytes(), "ref").convert("RGB")
+    image = image_from_bytes(REFERENCE.read_bytes(), "ref").convert("RGB")
     inputs = model.chat_inputs(image, PROMPT)
     ids = inputs["input_ids"][0].tolist()
     prompt_ids = model.tokenizer(PROMPT).input_ids
@@ -232,9 +232,9 @@ def test_an_offloaded_vl_model_waits_on_the_cpu_and_gives_the_same_states(monkey
     import torch
 
     from llmdit_cli import vision
-    from llmdit_cli.pngmeta import open_image
+    from llmdit_cli.pngmeta import image_from_bytes
 
-    image = open_image(REFERENCE.read_bytes(), "ref").convert("RGB")
+    image = image_from_bytes(REFERENCE.read_bytes(), "ref").convert("RGB")
     whole = vision.load("demo", "cpu", torch.float32)
     offloaded = vision.load("demo", "cpu", torch.float32, offload=True)
     assert offloaded is not whole and offloaded.offload and not whole.offload

@@ -68,8 +68,8 @@ def prune(
 
     Example: llmdit cache prune --max-size 500M
     """
-    from llmdit_cli.embed_cache import parse_size
+    from llmdit_cli.embed_cache import parse_byte_size
 
     cache = _cache(cache_dir)
-    removed, left = cache.prune(parse_size(max_size))
+    removed, left = cache.prune(parse_byte_size(max_size))
     Output().log(f"removed {removed} entries from {cache.root}; {left / 1024**2:.1f} MiB left")

@@ -411,7 +411,7 @@ def _init_source(mode, image, from_latents) -> dict:
     """The img2img input as request fields: a PIL image, or a latents file's tensor and size."""
     from llmdit_cli.artifacts import read_bytes, read_stage
     from llmdit_cli.errors import UsageError
-    from llmdit_cli.pngmeta import open_image
+    from llmdit_cli.pngmeta import image_from_bytes
 
     if mode == "txt2img":
         return {}
@@ -419,7 +419,7 @@ def _init_source(mode, image, from_latents) -> dict:
         raise UsageError("img2img needs exactly one of --image or --from-latents")
     if image:
         data, name = read_bytes(image, "an image")
-        return {"init": open_image(data, f"--image {name}").convert("RGB"), "init_source": name}
+        return {"init": image_from_bytes(data, f"--image {name}").convert("RGB"), "init_source": name}
     stage = read_stage(from_latents, expect="latents")  # checked: one 4-D 'latents' tensor
     size = (stage.meta_int("height"), stage.meta_int("width"))
     return {

@@ -201,7 +201,7 @@ def decompose(
     from llmdit_cli.artifacts import check_binary_target, read_bytes, write_layered_latents_file
     from llmdit_cli.engine import DecomposeRequest, Engine
     from llmdit_cli.layerstack import check_target_folder, sha256_of
-    from llmdit_cli.pngmeta import open_image
+    from llmdit_cli.pngmeta import image_from_bytes
     from llmdit_cli.workflows import latents_identity
 
     out = Output(quiet, json_out)
@@ -222,7 +222,7 @@ def decompose(
         layered_model=layered_model,
     )
     data, name = read_bytes(image, "an image")
-    picture = open_image(data, name).convert("RGBA")
+    picture = image_from_bytes(data, name).convert("RGBA")
     folder = output or f"{'image' if image == '-' else Path(image).stem}-layers"
     check_target_folder(folder)
     if save_latents:

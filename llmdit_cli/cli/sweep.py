@@ -70,53 +70,35 @@ def sweep(
     Example: llmdit sweep recipes/dype.toml --model demo
     """
     import os
-    from pathlib import Path
+    from contextlib import ExitStack
 
+    from llmdit_cli.engine import Engine
     from llmdit_cli.sweep import recipe as recipes
     from llmdit_cli.sweep import run
 
     out = Output(quiet, json_out)
     r = recipes.load(recipe, model=model, output=output)
-    part, device = (run.parse_shard(shard), None) if shard else run.shard_from_env(dict(os.environ))
-    if device and not _cuda():
-        device = None
-    mine = [c for c in recipes.cells(r) if part.takes(c)][:limit]
-    folder = Path(r.output)
-    ours = run.check_folder(folder, r, force)
-    done = run.read_manifests(folder, out.hint) if folder.is_dir() else {}
+    part, device = run.shard_for(shard, dict(os.environ))
+    sel = run.select(r, part, limit, force, out.hint)
     if dry_run:
-        _list(out, mine, done)
+        _list(out, sel.cells, sel.done)
         return
-    todo = [c for c in mine if c.id not in done]
-    outcome = run.Outcome(skipped=len(mine) - len(todo))
-    if todo:
-        outcome = _run(out, r, todo, folder, part, device, outcome, ours)
-    _summary(out, r, folder, outcome)
-    if outcome.failed:
-        raise typer.Exit(1)
+    with ExitStack() as stack:
+        ticks = {"n": 0}
 
+        def on_start(n: int) -> None:
+            out.log(
+                f"sweep {r.name}: {n} cell(s) to run, {len(sel.cells) - len(sel.todo)} already done -> {sel.folder}"
+            )
+            ticks["advance"], ticks["total"] = stack.enter_context(out.progress(f"sweep {r.name}", n)), n
 
-def _run(out, r, todo, folder, part, device, outcome, ours):
-    from llmdit_cli.engine import Engine
-    from llmdit_cli.sweep import run
-
-    engine = Engine()
-    report = run.QuietReporter(out)
-    kept = run.fits_model(todo, engine, r, device, out.hint)
-    planned = run.plan(engine, r, kept, device, report)  # every check before the folder or a weight
-    if not ours:
-        run.create_folder(folder, r)
-    run.remove_stale_temps(folder)
-    out.log(f"sweep {r.name}: {len(planned)} cell(s) to run, {outcome.skipped} already done -> {folder}")
-    with out.progress(f"sweep {r.name}", len(planned)) as advance:
-        count = {"n": 0}
-
-        def on_done(cell, record):
-            count["n"] += 1
-            advance(count["n"], len(planned), f"cell {cell.index} {record['status']}")
+        def on_done(cell, record) -> None:
+            ticks["n"] += 1
+            ticks["advance"](ticks["n"], ticks["total"], f"cell {cell.index} {record['status']}")
             if record["status"] == "done":
+                path = str(sel.folder / record["image"])
                 out.wrote(
-                    str(folder / record["image"]),
+                    path,
                     "image",
                     prompt=cell.prompt,
                     seed=cell.seed,
@@ -125,9 +107,10 @@ def _run(out, r, todo, folder, part, device, outcome, ours):
                     axes=cell.axes,
                 )
 
-        result = run.run_cells(engine, planned, folder, part, report, on_done)
-    result.skipped, result.left_out = outcome.skipped, len(todo) - len(kept)
-    return result
+        outcome = run.execute(Engine(), r, sel, part, device, run.QuietReporter(out), on_start, on_done)
+    _summary(out, r, sel.folder, outcome)
+    if outcome.failed:
+        raise typer.Exit(1)
 
 
 def _list(out, cells, done) -> None:
@@ -168,9 +151,3 @@ def _summary(out, r, folder, o) -> None:
     per_image = f"{statistics.median(o.seconds):.2f}" if o.seconds else "-"
     table.add_row(str(o.done), str(o.skipped), str(o.failed), str(o.left_out), per_image)
     out.console.print(table)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -4,8 +4,8 @@ offload), `optimise` (attention backends, compile, VAE tiling, quantization), `l
 defaults are in `llmdit_cli.families`."""
 
 from llmdit_cli.models.loading import ModelHandle, quiet_libraries
-from llmdit_cli.models.lora_stack import parse_lora
+from llmdit_cli.models.lora_stack import parse_lora_spec
 from llmdit_cli.models.placement import Placement
 from llmdit_cli.models.refs import DEMO, DEMO_PATH
 
-__all__ = ["DEMO", "DEMO_PATH", "ModelHandle", "Placement", "parse_lora", "quiet_libraries"]
+__all__ = ["DEMO", "DEMO_PATH", "ModelHandle", "Placement", "parse_lora_spec", "quiet_libraries"]

@@ -10,7 +10,7 @@ from llmdit_cli.models.refs import first_line
 LORA = setting("lora.loras")
 
 
-def parse_lora(spec: str) -> tuple[str, float]:
+def parse_lora_spec(spec: str) -> tuple[str, float]:
     """`PATH[:SCALE]` -> (path, scale)."""
     path, sep, scale = spec.rpartition(":")
     if sep and path:
@@ -26,7 +26,7 @@ def check_lora_files(specs: list[str]) -> None:
     from llmdit_cli.artifacts import parse_header, read_bytes
 
     for spec in specs:
-        path, _ = parse_lora(spec)
+        path, _ = parse_lora_spec(spec)
         if not Path(path).is_file():
             raise InputError(f"{LORA} {path}: no such file")
         try:
@@ -46,7 +46,7 @@ def apply_loras(pipe, specs: list[str]) -> None:
     check_lora_files(specs)
     names, scales = [], []
     for i, spec in enumerate(specs):
-        path, scale = parse_lora(spec)
+        path, scale = parse_lora_spec(spec)
         name = f"lora_{i}"
         before = _lora_param_count(pipe.transformer)
         try:

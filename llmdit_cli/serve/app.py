@@ -28,7 +28,7 @@ from llmdit_cli.serve.errors import describe, error_body, status_for
 
 WEB = Path(__file__).parent / "web"
 log = logging.getLogger("llmdit.serve")
-BODIES = (schemas.ChatRequest, schemas.EncodeRequest, schemas.ImagesRequest)
+BODIES = (schemas.ChatBody, schemas.EncodeBody, schemas.ImagesBody)
 
 __all__ = ["ServeConfig", "ServerLimits", "create_app", "describe", "error_body", "status_for"]
 

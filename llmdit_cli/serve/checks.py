@@ -53,7 +53,7 @@ def check_finite(value: Any, where: str) -> None:
             check_finite(v, f"{where}.{i}" if where else str(i))
 
 
-def validate(model: type, raw: Any):
+def parse_body(model: type, raw: Any):
     """`raw` as `model`, or a 400 that names the first field at fault."""
     from pydantic import ValidationError
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import Depends, Request
 
-from llmdit_cli.serve.checks import parse_json, read_limited, validate
+from llmdit_cli.serve.checks import parse_body, parse_json, read_limited
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.errors import result_of
 from llmdit_cli.serve.settings import ApiError
@@ -67,7 +67,7 @@ def json_body(model: type):
         if kind != "application/json":
             raise ApiError(415, f"Content-Type must be application/json, not {kind or 'none'!r}")
         data = await read_limited(request, state.cfg.limits.max_body_bytes)
-        return validate(model, parse_json(data))
+        return parse_body(model, parse_json(data))
 
     return parse
 

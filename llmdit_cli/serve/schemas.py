@@ -42,7 +42,7 @@ class ChatTemplateKwargs(Strict):
     enable_thinking: bool | None = None
 
 
-class ChatRequest(Strict):
+class ChatBody(Strict):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     temperature: float = Field(1.0, ge=0, le=2)
@@ -63,13 +63,13 @@ class ChatRequest(Strict):
     chat_template_kwargs: ChatTemplateKwargs | None = None
 
 
-class EncodeRequest(Strict):
+class EncodeBody(Strict):
     prompts: list[str] = Field(min_length=1)
     with_negative: bool = True
     llmdit: dict[str, Any] = Field(default_factory=dict)
 
 
-class ImagesRequest(Strict):
+class ImagesBody(Strict):
     prompt: str = Field(min_length=1)
     model: str | None = None
     n: int = Field(1, ge=1)

@@ -106,7 +106,7 @@ class ServerSettings:
 
     def lora_specs(self, value: Any) -> list[str]:
         """`name[:scale]` entries as paths in the server's --lora-dir (never outside it)."""
-        from llmdit_cli.models.lora_stack import parse_lora
+        from llmdit_cli.models.lora_stack import parse_lora_spec
 
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
@@ -115,7 +115,7 @@ class ServerSettings:
             raise ApiError(400, "llmdit.lora: this server allows no LoRAs (start it with --lora-dir)", "llmdit.lora")
         specs = []
         for item in items:
-            name, scale = parse_lora(item)
+            name, scale = parse_lora_spec(item)
             if not (math.isfinite(scale) and abs(scale) <= MAX_LORA_SCALE):
                 raise ApiError(400, f"llmdit.lora: scale {scale} of {name!r} is not in [-4, 4]", "llmdit.lora")
             try:
@@ -133,14 +133,14 @@ class ServerSettings:
         """An image's settings as the client sees them: its LoRAs named as requests name them
         (inside --lora-dir, with their scale), never by the server's own paths; a LoRA from the
         server's own settings, outside --lora-dir, by its file name."""
-        from llmdit_cli.models.lora_stack import parse_lora
+        from llmdit_cli.models.lora_stack import parse_lora_spec
 
         if not record.get("loras"):
             return record
         root = self.lora_dir.resolve() if self.lora_dir is not None else None
         names = []
         for spec in record["loras"]:
-            path, scale = parse_lora(spec)
+            path, scale = parse_lora_spec(spec)
             where = Path(path).resolve()
             name = where.relative_to(root).as_posix() if root and root in where.parents else where.name
             names.append(f"{name}:{scale:g}")
@@ -154,7 +154,7 @@ def _is_bool_setting(key: str) -> bool:
     return "bool" in str(SECTIONS[section].model_fields[name].annotation)
 
 
-def parse_size(size: str | None) -> tuple[int, int] | None:
+def parse_image_size(size: str | None) -> tuple[int, int] | None:
     """'WxH' -> (width, height); the engine checks the multiple of 16 and names `size`."""
     import re
 

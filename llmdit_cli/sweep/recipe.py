@@ -19,7 +19,7 @@ from pydantic import Field
 
 from llmdit_cli.config import DEFAULT_MODEL, check_key, check_value
 from llmdit_cli.errors import ConfigError
-from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validate
+from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validated
 
 
 class RecipeFile(StrictModel):
@@ -104,7 +104,7 @@ def load(path: str, model: str | None = None, output: str | None = None) -> Reci
     if not file.is_file():
         raise ConfigError(f"{path}: recipe not found")
     doc = load_toml(file, "recipe")
-    raw = validate(RecipeFile, doc, str(path))
+    raw = validated(RecipeFile, doc, str(path))
     base = {k: check_value(k, v, f"{path} [base]") for k, v in _flat(raw.base, f"{path} [base]").items()}
     base["model"] = model or base.get("model") or raw.model
     grid = _axes(raw.grid, f"{path} [grid]")

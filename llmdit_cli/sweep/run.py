@@ -230,7 +230,63 @@ class QuietReporter:
         yield lambda done, total_, info="": None
 
 
-def settings_of(cell: Cell, recipe: Recipe, device: str | None):
+def shard_for(text: str | None, env: dict[str, str]) -> tuple[Shard, str | None]:
+    """The shard (`--shard K/N`, else the scheduler's) and the device a distributed launch gives
+    this process, when it has a GPU (None: leave the device setting alone)."""
+    part, device = (parse_shard(text), None) if text else shard_from_env(env)
+    return part, device if device and _cuda() else None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass
+class Selection:
+    """This process's cells of a recipe (its shard, up to a limit) and which are done already."""
+
+    cells: list[Cell]
+    done: dict[str, dict]
+    folder: Path
+    ours: bool  # the folder was made by this recipe (else it is made when the sweep starts)
+
+    @property
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.id not in self.done]
+
+
+def select(recipe: Recipe, part: Shard, limit: int | None, force: bool, warn) -> Selection:
+    """The shard's cells and the finished ones from the run folder's manifests (nothing written)."""
+    from llmdit_cli.sweep.recipe import cells
+
+    folder = Path(recipe.output)
+    ours = check_folder(folder, recipe, force)
+    done = read_manifests(folder, warn) if folder.is_dir() else {}
+    return Selection([c for c in cells(recipe) if part.takes(c)][:limit], done, folder, ours)
+
+
+def execute(engine, recipe: Recipe, sel: Selection, part: Shard, device: str | None, report, on_start, on_done):
+    """Run the selection's cells not done yet: leave out those beyond their model (one warning
+    each), plan and check every cell before the folder or a weight, then make them.
+    `on_start(n)` is told how many will run, `on_done(cell, record)` each one's manifest record."""
+    todo = sel.todo
+    skipped = len(sel.cells) - len(todo)
+    if not todo:
+        return Outcome(skipped=skipped)
+    kept = fits_model(todo, engine, recipe, device, report.hint)
+    planned = plan(engine, recipe, kept, device, report)
+    if not sel.ours:
+        create_folder(sel.folder, recipe)
+    remove_stale_temps(sel.folder)
+    on_start(len(planned))
+    result = run_cells(engine, planned, sel.folder, part, report, on_done)
+    result.skipped, result.left_out = skipped, len(todo) - len(kept)
+    return result
+
+
+def cell_plan(cell: Cell, recipe: Recipe, device: str | None):
     from llmdit_cli.config import resolve_defaults
 
     keyed = {}
@@ -251,7 +307,7 @@ def fits_model(cells: list[Cell], engine, recipe: Recipe, device: str | None, wa
     kept, dropped = [], {}
     limits: dict[str, Any] = {}
     for cell in cells:
-        r = settings_of(cell, recipe, device)
+        r = cell_plan(cell, recipe, device)
         if cell.model not in limits:
             limits[cell.model] = engine.model(r)[0].limits()
         beyond = beyond_limits(r.settings, limits[cell.model])
@@ -271,7 +327,7 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
 
     planned = []
     for cell in todo:
-        req = GenerateRequest(settings_of(cell, recipe, device), seeds=[cell.seed])
+        req = GenerateRequest(cell_plan(cell, recipe, device), seeds=[cell.seed])
         planned.append((cell, engine.prepare(_size(req, engine, recipe), report)))
     # Grouped by model (reference, LoRA stack, placement), so each loads once and is let go after.
     order = {key: n for n, key in enumerate(dict.fromkeys(str(engine.key_for(req.settings)) for _, req in planned))}

@@ -99,7 +99,7 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
             update(step + 1, loss=loss, lr=lr)
             done = step + 1
             if r.validation.prompts and r.validation.every and done % r.validation.every == 0 and done < total:
-                _validate(r, acc, transformer, handle, extra, run.output, done)
+                _validation_images(r, acc, transformer, handle, extra, run.output, done)
             if stop.check(acc):
                 _save_checkpoint(run, acc, done, ema)
                 raise Interrupted(
@@ -113,7 +113,7 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
         log(f"stopped at step {end} of {total}; continue with --resume")
         return run.output / CHECKPOINTS
     if r.validation.prompts:
-        _validate(r, acc, transformer, handle, extra, run.output, total)
+        _validation_images(r, acc, transformer, handle, extra, run.output, total)
     _check_ranks_in_sync(run, acc, params)
     result = _save_result(run, acc, transformer, handle, ema)
     acc.end_training()
@@ -467,7 +467,7 @@ def _resume(run: Run, acc, ema) -> int:
     return int(meta["step"])
 
 
-def _validate(r: Recipe, acc, transformer, handle, extra: dict, output: Path, step: int) -> None:
+def _validation_images(r: Recipe, acc, transformer, handle, extra: dict, output: Path, step: int) -> None:
     """Validation images of the transformer being trained, made by the engine from the cached
     captions (the text encoder was released after caching)."""
     if not acc.is_main_process:

@@ -12,7 +12,7 @@ from pydantic import model_validator
 
 from llmdit_cli.config import DEFAULT_MODEL
 from llmdit_cli.errors import ConfigError
-from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validate
+from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validated
 
 _Section = StrictModel
 
@@ -146,4 +146,4 @@ def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     for key, value in overrides.items():
         if value is not None:
             _set(doc, key, value)
-    return validate(Recipe, doc, where)
+    return validated(Recipe, doc, where)

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from llmdit_cli.tomlfiles import StrictModel, load_toml, validate
+from llmdit_cli.tomlfiles import StrictModel, load_toml, validated
 from llmdit_cli.train import shapes
 
 # Terse ways to ask for a shape; `{b}` is the background colour. Forms without it mean black.
@@ -32,7 +32,7 @@ class RewriterSettings(StrictModel):
 
 
 def load_settings(path: str) -> RewriterSettings:
-    return validate(RewriterSettings, load_toml(Path(path), "recipe"), path)
+    return validated(RewriterSettings, load_toml(Path(path), "recipe"), path)
 
 
 def pairs(cfg: RewriterSettings, held_out: bool, rng: random.Random) -> list[tuple[str, str]]:

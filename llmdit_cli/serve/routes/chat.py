@@ -46,11 +46,11 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-@router.post("/v1/chat/completions", openapi_extra=documented(schemas.ChatRequest))
+@router.post("/v1/chat/completions", openapi_extra=documented(schemas.ChatBody))
 async def chat(
     request: Request,
     state: ServerState = Depends(holding("encoder")),
-    body: schemas.ChatRequest = Depends(json_body(schemas.ChatRequest)),
+    body: schemas.ChatBody = Depends(json_body(schemas.ChatBody)),
 ):
     cfg = state.cfg
     if body.model is not None and body.model != cfg.model:

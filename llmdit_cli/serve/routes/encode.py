@@ -18,11 +18,11 @@ log = logging.getLogger("llmdit.serve")
 router = APIRouter()
 
 
-@router.post("/v1/llmdit/encode", openapi_extra=documented(schemas.EncodeRequest), response_class=Response)
+@router.post("/v1/llmdit/encode", openapi_extra=documented(schemas.EncodeBody), response_class=Response)
 async def encode(
     request: Request,
     state: ServerState = Depends(holding("encoder", forwarded=True)),
-    body: schemas.EncodeRequest = Depends(json_body(schemas.EncodeRequest)),
+    body: schemas.EncodeBody = Depends(json_body(schemas.EncodeBody)),
 ):
     cfg = state.cfg
     check_prompts(body.prompts, "prompts", cfg.limits)

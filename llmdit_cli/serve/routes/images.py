@@ -15,18 +15,18 @@ from llmdit_cli.serve import schemas
 from llmdit_cli.serve.checks import check_llmdit, check_prompts
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.deps import ServerState, documented, holding, json_body, run_job
-from llmdit_cli.serve.settings import GENERATE_SECTIONS, ApiError, parse_size
+from llmdit_cli.serve.settings import GENERATE_SECTIONS, ApiError, parse_image_size
 from llmdit_cli.serve.work import Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
 router = APIRouter()
 
 
-@router.post("/v1/images/generations", openapi_extra=documented(schemas.ImagesRequest))
+@router.post("/v1/images/generations", openapi_extra=documented(schemas.ImagesBody))
 async def images(
     request: Request,
     state: ServerState = Depends(holding("dit")),
-    body: schemas.ImagesRequest = Depends(json_body(schemas.ImagesRequest)),
+    body: schemas.ImagesBody = Depends(json_body(schemas.ImagesBody)),
 ):
     cfg = state.cfg
     req = await asyncio.to_thread(image_request, body, cfg, state.engine)
@@ -61,7 +61,7 @@ def image_request(body, cfg: ServeConfig, engine):
     seed = settings.pop("seed", None)
     if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
         raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
-    size = parse_size(body.size)
+    size = parse_image_size(body.size)
     if size and max(size) > cfg.limits.max_side:
         raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
