@@ -31,7 +31,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from show' -l model -d 'Hub id, lo
 complete -c llmdit -n '__fish_seen_subcommand_from show' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from decode' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
@@ -47,7 +47,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l config -d 'Conf
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layered-model -d 'Hub id or local folder of a Qwen-Image-Layered model' -r -F
@@ -69,7 +69,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l config -d 'Con
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l edit-model -d 'Hub id or local folder of a Qwen-Image-Edit-Plus model (Qwen/Qwen-Image-Edit-2509, default, or -2511)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l export -d 'Also write the stack as one file: ora (OpenRaster, for GIMP and Krita) or tiff (one page per visible layer)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from edit-layer' -l help -d 'Show help'
@@ -93,18 +93,18 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l api-url -d 'Encode
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero (default), pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
@@ -123,16 +123,16 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l thinking-content -
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l timeout -d 'Seconds to wait for the servers reply' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image or text (text: the prompts; default all)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero (default), pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
@@ -141,13 +141,13 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l config -d 'Confi
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-method -d 'vision_yarn (isotropic, the DyPE papers bands), yarn (per axis) or ntk' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-method -d 'yarn, ntk or vision_yarn: vision_yarn is isotropic (the DyPE papers bands), yarn per axis' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l encoder-url -d 'Encode the prompts on an `llmdit serve` (base URL ending in /v1) and denoise here' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l file -d 'Read prompts from a file, one per line' -r -F
@@ -158,7 +158,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l height -d 'Heigh
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
@@ -193,17 +193,17 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-device -d 'D
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image or text (text: the prompts; default all)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero (default), pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
@@ -212,13 +212,13 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l config -d 'Config
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype -d 'Dynamic position extrapolation for sizes above the training resolution (docs/dype' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-base-resolution -d 'Training resolution in pixels (model default: 1024 for Z-Image)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-method -d 'vision_yarn (isotropic, the DyPE papers bands), yarn (per axis) or ntk' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1 = from the first step)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-exponent -d 'lambda_t: how fast the extrapolation fades as sigma falls (default 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-method -d 'yarn, ntk or vision_yarn: vision_yarn is isotropic (the DyPE papers bands), yarn per axis' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-scale -d 'lambda_s: strength of the sigma modulation (default 2' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dype-start-sigma -d 'Sigma below which the fading starts (default 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l encoder-url -d 'Encode the prompts on an `llmdit serve` (base URL ending in /v1) and denoise here' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l file -d 'Read prompts from a file, one per line' -r -F
@@ -230,7 +230,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l help -d 'Show hel
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l image -d 'Input image' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
@@ -266,10 +266,10 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-device -d 'De
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2, as for the text)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image, or text (the prompts)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-tokens -d 'Which positions of Qwen3-VLs sequence: all, image or text (text: the prompts; default all)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l width -d 'Width in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show help'
@@ -286,7 +286,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-model -d 'Mod
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-url -d 'OpenAI-compatible server, the base URL ending in /v1 (as the openai clients base_url)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l image -d 'Describe or rewrite from this image: by the local Qwen3-VL (--vl-model), or sent to --api-url as image content' -r -F
@@ -311,7 +311,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l config -d 'Config T
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from serve' -l dtype -d 'auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l encoder-key-env -d 'Environment variable with the --encoder-url servers token' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l encoder-url -d 'With --components dit: the llmdit server that encodes prompts (base URL ending in /v1)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l help -d 'Show help'

@@ -194,6 +194,33 @@ FLAG_KEY: dict[str, str] = {_flag_name(cls, f): f"{s}.{f}" for s, cls in SECTION
 KEY_FLAG: dict[str, str] = {key: flag for flag, key in FLAG_KEY.items()}
 
 
+def setting_facts() -> dict[str, dict[str, Any]]:
+    """Per flag name, what `--help` says of a setting: its built-in default (where it has one) and
+    the choices of a `Literal` field. `cli/setting_facts.py` holds them, written by
+    `scripts/gen_setting_facts.py` (`--help` must not import pydantic; a test checks it is current)."""
+    facts: dict[str, dict[str, Any]] = {}
+    for flag, key in FLAG_KEY.items():
+        section, _, name = key.partition(".")
+        info = SECTIONS[section].model_fields[name]
+        entry: dict[str, Any] = {}
+        if info.default is not None and not isinstance(info.default, list):
+            entry["default"] = info.default
+        choices = _literal_choices(info.annotation)
+        if choices:
+            entry["choices"] = choices
+        if entry:
+            facts[flag] = entry
+    return facts
+
+
+def _literal_choices(annotation: Any) -> list[Any]:
+    from typing import get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [c for arg in get_args(annotation) for c in _literal_choices(arg)]
+
+
 def parse_layers(text: str | None) -> list[int] | None:
     """`7,8,9` or `7-12` (or a mix) -> block indices for `slg.layers`; None stays None (not given)."""
     if text is None:

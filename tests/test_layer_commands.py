@@ -497,7 +497,7 @@ def test_model_offload_is_the_default_on_cuda_only(qwen, monkeypatch, tmp_path):
     from llmdit_cli.engine import Engine
 
     def prepared(cuda: bool, config: str | None = None):
-        monkeypatch.setattr(wf, "_uses_cuda", lambda r: cuda)
+        monkeypatch.setattr(wf.plan, "_uses_cuda", lambda r: cuda)
         r = _layer_settings(config, None, "layered.model", {}, layered_model=str(qwen["layered"]))
         engine = Engine()
         handle, _, r = engine.prepare_layers(r, "layer decomposition")

@@ -82,14 +82,14 @@ def test_a_direct_import_of_a_family_package_breaks_the_contract(tmp_path):
     copy = tmp_path / "proj"
     shutil.copytree(PACKAGE, copy / "llmdit_cli", ignore=shutil.ignore_patterns("assets", "__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
-    engine = copy / "llmdit_cli" / "workflows.py"
-    engine.write_text(engine.read_text() + "\n\ndef _peek():\n    from llmdit_cli.families.zimage import runner\n")
+    generic = copy / "llmdit_cli" / "workflows" / "jobs.py"
+    generic.write_text(generic.read_text() + "\n\ndef _peek():\n    from llmdit_cli.families.zimage import runner\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy), str(ROOT / "tools")])}
     cmd = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
     done = subprocess.run([*cmd, "--no-cache"], cwd=copy, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "only through the registry" in done.stdout and "BROKEN" in done.stdout
-    assert "llmdit_cli.workflows -> llmdit_cli.families.zimage" in done.stdout
+    assert "llmdit_cli.workflows.jobs -> llmdit_cli.families.zimage" in done.stdout
 
 
 def protocol_functions(protocol) -> set[str]:
@@ -243,3 +243,17 @@ def test_the_plan_is_frozen_and_preparing_makes_a_new_one():
     assert ready.settings.sources["generation.width"] == "model family demo"
     assert ready.settings.generation.steps == 3 and ready.settings.sources["generation.steps"] == "flag"
     assert engine.prepare(ready) is ready
+
+
+def test_help_takes_defaults_and_choices_from_the_settings_fields():
+    """`--help` says a setting's default and choices as config.py has them (through the generated
+    `cli/setting_facts.py`, since `--help` must not import pydantic)."""
+    from llmdit_cli.cli.options import help_with_facts
+    from llmdit_cli.cli.setting_facts import FACTS
+    from llmdit_cli.config import EncoderSettings, setting_facts
+
+    assert FACTS == setting_facts(), "stale: run python scripts/gen_setting_facts.py"
+    fill = EncoderSettings.model_fields["caption_fill"]
+    text = help_with_facts("caption_fill", "{choices} (default {default})")
+    assert text.endswith(f"or filler_repeat (default {fill.default})") and text.startswith("content_only, ")
+    assert help_with_facts("cache", "default {default}") == "default on"

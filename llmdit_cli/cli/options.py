@@ -10,15 +10,32 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from llmdit_cli.cli.setting_facts import FACTS
+
 # Setting field name (`steps`, `slg_layers`, `loras`) -> its option alias, in declaration order.
 SETTING_OPTIONS: dict[str, Any] = {}
 
 
 def setting_option(name: str, kind: Any, *flags: str, **kwargs: Any) -> Any:
-    """The `Annotated` alias of the option for setting `name`, registered in SETTING_OPTIONS."""
+    """The `Annotated` alias of the option for setting `name`, registered in SETTING_OPTIONS. Its
+    help may say `{default}` and `{choices}`: they come from the settings field (`setting_facts`)."""
+    if "help" in kwargs:
+        kwargs["help"] = help_with_facts(name, kwargs["help"])
     alias = Annotated[kind, typer.Option(*flags, **kwargs)]
     SETTING_OPTIONS[name] = alias
     return alias
+
+
+def help_with_facts(name: str, text: str) -> str:
+    """`text` with `{default}` and `{choices}` filled from setting `name`'s field in config.py."""
+    if "{" not in text:
+        return text
+    facts = FACTS.get(name, {})
+    default = facts.get("default")
+    shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+    choices = [str(c) for c in facts.get("choices", [])]
+    listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else "".join(choices)
+    return text.format(default=shown, choices=listed)
 
 
 # Settings whose commands name their option apart from the flag name: the layer commands'
@@ -97,7 +114,7 @@ DtypeOpt = setting_option(
     "dtype",
     Optional[str],
     "--dtype",
-    help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16.",
+    help="{choices}; auto is bfloat16 on GPU, float32 on CPU (default {default}).",
     rich_help_panel=G_MODEL,
 )
 DeviceOpt = setting_option(
@@ -169,7 +186,7 @@ EnableThinkingOpt = setting_option(
     "enable_thinking",
     Optional[bool],
     "--enable-thinking/--no-enable-thinking",
-    help="Qwen3 thinking switch; --no-enable-thinking adds the empty think block. Default on (= stock diffusers).",
+    help="Qwen3 thinking switch; --no-enable-thinking adds the empty think block. Default {default} (= stock diffusers).",
     show_default=False,
     rich_help_panel=G_PROMPT,
 )
@@ -198,7 +215,7 @@ CacheOpt = setting_option(
     "cache",
     Optional[bool],
     "--cache/--no-cache",
-    help="Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`).",
+    help="Reuse prompt embeddings from the on-disk cache and store new ones (default {default}; `llmdit cache info`).",
     show_default=False,
     rich_help_panel=G_PROMPT,
 )
@@ -213,7 +230,7 @@ LongPromptModeOpt = setting_option(
     "long_prompt_mode",
     Optional[str],
     "--long-prompt-mode",
-    help="Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate (default, with a hint), interpolate, pool or attention_pool.",
+    help="Prompts longer than the model takes (1504 tokens on Z-Image): {choices} (default {default}, with a hint).",
     rich_help_panel=G_PROMPT,
 )
 CaptionLengthOpt = setting_option(
@@ -227,7 +244,7 @@ CaptionFillOpt = setting_option(
     "caption_fill",
     Optional[str],
     "--caption-fill",
-    help="How --caption-length fills a shorter prompt: content_only, pad_end_zero (default), pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat.",
+    help="How --caption-length fills a shorter prompt: {choices} (default {default}).",
     rich_help_panel=G_PROMPT,
 )
 HiddenLayerOpt = setting_option(
@@ -241,7 +258,7 @@ MaxLengthOpt = setting_option(
     "max_length",
     Optional[int],
     "--max-length",
-    help="Token limit of the formatted prompt, template included (default 512).",
+    help="Token limit of the formatted prompt, template included (default {default}).",
     rich_help_panel=G_PROMPT,
 )
 
@@ -257,7 +274,7 @@ VlAlphaOpt = setting_option(
     "vl_alpha",
     Optional[float],
     "--vl-alpha",
-    help="How much of the image goes in: 0 (none: the text-only embeddings) to 1. Default 0.3.",
+    help="How much of the image goes in: 0 (none: the text-only embeddings) to 1. Default {default}.",
     rich_help_panel=G_VL,
 )
 VlBlendModeOpt = setting_option(
@@ -278,14 +295,14 @@ VlHiddenLayerOpt = setting_option(
     "vl_hidden_layer",
     Optional[int],
     "--vl-hidden-layer",
-    help="Which of Qwen3-VL's hidden states to take (default -2, as for the text).",
+    help="Which of Qwen3-VL's hidden states to take (default {default}).",
     rich_help_panel=G_VL,
 )
 VlTokensOpt = setting_option(
     "vl_tokens",
     Optional[str],
     "--vl-tokens",
-    help="Which positions of Qwen3-VL's sequence: all, image, or text (the prompt's).",
+    help="Which positions of Qwen3-VL's sequence: {choices} (text: the prompt's; default {default}).",
     rich_help_panel=G_VL,
 )
 
@@ -354,7 +371,7 @@ StrengthOpt = setting_option(
     "strength",
     Optional[float],
     "--strength",
-    help="How much to change the input, 0..1 (default 0.6).",
+    help="How much to change the input, 0..1 (default {default}).",
     rich_help_panel=G_GEN,
 )
 
@@ -459,28 +476,28 @@ DypeMethodOpt = setting_option(
     "dype_method",
     Optional[str],
     "--dype-method",
-    help="vision_yarn (isotropic, the DyPE paper's bands), yarn (per axis) or ntk. Default: the model family's (Z-Image vision_yarn; demo yarn, measured).",
+    help="{choices}: vision_yarn is isotropic (the DyPE paper's bands), yarn per axis. Default: the model family's (Z-Image vision_yarn; demo yarn, measured).",
     rich_help_panel=G_DYPE,
 )
 DypeScaleOpt = setting_option(
     "dype_scale",
     Optional[float],
     "--dype-scale",
-    help="lambda_s: strength of the sigma modulation (default 2).",
+    help="lambda_s: strength of the sigma modulation (default {default}).",
     rich_help_panel=G_DYPE,
 )
 DypeExponentOpt = setting_option(
     "dype_exponent",
     Optional[float],
     "--dype-exponent",
-    help="lambda_t: how fast the extrapolation fades as sigma falls (default 2).",
+    help="lambda_t: how fast the extrapolation fades as sigma falls (default {default}).",
     rich_help_panel=G_DYPE,
 )
 DypeStartSigmaOpt = setting_option(
     "dype_start_sigma",
     Optional[float],
     "--dype-start-sigma",
-    help="Sigma below which the fading starts (default 1 = from the first step).",
+    help="Sigma below which the fading starts (default {default} = from the first step).",
     rich_help_panel=G_DYPE,
 )
 DypeBaseResOpt = setting_option(
@@ -518,7 +535,7 @@ QuantizeOpt = setting_option(
     "quantize",
     Optional[str],
     "--quantize",
-    help="none, 8bit or 4bit (bitsandbytes) for the text encoder and transformer. Needs a CUDA GPU.",
+    help="{choices} (bitsandbytes) for the text encoder and transformer. Needs a CUDA GPU. Default {default}.",
     rich_help_panel=G_SPEED,
 )
 TransformerFileOpt = setting_option(

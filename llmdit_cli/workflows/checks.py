@@ -1,0 +1,150 @@
+"""The checks of a request, once, before anything loads: the settings' own values, what the model's
+family offers and what its configs allow (`beyond_limits`: requests refuse, sweeps leave cells out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmdit_cli.config import Resolved
+from llmdit_cli.errors import UsageError, setting
+from llmdit_cli.families import check_feature
+from llmdit_cli.models import ModelHandle
+
+
+@dataclass(frozen=True)
+class Beyond:
+    """A setting the model cannot take: its key, the value shown, and why."""
+
+    key: str
+    value: Any
+    why: str
+
+
+def beyond_limits(s, lim) -> list[Beyond]:
+    """The settings (`config.Settings`; values left unset are the family's, which fit) that go
+    beyond what the model can take (`lim`: its `Limits`), read from its configs: nothing loads.
+    Requests refuse the first (`check_limits`); sweeps leave such cells out."""
+    found = []
+    n, e = lim.text_hidden_states, s.encoder
+    if e.hidden_layer is not None and not -n <= e.hidden_layer < n:
+        found.append(
+            Beyond(
+                "encoder.hidden_layer", e.hidden_layer, f"the text encoder has {n} hidden states (valid: {-n}..{n - 1})"
+            )
+        )
+    slg_on = s.slg.enabled or (s.slg.scale or 0) > 0
+    bad = [i for i in (s.slg.layers or []) if not 0 <= i < lim.blocks] if slg_on else []
+    if bad:
+        found.append(
+            Beyond(
+                "slg.layers",
+                ",".join(map(str, bad)),
+                f"the transformer has {lim.blocks} layers (indices 0-{lim.blocks - 1})",
+            )
+        )
+    if e.caption_length and lim.caption_tokens and e.caption_length > lim.caption_tokens:
+        found.append(
+            Beyond(
+                "encoder.caption_length",
+                e.caption_length,
+                f"the model takes at most {lim.caption_tokens} caption tokens",
+            )
+        )
+    return found
+
+
+def check_limits(r: Resolved, handle: ModelHandle) -> None:
+    """Refuse the first setting beyond the model (`beyond_limits`), named as it was given."""
+    for b in beyond_limits(r.settings, handle.limits()):
+        raise UsageError(f"{r.origin(b.key)} {b.value}: {b.why}")
+
+
+def validate_encoding(r: Resolved, handle: ModelHandle) -> None:
+    """What encoding needs checked, once per request and before the text encoder loads."""
+    if r.vl.image:
+        check_feature(handle.family, "vision", "vl.image", handle.ref)
+    check_limits(r, handle)
+
+
+def validate(r: Resolved, handle: ModelHandle, report=None) -> None:
+    """Every check of a generation request, once, before anything loads (family defaults filled):
+    the settings' own ranges, what the model's family offers and what its configs allow. The
+    stages assume what passed here."""
+    check_generation(r, handle.limits())
+    validate_encoding(r, handle)
+    check_guidance(r, handle, report)
+
+
+def check_size(value: int, label: str, multiple: int = 16) -> None:
+    if value < multiple or value % multiple:
+        raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")
+
+
+def check_generation(r: Resolved, lim) -> None:
+    """Values each setting must have (sides on the model's token grid, `lim`: its `Limits`); a
+    message names the setting and, unless the caller gave it, where its value came from."""
+    g = r.generation
+    for side in ("width", "height"):
+        check_size(getattr(g, side), label=r.origin(side), multiple=lim.size_multiple)
+    if g.steps < 1:
+        raise UsageError(f"{r.origin('steps')} {g.steps}: must be at least 1")
+    if g.guidance_scale < 0:
+        raise UsageError(f"{r.origin('guidance_scale')} {g.guidance_scale}: must be 0 (off) or positive")
+    if not 0.0 <= g.strength <= 1.0:
+        raise UsageError(f"{r.origin('strength')} {g.strength}: must be in [0, 1]")
+
+
+def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
+    """Refuse SLG/DyPE settings this model cannot run (before it loads); hint at ones with no effect."""
+    from llmdit_cli.guidance.dype import DyPEConfig, check_dype
+    from llmdit_cli.guidance.slg import SLGConfig, check_slg
+
+    _check_features(r, handle)
+    lim = handle.limits()
+    slg = SLGConfig.from_settings(r.slg)
+    check_slg(slg)
+    dype = DyPEConfig.from_settings(r.dype, lim)
+    if dype is not None:
+        check_dype(dype)
+    if out is None:
+        return
+    g, d = r.generation, r.dype
+    _hint_unused(r, out, "slg", "SLG", slg.enabled, f"{setting('slg.enabled')} or {setting('slg.scale')} > 0")
+    _hint_unused(r, out, "dype", "DyPE", dype is not None, setting("dype.enabled"))
+    if slg.enabled and not any(slg.active_at(i, g.steps) for i in range(g.steps)):
+        out.hint(
+            f"SLG window {slg.start:g}-{slg.stop:g} holds none of the {g.steps} steps, so SLG does "
+            f"nothing; widen {setting('slg.start')}/{setting('slg.stop')}"
+        )
+    if dype is not None and max(g.width, g.height) <= d.base_resolution:
+        out.hint(
+            f"{setting('dype.enabled')} changes nothing at {g.width}x{g.height}: it acts above the base "
+            f"resolution {d.base_resolution} px ({setting('dype.base_resolution')})"
+        )
+    trained = lim.trained_size
+    if not d.enabled and trained and max(g.width, g.height) > trained:
+        out.hint(
+            f"{g.width}x{g.height} is beyond the {trained} px the position embedding of {setting('model')} "
+            f"{handle.ref} covers; positions are extrapolated (try {setting('dype.enabled')})"
+        )
+
+
+def _check_features(r: Resolved, handle: ModelHandle) -> None:
+    """Refuse settings for what the model's family does not offer (`families.FEATURES`)."""
+    s = r.settings
+    slg_on = s.slg.enabled or (s.slg.scale or 0) > 0
+    wanted = {
+        "slg": (slg_on, "slg.enabled"),
+        "dype": (s.dype.enabled, "dype.enabled"),
+        "lora": (s.lora.loras, "lora.loras"),
+    }
+    for feature, (on, key) in wanted.items():
+        if on:
+            check_feature(handle.family, feature, key, handle.ref)
+
+
+def _hint_unused(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:
+    given = r.given(section)
+    if given and not on:
+        out.hint(f"{', '.join(setting(k) for k in given)} given, but {label} is off; switch it on with {switch}")

@@ -1,0 +1,110 @@
+"""Jobs: one image per (prompt, seed), its settings record, and running them through the family's
+stage functions; and what a layer folder records of its models' work."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmdit_cli import __version__
+from llmdit_cli.config import Resolved
+from llmdit_cli.models import ModelHandle
+from llmdit_cli.workflows.encoding import Embeds
+
+
+def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
+    if r_seeds:
+        return list(r_seeds) if num_images == 1 else [s + k for s in r_seeds for k in range(num_images)]
+    base = random.SystemRandom().randrange(2**32)
+    return [base + k for k in range(num_images)]
+
+
+@dataclass
+class Job:
+    """One image to make: which prompt, which seed, and the settings recorded with it."""
+
+    index: int
+    prompt_index: int
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mode: str) -> list[Job]:
+    """One job per (prompt, seed); each records every recorded setting (`Resolved.record`) and the
+    prompt, negative prompt and encoder settings its embeddings were made with."""
+    jobs = []
+    negatives = e.params.get("negative_prompts") or [""] * len(e.cond)
+    recorded = r.record(mode)
+    for pi, prompt in enumerate(e.prompts):
+        for seed in seeds:
+            s = {
+                "llmdit_version": __version__,
+                "mode": mode,
+                **recorded,
+                "model": handle.ref,
+                "revision": handle.revision,
+                "prompt": prompt,
+                "negative_prompt": negatives[pi] if pi < len(negatives) else "",
+                "seed": seed,
+                "encoder": e.params.get("encoder", {}),
+                **({"template": e.params["template"]} if e.params.get("template") else {}),
+                **({"vl": e.params["vl"]} if e.params.get("vl") else {}),
+            }
+            jobs.append(Job(len(jobs), pi, seed, s))
+    return jobs
+
+
+def generator(seed: int):
+    import torch
+
+    # A CPU generator gives the same noise on every device, so seeds reproduce across machines.
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
+def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, init=None) -> list:
+    """Denoise every job; `init` is None (txt2img), a PIL image, or finished latents `[1, C, h, w]`."""
+    code = handle.code
+    pipe = handle.pipeline("transformer", "vae")
+    device = code.transformer_device(pipe)
+    p = code.denoise_params(r.settings, handle.limits())
+    g = r.generation
+    results = []
+    for job in jobs:
+        cond = [e.cond[job.prompt_index].to(device)]
+        uncond = [e.uncond[job.prompt_index].to(device)] if e.uncond else []
+        gen = generator(job.seed)
+        with out.progress(f"image {job.index + 1}/{len(jobs)} seed {job.seed}", p.steps) as advance:
+            if init is None:
+                lat = code.txt2img(pipe, cond, uncond, p, g.height, g.width, gen, advance)
+            else:
+                start = code.encode_image(pipe, init, gen, g.height, g.width) if is_image(init) else init
+                lat = code.img2img(pipe, cond, uncond, p, start, g.strength, gen, advance)
+        results.append(lat)
+    return results
+
+
+def is_image(obj) -> bool:
+    from PIL import Image
+
+    return isinstance(obj, Image.Image)
+
+
+def latents_identity(handle: ModelHandle) -> dict[str, Any]:
+    """What identifies the models that made latents: the transformer and the VAE."""
+    vae = handle.identity("vae")
+    return {**handle.identity("transformer"), "vae_config": vae["vae_config"], "vae_weights": vae["vae_weights"]}
+
+
+def layer_settings(r: Resolved, handle: ModelHandle, seed: int, **extra: Any) -> dict[str, Any]:
+    """What layers.json records of a decomposition or an edit."""
+    s = r.layered
+    return {
+        "model": handle.ref,
+        "revision": handle.revision,
+        "seed": seed,
+        "steps": s.steps,
+        "true_cfg_scale": s.true_cfg_scale,
+        "negative_prompt": s.negative_prompt,
+        **extra,
+    }
