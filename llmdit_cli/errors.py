@@ -60,3 +60,8 @@ class ConfigError(LlmditError):
 
 class ModelError(LlmditError):
     """A model reference cannot be resolved or loaded, or does not fit the input."""
+
+
+class UnsupportedLora(InputError):
+    """A file in a layout the family's LoRA reader does not convert (LoKr, DoRA, text-encoder weights, unknown
+    key names); `llmdit generate --lora` then leaves it to diffusers' own loader."""

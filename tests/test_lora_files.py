@@ -230,7 +230,7 @@ def tiny_base(tiny_model):
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_convert_keeps_every_weight_change(source, tiny_model, tiny_base, tmp_path, cli):
-    from llmdit_cli.lora import read_lora
+    from llmdit_cli.families.zimage.lora import read_lora
 
     src, want = write_source(source, tiny_model, tmp_path / "src")
     dim = tiny_base["layers.0.attention.to_q"].shape[0]
@@ -252,7 +252,7 @@ def test_convert_keeps_every_weight_change(source, tiny_model, tiny_base, tmp_pa
 
 def test_generate_reads_a_fused_qkv_kohya_file(tiny_model, tiny_base, tmp_path, cli):
     """diffusers alone cannot load this layout; `--lora` can, at the file's strength."""
-    from llmdit_cli.lora import read_lora
+    from llmdit_cli.families.zimage.lora import read_lora
 
     src, want = write_source("kohya-fused-qkv", tiny_model, tmp_path)
     assert_weights_close(diffusers_fused(tiny_model, read_lora(src).diffusers_state()), want, tiny_base)
@@ -309,7 +309,7 @@ def test_lora_bad_input(cli, tmp_path):
 def test_awkward_but_valid_files(tiny_model, tiny_base, tmp_path, cli):
     """`model.diffusion_model.` keys are a prefix, not a `.diff` weight; a fused qkv beside split
     q/k/v keys of the same block is a redundant copy and the split keys win (as in diffusers)."""
-    from llmdit_cli.lora import read_lora
+    from llmdit_cli.families.zimage.lora import read_lora
 
     src, want = write_source("kohya-alpha", tiny_model, tmp_path / "a")
     sd = {k.replace("diffusion_model.", "model.diffusion_model.", 1): v for k, v in load_file(str(src)).items()}

@@ -118,6 +118,21 @@ def test_every_runner_has_its_protocol():
     assert "encode_image" in protocol_functions(Img2ImgRunner)  # a feature's protocol adds its own
 
 
+def test_a_family_with_loras_has_its_lora_keys():
+    """The LoRA key mapping is the family's (`Family.lora_keys`, `protocol.LoraKeys`)."""
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.families import REGISTRY, by_name
+    from llmdit_cli.families.protocol import LoraKeys
+
+    for family in REGISTRY:
+        if "lora" in family.features:
+            keys = family.lora_code()
+            missing = [n for n in sorted(protocol_functions(LoraKeys)) if not callable(getattr(keys, n, None))]
+            assert not missing, f"{family.name}: {family.lora_keys} lacks {missing}"
+    with pytest.raises(UsageError, match="qwen-image models do not take LoRAs"):
+        by_name("qwen-image").lora_code()
+
+
 def test_limits_of_a_z_image_folder_come_from_its_configs(tiny_model):
     """The tiny folder: axes_lens [256, 32, 32] -> 224 caption tokens (axes_lens[0] - 32), 3 blocks,
     patch 2 over an 8x VAE -> 16 px per token, 32 tokens -> 512 px covered."""

@@ -31,10 +31,8 @@ def inspect(file: LoraFileArg, json_out: Annotated[bool, typer.Option("--json", 
     """
     import json
 
-    from llmdit_cli.lora import summary
-
     out = Output()
-    info = summary(file)
+    info = _keys().summary(file)
     if json_out:
         out.data(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -90,17 +88,16 @@ def convert(
 
     Example: llmdit lora convert run/pytorch_lora_weights.safetensors my-lora.comfy.safetensors --to comfyui
     """
-    from llmdit_cli.lora import check_format, read_lora, write_lora
-
+    keys = _keys()
     out = Output(quiet, json_out)
     out.stdout_is_binary = dst == "-"
-    check_format(to)  # before reading anything
-    lora = read_lora(src)
+    keys.check_format(to)  # before reading anything
+    lora = keys.read_lora(src)
     record = {
         "converted_from": lora.layout,
         **{k: v for k, v in (lora.info.get("llmdit") or {}).items() if k not in ("layout", "converted_from")},
     }
-    write_lora(lora, dst, to, record)
+    keys.write_lora(lora, dst, to, record)
     out.log(f"{len(lora.pairs)} modules, {lora.layout} -> {to}")
     out.wrote(
         dst,
@@ -116,3 +113,10 @@ def convert(
             **record,
         },
     )
+
+
+def _keys():
+    """The LoRA files these commands read and write: the default model family's (Z-Image)."""
+    from llmdit_cli.families import DEFAULT_FAMILY, by_name
+
+    return by_name(DEFAULT_FAMILY).lora_code()

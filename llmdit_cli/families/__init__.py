@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdit_cli.errors import ModelError, UsageError, setting
-from llmdit_cli.families.protocol import Limits, Runner
+from llmdit_cli.families.protocol import Limits, LoraKeys, Runner
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,19 @@ class Family:
     task: str = "text-to-image"
     command: str = "generate"
     features: frozenset[str] = frozenset()
+    lora_keys: str | None = None  # the module that reads and writes its LoRA files (`protocol.LoraKeys`)
 
     def defaults(self, variant: str) -> dict[str, Any]:
         return self.variants[variant]
 
     def code(self) -> Runner:
         return importlib.import_module(self.runner)  # type: ignore[return-value]
+
+    def lora_code(self) -> LoraKeys:
+        """Its LoRA file reader and writer (the family's key names, alpha rules, fused layers)."""
+        if self.lora_keys is None:
+            raise UsageError(f"{setting('lora.loras')}: {self.name} models do not take {FEATURES['lora']}")
+        return importlib.import_module(self.lora_keys)  # type: ignore[return-value]
 
 
 # What a text-to-image family may offer beyond generating, with how messages name each; generic

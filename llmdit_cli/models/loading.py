@@ -159,7 +159,7 @@ class ModelHandle:
             ) from None
         pipe.set_progress_bar_config(disable=True)
         if "transformer" in want and "transformer" not in self._loaded and self.loras:
-            apply_loras(pipe, self.loras)
+            apply_loras(pipe, self.loras, self.family.lora_code())
         self._place(pipe, want - self._loaded)
         return pipe
 

@@ -35,13 +35,14 @@ def check_lora_files(specs: list[str]) -> None:
             raise InputError(f"{LORA} {path}: cannot load (not a safetensors file)") from None
 
 
-def apply_loras(pipe, specs: list[str]) -> None:
+def apply_loras(pipe, specs: list[str], keys) -> None:
     """Load each `PATH[:SCALE]` LoRA into the pipeline and activate them with their scales.
 
-    Files are read by `llmdit_cli.lora` (every key style, alpha from tensors or adapter metadata,
-    fused qkv split) and handed to diffusers with their strength folded in; layouts it does not
-    convert (LoKr, ...) go to diffusers' own loader as they are."""
-    from llmdit_cli.lora import UnsupportedLora, read_lora
+    Files are read by the model family's LoRA reader (`keys`, `families.protocol.LoraKeys`: every
+    key style, alpha from tensors or adapter metadata, fused qkv split) and handed to diffusers
+    with their strength folded in; layouts it does not convert (LoKr, ...) go to diffusers' own
+    loader as they are."""
+    from llmdit_cli.errors import UnsupportedLora
 
     check_lora_files(specs)
     names, scales = [], []
@@ -50,7 +51,7 @@ def apply_loras(pipe, specs: list[str]) -> None:
         name = f"lora_{i}"
         before = _lora_param_count(pipe.transformer)
         try:
-            source = read_lora(path).diffusers_state()
+            source = keys.read_lora(path).diffusers_state()
         except UnsupportedLora:
             source = path
         try:

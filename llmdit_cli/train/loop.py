@@ -522,24 +522,22 @@ def _save_result(run: Run, acc, transformer, handle, ema) -> Path:
 
         unmerge_assistant(model)
     if run.recipe.method == "lora":
-        result = _save_lora(run, model)
+        result = _save_lora(run, model, handle.family.lora_code())
     else:
         result = _save_pipeline(model, handle.folder, run.output / "model")
     run.log(f"saved {result}")
     return result
 
 
-def _save_lora(run: Run, model) -> Path:
+def _save_lora(run: Run, model, keys) -> Path:
     """The portable LoRA file: alpha/rank folded into lora_B and alpha = rank stated, so diffusers,
     ComfyUI and `--lora` all apply the trained strength; the trained rank and alpha are recorded."""
     from peft.utils import get_peft_model_state_dict
 
-    from llmdit_cli.lora import from_peft_state, write_lora
-
     lora_cfg = run.recipe.lora
-    lora = from_peft_state(get_peft_model_state_dict(model), lora_cfg.rank, lora_cfg.alpha)
+    lora = keys.from_peft_state(get_peft_model_state_dict(model), lora_cfg.rank, lora_cfg.alpha)
     result = run.output / LORA_FILE
-    write_lora(
+    keys.write_lora(
         lora,
         result,
         "diffusers",

@@ -77,5 +77,6 @@ FAMILY = register(
         runner="llmdit_cli.families.zimage.runner",
         hub_variants={"Tongyi-MAI/Z-Image-Turbo": "z-image-turbo", "Tongyi-MAI/Z-Image": "z-image"},
         features=frozenset(FEATURES),
+        lora_keys="llmdit_cli.families.zimage.lora",
     )
 )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdit_cli.errors import InputError, UsageError
+from llmdit_cli.errors import InputError, UnsupportedLora, UsageError
 
 FORMATS = ("diffusers", "comfyui", "kohya")
 LLMDIT_KEY = "llmdit.lora"  # our own metadata: JSON with the trained rank/alpha and what was folded
@@ -93,11 +93,6 @@ _NATIVE = [
     (r"\.attention\.to\.([qkv])$", r".attention.to_\1"),
 ]
 _QKV = ("to_q", "to_k", "to_v")
-
-
-class UnsupportedLora(InputError):
-    """A file in a layout this module does not convert (LoKr, DoRA, text-encoder weights, unknown
-    key names); `llmdit generate --lora` then leaves it to diffusers' own loader."""
 
 
 @dataclass
