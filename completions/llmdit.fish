@@ -153,7 +153,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l encoder-url -d '
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l from-embeds -d 'Use an embeds file from `llmdit encode` (- for stdin) instead of prompts' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l from-png -d 'Regenerate from the settings stored in a PNG made by llmdit (flags given override them)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l guidance-scale -d 'CFG scale; 0 turns CFG off (Turbo default 0)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l guidance-scale -d 'Guidance scale, as the model family runs it: Z-Image CFG (0 is off; Turbo default 0), Qwen-Image true CFG (1 or less is off; default 4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l height -d 'Height in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
@@ -224,7 +224,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l encoder-url -d 'E
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l file -d 'Read prompts from a file, one per line' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l from-embeds -d 'Use an embeds file from `llmdit encode` (- for stdin) instead of prompts' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l from-latents -d 'Start from a latents file (from --save-latents; - for stdin) instead of an image' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l guidance-scale -d 'CFG scale; 0 turns CFG off (Turbo default 0)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l guidance-scale -d 'Guidance scale, as the model family runs it: Z-Image CFG (0 is off; Turbo default 0), Qwen-Image true CFG (1 or less is off; default 4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l height -d 'Height in pixels, a multiple of 16 (model default)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F

@@ -160,6 +160,7 @@ def test_serve_makes_the_same_image(cli, qwen_t2i):
     "extra,needles",
     [
         (["--slg"], ("--slg", "qwen-image", "skip-layer guidance")),
+        (["--slg", "--slg-layers", "70"], ("--slg", "skip-layer guidance")),  # the feature, not the blocks
         (["--dype"], ("--dype", "DyPE")),
         (["--vl-image", "x.png"], ("--vl-image", "vision conditioning")),
     ],

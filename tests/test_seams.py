@@ -129,7 +129,7 @@ def test_a_family_with_loras_has_its_lora_keys():
             keys = family.lora_code()
             missing = [n for n in sorted(protocol_functions(LoraKeys)) if not callable(getattr(keys, n, None))]
             assert not missing, f"{family.name}: {family.lora_keys} lacks {missing}"
-    with pytest.raises(UsageError, match="qwen-image models do not take LoRAs"):
+    with pytest.raises(UsageError, match="qwen-image models .* do not take LoRAs"):
         by_name("qwen-image").lora_code()
 
 
@@ -204,7 +204,7 @@ def test_settings_beyond_the_model_are_refused_before_a_weight_loads(cli, monkey
     r = cli("generate", "a cat", "--model", "demo", "--slg", "--slg-layers", "1,9", "-o", "x.png")
     assert_one_line_error(r, "--slg-layers 9", "4 layers (indices 0-3)")
     r = cli("generate", "a cat", "--model", "demo", "--caption-length", 5000, "-o", "x.png")
-    assert_one_line_error(r, "--caption-length 5000", "at most 992 caption tokens")
+    assert_one_line_error(r, "--caption-length 5000", "--model demo takes at most 992 caption tokens")
 
 
 def test_beyond_limits_lists_every_setting_a_model_cannot_take():
@@ -272,3 +272,21 @@ def test_help_takes_defaults_and_choices_from_the_settings_fields():
     text = help_with_facts("caption_fill", "{choices} (default {default})")
     assert text.endswith(f"or filler_repeat (default {fill.default})") and text.startswith("content_only, ")
     assert help_with_facts("cache", "default {default}") == "default on"
+
+
+def test_encoding_checks_only_what_encoding_uses(cli, monkeypatch):
+    """SLG blocks from the environment are the generation's business, not `encode`'s."""
+    monkeypatch.setenv("LLMDIT_SLG_LAYERS", "99")
+    monkeypatch.setenv("LLMDIT_SLG_ENABLED", "true")
+    r = cli("encode", "a cat", "--model", "demo", "-o", "e.safetensors")
+    assert r.code == 0, r.stderr
+
+
+def test_img2img_rounds_an_input_to_the_size_the_model_takes(cli):
+    """A 40x40 input on the demo (sides multiples of 16) becomes 32x32, as before the seams."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save("in.png")
+    r = cli("img2img", "a red circle", "--image", "in.png", "--model", "demo", "--seed", 1, "-o", "out.png")
+    assert r.code == 0, r.stderr
+    assert Image.open("out.png").size == (32, 32)

@@ -15,7 +15,7 @@ import typer
 
 from llmdit_cli import __version__
 
-HELP = "Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."
+HELP = "Text-to-image with Z-Image and Qwen-Image: every stage runs alone, piped into the next, or in batch."
 # name -> (module, attribute, is a group of subcommands)
 COMMANDS = {
     "rewrite": ("llmdit_cli.cli.rewrite", "rewrite", False),
@@ -48,7 +48,7 @@ def root(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
 ):
-    """Text-to-image with Z-Image: every stage runs alone, piped into the next, or in batch."""
+    """Text-to-image with Z-Image and Qwen-Image: every stage runs alone, piped into the next, or in batch."""
 
 
 def build_app(only: str | None = None, listing: bool = False) -> typer.Typer:

@@ -99,7 +99,8 @@ def encode(
     """Encode prompts with the text encoder into an embeds file for `generate --from-embeds`.
 
     Prompts come as arguments, from --file (one per line) or from stdin ('-'). The default chat
-    formatting and hidden layer equal what stock diffusers' ZImagePipeline feeds its transformer.
+    formatting and hidden layer equal what the model's stock diffusers pipeline (ZImagePipeline,
+    QwenImagePipeline) feeds its transformer.
 
     Example: llmdit encode "a red circle on a blue background" --model demo -o circle.embeds.safetensors
     """

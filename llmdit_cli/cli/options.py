@@ -322,7 +322,7 @@ GuidanceOpt = setting_option(
     Optional[float],
     "--guidance-scale",
     "-g",
-    help="CFG scale; 0 turns CFG off (Turbo default 0).",
+    help="Guidance scale, as the model family runs it: Z-Image CFG (0 is off; Turbo default 0), Qwen-Image true CFG (1 or less is off; default 4).",
     rich_help_panel=G_GEN,
 )
 CfgNormOpt = setting_option(

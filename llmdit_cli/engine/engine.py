@@ -173,7 +173,7 @@ class Engine:
         from llmdit_cli import rewriting, vision
 
         image = vision.open_image(req.image, "--image")
-        pl, v = handle.placement, wf.fill_vl_model(r, handle).vl
+        pl, v = handle.placement, r.vl
         with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
             model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
         with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):
@@ -201,7 +201,7 @@ class Engine:
             height, width = req.init_size or (int(req.init.shape[-2]) * f, int(req.init.shape[-1]) * f)
             r = r.with_defaults({"height": height, "width": width}, "latents file")
         elif req.init is not None:
-            step = lim.token_pixels
+            step = lim.size_multiple
             size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
             r = r.with_defaults(size, "input image")
         r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)

@@ -55,8 +55,7 @@ class Family:
 
     def lora_code(self) -> LoraKeys:
         """Its LoRA file reader and writer (the family's key names, alpha rules, fused layers)."""
-        if self.lora_keys is None:
-            raise UsageError(f"{setting('lora.loras')}: {self.name} models do not take {FEATURES['lora']}")
+        check_feature(self, "lora", "lora.loras", self.name)
         return importlib.import_module(self.lora_keys)  # type: ignore[return-value]
 
 

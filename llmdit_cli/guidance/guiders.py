@@ -4,7 +4,8 @@ Per step, each guider says which extra predictions it needs (`needs`: "uncond", 
 prompt's; "skip", the conditional one with some blocks skipped); the loop runs those passes once,
 and the guiders fold them into the prediction in their order (`combine`). A new method is one
 class here (or in a family, for a model-specific one) and one line where the family builds its
-guider list (`families/<family>/runner.py: denoise_params`); the loop does not change.
+guider list (its `DenoiseParams.guiders`: `families/zimage/denoise.py`, `families/qwenimage/t2i.py`);
+the loop does not change.
 
 Z-Image's list is `[ClassifierFreeGuidance, SkipLayerGuidance, CFGNormalization]`:
 

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from llmdit_cli.serve import schemas
-from llmdit_cli.serve.config import ServeConfig, ServerLimits
+from llmdit_cli.serve.config import WEB, ServeConfig, ServerLimits
 from llmdit_cli.serve.errors import describe, error_body, status_for
 
-WEB = Path(__file__).parent / "web"
 log = logging.getLogger("llmdit.serve")
 BODIES = (schemas.ChatBody, schemas.EncodeBody, schemas.ImagesBody)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmdit_cli.serve.settings import ServerSettings
+
+WEB = Path(__file__).parent / "web"  # the page's files (no build step)
 
 
 @dataclass

@@ -155,7 +155,7 @@ def _is_bool_setting(key: str) -> bool:
 
 
 def parse_image_size(size: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (width, height); the engine checks the multiple of 16 and names `size`."""
+    """'WxH' -> (width, height); the engine checks the multiple the model needs and names `size`."""
     import re
 
     if size is None:

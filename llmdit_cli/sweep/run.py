@@ -364,7 +364,7 @@ def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shar
         }
         try:
             r = req.settings
-            with_negative = r.generation.guidance_scale > 0
+            with_negative = engine.model(r)[0].code.wants_negative(r.generation)
             key = _encoding_key(r, cell.prompt, with_negative)
             if key not in encodings:
                 encodings[key] = engine.encode(EncodeRequest(r, [cell.prompt], with_negative=with_negative), report)

@@ -42,7 +42,7 @@ from llmdit_cli.workflows.jobs import (
     run_jobs,
     seeds_for,
 )
-from llmdit_cli.workflows.plan import chat_format, fill_family_defaults, fill_layer_defaults, fill_vl_model, open_model
+from llmdit_cli.workflows.plan import chat_format, fill_family_defaults, fill_layer_defaults, open_model
 
 __all__ = [
     "ENCODER_FIELDS",
@@ -64,7 +64,6 @@ __all__ = [
     "encoder_request_settings",
     "fill_family_defaults",
     "fill_layer_defaults",
-    "fill_vl_model",
     "generator",
     "is_image",
     "latents_identity",

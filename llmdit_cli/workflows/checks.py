@@ -21,10 +21,11 @@ class Beyond:
     why: str
 
 
-def beyond_limits(s, lim) -> list[Beyond]:
+def beyond_limits(s, lim, model: str = "the model") -> list[Beyond]:
     """The settings (`config.Settings`; values left unset are the family's, which fit) that go
     beyond what the model can take (`lim`: its `Limits`), read from its configs: nothing loads.
-    Requests refuse the first (`check_limits`); sweeps leave such cells out."""
+    Requests refuse the first (`check_limits`); sweeps leave such cells out. `model` names the
+    model in the messages."""
     found = []
     n, e = lim.text_hidden_states, s.encoder
     if e.hidden_layer is not None and not -n <= e.hidden_layer < n:
@@ -48,23 +49,25 @@ def beyond_limits(s, lim) -> list[Beyond]:
             Beyond(
                 "encoder.caption_length",
                 e.caption_length,
-                f"the model takes at most {lim.caption_tokens} caption tokens",
+                f"{model} takes at most {lim.caption_tokens} caption tokens",
             )
         )
     return found
 
 
-def check_limits(r: Resolved, handle: ModelHandle) -> None:
-    """Refuse the first setting beyond the model (`beyond_limits`), named as it was given."""
-    for b in beyond_limits(r.settings, handle.limits()):
-        raise UsageError(f"{r.origin(b.key)} {b.value}: {b.why}")
+def check_limits(r: Resolved, handle: ModelHandle, sections: tuple[str, ...] | None = None) -> None:
+    """Refuse the first setting beyond the model (`beyond_limits`; of `sections` only, when
+    given), named as it was given."""
+    for b in beyond_limits(r.settings, handle.limits(), f"{setting('model')} {handle.ref}"):
+        if sections is None or b.key.split(".")[0] in sections:
+            raise UsageError(f"{r.origin(b.key)} {b.value}: {b.why}")
 
 
 def validate_encoding(r: Resolved, handle: ModelHandle) -> None:
     """What encoding needs checked, once per request and before the text encoder loads."""
     if r.vl.image:
         check_feature(handle.family, "vision", "vl.image", handle.ref)
-    check_limits(r, handle)
+    check_limits(r, handle, ("encoder",))
 
 
 def validate(r: Resolved, handle: ModelHandle, report=None) -> None:
@@ -72,11 +75,13 @@ def validate(r: Resolved, handle: ModelHandle, report=None) -> None:
     the settings' own ranges, what the model's family offers and what its configs allow. The
     stages assume what passed here."""
     check_generation(r, handle.limits())
+    _check_features(r, handle)
     validate_encoding(r, handle)
+    check_limits(r, handle)
     check_guidance(r, handle, report)
 
 
-def check_size(value: int, label: str, multiple: int = 16) -> None:
+def check_size(value: int, label: str, multiple: int) -> None:
     if value < multiple or value % multiple:
         raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")
 
@@ -100,7 +105,6 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     from llmdit_cli.guidance.dype import DyPEConfig, check_dype
     from llmdit_cli.guidance.slg import SLGConfig, check_slg
 
-    _check_features(r, handle)
     lim = handle.limits()
     slg = SLGConfig.from_settings(r.slg)
     check_slg(slg)

@@ -13,7 +13,7 @@ from llmdit_cli.config import EncoderSettings, Resolved
 from llmdit_cli.errors import ModelError, UsageError, setting
 from llmdit_cli.models import ModelHandle
 from llmdit_cli.stages.lengths import LONG_MODES, fill_length, fit_length
-from llmdit_cli.workflows.plan import chat_format, fill_vl_model
+from llmdit_cli.workflows.plan import chat_format
 
 ENCODER_FIELDS = tuple(EncoderSettings.model_fields)
 
@@ -83,7 +83,7 @@ def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolv
 
     if image is None:
         return embeds, None
-    v = fill_vl_model(r, handle).vl
+    v = r.vl
     recorded = vision.record(v, vision.image_digest(v.image))
     if v.alpha == 0:
         return embeds, recorded

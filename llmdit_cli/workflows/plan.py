@@ -51,11 +51,6 @@ def _chosen(r: Resolved, key: str) -> bool:
     return source != "default" and not source.startswith("model family")
 
 
-def fill_vl_model(r: Resolved, handle: ModelHandle) -> Resolved:
-    """`vl.model` left unset takes the model family's (encode and rewrite run without `Engine.prepare`)."""
-    return r.with_defaults({"vl_model": handle.defaults().get("vl_model")}, f"model family {handle.variant}")
-
-
 def fill_layer_defaults(r: Resolved, handle: ModelHandle) -> Resolved:
     """The family's defaults for what the settings leave unset, and model CPU offload on CUDA where
     `optimization.cpu_offload` is still at its built-in default (these models do not fit most

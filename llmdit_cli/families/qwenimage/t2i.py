@@ -82,7 +82,8 @@ def encode_texts(tokenizer, text_encoder, texts: list[str], hidden_layer: int, m
 @dataclass
 class TrueCFG(Guider):
     """Qwen-Image's true CFG: `neg + scale * (pos - neg)`, rescaled per token to the norm of the
-    conditional prediction; off at `scale <= 1` (the pipeline's `true_cfg_scale`)."""
+    conditional prediction; off at `scale <= 1` (the pipeline's `true_cfg_scale`). It makes the
+    prediction afresh from both passes, in the pipeline's arithmetic, so it comes first in a list."""
 
     scale: float
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
 from llmdit_cli.errors import LlmditError
+from llmdit_cli.serve.config import WEB
 from llmdit_cli.serve.deps import ServerState, authorized, server
 from llmdit_cli.serve.settings import ApiError
 
-WEB = Path(__file__).resolve().parent.parent / "web"
 router = APIRouter()
 
 
