@@ -290,3 +290,13 @@ def test_img2img_rounds_an_input_to_the_size_the_model_takes(cli):
     r = cli("img2img", "a red circle", "--image", "in.png", "--model", "demo", "--seed", 1, "-o", "out.png")
     assert r.code == 0, r.stderr
     assert Image.open("out.png").size == (32, 32)
+
+
+def test_request_field_names_are_the_servers_own():
+    """The server names a setting in requests and errors by its own schema (`PUBLIC_NAMES` over the
+    setting's flag name), not by reading the CLI's option declarations."""
+    from llmdit_cli.serve.settings import ServerSettings
+
+    names = ServerSettings({})
+    assert (names.field_name("lora.loras"), names.field_name("generation.steps")) == ("llmdit.lora", "llmdit.steps")
+    assert names.field_name("generation.width") == "size (width)"

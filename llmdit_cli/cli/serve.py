@@ -204,8 +204,7 @@ def serve(
             config,
             profile,
             Path(lora_dir) if lora_dir else None,
-            _public_names(),
-            r,
+            resolved=r,
         ),
         components=components,
         token=token,
@@ -246,13 +245,3 @@ def _env_value(var: str, flag: str) -> str:
     if not value.strip():
         raise UsageError(f"{flag} {var}: the variable is not set (or empty)")
     return value.strip()
-
-
-def _public_names() -> dict[str, str]:
-    """Setting fields whose flag is spelled otherwise (`loras` -> `lora`), as requests name them."""
-    from llmdit_cli.cli.options import flag_of
-    from llmdit_cli.config import FLAG_KEY
-
-    # The layer commands' settings are not the server's (and their options reuse names: `--steps`).
-    names = {f: flag_of(f).lstrip("-").replace("-", "_") for f, k in FLAG_KEY.items() if not k.startswith("layered.")}
-    return {f: n for f, n in names.items() if n != f}

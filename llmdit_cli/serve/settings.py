@@ -20,6 +20,9 @@ ENCODE_SECTIONS = ("encoder",)
 GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype")
 ENCODE_EXTRA = ("generation.negative_prompt",)
 SIZE_KEYS = ("generation.width", "generation.height")
+# Request names of the settings, where they differ from the setting's flag name: the server's own
+# choice (`lora`, as a client writes one LoRA, and as the command line spells `--lora`).
+PUBLIC_NAMES = {"loras": "lora"}
 MAX_LORA_SCALE = 4.0
 
 
@@ -39,8 +42,8 @@ class ServerSettings:
     config: str | None = None
     profile: str | None = None
     lora_dir: Path | None = None
-    # Setting field -> the name requests use (the CLI flag without dashes, where it differs).
-    public: dict[str, str] = field(default_factory=dict)
+    # Setting field -> the name requests use, where it differs (`PUBLIC_NAMES`).
+    public: dict[str, str] = field(default_factory=lambda: dict(PUBLIC_NAMES))
     # The server's own settings, resolved once: editing the config file while serving changes
     # nothing (it would silently load a second copy of the model).
     resolved: Any = field(default=None, repr=False)
