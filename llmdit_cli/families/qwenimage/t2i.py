@@ -22,6 +22,7 @@ from llmdit_cli.families.protocol import Limits
 from llmdit_cli.families.qwenimage import common
 from llmdit_cli.families.qwenimage.common import check_loadable, transformer_class
 from llmdit_cli.guidance.guiders import UNCOND, Guider, Predictions, Step, combine, needed
+from llmdit_cli.stages.schedule import dynamic_mu, fresh_scheduler
 
 __all__ = [
     "DenoiseParams",
@@ -165,23 +166,10 @@ def velocity(transformer, latents, timestep, cond: list, uncond: list, img_shape
 
 def _timesteps(scheduler, steps: int, image_seq_len: int, device):
     import numpy as np
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import retrieve_timesteps
 
-    cfg = scheduler.config
-    mu = calculate_shift(
-        image_seq_len,
-        cfg.get("base_image_seq_len", 256),
-        cfg.get("max_image_seq_len", 4096),
-        cfg.get("base_shift", 0.5),
-        cfg.get("max_shift", 1.15),
-    )
-    sigmas = np.linspace(1.0, 1 / steps, steps)
-    return retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)[0]
-
-
-def _scheduler(base, shift: float | None):
-    overrides = {} if shift is None else {"shift": float(shift)}
-    return type(base).from_config(base.config, **overrides)
+    sigmas = np.linspace(1.0, 1 / steps, steps)  # as the pipeline makes them (numpy, not torch)
+    return retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=dynamic_mu(scheduler, image_seq_len))[0]
 
 
 def txt2img(
@@ -205,7 +193,7 @@ def txt2img(
     noise = randn_tensor((n, 1, channels, h, w), generator=generator, device=device, dtype=cond[0].dtype)
     latents = pipe._pack_latents(noise, n, channels, h, w)
     img_shapes = [[(1, h // 2, w // 2)]] * n
-    scheduler = _scheduler(pipe.scheduler, p.shift)
+    scheduler = fresh_scheduler(pipe.scheduler, p.shift)
     timesteps = _timesteps(scheduler, p.steps, latents.shape[1], device)
     scheduler.set_begin_index(0)
     guiders = p.guiders()

@@ -32,6 +32,7 @@ from llmdit_cli.guidance.guiders import (
     pass_context,
 )
 from llmdit_cli.stages import run_device
+from llmdit_cli.stages.schedule import dynamic_mu, fresh_scheduler
 
 if TYPE_CHECKING:
     from llmdit_cli.guidance.dype import DyPEConfig
@@ -57,26 +58,11 @@ class DenoiseParams:
         return out
 
 
-def make_scheduler(base_scheduler, shift: float | None):
-    """A fresh scheduler (no state carried between images), with `shift` if given."""
-    overrides = {} if shift is None else {"shift": float(shift)}
-    return type(base_scheduler).from_config(base_scheduler.config, **overrides)
-
-
 def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
     import torch
-    from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
 
-    cfg = scheduler.config
-    mu = calculate_shift(
-        image_seq_len,
-        cfg.get("base_image_seq_len", 256),
-        cfg.get("max_image_seq_len", 4096),
-        cfg.get("base_shift", 0.5),
-        cfg.get("max_shift", 1.15),
-    )
     sigmas = torch.linspace(1.0, 1 / steps, steps).tolist()
-    scheduler.set_timesteps(sigmas=sigmas, device=device, mu=mu)
+    scheduler.set_timesteps(sigmas=sigmas, device=device, mu=dynamic_mu(scheduler, image_seq_len))
     return scheduler.timesteps
 
 
@@ -167,7 +153,7 @@ def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width
     device = transformer_device(pipe)
     shape = latent_shape(pipe.transformer, pipe.vae_scale_factor, height, width, len(cond))
     latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-    scheduler = make_scheduler(pipe.scheduler, p.shift)
+    scheduler = fresh_scheduler(pipe.scheduler, p.shift)
     timesteps = set_timesteps(scheduler, p.steps, (shape[2] // 2) * (shape[3] // 2), device)
     scheduler.set_begin_index(0)
     return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step)
@@ -179,7 +165,7 @@ def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, str
 
     device = transformer_device(pipe)
     shape = tuple(image_latents.shape)
-    scheduler = make_scheduler(pipe.scheduler, p.shift)
+    scheduler = fresh_scheduler(pipe.scheduler, p.shift)
     timesteps = set_timesteps(scheduler, p.steps, (shape[2] // 2) * (shape[3] // 2), device)
     init = min(p.steps * strength, p.steps)
     start = int(max(p.steps - init, 0))
