@@ -167,3 +167,12 @@ def test_root_help_from_the_listing_equals_the_full_tree():
     built = subprocess.run([sys.executable, "-c", full], capture_output=True, text=True, env=env)
     assert listed.returncode == built.returncode == 0
     assert listed.stdout == built.stdout and "sweep" in listed.stdout
+
+
+def test_a_closed_reader_is_not_an_error(tmp_path):
+    """`llmdit templates list | true`: the reader is gone before the first line is written; the
+    command ends quietly with status 0, as standard tools do, and the pipeline succeeds."""
+    script = f"set -o pipefail; {sys.executable} -m llmdit_cli templates list | true"
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

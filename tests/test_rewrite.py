@@ -257,3 +257,12 @@ def test_a_reply_cut_inside_a_character_streams_what_the_whole_reply_shows():
         streamer.put(torch.tensor([i]))
     streamer.end()
     assert "".join(pieces) == reply_text(tok.decode(ids)) and pieces[-1].endswith("\ufffd")
+
+
+def test_greedy_rewriting_prints_no_random_seed(cli):
+    """At temperature 0 nothing is drawn, so no random-seed line; sampling still says its seed."""
+    greedy = cli("rewrite", "red circle", "--model", "demo", "--temperature", 0, "--max-new-tokens", 4)
+    assert greedy.code == 0, greedy.stderr
+    assert "random" not in greedy.stderr
+    sampled = cli("rewrite", "red circle", "--model", "demo", "--max-new-tokens", 4)
+    assert sampled.code == 0 and "(random; pass --seed to choose)" in sampled.stderr

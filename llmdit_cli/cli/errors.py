@@ -57,6 +57,10 @@ def handle_errors(fn):
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - this is the one place that maps them all
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                # The reader went away (`| head`): not an error, as for any command-line tool.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise SystemExit(0) from None
             if debug:
                 raise
             text, code = message_for(exc)
@@ -66,3 +70,15 @@ def handle_errors(fn):
             raise SystemExit(code) from None
 
     return wrapper
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False

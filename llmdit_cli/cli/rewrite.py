@@ -149,7 +149,8 @@ def rewrite(
         open_image(image, "--image")  # a missing or broken file fails before anything loads
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-        out.log(f"seed {seed} (random; pass --seed to choose)")
+        if temperature > 0:  # greedy decoding (temperature 0) draws nothing: its seed is moot
+            out.log(f"seed {seed} (random; pass --seed to choose)")
     sampling = rewriting.Sampling(temperature, top_p, top_k, min_p, max_new_tokens, seed)
     sampling.check()
     r = settings(
