@@ -34,6 +34,8 @@ def _isolated_config(tmp_path, monkeypatch):
     monkeypatch.setattr("llmdit_cli.config.default_config_path", lambda: tmp_path / "no-config.toml")
     # The embedding cache, per test and outside its folder (tests check that folder for leftovers).
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path.parent / f"{tmp_path.name}-xdg-cache"))
+    # The studio's history likewise (`llmdit serve`, `llmdit history`): never the user's own.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path.parent / f"{tmp_path.name}-xdg-data"))
     monkeypatch.chdir(tmp_path)
 
 

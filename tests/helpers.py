@@ -1,3 +1,13 @@
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -138,8 +148,73 @@ def chromium():
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, for the tests to read
     binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
     assert binary and driver_path, "install chromium and chromium-driver (.ci/run does)"
     options.binary_location = binary
     return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str, token: str | None = None):
+        self.port = free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        if "--data-dir" not in args:  # never the user's own history
+            env.setdefault("LLMDIT_DATA_DIR", tempfile.mkdtemp(prefix="llmdit-data-"))
+        if token:
+            env["LLMDIT_TEST_TOKEN"] = token
+            args = (*args, "--token-env", "LLMDIT_TEST_TOKEN")
+        self.token = token
+        cmd = [sys.executable, "-m", "llmdit_cli", "serve", "--port", str(self.port), *args]
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llmdit-serve-{self.port}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for _ in range(240):  # bounded: 120 s for the model to load on a busy 2-core machine
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.output()}")
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"server did not start: {self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:]
+
+    def request(self, method, path, body=None, headers=None, auth=True, raw=None, timeout=120):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = dict(headers or {})
+        if auth and self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        if data is not None:
+            h.setdefault("Content-Type", "application/json")
+        try:
+            conn.request(method, path, data, h)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), dict(resp.getheaders())
+        finally:
+            conn.close()
+
+    def json(self, method, path, body=None, **kw):
+        status, data, _ = self.request(method, path, body, **kw)
+        return status, json.loads(data)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

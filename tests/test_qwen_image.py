@@ -142,7 +142,7 @@ def test_a_sweep_cell_equals_generate(cli, qwen_t2i, tmp_path):
 
 
 def test_serve_makes_the_same_image(cli, qwen_t2i):
-    from test_serve import Server
+    from helpers import Server
 
     s = Server("--model", str(qwen_t2i))
     try:

@@ -300,3 +300,18 @@ def test_request_field_names_are_the_servers_own():
     names = ServerSettings({})
     assert (names.field_name("lora.loras"), names.field_name("generation.steps")) == ("llmdit.lora", "llmdit.steps")
     assert names.field_name("generation.width") == "size (width)"
+
+
+def test_the_servers_help_texts_are_the_clis():
+    """`setting_help.py` (the studio's help texts and panels, which must not import the CLI) is
+    what `scripts/gen_setting_facts.py` makes from the CLI's options now."""
+    import importlib.util
+
+    from llmdit_cli.setting_help import HELP, PANELS
+
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_setting_facts.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    table, panels = gen.option_help()
+    assert (HELP, PANELS) == (table, panels), "stale: run python scripts/gen_setting_facts.py"
+    assert HELP["slg_scale"]["panel"] == "Skip-layer guidance" and "SLG strength" in HELP["slg_scale"]["help"]

@@ -7,79 +7,15 @@ import http.client
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, chromium, pixels
+from helpers import Server, assert_one_line_error, chromium, free_port, pixels
 
 TOKEN = "test-token-123"
 PROMPT = "a red circle on a blue background"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, *args: str, token: str | None = None):
-        self.port = free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        if token:
-            env["LLMDIT_TEST_TOKEN"] = token
-            args = (*args, "--token-env", "LLMDIT_TEST_TOKEN")
-        self.token = token
-        cmd = [sys.executable, "-m", "llmdit_cli", "serve", "--port", str(self.port), *args]
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llmdit-serve-{self.port}.log", "w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(240):  # bounded: 120 s for the model to load on a busy 2-core machine
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.output()}")
-            try:
-                if self.request("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"server did not start: {self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def request(self, method, path, body=None, headers=None, auth=True, raw=None, timeout=120):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        h = dict(headers or {})
-        if auth and self.token:
-            h["Authorization"] = f"Bearer {self.token}"
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        if data is not None:
-            h.setdefault("Content-Type", "application/json")
-        try:
-            conn.request(method, path, data, h)
-            resp = conn.getresponse()
-            return resp.status, resp.read(), dict(resp.getheaders())
-        finally:
-            conn.close()
-
-    def json(self, method, path, body=None, **kw):
-        status, data, _ = self.request(method, path, body, **kw)
-        return status, json.loads(data)
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -375,7 +311,7 @@ def test_a_client_that_goes_away_does_not_wedge_the_queue(server):
     assert "cancelled before it started" in log and "generate 1 image(s): cancelled" in log
 
 
-def test_web_page_generates_an_image_in_chromium(server):
+def test_web_page_asks_for_the_token_and_shows_server_errors(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -389,22 +325,22 @@ def test_web_page_generates_an_image_in_chromium(server):
         driver.find_element(By.ID, "prompt").click()  # leaving the box saves the token and retries
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == "demo")
         assert not driver.find_element(By.ID, "error").is_displayed()
-        driver.find_element(By.ID, "prompt").send_keys(PROMPT)
-        for box, value in (("width", "64"), ("height", "64"), ("steps", "3"), ("seed", "9")):
-            driver.find_element(By.ID, box).send_keys(value)
-        driver.find_element(By.ID, "generate").click()
-        image = WebDriverWait(driver, 120).until(ec.visibility_of_element_located((By.ID, "image")))
-        assert image.get_attribute("src").startswith("data:image/png;base64,")
-        assert driver.execute_script("return arguments[0].naturalWidth", image) == 64
-        settings = json.loads(driver.find_element(By.ID, "settings").text)
-        assert settings["seed"] == 9 and settings["steps"] == 3
-        options = [o.get_attribute("value") for o in driver.find_elements(By.CSS_SELECTOR, "#template option")]
+        assert driver.execute_script("return localStorage.getItem('llmdit-token')") == TOKEN
+        seed = WebDriverWait(driver, 30).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, '[data-setting="seed"]'))
+        )
+        options = [
+            o.get_attribute("value")
+            for o in driver.find_elements(By.CSS_SELECTOR, '[data-setting="encoder.template"] option')
+        ]
         assert "low-poly-faceted" in options and "demo-caption" not in options  # style templates only
-        driver.find_element(By.ID, "seed").clear()  # past what the server takes (the browser lets it through)
-        driver.find_element(By.ID, "seed").send_keys("99999999999999999999999")
-        driver.find_element(By.ID, "generate").click()
+        driver.find_element(By.ID, "prompt").send_keys(PROMPT)
+        driver.execute_script("arguments[0].closest('details').open = true", seed)
+        seed.send_keys("99999999999999999999999")  # past what the server takes (the browser lets it through)
+        driver.find_element(By.CSS_SELECTOR, '[data-action="generate"]').click()
         error = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "error")))
         assert "llmdit.seed" in error.text
+        assert not driver.find_element(By.CSS_SELECTOR, '[data-role="progress"]').is_displayed()
     finally:
         driver.quit()
 

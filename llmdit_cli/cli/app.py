@@ -34,6 +34,7 @@ COMMANDS = {
     "lora": ("llmdit_cli.cli.lora_cmd", "lora_app", True),
     "templates": ("llmdit_cli.cli.templates_cmd", "templates_app", True),
     "cache": ("llmdit_cli.cli.cache_cmd", "cache_app", True),
+    "history": ("llmdit_cli.cli.history_cmd", "history_app", True),
 }
 
 

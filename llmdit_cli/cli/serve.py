@@ -21,6 +21,7 @@ from llmdit_cli.cli.options import (
     TextEncoderDeviceOpt,
     VaeDeviceOpt,
     VaeTilingOpt,
+    VlModelOpt,
 )
 from llmdit_cli.cli.output import Output
 
@@ -73,6 +74,23 @@ LoraDirOpt = Annotated[
         rich_help_panel=G_SERVER,
     ),
 ]
+DataDirOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data-dir",
+        help="Folder of the history database and the images the server makes (default: "
+        "~/.local/share/llmdit; env LLMDIT_DATA_DIR). Several servers may share one.",
+        rich_help_panel=G_SERVER,
+    ),
+]
+MaxImageBytesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-image-bytes",
+        help="Largest uploaded image (img2img input, vision image), in bytes.",
+        rich_help_panel=G_LIMITS,
+    ),
+]
 MaxQueueOpt = Annotated[
     int,
     typer.Option("--max-queue", help="Requests that may wait for the model; more get 503.", rich_help_panel=G_LIMITS),
@@ -109,8 +127,10 @@ def serve(
     encoder_url: EncoderUrlOpt = None,
     encoder_key_env: EncoderKeyEnvOpt = "LLMDIT_ENCODER_TOKEN",
     lora_dir: LoraDirOpt = None,
+    data_dir: DataDirOpt = None,
     max_queue: MaxQueueOpt = 8,
     max_body_bytes: MaxBodyOpt = 1 << 20,
+    max_image_bytes: MaxImageBytesOpt = 16 << 20,
     max_prompt_chars: MaxPromptOpt = 4000,
     max_images: MaxImagesOpt = 4,
     max_pixels: MaxPixelsOpt = 2048 * 2048,
@@ -127,12 +147,13 @@ def serve(
     vae_tiling: VaeTilingOpt = None,
     quantize: QuantizeOpt = None,
     templates_dir: TemplatesDirOpt = None,
+    vl_model: VlModelOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
 ):
     """Serve a model over HTTP: an OpenAI-compatible chat and images API, prompt encoding for
-    `encode --api-url` / `generate --encoder-url`, and a small web page at /.
+    `encode --api-url` / `generate --encoder-url`, and the studio page at /.
 
     The model loads before the server listens. Model work runs one request at a time, in order;
     --max-queue more may wait. Binds 127.0.0.1 unless --host says otherwise; set --token-env
@@ -161,6 +182,7 @@ def serve(
         ("--max-pixels", max_pixels),
         ("--max-tokens", max_tokens),
         ("--max-steps", max_steps),
+        ("--max-image-bytes", max_image_bytes),
     ]:
         if value < 1:
             raise UsageError(f"{name} {value}: must be at least 1")
@@ -189,6 +211,7 @@ def serve(
         vae_tiling=vae_tiling,
         quantize=quantize,
         templates_dir=templates_dir or None,
+        vl_model=vl_model,
     )
     r = settings(config, profile, **flags)
     engine = Engine()
@@ -211,16 +234,45 @@ def serve(
         encoder_url=encoder_url,
         encoder_key=os.environ.get(encoder_key_env),
         limits=ServerLimits(
-            max_queue, max_body_bytes, max_prompt_chars, 16, max_images, max_pixels, max_tokens, max_steps=max_steps
+            max_queue,
+            max_body_bytes,
+            max_prompt_chars,
+            16,
+            max_images,
+            max_pixels,
+            max_tokens,
+            max_steps=max_steps,
+            max_image_bytes=max_image_bytes,
         ),
         trusted_hosts=None if token or host not in LOOPBACK else ["127.0.0.1", "localhost", "::1", "[::1]"],
+        data_dir=Path(data_dir).expanduser() if data_dir else None,
     )
     if token is None and host not in LOOPBACK:
         out.hint(f"--host {host} without --token-env: anyone who can reach this address can use the server")
     _log_to_stderr(quiet)
     app = create_app(cfg, engine)
     out.log(f"serving {cfg.model} ({components}) on http://{host}:{port}/ (API: http://{host}:{port}/v1)")
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+        log_config=_uvicorn_logging(),
+    )
+
+
+def _uvicorn_logging() -> dict:
+    """uvicorn's own logging, with its access log on stderr too (stdout is for data)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for handler in config.get("handlers", {}).values():
+        if handler.get("stream") == "ext://sys.stdout":
+            handler["stream"] = "ext://sys.stderr"
+    return config
 
 
 def _log_to_stderr(quiet: bool) -> None:

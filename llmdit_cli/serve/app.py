@@ -5,15 +5,23 @@
     POST /v1/chat/completions      the text encoder as a chat model; SSE          routes/chat.py
     POST /v1/llmdit/encode         prompts -> the embeds stage file (bytes)       routes/encode.py
     POST /v1/images/generations    prompt -> PNGs (b64_json) with their settings  routes/images.py
+    POST /v1/images/edits          image + prompt -> PNGs (img2img; multipart)    routes/images.py
+    POST /v1/llmdit/generate       images as a job (202); img2img from an upload  routes/studio.py
+    GET  /v1/llmdit/jobs/{id}      a job's state and progress; DELETE cancels     routes/studio.py
+    POST /v1/llmdit/rewrite        prompts -> rewritten prompts                   routes/studio.py
+    GET  /v1/llmdit/settings       every request-time setting, with defaults      routes/studio.py
+    GET  /v1/llmdit/history        what the server made (SQLite); /{id}, DELETE   routes/history.py
+    GET  /v1/llmdit/files/{name}   a history entry's file                         routes/history.py
     GET  /v1/llmdit/status         the queue and the running job's progress       routes/info.py
     GET  /v1/llmdit/templates      the prompt templates (the web page's list)     routes/info.py
     GET  /openapi.json             the API's schema, request bodies included
-    GET  /                         a small web page (files in serve/web, no build step)
+    GET  /                         the studio page (files in serve/web, no build step)
 
-Routes share their dependencies (`deps.py`: auth, the component a route needs, typed JSON bodies,
-the queue). Model work goes through one queue (`work.WorkQueue`); a request that cannot wait gets
-503. Every refused request gets `{"error": {"message", "type", "param", "code"}}` naming the field
-at fault (`errors.py`).
+Routes share their dependencies (`deps.py`: auth, the component a route needs, typed JSON and
+multipart bodies, the queue). Model work goes through one queue (`work.WorkQueue`); a request that
+cannot wait gets 503. Every refused request gets `{"error": {"message", "type", "param", "code"}}`
+naming the field at fault (`errors.py`). What the server makes is recorded in the data folder's
+history (`llmdit_cli/history.py`) before the client hears of it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from llmdit_cli.serve.config import WEB, ServeConfig, ServerLimits
 from llmdit_cli.serve.errors import describe, error_body, status_for
 
 log = logging.getLogger("llmdit.serve")
-BODIES = (schemas.ChatBody, schemas.EncodeBody, schemas.ImagesBody)
+BODIES = (schemas.ChatBody, schemas.EncodeBody, schemas.ImagesBody, schemas.StudioImagesBody, schemas.RewriteBody)
 
 __all__ = ["ServeConfig", "ServerLimits", "create_app", "describe", "error_body", "status_for"]
 
@@ -39,12 +47,16 @@ def create_app(cfg: ServeConfig, engine=None):
     from fastapi.staticfiles import StaticFiles
 
     from llmdit_cli.engine import Engine
+    from llmdit_cli.history import History, default_data_dir
     from llmdit_cli.serve.deps import ServerState
     from llmdit_cli.serve.errors import install_handlers
-    from llmdit_cli.serve.routes import chat, encode, images, info
+    from llmdit_cli.serve.routes import chat, encode, history, images, info, studio
     from llmdit_cli.serve.work import WorkQueue
 
     state = ServerState(cfg, engine or Engine(), int(time.time()))
+    state.history = History(cfg.data_dir or default_data_dir())
+    cfg.settings.uploads = state.history.uploads
+    cfg.settings.max_image_bytes = cfg.limits.max_image_bytes
 
     @asynccontextmanager
     async def lifespan(app):
@@ -62,7 +74,7 @@ def create_app(cfg: ServeConfig, engine=None):
         # Without a token on a loopback address: refuse other Host names (DNS rebinding).
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.trusted_hosts)
     install_handlers(app, cfg.settings)
-    for module in (info, encode, images, chat):
+    for module in (info, encode, images, chat, studio, history):
         app.include_router(module.router)
     app.openapi = lambda: openapi(app)
     return app

@@ -10,6 +10,8 @@ from typing import Any
 from llmdit_cli.serve.config import ServerLimits
 from llmdit_cli.serve.settings import ApiError
 
+IMAGE_SETTINGS = ("vl_image",)
+
 
 async def read_limited(request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
@@ -76,6 +78,8 @@ def parse_body(model: type, raw: Any):
 def check_llmdit(settings: dict[str, Any], limits: ServerLimits) -> None:
     """Server limits on settings that cost time or memory (the engine checks the rest)."""
     for name, value in settings.items():
+        if name.replace("-", "_") in IMAGE_SETTINGS:
+            continue  # bounded by --max-image-bytes (`uploads.py`)
         if isinstance(value, str) and len(value) > limits.max_prompt_chars:
             raise ApiError(
                 400,

@@ -23,6 +23,7 @@ class ServerLimits:
     max_side: int = 4096
     max_messages: int = 64
     max_lora_models: int = 2  # models loaded with LoRAs, besides the base one
+    max_image_bytes: int = 16 << 20  # one uploaded image (img2img input, vision image, edit source)
 
 
 @dataclass
@@ -35,3 +36,4 @@ class ServeConfig:
     encoder_key: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
     trusted_hosts: list[str] | None = None
+    data_dir: Path | None = None  # history and files (`history.py`); None: the user data folder

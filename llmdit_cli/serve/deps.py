@@ -26,6 +26,13 @@ class ServerState:
     started: int
     queue: WorkQueue | None = None
     lora_models: list = field(default_factory=list)  # LoRA model keys, least recently used first
+    history: Any = None  # history.History of the data folder
+    catalog: list | None = None  # /v1/llmdit/settings, described once
+
+    def record(self, task: str, settings: dict[str, Any], files: list[bytes] = (), **fields: Any):
+        """Add an entry to the history (the served model, its family), committed before the client hears of it."""
+        handle = self.engine.model(self.cfg.settings.base())[0]
+        return self.history.add(task, self.cfg.model, handle.family.name, settings, files, **fields)
 
 
 def server(request: Request) -> ServerState:
@@ -72,15 +79,60 @@ def json_body(model: type):
     return parse
 
 
-def documented(model: type) -> dict[str, Any]:
-    """`openapi_extra` for a route whose body `json_body(model)` reads (`app.openapi` adds the schemas)."""
+def form_body(model: type, files: tuple[str, ...]):
+    """A dependency giving a multipart body as (`model` of its text fields, {file field: bytes}):
+    within --max-body-bytes plus two images (413), the file fields `files` only, and a 400
+    naming the first field at fault. A field sent as `name[]` (OpenAI's clients, for lists) is `name`."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def parse(request: Request, state: ServerState = Depends(authorized)):
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "multipart/form-data":
+            raise ApiError(415, f"Content-Type must be multipart/form-data, not {kind or 'none'!r}")
+        limits = state.cfg.limits
+        data = await read_limited(request, limits.max_body_bytes + 2 * limits.max_image_bytes)
+
+        async def stream():
+            yield data
+
+        parser = MultiPartParser(request.headers, stream(), max_files=len(files), max_fields=64)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise ApiError(400, f"the multipart body is malformed ({exc.message})") from None
+        fields: dict[str, Any] = {}
+        uploads: dict[str, bytes] = {}
+        for raw_name, value in form.multi_items():
+            name = raw_name.removesuffix("[]")
+            if name in fields or name in uploads:
+                raise ApiError(400, f"{name}: given twice (one {name} per request)", name)
+            if isinstance(value, UploadFile):
+                if name not in files:
+                    raise ApiError(400, f"{name}: not a file field here", name)
+                uploads[name] = await value.read()
+            else:
+                fields[name] = value
+        return parse_body(model, fields), uploads
+
+    return parse
+
+
+def documented(model: type, files: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`openapi_extra` for a route whose body `json_body(model)` reads (`app.openapi` adds the
+    schemas), or with `files`, the multipart body `form_body(model, files)` reads."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    if not files:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    schema = model.model_json_schema()
+    schema["properties"].update({name: {"type": "string", "format": "binary"} for name in files})
+    schema["required"] = [files[0], *schema.get("required", [])]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-def submit(state: ServerState, label: str, work) -> Job:
+def submit(state: ServerState, label: str, work, task: str = "work") -> Job:
     try:
-        return state.queue.submit(label, work)
+        return state.queue.submit(label, work, task)
     except QueueFull as exc:
         raise ApiError(503, f"server busy: {exc}; retry later", kind="server_busy") from None
 

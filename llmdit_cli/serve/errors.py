@@ -53,6 +53,7 @@ def status_for(kind: str) -> int:
 
 def install_handlers(app, settings: ServerSettings) -> None:
     """Every refusal and failure as the one JSON error shape (no HTML, no traceback)."""
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -62,6 +63,12 @@ def install_handlers(app, settings: ServerSettings) -> None:
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(error_body(exc.message, exc.kind, exc.param), exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request, exc: RequestValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"][1:]) or "request"
+        return JSONResponse(error_body(f"{where}: {err['msg']}", "invalid_request_error", where), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -77,3 +77,51 @@ class ImagesBody(Strict):
     response_format: Literal["b64_json"] = "b64_json"
     user: str | None = None
     llmdit: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudioImagesBody(ImagesBody):
+    """`POST /v1/llmdit/generate`: an images request run as a job; with `image` (a data URL) or
+    `parent` (a history entry, its first image) it is img2img (`llmdit.strength`)."""
+
+    image: str | None = None
+    parent: str | None = None
+
+
+class EditsBody(ImagesBody):
+    """The text fields of `POST /v1/images/edits` (multipart: they arrive as strings, so numbers
+    are taken from text); `llmdit` is a JSON object given as a string."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    @field_validator("llmdit", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        import json
+
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("not a JSON object") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object of settings")
+        return value
+
+
+class RewriteSampling(Strict):
+    """Sampling for `POST /v1/llmdit/rewrite` (`llmdit rewrite`'s options of the same names)."""
+
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, lt=1)
+    max_new_tokens: int = Field(256, ge=1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
+
+
+class RewriteBody(Strict):
+    prompts: list[str] = Field(min_length=1)
+    template: str = "general-enhancer"
+    image: str | None = None  # a data URL: rewrite from this image
+    keep_thinking: bool = False
+    llmdit: RewriteSampling = Field(default_factory=RewriteSampling)

@@ -17,7 +17,9 @@ from llmdit_cli.errors import LlmditError, marked_keys, render
 
 # Sections a request may set, per endpoint.
 ENCODE_SECTIONS = ("encoder",)
-GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype")
+GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype", "vl")
+# Which model loads is the server's choice (`catalog.SERVER_ONLY`)
+NOT_SETTABLE = ("vl.model", "layered.model", "layered.edit_model")
 ENCODE_EXTRA = ("generation.negative_prompt",)
 SIZE_KEYS = ("generation.width", "generation.height")
 # Request names of the settings, where they differ from the setting's flag name: the server's own
@@ -47,6 +49,8 @@ class ServerSettings:
     # The server's own settings, resolved once: editing the config file while serving changes
     # nothing (it would silently load a second copy of the model).
     resolved: Any = field(default=None, repr=False)
+    uploads: Path | None = None  # where images clients send are kept (`uploads.py`)
+    max_image_bytes: int = 16 << 20
 
     def base(self):
         """The server's settings (config file, profile, environment, its flags), resolved once."""
@@ -81,7 +85,7 @@ class ServerSettings:
 
     def resolve(self, llmdit: dict[str, Any], sections: tuple[str, ...], extra: tuple[str, ...] = ()):
         """The server's settings (`base`) with the request's `llmdit` settings on top (checked)."""
-        from llmdit_cli.config import FLAG_KEY, parse_layers
+        from llmdit_cli.config import FLAG_KEY
 
         flags: dict[str, Any] = {}
         by_public = {self.public_name(f): f for f in FLAG_KEY}
@@ -89,23 +93,34 @@ class ServerSettings:
             wanted = name.replace("-", "_")
             field_ = by_public.get(wanted, wanted if wanted in FLAG_KEY else None)
             key = FLAG_KEY.get(field_ or "")
-            if key is None or not (key.split(".")[0] in sections or key in extra):
+            if key is None or key in NOT_SETTABLE or not (key.split(".")[0] in sections or key in extra):
                 raise ApiError(400, f"unknown or not settable here: llmdit.{name}", f"llmdit.{name}")
             if isinstance(value, bool) and not _is_bool_setting(key):
                 raise ApiError(400, f"llmdit.{name}: {value} is not a value for this setting", f"llmdit.{name}")
-            if field_ == "loras":
-                value = self.lora_specs(value)
-            elif field_ == "slg_layers" and isinstance(value, str):
-                try:
-                    value = parse_layers(value)
-                except LlmditError as exc:
-                    raise ApiError(400, *self.message(exc)) from None
-            flags[field_] = value
+            flags[field_] = self.converted(field_, value, f"llmdit.{name}")
         try:
             return self.base().with_flags(flags)
         except LlmditError as exc:
             message, param = self.message(exc)
             raise ApiError(400, message, param) from None
+
+    def converted(self, field_: str, value: Any, where: str) -> Any:
+        """A request's value as the setting takes it: LoRA names as files in --lora-dir, SLG
+        layers from text, a vision image as the kept upload's path."""
+        from llmdit_cli.config import parse_layers
+
+        if field_ == "loras":
+            return self.lora_specs(value)
+        if field_ == "slg_layers" and isinstance(value, str):
+            try:
+                return parse_layers(value)
+            except LlmditError as exc:
+                raise ApiError(400, *self.message(exc)) from None
+        if field_ == "vl_image" and value is not None:
+            from llmdit_cli.serve.uploads import image_setting
+
+            return image_setting(value, self.uploads, where, self.max_image_bytes)
+        return value
 
     def lora_specs(self, value: Any) -> list[str]:
         """`name[:scale]` entries as paths in the server's --lora-dir (never outside it)."""
@@ -137,7 +152,10 @@ class ServerSettings:
         (inside --lora-dir, with their scale), never by the server's own paths; a LoRA from the
         server's own settings, outside --lora-dir, by its file name."""
         from llmdit_cli.models.lora_stack import parse_lora_spec
+        from llmdit_cli.serve.uploads import client_name
 
+        if (record.get("vl") or {}).get("image"):
+            record = {**record, "vl": {**record["vl"], "image": client_name(record["vl"]["image"], self.uploads)}}
         if not record.get("loras"):
             return record
         root = self.lora_dir.resolve() if self.lora_dir is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +32,13 @@ class Cancelled(Exception):
 class Job:
     label: str
     work: Callable[[Job], Any]
+    task: str = "work"
+    id: str = field(default_factory=lambda: secrets.token_hex(8))
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     progress: dict[str, Any] = field(default_factory=dict)
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    created: float = field(default_factory=time.time)
 
     started: bool = False
     on_cancel: Callable[[], None] | None = field(default=None, repr=False)
@@ -80,9 +85,12 @@ class JobReport:
 
 
 class WorkQueue:
+    KEEP_FINISHED = 64  # finished jobs whose state a client may still ask for (GET /v1/llmdit/jobs/ID)
+
     def __init__(self, max_queue: int, log: Callable[[str], None] = lambda m: None):
         self.max_queue = max_queue
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._known: dict[str, Job] = {}  # by id, oldest first
         self._waiting = 0
         self._running: Job | None = None
         self._lock = threading.Lock()
@@ -91,21 +99,32 @@ class WorkQueue:
         self._thread = threading.Thread(target=self._run, name="llmdit-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, label: str, work: Callable[[Job], Any]) -> Job:
+    def submit(self, label: str, work: Callable[[Job], Any], task: str = "work") -> Job:
         with self._lock:
             if self._waiting >= self.max_queue:
                 raise QueueFull(f"{self._waiting} requests are waiting (--max-queue {self.max_queue})")
             self._waiting += 1
-        job = Job(label, work)
+            job = Job(label, work, task)
+            self._known[job.id] = job
+            self._forget_old()
         job.on_cancel = lambda: self._release(job)
         self._jobs.put(job)
         return job
+
+    def job(self, job_id: str) -> Job | None:
+        return self._known.get(job_id)
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._known.values() if j.state not in ("queued", "running")]
+        for j in finished[: max(0, len(finished) - self.KEEP_FINISHED)]:
+            del self._known[j.id]
 
     def _release(self, job: Job) -> None:
         """A waiting job whose client went away gives its place back at once."""
         with self._lock:
             if not job.started:
                 job.started = True  # the worker skips it
+                job.state = "cancelled"
                 self._waiting -= 1
 
     def status(self) -> dict[str, Any]:
@@ -128,9 +147,11 @@ class WorkQueue:
                 if not skip:
                     self._waiting -= 1
             if skip or not job.future.set_running_or_notify_cancel():
+                job.state = "cancelled"
                 self._log(f"{job.label}: cancelled before it started")
                 continue
             self._running = job
+            job.state = "running"
             start = time.perf_counter()
             try:
                 outcome: tuple[str, Any] = ("result", job.work(job))
@@ -139,10 +160,11 @@ class WorkQueue:
             finally:
                 self._running = None
                 self.served += 1
+            state = "cancelled" if job.cancelled.is_set() else "done" if outcome[0] == "result" else "failed"
+            job.state = state
             with contextlib.suppress(InvalidStateError):
                 if outcome[0] == "result":
                     job.future.set_result(outcome[1])
                 else:
                     job.future.set_exception(outcome[1])
-            state = "cancelled" if job.cancelled.is_set() else "done" if outcome[0] == "result" else "failed"
             self._log(f"{job.label}: {state} in {time.perf_counter() - start:.2f} s")

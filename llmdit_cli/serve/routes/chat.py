@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from llmdit_cli.serve import schemas
+from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.checks import chat_messages, chat_sampling, finish_reason, usage
 from llmdit_cli.serve.deps import ServerState, documented, holding, json_body, run_job, submit
 from llmdit_cli.serve.errors import describe, error_body
@@ -46,7 +46,12 @@ def sse(obj) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-@router.post("/v1/chat/completions", openapi_extra=documented(schemas.ChatBody))
+@router.post(
+    "/v1/chat/completions",
+    response_model=replies.ChatCompletion,
+    responses=replies.CHAT_STREAM,
+    openapi_extra=documented(schemas.ChatBody),
+)
 async def chat(
     request: Request,
     state: ServerState = Depends(holding("encoder")),

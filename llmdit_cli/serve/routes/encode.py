@@ -8,7 +8,7 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from llmdit_cli.serve import schemas
+from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.checks import check_llmdit, check_prompts
 from llmdit_cli.serve.deps import ServerState, documented, holding, json_body, run_job
 from llmdit_cli.serve.settings import ENCODE_EXTRA, ENCODE_SECTIONS
@@ -18,7 +18,12 @@ log = logging.getLogger("llmdit.serve")
 router = APIRouter()
 
 
-@router.post("/v1/llmdit/encode", openapi_extra=documented(schemas.EncodeBody), response_class=Response)
+@router.post(
+    "/v1/llmdit/encode",
+    openapi_extra=documented(schemas.EncodeBody),
+    response_class=Response,
+    responses=replies.EMBEDS_FILE,
+)
 async def encode(
     request: Request,
     state: ServerState = Depends(holding("encoder", forwarded=True)),

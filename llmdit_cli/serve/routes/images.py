@@ -1,4 +1,6 @@
-"""POST /v1/images/generations: prompt -> PNGs (b64_json) that carry their settings."""
+"""OpenAI's images API: POST /v1/images/generations (prompt -> PNGs) and POST /v1/images/edits
+(an image and a prompt -> PNGs, by img2img). Both answer when the images are made, as base64 PNGs
+that carry their settings; every image is in the history before the answer goes out."""
 
 from __future__ import annotations
 
@@ -11,48 +13,64 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from llmdit_cli.errors import LlmditError
-from llmdit_cli.serve import schemas
+from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.checks import check_llmdit, check_prompts
 from llmdit_cli.serve.config import ServeConfig
-from llmdit_cli.serve.deps import ServerState, documented, holding, json_body, run_job
+from llmdit_cli.serve.deps import ServerState, documented, form_body, holding, json_body, run_job
 from llmdit_cli.serve.settings import GENERATE_SECTIONS, ApiError, parse_image_size
 from llmdit_cli.serve.work import Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
 router = APIRouter()
+EDIT_FILES = ("image", "mask")
 
 
-@router.post("/v1/images/generations", openapi_extra=documented(schemas.ImagesBody))
+@router.post("/v1/images/generations", response_model=replies.ImagesReply, openapi_extra=documented(schemas.ImagesBody))
 async def images(
     request: Request,
     state: ServerState = Depends(holding("dit")),
     body: schemas.ImagesBody = Depends(json_body(schemas.ImagesBody)),
 ):
-    cfg = state.cfg
-    req = await asyncio.to_thread(image_request, body, cfg, state.engine)
-
-    def work(job: Job) -> list[dict[str, Any]]:
-        from llmdit_cli.pngmeta import png_bytes
-
-        if cfg.encoder_url:
-            req.embeds = remote_embeds(cfg, req, state.engine)
-        results = state.engine.generate(req, JobReport(job, log.info))
-        keep_few_lora_models(state, req.settings)
-        records = [cfg.settings.client_record(g.settings) for g in results]
-        return [
-            {
-                "b64_json": base64.b64encode(png_bytes(g.image, rec)).decode(),
-                "llmdit": {"seed": g.seed, "settings": rec},
-            }
-            for g, rec in zip(results, records)
-        ]
-
-    data = await run_job(request, state, f"generate {len(req.seeds)} image(s)", work)
-    return {"created": int(time.time()), "data": data}
+    req = await asyncio.to_thread(image_request, body, state.cfg, state.engine)
+    made = await run_job(request, state, f"generate {len(req.seeds)} image(s)", image_work(state, req))
+    return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
 
 
-def image_request(body, cfg: ServeConfig, engine):
-    """The engine request for an images body: settings checked and prepared before it queues."""
+@router.post(
+    "/v1/images/edits", response_model=replies.ImagesReply, openapi_extra=documented(schemas.EditsBody, EDIT_FILES)
+)
+async def edits(
+    request: Request,
+    state: ServerState = Depends(holding("dit")),
+    form=Depends(form_body(schemas.EditsBody, EDIT_FILES)),
+):
+    body, files = form
+    if "mask" in files:
+        raise ApiError(400, "mask: inpainting is not available yet; send the image alone (img2img)", "mask")
+    if "image" not in files:
+        raise ApiError(400, "missing field: image", "image")
+    init = await asyncio.to_thread(uploaded_image, state, files["image"], "image")
+    req = await asyncio.to_thread(image_request, body, state.cfg, state.engine, init)
+    made = await run_job(request, state, f"img2img {len(req.seeds)} image(s)", image_work(state, req))
+    return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
+
+
+def uploaded_image(state: ServerState, data: bytes, field: str):
+    """An uploaded img2img input as the CLI opens `--image`: RGB."""
+    from llmdit_cli.serve.uploads import open_image
+
+    image, _ = open_image(data, field, state.cfg.limits.max_image_bytes)
+    return image.convert("RGB")
+
+
+def openai_item(made: dict[str, Any]) -> dict[str, Any]:
+    extra = {"seed": made["seed"], "settings": made["settings"], "history": made["history"]}
+    return {"b64_json": base64.b64encode(made["png"]).decode(), "llmdit": extra}
+
+
+def image_request(body, cfg: ServeConfig, engine, init=None):
+    """The engine request for an images body: settings checked and prepared before it queues;
+    with `init` (a PIL image) it is img2img."""
     from llmdit_cli.engine import GenerateRequest
     from llmdit_cli.workflows import seeds_for
 
@@ -68,6 +86,8 @@ def image_request(body, cfg: ServeConfig, engine):
         settings.update(width=size[0], height=size[1])
     r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
     req = GenerateRequest(r, seeds=seeds_for([seed] if seed is not None else None, body.n), prompts=[body.prompt])
+    if init is not None:
+        req.mode, req.init, req.init_source = "img2img", init, "image"
     try:
         req = engine.prepare(req)
     except LlmditError as exc:
@@ -86,6 +106,31 @@ def check_image_body(body, cfg: ServeConfig) -> None:
         raise ApiError(400, f"n: {body.n} images, at most {cfg.limits.max_images} per request (--max-images)", "n")
     if body.model is not None and body.model != cfg.model:
         raise ApiError(404, f"model {body.model!r} is not served here (GET /v1/models)", "model", "not_found")
+
+
+def image_work(state: ServerState, req, parent: str | None = None):
+    """The queued work for an images request: make them, record each in the history, and return
+    per image {png, seed, settings (as the client sees them), history (the entry's id), file}."""
+    cfg = state.cfg
+    task = "img2img" if req.mode == "img2img" else "generate"
+
+    def work(job: Job) -> list[dict[str, Any]]:
+        from llmdit_cli.pngmeta import png_bytes
+
+        if cfg.encoder_url:
+            req.embeds = remote_embeds(cfg, req, state.engine)
+        results = state.engine.generate(req, JobReport(job, log.info))
+        keep_few_lora_models(state, req.settings)
+        job.check()  # cancelled at the last step: nothing is recorded
+        made = []
+        for g in results:
+            record = cfg.settings.client_record(g.settings)
+            png = png_bytes(g.image, record)
+            entry = state.record(task, record, [png], prompt=g.prompt, seed=g.seed, parent=parent)
+            made.append({"png": png, "seed": g.seed, "settings": record, "history": entry.id, "file": entry.files[0]})
+        return made
+
+    return work
 
 
 def remote_embeds(cfg: ServeConfig, req, engine):

@@ -1,117 +1,550 @@
-// The llmdit web page: one form -> POST /v1/images/generations; progress from /v1/llmdit/status.
+// The llmdit studio: a form built from GET /v1/llmdit/settings, work run as jobs
+// (POST /v1/llmdit/generate, GET/DELETE /v1/llmdit/jobs/ID), rewriting, img2img, vision images and
+// the history (GET/DELETE /v1/llmdit/history). No build step, no CDN: plain DOM code.
 "use strict";
-const $ = (id) => document.getElementById(id);
-const tokenBox = $("token");
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+const role = (name) => $(`[data-role="${name}"]`);
+const action = (name) => $(`[data-action="${name}"]`);
+
+const state = {
+  settings: [],      // from /v1/llmdit/settings
+  vlImage: null,     // the vision image: a data URL, or "upload:NAME" from a reused entry
+  init: null,        // the img2img input: {image: dataURL} or {parent: historyId}
+  job: null,         // the running job's id
+  abort: null,       // aborts a synchronous request (rewriting)
+  nextHistory: null, // the history's cursor
+};
+
+// ---- talking to the server --------------------------------------------------------------------
+
+const tokenBox = $("#token");
 tokenBox.value = localStorage.getItem("llmdit-token") || "";
 tokenBox.addEventListener("change", () => {
-  localStorage.setItem("llmdit-token", tokenBox.value);
-  $("error").hidden = true;
-  loadLists();
+  localStorage.setItem("llmdit-token", tokenBox.value.trim());
+  hideError();
+  start();
 });
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  if (tokenBox.value) h["Authorization"] = "Bearer " + tokenBox.value;
+function headers(json) {
+  const h = json ? { "Content-Type": "application/json" } : {};
+  const token = tokenBox.value.trim();
+  if (token) h["Authorization"] = "Bearer " + token;
   return h;
 }
 
-async function getJSON(path) {
-  const r = await fetch(path, { headers: headers() });
+async function api(method, path, body, signal) {
+  const init = { method, headers: headers(body !== undefined), signal };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const r = await fetch(path, init);
+  const data = await r.json().catch(() => ({}));
   if (!r.ok) {
-    const e = new Error((await r.json()).error.message);
+    const err = (data && data.error) || {};
+    const e = new Error((err.message || `HTTP ${r.status}`) + (err.param ? ` (${err.param})` : ""));
     e.status = r.status;
     throw e;
   }
-  return r.json();
+  return data;
 }
 
-function number(id) {
-  const v = $(id).value.trim();
-  return v === "" ? undefined : Number(v);
-}
-
-function request() {
-  const llmdit = {};
-  const put = (k, v) => { if (v !== undefined && v !== "") llmdit[k] = v; };
-  put("steps", number("steps"));
-  put("seed", number("seed"));
-  put("guidance_scale", number("guidance"));
-  const slg = number("slg");
-  if (slg) { llmdit.slg = true; llmdit.slg_scale = slg; }
-  if ($("dype").checked) llmdit.dype = true;
-  put("template", $("template").value);
-  const body = { prompt: $("prompt").value, n: 1, response_format: "b64_json", llmdit };
-  const w = number("width"), h = number("height");
-  if (w !== undefined || h !== undefined) {
-    if (w === undefined || h === undefined) throw new Error("give both width and height, or neither");
-    body.size = `${w}x${h}`;
+const blobs = new Map(); // file URL -> object URL (files never change)
+async function fileUrl(path) {
+  if (!blobs.has(path)) {
+    const r = await fetch(path, { headers: headers(false) });
+    if (!r.ok) throw new Error(`could not load ${path} (HTTP ${r.status})`);
+    blobs.set(path, URL.createObjectURL(await r.blob()));
   }
-  return body;
+  return blobs.get(path);
 }
 
-async function pollStatus(started, stop) {
-  while (!stop.done) {
-    try {
-      const s = await getJSON("/v1/llmdit/status");
-      const run = s.running;
-      const step = run && run.total ? ` - step ${run.done}/${run.total}` : "";
-      const where = run ? `${run.stage || run.label}${step}` : `waiting (${s.waiting} in the queue)`;
-      $("status").textContent = `${where} - ${((Date.now() - started) / 1000).toFixed(1)} s`;
-    } catch (e) { /* the result request reports errors */ }
-    await new Promise((r) => setTimeout(r, 300));
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`could not read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- the settings form ------------------------------------------------------------------------
+
+const WIDE = new Set(["encoder.system_prompt", "encoder.thinking_content", "encoder.assistant_content",
+  "generation.negative_prompt", "layered.negative_prompt", "lora.loras", "vl.image"]);
+const TEXTAREAS = new Set(["encoder.system_prompt", "generation.negative_prompt", "encoder.thinking_content"]);
+const OPEN_PANELS = new Set(["Generation"]);
+
+function shown(value) {
+  if (value === null || value === undefined) return "";
+  if (Array.isArray(value)) return value.join(",");
+  return String(value);
+}
+
+function buildForm(list) {
+  const box = role("settings");
+  box.textContent = "";
+  const panels = new Map();
+  for (const s of list) {
+    if (!panels.has(s.panel)) panels.set(s.panel, []);
+    panels.get(s.panel).push(s);
+  }
+  for (const [panel, items] of panels) {
+    const details = document.createElement("details");
+    details.dataset.panel = panel;
+    details.open = OPEN_PANELS.has(panel);
+    const summary = document.createElement("summary");
+    summary.textContent = panel;
+    const grid = document.createElement("div");
+    grid.className = "grid";
+    details.append(summary, grid);
+    if (items[0].section === "layered") {
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = "For decomposing an image into layers and editing them (llmdit decompose, edit-layer).";
+      grid.append(note);
+    }
+    for (const s of items) grid.append(settingControl(s));
+    box.append(details);
+  }
+}
+
+function settingControl(s) {
+  const label = document.createElement("label");
+  label.className = "setting" + (WIDE.has(s.key) ? " wide" : "");
+  const id = "setting-" + s.key.replace(/[^a-z0-9]+/gi, "-");
+  label.htmlFor = id;
+  label.append(s.key === "seed" ? "seed" : s.name);
+  const input = inputFor(s);
+  input.id = id;
+  input.dataset.setting = s.key;
+  input.title = s.help;
+  const help = document.createElement("small");
+  help.textContent = s.help;
+  label.append(input);
+  if (s.key === "vl.alpha") label.append(rangeReadout(input, s));
+  if (s.key === "vl.image") label.append(vlImageState());
+  if (s.key === "lora.loras") label.append(loraPicker(input));
+  label.append(help);
+  return label;
+}
+
+function inputFor(s) {
+  const fallback = s.model_default ?? s.default;
+  const placeholder = fallback === null || fallback === undefined || fallback === "" ? "model default" : `default: ${shown(fallback)}`;
+  if (s.key === "vl.image") {
+    const input = document.createElement("input");
+    input.type = "file";
+    input.accept = "image/*";
+    input.addEventListener("change", async () => {
+      state.vlImage = input.files[0] ? await readDataUrl(input.files[0]) : null;
+      showVlImage();
+    });
+    return input;
+  }
+  if (s.key === "vl.alpha") {
+    const input = document.createElement("input");
+    input.type = "range";
+    input.min = s.min ?? 0;
+    input.max = s.max ?? 1;
+    input.step = "0.05";
+    input.value = fallback ?? 0.3;
+    input.addEventListener("input", () => { input.dataset.touched = "1"; });
+    return input;
+  }
+  if (s.key === "encoder.template" || s.choices || s.type === "boolean") {
+    const select = document.createElement("select");
+    const first = new Option(fallback === null || fallback === undefined ? "model default" : `default (${shown(fallback)})`, "");
+    select.append(first);
+    const values = s.type === "boolean" ? [true, false] : s.choices || [];
+    for (const v of values) select.append(new Option(String(v), String(v)));
+    return select;
+  }
+  const el = document.createElement(TEXTAREAS.has(s.key) ? "textarea" : "input");
+  if (el.tagName === "TEXTAREA") el.rows = 2;
+  if (s.type === "integer" || s.type === "number") {
+    el.type = "number";
+    el.step = s.type === "integer" ? "1" : "any";
+    if (s.min !== null && s.min !== undefined) el.min = s.min;
+    if (s.max !== null && s.max !== undefined && s.max < 1e15) el.max = s.max;
+  } else if (el.tagName === "INPUT") {
+    el.type = "text";
+  }
+  el.placeholder = s.key === "seed" ? "random" : placeholder;
+  if (s.key === "slg.layers") el.placeholder += " (e.g. 7,8,9 or 7-12)";
+  if (s.key === "lora.loras") el.placeholder = "NAME:SCALE, ...";
+  return el;
+}
+
+function rangeReadout(input, s) {
+  const out = document.createElement("output");
+  const update = () => { out.textContent = input.dataset.touched ? input.value : `default ${shown(s.model_default ?? s.default)}`; };
+  input.addEventListener("input", update);
+  input.addEventListener("llmdit-reset", update);
+  update();
+  return out;
+}
+
+function vlImageState() {
+  const span = document.createElement("span");
+  span.dataset.role = "vl-image-state";
+  const label = document.createElement("span");
+  label.dataset.role = "vl-image-label";
+  const clear = document.createElement("button");
+  clear.type = "button";
+  clear.dataset.action = "clear-vl-image";
+  clear.textContent = "No image";
+  clear.addEventListener("click", () => {
+    state.vlImage = null;
+    $('[data-setting="vl.image"]').value = "";
+    showVlImage();
+  });
+  span.append(label, clear);
+  span.hidden = true;
+  return span;
+}
+
+function showVlImage() {
+  const box = role("vl-image-state");
+  if (!box) return;
+  box.hidden = !state.vlImage;
+  role("vl-image-label").textContent = !state.vlImage ? "" :
+    state.vlImage.startsWith("upload:") ? `using ${state.vlImage.slice(0, 20)}…` : "image chosen";
+}
+
+function loraPicker(input) {
+  const span = document.createElement("span");
+  span.dataset.role = "lora-picker";
+  const select = document.createElement("select");
+  select.dataset.role = "lora-choice";
+  select.setAttribute("aria-label", "LoRA to add");
+  const add = document.createElement("button");
+  add.type = "button";
+  add.dataset.action = "add-lora";
+  add.textContent = "Add LoRA";
+  add.addEventListener("click", () => {
+    if (!select.value) return;
+    const items = input.value.split(",").map((x) => x.trim()).filter(Boolean);
+    items.push(`${select.value}:1`);
+    input.value = items.join(", ");
+  });
+  span.append(select, add);
+  return span;
+}
+
+function fillLoras(names) {
+  const select = role("lora-choice");
+  if (!select) return;
+  select.textContent = "";
+  for (const n of names) select.append(new Option(n.name, n.name));
+  role("lora-picker").hidden = names.length === 0;
+  const input = $('[data-setting="lora.loras"]');
+  if (names.length === 0) input.placeholder = "this server has no LoRA folder (--lora-dir)";
+}
+
+function readValue(s, el) {
+  if (s.key === "vl.image") return state.vlImage || undefined;
+  if (s.key === "vl.alpha") return el.dataset.touched ? Number(el.value) : undefined;
+  const raw = el.value;
+  if (raw.trim() === "") return undefined;
+  if (s.key === "lora.loras") return raw.split(",").map((x) => x.trim()).filter(Boolean);
+  if (s.type === "boolean") return raw === "true";
+  if (s.type === "list[integer]") return raw.trim();
+  if (s.type === "integer" || s.type === "number") {
+    const n = Number(raw);
+    if (!Number.isFinite(n) || (s.type === "integer" && !Number.isInteger(n))) {
+      throw new Error(`${s.name}: ${raw} is not ${s.type === "integer" ? "a whole number" : "a number"}`);
+    }
+    return n;
+  }
+  return raw;
+}
+
+function readSettings() {
+  const llmdit = {};
+  for (const s of state.settings) {
+    if (s.section === "layered") continue; // the layer commands' settings
+    const el = $(`[data-setting="${s.key}"]`);
+    const value = readValue(s, el);
+    if (value !== undefined) llmdit[s.name] = value;
+  }
+  return llmdit;
+}
+
+function resetForm() {
+  for (const s of state.settings) {
+    const el = $(`[data-setting="${s.key}"]`);
+    if (s.key === "vl.alpha") {
+      delete el.dataset.touched;
+      el.value = s.model_default ?? s.default ?? 0.3;
+      el.dispatchEvent(new Event("llmdit-reset"));
+    } else {
+      el.value = "";
+    }
+  }
+  state.vlImage = null;
+  showVlImage();
+}
+
+function fillForm(request) {
+  resetForm();
+  for (const s of state.settings) {
+    const value = request[s.name];
+    if (value === undefined || value === null) continue;
+    const el = $(`[data-setting="${s.key}"]`);
+    if (s.key === "vl.image") {
+      state.vlImage = value;
+      showVlImage();
+    } else if (s.key === "vl.alpha") {
+      el.value = value;
+      el.dataset.touched = "1";
+      el.dispatchEvent(new Event("input"));
+    } else if (s.key === "lora.loras") {
+      el.value = value.join(", ");
+    } else {
+      el.value = shown(value);
+    }
+  }
+}
+
+// ---- work: generate, rewrite, cancel ----------------------------------------------------------
+
+function setBusy(busy, label) {
+  role("progress").hidden = !busy;
+  role("status").textContent = label || "waiting";
+  role("progress-bar").removeAttribute("value");
+  for (const name of ["generate", "rewrite"]) action(name).disabled = busy;
+}
+
+function showProgress(job, started) {
+  const bar = role("progress-bar");
+  if (job.steps) {
+    bar.max = job.steps;
+    bar.value = job.step || 0;
+  }
+  const step = job.steps ? ` - step ${job.step || 0}/${job.steps}` : "";
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  role("status").textContent = `${job.state === "queued" ? "waiting in the queue" : job.stage || job.state}${step} - ${seconds} s`;
+}
+
+async function follow(jobId) {
+  const started = Date.now();
+  for (;;) {
+    const job = await api("GET", `/v1/llmdit/jobs/${jobId}`);
+    showProgress(job, started);
+    if (["done", "failed", "cancelled"].includes(job.state)) return job;
+    await sleep(250);
   }
 }
 
 async function generate(event) {
   event.preventDefault();
-  $("error").hidden = true;
+  hideError();
+  const prompt = $("#prompt").value;
   let body;
-  try { body = request(); } catch (e) { showError(e.message); return; }
-  $("generate").disabled = true;
-  $("progress").hidden = false;
-  const stop = { done: false };
-  pollStatus(Date.now(), stop);
   try {
-    const r = await fetch("/v1/images/generations", { method: "POST", headers: headers(), body: JSON.stringify(body) });
-    const data = await r.json();
-    if (!r.ok) throw new Error(data.error.message + (data.error.param ? ` (${data.error.param})` : ""));
-    const item = data.data[0];
-    const src = "data:image/png;base64," + item.b64_json;
-    $("image").src = src;
-    $("download").href = src;
-    $("download").download = `llmdit-${item.llmdit.seed}.png`;
-    $("settings").textContent = JSON.stringify(item.llmdit.settings, null, 2);
-    $("result").hidden = false;
+    if (!prompt.trim()) throw new Error("prompt: write what the image should show");
+    body = { prompt, n: 1, llmdit: readSettings(), ...(state.init || {}) };
+  } catch (e) {
+    showError(e.message);
+    return;
+  }
+  setBusy(true, "starting");
+  try {
+    const started = await api("POST", "/v1/llmdit/generate", body);
+    state.job = started.job;
+    const job = await follow(started.job);
+    if (job.state === "done") await showResult(job.result.images[0]);
+    else if (job.state === "failed") showError(job.error.message + (job.error.param ? ` (${job.error.param})` : ""));
+    else showError("cancelled");
   } catch (e) {
     showError(e.message);
   } finally {
-    stop.done = true;
-    $("progress").hidden = true;
-    $("generate").disabled = false;
+    state.job = null;
+    setBusy(false);
+    loadHistory();
   }
 }
 
-function showError(message) {
-  $("error").textContent = message;
-  $("error").hidden = false;
+async function showResult(image) {
+  const url = await fileUrl(image.url);
+  const img = role("result");
+  img.src = url;
+  const link = role("download");
+  link.href = url;
+  link.download = `llmdit-${image.seed}.png`;
+  role("result-settings").textContent = JSON.stringify(image.settings, null, 2);
+  $("#result").hidden = false;
 }
 
-async function loadLists() {
+async function cancel() {
+  if (state.abort) state.abort.abort();
+  if (state.job) {
+    try { await api("DELETE", `/v1/llmdit/jobs/${state.job}`); } catch (e) { showError(e.message); }
+  }
+}
+
+async function rewrite() {
+  hideError();
+  const prompt = $("#prompt").value;
+  if (!prompt.trim()) { showError("prompt: write something to rewrite"); return; }
+  const body = { prompts: [prompt], template: role("rewriter-template").value };
+  state.abort = new AbortController();
+  setBusy(true, "rewriting");
   try {
-    const models = await getJSON("/v1/models");
-    $("model").textContent = models.data[0].id;
-    const t = await getJSON("/v1/llmdit/templates");
-    const select = $("template");
-    select.length = 1;
-    for (const x of t.data.filter((x) => x.category !== "rewriter")) {
-      const o = document.createElement("option");
-      o.value = x.name;
-      o.textContent = `${x.name} (${x.category})`;
-      select.appendChild(o);
+    const file = role("rewriter-image").files[0];
+    if (file) body.image = await readDataUrl(file);
+    const reply = await api("POST", "/v1/llmdit/rewrite", body, state.abort.signal);
+    $("#prompt").value = reply.data[0].text;
+  } catch (e) {
+    showError(e.name === "AbortError" ? "cancelled" : e.message);
+  } finally {
+    state.abort = null;
+    setBusy(false);
+    loadHistory();
+  }
+}
+
+// ---- img2img input ----------------------------------------------------------------------------
+
+async function setInit(init, thumbUrl, label) {
+  state.init = init;
+  role("init-preview").hidden = false;
+  role("init-thumb").src = thumbUrl;
+  role("init-label").textContent = label;
+  role("img2img").open = true;
+}
+
+function clearInit() {
+  state.init = null;
+  role("init-preview").hidden = true;
+  role("init-image").value = "";
+}
+
+role("init-image").addEventListener("change", async (ev) => {
+  const file = ev.target.files[0];
+  if (!file) { clearInit(); return; }
+  const url = await readDataUrl(file);
+  setInit({ image: url }, url, file.name);
+});
+
+// ---- history ----------------------------------------------------------------------------------
+
+async function loadHistory(more = false) {
+  const params = new URLSearchParams({ limit: "20" });
+  for (const [name, key] of [["history-task", "task"], ["history-model", "model"], ["history-query", "q"]]) {
+    const v = role(name).value.trim();
+    if (v) params.set(key, v);
+  }
+  if (more && state.nextHistory) params.set("before", state.nextHistory);
+  try {
+    const page = await api("GET", "/v1/llmdit/history?" + params);
+    const list = role("history-list");
+    if (!more) list.textContent = "";
+    for (const entry of page.data) list.append(historyItem(entry));
+    state.nextHistory = page.next;
+    action("more-history").hidden = !page.next;
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function button(name, text, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.dataset.action = name;
+  b.textContent = text;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function historyItem(entry) {
+  const li = document.createElement("li");
+  li.dataset.historyId = entry.id;
+  li.dataset.task = entry.task;
+  if (entry.urls.length) {
+    const img = document.createElement("img");
+    img.alt = `image of: ${entry.prompt.slice(0, 60)}`;
+    fileUrl(entry.urls[0]).then((u) => { img.src = u; }).catch(() => {});
+    li.append(img);
+  }
+  const text = document.createElement("div");
+  text.className = "entry-text";
+  const when = new Date(entry.created * 1000).toLocaleString();
+  const head = document.createElement("div");
+  head.textContent = `${entry.task} · ${entry.model}${entry.seed !== null ? ` · seed ${entry.seed}` : ""} · ${when}`;
+  const prompt = document.createElement("div");
+  prompt.textContent = entry.result ? `${entry.prompt} → ${entry.result}` : entry.prompt;
+  text.append(head, prompt);
+  if (entry.request) text.append(button("reuse", "Reuse", () => reuse(entry)));
+  if (entry.urls.length) {
+    text.append(button("img2img", "Use as input", async () => {
+      setInit({ parent: entry.id }, await fileUrl(entry.urls[0]), `history ${entry.id}`);
+    }));
+  }
+  if (entry.result) text.append(button("use-text", "Use text", () => { $("#prompt").value = entry.result; }));
+  text.append(button("delete", "Delete", async () => {
+    try {
+      await api("DELETE", `/v1/llmdit/history/${entry.id}`);
+      li.remove();
+    } catch (e) { showError(e.message); }
+  }));
+  li.append(text);
+  return li;
+}
+
+async function reuse(entry) {
+  $("#prompt").value = entry.prompt;
+  fillForm(entry.request);
+  if (entry.task === "img2img" && entry.parent) {
+    try {
+      const parent = await api("GET", `/v1/llmdit/history/${entry.parent}`);
+      setInit({ parent: entry.parent }, await fileUrl(parent.urls[0]), `history ${entry.parent}`);
+    } catch (e) { showError(`the input of this entry is gone: ${e.message}`); }
+  } else {
+    clearInit();
+  }
+  $("#prompt").focus();
+}
+
+// ---- start ------------------------------------------------------------------------------------
+
+function showError(message) {
+  role("error").textContent = message;
+  role("error").hidden = false;
+}
+
+function hideError() {
+  role("error").hidden = true;
+}
+
+async function start() {
+  try {
+    const health = await (await fetch("/health")).json();
+    if (health.auth && !tokenBox.value.trim()) {
+      $("#token-box").open = true;
+      showError("This server needs an API token: enter it under 'API token'.");
+      return;
     }
+    const models = await api("GET", "/v1/models");
+    role("model").textContent = models.data[0].id;
+    const settings = await api("GET", "/v1/llmdit/settings");
+    state.settings = settings.data;
+    buildForm(state.settings);
+    const templates = (await api("GET", "/v1/llmdit/templates")).data;
+    const style = $('[data-setting="encoder.template"]');
+    const rewriters = role("rewriter-template");
+    rewriters.textContent = "";
+    for (const t of templates) {
+      const target = t.category === "rewriter" ? rewriters : style;
+      target.append(new Option(t.category === "rewriter" ? t.name : `${t.name} (${t.category})`, t.name));
+    }
+    if ($$("option", rewriters).some((o) => o.value === "general-enhancer")) rewriters.value = "general-enhancer";
+    fillLoras((await api("GET", "/v1/llmdit/loras")).data);
+    await loadHistory();
   } catch (e) {
     if (e.status === 401) {
-      document.querySelector("details").open = true;
+      $("#token-box").open = true;
       showError("This server needs an API token: enter it under 'API token'.");
     } else {
       showError(e.message);
@@ -119,5 +552,11 @@ async function loadLists() {
   }
 }
 
-$("form").addEventListener("submit", generate);
-loadLists();
+$("#form").addEventListener("submit", generate);
+action("rewrite").addEventListener("click", rewrite);
+action("cancel").addEventListener("click", cancel);
+action("clear-input").addEventListener("click", clearInit);
+action("reset").addEventListener("click", resetForm);
+action("more-history").addEventListener("click", () => loadHistory(true));
+for (const name of ["history-task", "history-model", "history-query"]) role(name).addEventListener("change", () => loadHistory());
+start();

@@ -1,0 +1,382 @@
+"""The studio's history: every image, rewrite, decompose and edit a server makes, in SQLite under
+its data folder, with the files beside the database.
+
+    DATA_DIR/history.sqlite3     entries and their files (WAL; a versioned schema, `MIGRATIONS`)
+    DATA_DIR/files/ID-N.png      an entry's files (PNGs carry their settings, as the CLI writes them)
+    DATA_DIR/uploads/SHA256.EXT  images clients sent (vision images), by content
+
+An entry survives a kill at any moment, and never half: its row is committed as `writing` with
+the writer's process id, its files are written (atomically, synced), then the row turns `done`
+in one more commit. Only `done` entries are listed. Opening the store removes what a killed
+writer left (a `writing` row whose process is gone, with its files) and files no row names
+(a delete that stopped between its commit and unlinking its files). Several processes may share
+one data folder: SQLite's locking orders their writes, and recovery never touches an entry whose
+writer is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmdit_cli.errors import InputError, UsageError
+
+DB_NAME = "history.sqlite3"
+TASKS = ("generate", "img2img", "rewrite", "decompose", "edit")
+# Schema versions, in order: MIGRATIONS[i] takes a database from version i to i + 1
+# (`PRAGMA user_version`). Never edit a released step: add one.
+MIGRATIONS = (
+    """
+    CREATE TABLE entries (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        task TEXT NOT NULL,
+        model TEXT NOT NULL,
+        family TEXT NOT NULL,
+        prompt TEXT NOT NULL DEFAULT '',
+        seed INTEGER,
+        settings TEXT NOT NULL,
+        result TEXT,
+        parent TEXT REFERENCES entries (id) ON DELETE SET NULL,
+        state TEXT NOT NULL CHECK (state IN ('writing', 'done')),
+        writer INTEGER
+    );
+    CREATE INDEX entries_newest ON entries (created DESC, id DESC);
+    CREATE TABLE files (
+        entry TEXT NOT NULL REFERENCES entries (id) ON DELETE CASCADE,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL DEFAULT 'image',
+        PRIMARY KEY (entry, name)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def default_data_dir() -> Path:
+    """`LLMDIT_DATA_DIR`, else the user data folder ($XDG_DATA_HOME/llmdit, ~/.local/share/llmdit)."""
+    if os.environ.get("LLMDIT_DATA_DIR"):
+        return Path(os.environ["LLMDIT_DATA_DIR"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "llmdit"
+
+
+@dataclass
+class Entry:
+    """One recorded piece of work: its settings record (as a client sees it), the text it made (a
+    rewrite), its parent (the img2img input or the edited stack) and its files, by name."""
+
+    id: str
+    created: float
+    task: str
+    model: str
+    family: str
+    prompt: str
+    seed: int | None
+    settings: dict[str, Any]
+    result: str | None = None
+    parent: str | None = None
+    files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "task": self.task,
+            "model": self.model,
+            "family": self.family,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "settings": self.settings,
+            "result": self.result,
+            "parent": self.parent,
+            "files": list(self.files),
+        }
+
+
+def new_id(now: float) -> str:
+    """Sortable by time (milliseconds, hex), unique by 32 random bits."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(4)}"
+
+
+def is_id(text: str) -> bool:
+    return len(text) == 20 and all(c in "0123456789abcdef" for c in text)
+
+
+class History:
+    """The history of one data folder; each call opens its own connection (threads and processes
+    share the folder safely)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+        self.files = self.root / "files"
+        self.uploads = self.root / "uploads"
+        try:
+            for folder in (self.root, self.files, self.uploads):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"data folder {self.root}: cannot be created ({exc.strerror})") from None
+        self.path = self.root / DB_NAME
+        with self._connect() as db:
+            migrate(db, self.path)
+        self.recover()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise UsageError(f"{self.path}: cannot open the history database ({exc})") from None
+        with closing(db):
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def add(
+        self,
+        task: str,
+        model: str,
+        family: str,
+        settings: dict[str, Any],
+        files: list[bytes] = (),
+        *,
+        prompt: str = "",
+        seed: int | None = None,
+        result: str | None = None,
+        parent: str | None = None,
+        suffix: str = ".png",
+    ) -> Entry:
+        """Record one piece of work with its files (bytes, written as `ID-N.png`); returns the entry
+        once it is committed whole."""
+        now = time.time()
+        entry = Entry(new_id(now), now, task, model, family, prompt, seed, settings, result, parent)
+        entry.files = [f"{entry.id}-{i}{suffix}" for i in range(len(files))]
+        with self._transaction() as db:
+            if parent is not None and db.execute("SELECT 1 FROM entries WHERE id=?", (parent,)).fetchone() is None:
+                entry.parent = None  # deleted meanwhile: the entry stands alone
+            db.execute(
+                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,'writing',?)",
+                (
+                    entry.id,
+                    now,
+                    task,
+                    model,
+                    family,
+                    prompt,
+                    seed,
+                    json.dumps(settings),
+                    result,
+                    entry.parent,
+                    os.getpid(),
+                ),
+            )
+            db.executemany("INSERT INTO files (entry, name) VALUES (?,?)", [(entry.id, n) for n in entry.files])
+        try:
+            for name, data in zip(entry.files, files):
+                write_synced(self.files / name, data)
+        except BaseException:
+            self._forget(entry.id, entry.files)
+            raise
+        with self._transaction() as db:
+            db.execute("UPDATE entries SET state='done', writer=NULL WHERE id=?", (entry.id,))
+        return entry
+
+    def delete(self, entry_id: str) -> bool:
+        """Remove an entry and its files; False when there is no such entry."""
+        with self._transaction() as db:
+            names = [r["name"] for r in db.execute("SELECT name FROM files WHERE entry=?", (entry_id,))]
+            gone = db.execute("DELETE FROM entries WHERE id=? AND state='done'", (entry_id,)).rowcount
+        if gone:
+            for name in names:
+                (self.files / name).unlink(missing_ok=True)
+        return bool(gone)
+
+    def _forget(self, entry_id: str, names: list[str]) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM entries WHERE id=?", (entry_id,))
+        for name in names:
+            (self.files / name).unlink(missing_ok=True)
+
+    def recover(self) -> int:
+        """Remove what killed writers left: their `writing` rows with their files, and files no
+        row names. Returns how many things it removed."""
+        with self._connect() as db:
+            stale = [
+                r["id"]
+                for r in db.execute("SELECT id, writer FROM entries WHERE state='writing'")
+                if not process_alive(r["writer"])
+            ]
+        removed = 0
+        for entry_id in stale:
+            with self._connect() as db:
+                names = [r["name"] for r in db.execute("SELECT name FROM files WHERE entry=?", (entry_id,))]
+            self._forget(entry_id, names)
+            removed += 1
+        with self._connect() as db:
+            known = {r["name"] for r in db.execute("SELECT name FROM files")}
+        for path in self.files.iterdir():
+            if path.name not in known and not _being_written(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+        for path in self.uploads.glob(".*.tmp"):
+            if not _being_written(path):
+                path.unlink(missing_ok=True)
+        return removed
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM entries WHERE id=? AND state='done'", (entry_id,)).fetchone()
+            return self._entry(db, row) if row else None
+
+    def list(
+        self,
+        limit: int = 50,
+        before: str | None = None,
+        task: str | None = None,
+        model: str | None = None,
+        q: str | None = None,
+    ) -> list[Entry]:
+        """Newest first; `before` is the id of the last entry of the previous page (a cursor)."""
+        where, args = ["state='done'"], []
+        if before is not None:
+            where.append("(created, id) < (SELECT created, id FROM entries WHERE id=?)")
+            args.append(before)
+        if task:
+            where.append("task=?")
+            args.append(task)
+        if model:
+            where.append("model=?")
+            args.append(model)
+        if q:
+            where.append("(prompt LIKE ? ESCAPE '\\' OR result LIKE ? ESCAPE '\\')")
+            pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            args += [pattern, pattern]
+        sql = f"SELECT * FROM entries WHERE {' AND '.join(where)} ORDER BY created DESC, id DESC LIMIT ?"
+        with self._connect() as db:
+            return [self._entry(db, row) for row in db.execute(sql, (*args, limit))]
+
+    def exists(self, entry_id: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM entries WHERE id=?", (entry_id,)).fetchone() is not None
+
+    def file_path(self, name: str) -> Path | None:
+        """The file `name` of a finished entry (None for anything else: no path is taken from a client)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM files JOIN entries ON entries.id = files.entry WHERE name=? AND state='done'", (name,)
+            ).fetchone()
+        path = self.files / name
+        return path if row and path.is_file() else None
+
+    def integrity(self) -> str:
+        with self._connect() as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    @staticmethod
+    def _entry(db: sqlite3.Connection, row: sqlite3.Row) -> Entry:
+        names = [r["name"] for r in db.execute("SELECT name FROM files WHERE entry=? ORDER BY name", (row["id"],))]
+        return Entry(
+            row["id"],
+            row["created"],
+            row["task"],
+            row["model"],
+            row["family"],
+            row["prompt"],
+            row["seed"],
+            json.loads(row["settings"]),
+            row["result"],
+            row["parent"],
+            sorted(names, key=_file_index),
+        )
+
+
+def migrate(db: sqlite3.Connection, where: Path) -> None:
+    """Bring the database to `SCHEMA_VERSION`, one step per transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"{where}: history schema version {version} is newer than this llmdit knows ({SCHEMA_VERSION}); upgrade llmdit"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # another process may have migrated meanwhile: read the version again under the lock
+            if db.execute("PRAGMA user_version").fetchone()[0] == step:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={step + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all, and on disk before this returns."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _being_written(path: Path) -> bool:
+    """A temporary file (`.NAME.PID.RANDOM.tmp`) whose writer is alive."""
+    parts = path.name.split(".")
+    if not (path.name.startswith(".") and path.name.endswith(".tmp") and len(parts) >= 4):
+        return False
+    return parts[-3].isdigit() and process_alive(int(parts[-3]))
+
+
+def _file_index(name: str) -> int:
+    stem = name.rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
