@@ -326,9 +326,8 @@ def test_web_page_asks_for_the_token_and_shows_server_errors(server):
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == "demo")
         assert not driver.find_element(By.ID, "error").is_displayed()
         assert driver.execute_script("return localStorage.getItem('llmdit-token')") == TOKEN
-        seed = WebDriverWait(driver, 30).until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, '[data-setting="seed"]'))
-        )
+        WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]")))
+        seed = driver.find_element(By.CSS_SELECTOR, '[data-setting="seed"]')
         options = [
             o.get_attribute("value")
             for o in driver.find_elements(By.CSS_SELECTOR, '[data-setting="encoder.template"] option')

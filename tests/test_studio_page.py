@@ -47,8 +47,8 @@ def page(server):
     driver.get(server.url + "/")
     driver.execute_script("localStorage.setItem('llmdit-token', arguments[0])", TOKEN)
     driver.get(server.url + "/")
-    WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, '[data-setting="seed"]')))
-    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model").text == "demo")
+    WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]")))
+    assert driver.find_element(By.ID, "model").text == "demo"
     yield driver
     driver.quit()
 

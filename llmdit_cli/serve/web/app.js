@@ -542,6 +542,7 @@ async function start() {
     if ($$("option", rewriters).some((o) => o.value === "general-enhancer")) rewriters.value = "general-enhancer";
     fillLoras((await api("GET", "/v1/llmdit/loras")).data);
     await loadHistory();
+    document.body.dataset.ready = "1"; // the form, its lists and the history are in place
   } catch (e) {
     if (e.status === 401) {
       $("#token-box").open = true;
