@@ -29,7 +29,7 @@ _llmdit() {
         "lora convert") opts="--help --json --quiet --to" ;;
         "lora inspect") opts="--help --json" ;;
         "rewrite") opts="--api-key-env --api-model --api-url --config --device --dtype --file --help --image --keep-thinking --max-new-tokens --min-p --model --profile --quiet --seed --temperature --template --templates-dir --timeout --top-k --top-p --vl-model" ;;
-        "serve") opts="--attention-backend --compile --components --config --cpu-offload --data-dir --device --dit-device --dtype --encoder-key-env --encoder-url --help --host --lora-dir --max-body-bytes --max-image-bytes --max-images --max-pixels --max-prompt-chars --max-queue --max-steps --max-tokens --model --no-compile --no-vae-tiling --port --profile --quantize --quiet --templates-dir --text-encoder-device --token-env --vae-device --vae-tiling --vl-model" ;;
+        "serve") opts="--attention-backend --compile --components --config --cpu-offload --data-dir --device --dit-device --dtype --edit-model --encoder-key-env --encoder-url --help --host --layered-model --lora-dir --max-body-bytes --max-image-bytes --max-images --max-pixels --max-prompt-chars --max-queue --max-steps --max-tokens --model --no-compile --no-vae-tiling --port --profile --quantize --quiet --templates-dir --text-encoder-device --token-env --vae-device --vae-tiling --vl-model" ;;
         "sweep") opts="--dry-run --force --help --json --limit --model --output --quiet --shard" ;;
         "templates list") opts="--category --help --json --templates-dir" ;;
         "templates show") opts="--help --templates-dir" ;;

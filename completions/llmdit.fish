@@ -51,7 +51,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l dtype -d 'auto,
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layered-model -d 'Hub id or local folder of a Qwen-Image-Layered model' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layers -d 'Number of layers, 2 to 10 (default 4)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l layers -d 'Number of layers, 2 to 10 (default 4), or auto: one per colour region of the image, 2 to 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l negative-prompt -d 'Negative prompt for true CFG (default  )' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l no-cfg-normalize -d 'Rescale the guided prediction to the norm of the conditional one (default on, as the model card runs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l output -d 'New (or empty) folder for the layers' -r -F
@@ -327,10 +327,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l data-dir -d 'Folder
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l edit-model -d 'Hub id or local folder of a Qwen-Image-Edit-Plus model (Qwen/Qwen-Image-Edit-2509, default, or -2511)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l encoder-key-env -d 'Environment variable with the --encoder-url servers token' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l encoder-url -d 'With --components dit: the llmdit server that encodes prompts (base URL ending in /v1)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l host -d 'Address to bind; 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l layered-model -d 'Hub id or local folder of a Qwen-Image-Layered model' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l lora-dir -d 'Folder of LoRA files requests may name (llmdit' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-body-bytes -d 'Largest request body, in bytes' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-image-bytes -d 'Largest uploaded image (img2img input, vision image), in bytes' -r -F

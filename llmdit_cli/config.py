@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
 
@@ -136,7 +136,7 @@ class LayeredSettings(_Section):
 
     flag_prefix: ClassVar[str] = "layered"
     record: ClassVar[str] = "none"
-    layers: int | None = Field(default=None, ge=2, le=10)
+    layers: Annotated[int, Field(ge=2, le=10)] | Literal["auto"] | None = None  # auto: by the image
     resolution: Literal[640, 1024] | None = None
     steps: int | None = Field(default=None, ge=1)
     true_cfg_scale: float | None = Field(default=None, ge=0)

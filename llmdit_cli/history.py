@@ -3,13 +3,14 @@ its data folder, with the files beside the database.
 
     DATA_DIR/history.sqlite3     entries and their files (WAL; a versioned schema, `MIGRATIONS`)
     DATA_DIR/files/ID-N.png      an entry's files (PNGs carry their settings, as the CLI writes them)
-    DATA_DIR/uploads/SHA256.EXT  images clients sent (vision images), by content
+    DATA_DIR/stacks/ID/          a decompose entry's layer folder (`layerstack.py`, as the CLI's)
+    DATA_DIR/uploads/SHA256.EXT  images clients sent (vision images, decompose sources), by content
 
 An entry survives a kill at any moment, and never half: its row is committed as `writing` with
-the writer's process id, its files are written (atomically, synced), then the row turns `done`
-in one more commit. Only `done` entries are listed. Opening the store removes what a killed
-writer left (a `writing` row whose process is gone, with its files) and files no row names
-(a delete that stopped between its commit and unlinking its files). Several processes may share
+the writer's process id, its files (or its layer folder) are written atomically, then the row
+turns `done` in one more commit. Only `done` entries are listed. Opening the store removes what a
+killed writer left (a `writing` row whose process is gone, with its files and folder) and files
+and folders no row names (a delete that stopped between its commit and removing them). Several processes may share
 one data folder: SQLite's locking orders their writes, and recovery never touches an entry whose
 writer is alive.
 """
@@ -118,9 +119,10 @@ class History:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
         self.files = self.root / "files"
+        self.stacks = self.root / "stacks"
         self.uploads = self.root / "uploads"
         try:
-            for folder in (self.root, self.files, self.uploads):
+            for folder in (self.root, self.files, self.stacks, self.uploads):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"data folder {self.root}: cannot be created ({exc.strerror})") from None
@@ -171,38 +173,51 @@ class History:
     ) -> Entry:
         """Record one piece of work with its files (bytes, written as `ID-N.png`); returns the entry
         once it is committed whole."""
+        with self.recording(task, model, family, settings, len(files), prompt, seed, result, parent, suffix) as entry:
+            for name, data in zip(entry.files, files):
+                write_synced(self.files / name, data)
+        return entry
+
+    @contextmanager
+    def recording(
+        self,
+        task: str,
+        model: str,
+        family: str,
+        settings: dict[str, Any],
+        n_files: int = 0,
+        prompt: str = "",
+        seed: int | None = None,
+        result: str | None = None,
+        parent: str | None = None,
+        suffix: str = ".png",
+    ) -> Iterator[Entry]:
+        """An entry, committed as `writing` on entry to the block (its id names its files and its
+        layer folder, `stack_dir`), `done` when the block ends; removed with what it wrote when
+        the block fails. The block may change `entry.settings` and `entry.result`."""
         now = time.time()
         entry = Entry(new_id(now), now, task, model, family, prompt, seed, settings, result, parent)
-        entry.files = [f"{entry.id}-{i}{suffix}" for i in range(len(files))]
+        entry.files = [f"{entry.id}-{i}{suffix}" for i in range(n_files)]
         with self._transaction() as db:
             if parent is not None and db.execute("SELECT 1 FROM entries WHERE id=?", (parent,)).fetchone() is None:
                 entry.parent = None  # deleted meanwhile: the entry stands alone
-            db.execute(
-                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,'writing',?)",
-                (
-                    entry.id,
-                    now,
-                    task,
-                    model,
-                    family,
-                    prompt,
-                    seed,
-                    json.dumps(settings),
-                    result,
-                    entry.parent,
-                    os.getpid(),
-                ),
-            )
+            row = (entry.id, now, task, model, family, prompt, seed, json.dumps(settings), result, entry.parent)
+            db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,'writing',?)", (*row, os.getpid()))
             db.executemany("INSERT INTO files (entry, name) VALUES (?,?)", [(entry.id, n) for n in entry.files])
         try:
-            for name, data in zip(entry.files, files):
-                write_synced(self.files / name, data)
+            yield entry
         except BaseException:
             self._forget(entry.id, entry.files)
             raise
         with self._transaction() as db:
-            db.execute("UPDATE entries SET state='done', writer=NULL WHERE id=?", (entry.id,))
-        return entry
+            db.execute(
+                "UPDATE entries SET state='done', writer=NULL, settings=?, result=? WHERE id=?",
+                (json.dumps(entry.settings), entry.result, entry.id),
+            )
+
+    def stack_dir(self, entry_id: str) -> Path:
+        """Where the layer folder of a decompose entry lies."""
+        return self.stacks / entry_id
 
     def delete(self, entry_id: str) -> bool:
         """Remove an entry and its files; False when there is no such entry."""
@@ -210,15 +225,20 @@ class History:
             names = [r["name"] for r in db.execute("SELECT name FROM files WHERE entry=?", (entry_id,))]
             gone = db.execute("DELETE FROM entries WHERE id=? AND state='done'", (entry_id,)).rowcount
         if gone:
-            for name in names:
-                (self.files / name).unlink(missing_ok=True)
+            self._remove_files(entry_id, names)
         return bool(gone)
 
     def _forget(self, entry_id: str, names: list[str]) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM entries WHERE id=?", (entry_id,))
+        self._remove_files(entry_id, names)
+
+    def _remove_files(self, entry_id: str, names: list[str]) -> None:
+        import shutil
+
         for name in names:
             (self.files / name).unlink(missing_ok=True)
+        shutil.rmtree(self.stack_dir(entry_id), ignore_errors=True)
 
     def recover(self) -> int:
         """Remove what killed writers left: their `writing` rows with their files, and files no
@@ -244,6 +264,25 @@ class History:
         for path in self.uploads.glob(".*.tmp"):
             if not _being_written(path):
                 path.unlink(missing_ok=True)
+        return removed + self._recover_stacks()
+
+    def _recover_stacks(self) -> int:
+        """Layer folders (and their temporary folders, `.ID.RANDOM.tmp`) of no entry, or of one
+        whose writer is gone."""
+        import shutil
+
+        with self._connect() as db:
+            keep = {
+                r["id"]
+                for r in db.execute("SELECT id, state, writer FROM entries")
+                if r["state"] == "done" or process_alive(r["writer"])
+            }
+        removed = 0
+        for path in self.stacks.iterdir():
+            owner = path.name.lstrip(".").split(".")[0]
+            if owner not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
         return removed
 
     # -- reading -----------------------------------------------------------------------------------

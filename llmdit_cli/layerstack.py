@@ -317,6 +317,46 @@ def replace_layer(stack: Stack, i: int, image, edit: dict) -> str:
     return name
 
 
+def restack(stack: Stack, order: list[int] | None, hide=(), show=(), hidden: list[int] | None = None) -> bool:
+    """Change the stack: a new `order`, layers to `hide` or `show`, or the whole `hidden` list.
+    Saves the record when anything changed; the caller rebuilds the composite."""
+    if order is None and not hide and not show and hidden is None:
+        return False
+    rec = stack.record
+    if order is not None:
+        rec["order"] = list(order)
+    base = set(rec["hidden"]) if hidden is None else set(hidden)
+    rec["hidden"] = sorted((base | set(hide)) - set(show))
+    stack.save_record()
+    return True
+
+
+def with_alpha_of(edited, rgba):
+    """An edited RGB put back as the layer: the layer's size (the stack's; the edit pipeline renders
+    on its own grid) and its alpha, untouched."""
+    from PIL import Image
+
+    if edited.size != rgba.size:
+        edited = edited.resize(rgba.size, Image.Resampling.LANCZOS)
+    result = edited.convert("RGB")
+    result.putalpha(rgba.getchannel("A"))
+    return result
+
+
+def revert_layer(stack: Stack, i: int, version: int) -> str:
+    """Layer `i` back to its version `version` (`layer_0i.vK.png`); the version it replaces is kept
+    as the next one, so a revert can itself be undone. Returns the kept file's name."""
+    name = version_file(i, version)
+    if name not in stack.record["layers"][i]["versions"]:
+        kept = stack.record["layers"][i]["versions"]
+        raise UsageError(f"layer {i} has no version {version} (it has {', '.join(kept) or 'none'})")
+    from PIL import Image
+
+    with Image.open(stack.folder / name) as im:
+        image = im.convert("RGBA")
+    return replace_layer(stack, i, image, {"revert_to": name})
+
+
 # -- exports -------------------------------------------------------------------------------------
 
 

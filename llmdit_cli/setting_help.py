@@ -118,7 +118,10 @@ HELP = {
         "(Qwen/Qwen-Image-Edit-2509, default, or -2511).",
         "panel": "Layers (decompose, edit-layer)",
     },
-    "layered_layers": {"help": "Number of layers, 2 to 10 (default 4).", "panel": "Layers (decompose, edit-layer)"},
+    "layered_layers": {
+        "help": "Number of layers, 2 to 10 (default 4), or auto: one per colour region of the image, 2 to 8.",
+        "panel": "Layers (decompose, edit-layer)",
+    },
     "layered_model": {
         "help": "Hub id or local folder of a Qwen-Image-Layered model. Default: Qwen/Qwen-Image-Layered.",
         "panel": "Layers (decompose, edit-layer)",

@@ -521,3 +521,33 @@ def test_inspect_shows_a_layer_folder_record(decomposed, cli):
     assert json.loads(r.stdout) == json.loads((decomposed / "layers" / "layers.json").read_text())
     r = cli("inspect", decomposed / "layers")
     assert r.code == 0 and "llmdit-layers" in r.stdout and "a red box on blue" in r.stdout
+
+
+def test_layers_auto_counts_the_images_colour_regions(qwen, cli, tmp_path):
+    from PIL import ImageDraw
+
+    from llmdit_cli.families.qwenimage.layered import auto_layers
+
+    flat = Image.new("RGBA", (64, 64), (40, 80, 200, 255))
+    assert auto_layers(flat) == 2  # one region: the fewest layers the model makes
+    shapes = flat.copy()
+    draw = ImageDraw.Draw(shapes)
+    for box, colour in (((4, 4, 24, 24), "red"), ((30, 30, 60, 50), "yellow"), ((4, 40, 20, 60), "green")):
+        draw.rectangle(box, fill=colour)
+    assert auto_layers(shapes) == 4  # three shapes on a background
+    cutout = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(cutout).ellipse((8, 8, 56, 56), fill=(200, 30, 30, 255))
+    assert auto_layers(cutout) == 2  # a shape on nothing
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8))
+    assert auto_layers(noise) == 8  # at most 8
+    folder = tmp_path / "auto"
+    args = ["--layered-model", qwen["layered"], "--steps", STEPS, "--seed", "1", "--prompt", "a red box on blue"]
+    r = cli("decompose", qwen["image"], "--layers", "auto", "-o", folder, *args)
+    assert r.code == 0, r.stderr
+    record = json.loads((folder / "layers.json").read_text())
+    expected = auto_layers(Image.open(qwen["image"]))
+    assert record["settings"]["layers"] == expected == len(record["layers"]) and record["settings"]["layers_auto"]
+    assert_one_line_error(cli("decompose", qwen["image"], "--layers", "many", *args), "--layers many", "or auto")
+    assert_one_line_error(
+        cli("decompose", qwen["image"], "--layers", "11", *args), "--layers 11", "less than or equal to 10"
+    )

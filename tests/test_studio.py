@@ -365,10 +365,14 @@ def test_opening_the_history_removes_what_a_killed_writer_left(tmp_path):
             (os.getpid(),),  # a live writer: left alone
         )
     (h.files / "0000000000000000dead-0.png").write_bytes(b"half")
+    (h.stack_dir("0000000000000000dead") / "layer_00.png").parent.mkdir()  # its half-made layer folder
+    (h.stacks / ".0000000000000000dead.x1y2.tmp").mkdir()  # and a temporary one
+    (h.stacks / "0000000000000000gone").mkdir()  # a deleted stack's folder
     (h.files / "0000000000000000gone-0.png").write_bytes(b"deleted entry")  # a delete that stopped
     (h.files / f".x-0.png.{dead_pid()}.abcd.tmp").write_bytes(b"tmp")
     History(tmp_path)
     assert sorted(p.name for p in h.files.iterdir()) == kept.files
+    assert list(h.stacks.iterdir()) == []
     with sqlite3.connect(h.path) as db:
         rows = sorted(r[0] for r in db.execute("SELECT prompt FROM entries"))
     assert rows == ["busy", "kept"]

@@ -30,7 +30,14 @@ G_STACK = "Stack"
 
 ImageArg = Annotated[str, typer.Argument(help="Image to split into layers ('-' for stdin).", show_default=False)]
 LayersOpt = Annotated[
-    Optional[int], typer.Option("--layers", "-l", help="Number of layers, 2 to 10 (default 4).", rich_help_panel=G_GEN)
+    Optional[str],
+    typer.Option(
+        "--layers",
+        "-l",
+        help="Number of layers, 2 to 10 (default 4), or auto: one per colour region of the image, 2 to 8.",
+        rich_help_panel=G_GEN,
+        show_default=False,
+    ),
 ]
 ResolutionOpt = Annotated[
     Optional[int],
@@ -212,7 +219,7 @@ def decompose(
         profile,
         "layered.model",
         placement,
-        layered_layers=layers,
+        layered_layers=_layer_count(layers),
         layered_resolution=resolution,
         layered_caption_language=caption_language,
         layered_steps=steps,
@@ -303,7 +310,7 @@ def edit_layer(
     """
     from llmdit_cli.engine import Engine
     from llmdit_cli.layerstack import export as write_export
-    from llmdit_cli.layerstack import locked, read_stack
+    from llmdit_cli.layerstack import locked, read_stack, restack
 
     out = Output(quiet, json_out)
     out.stdout_is_binary = output == "-"
@@ -327,7 +334,7 @@ def edit_layer(
         stack = read_stack(layers_dir)  # as it is now that this process holds the lock
         if instruction is not None:
             _edit(Engine(), stack, layer, instruction, r, _seed(seed, out), out)
-        _restack(stack, new_order, hide or [], show or [])
+        restack(stack, new_order, hide or [], show or [])
         images = stack.images()
         out.wrote(str(stack.write_composite(images)), "composite", order=stack.order, hidden=stack.hidden)
         if export:
@@ -364,33 +371,9 @@ def _check_stack_args(stack, instruction, layer, recompose, order, hide, show, e
 
 def _edit(engine, stack, i: int, instruction: str, r, seed: int, out: Output) -> None:
     """Layer `i`'s RGB edited, its alpha put back exactly, the file replaced with its old version kept."""
-    from PIL import Image
-
-    from llmdit_cli.engine import EditLayerRequest
-    from llmdit_cli.layerstack import replace_layer
-
-    rgba = stack.image(i)
-    rgb, alpha = rgba.convert("RGB"), rgba.getchannel("A")
-    edited, record = engine.edit_layer(EditLayerRequest(r, rgb, instruction, seed), out)
-    if edited.size != rgba.size:
-        # The pipeline renders on its packing grid: the layer keeps its size (the stack's), so the
-        # alpha is the original's, untouched.
-        edited = edited.resize(rgba.size, Image.Resampling.LANCZOS)
-    result = edited.convert("RGB")
-    result.putalpha(alpha)
-    kept = replace_layer(stack, i, result, record)
+    kept, record = engine.edit_stack_layer(stack, i, instruction, r, seed, out)
     out.log(f"layer {i}: previous version kept as {kept}")
     out.wrote(str(stack.path(i)), "layer", layer=i, kept=kept, settings=record)
-
-
-def _restack(stack, order: list[int] | None, hide: list[int], show: list[int]) -> None:
-    if order is None and not hide and not show:
-        return
-    rec = stack.record
-    if order is not None:
-        rec["order"] = order
-    rec["hidden"] = sorted((set(rec["hidden"]) | set(hide)) - set(show))
-    stack.save_record()
 
 
 def _seed(seed: int | None, out: Output) -> int:
@@ -402,9 +385,20 @@ def _seed(seed: int | None, out: Output) -> int:
     return seed
 
 
+def _layer_count(text: str | None) -> int | str | None:
+    """--layers: a whole number (the settings check its range) or auto."""
+    from llmdit_cli.errors import UsageError
+
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--layers {text}: expected a number of layers (2 to 10) or auto") from None
+
+
 def _layer_settings(config, profile, model_key: str, placement: dict, **flags):
-    """Settings for a layer command, run by the model that setting `model_key` names. LoRAs and a
-    single-file transformer from the config are Z-Image's, so they stay off."""
-    r = settings(config, profile, **placement, **flags).with_model(model_key)
-    r = r.with_value("loras", [], "default (the layer commands take no LoRA)")
-    return r.with_value("transformer_file", None, "default (the layer commands take no single-file transformer)")
+    """Settings for a layer command, run by the model that setting `model_key` names."""
+    from llmdit_cli.workflows import layer_plan
+
+    return layer_plan(settings(config, profile, **placement, **flags), model_key)

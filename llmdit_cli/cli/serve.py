@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmdit_cli.cli.errors import handle_errors
+from llmdit_cli.cli.layers_cmd import EditModelOpt, LayeredModelOpt
 from llmdit_cli.cli.options import (
     AttentionBackendOpt,
     CompileOpt,
@@ -148,6 +149,8 @@ def serve(
     quantize: QuantizeOpt = None,
     templates_dir: TemplatesDirOpt = None,
     vl_model: VlModelOpt = None,
+    layered_model: LayeredModelOpt = None,
+    edit_model: EditModelOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
@@ -212,6 +215,8 @@ def serve(
         quantize=quantize,
         templates_dir=templates_dir or None,
         vl_model=vl_model,
+        layered_model=layered_model,
+        layered_edit_model=edit_model,
     )
     r = settings(config, profile, **flags)
     engine = Engine()

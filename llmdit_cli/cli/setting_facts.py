@@ -32,6 +32,7 @@ FACTS = {
     "enable_thinking": {"default": True},
     "layered_caption_language": {"choices": ["en", "zh"], "default": "en"},
     "layered_edit_model": {"default": "Qwen/Qwen-Image-Edit-2509"},
+    "layered_layers": {"choices": ["auto"]},
     "layered_model": {"default": "Qwen/Qwen-Image-Layered"},
     "layered_negative_prompt": {"default": " "},
     "layered_resolution": {"choices": [640, 1024]},

@@ -306,8 +306,11 @@ class Engine:
                 with report.status("captioning the image (no --prompt given)"):
                     prompt = code.caption(pipe, req.image, s.resolution, s.caption_language == "en")
                 report.log(f"caption: {prompt}")
+            count = code.auto_layers(req.image) if s.layers == "auto" else s.layers
+            if s.layers == "auto":
+                report.log(f"layers auto: {count} (the image's colour regions; docs/layers.md)")
             params = code.LayeredParams(
-                prompt, s.negative_prompt, s.true_cfg_scale, s.layers, s.steps, s.resolution, s.cfg_normalize
+                prompt, s.negative_prompt, s.true_cfg_scale, count, s.steps, s.resolution, s.cfg_normalize
             )
             with report.progress("decomposing", params.steps) as tick:
                 layers, latents = code.decompose(
@@ -328,6 +331,7 @@ class Engine:
             cfg_normalize=params.cfg_normalize,
             captioned=not req.prompt.strip(),
             caption_language=s.caption_language,
+            **({"layers_auto": True} if s.layers == "auto" else {}),
         )
         return Decomposed(layers, latents, record)
 
@@ -346,6 +350,16 @@ class Engine:
                     pipe, req.image, params, wf.generator(req.seed), lambda d: tick(d, params.steps)
                 )
         return image, wf.layer_settings(r, handle, req.seed, instruction=req.instruction)
+
+    def edit_stack_layer(self, stack, i: int, instruction: str, r: Resolved, seed: int, report=None):
+        """Layer `i` of a layer folder (`layerstack.Stack`) edited: its RGB by the instruction, its
+        alpha put back exactly, the old file kept as a version and the edit recorded. Returns the
+        kept version's name and the edit's settings record. The caller holds the folder's lock."""
+        from llmdit_cli.layerstack import replace_layer, with_alpha_of
+
+        rgba = stack.image(i)
+        edited, record = self.edit_layer(EditLayerRequest(r, rgba.convert("RGB"), instruction, seed), report)
+        return replace_layer(stack, i, with_alpha_of(edited, rgba), record), record
 
     def decode_layers(self, req: LayersDecodeRequest, report: Reporter | None = None) -> list:
         """RGBA layers (PIL, bottom first) of layered latents, by the layered model's VAE."""

@@ -12,6 +12,8 @@
     GET  /v1/llmdit/settings       every request-time setting, with defaults      routes/studio.py
     GET  /v1/llmdit/history        what the server made (SQLite); /{id}, DELETE   routes/history.py
     GET  /v1/llmdit/files/{name}   a history entry's file                         routes/history.py
+    POST /v1/llmdit/decompose      an image -> a stack of layers (a job)          routes/layers.py
+    *    /v1/llmdit/stacks/{id}    a stack: edit, restack, revert, export, delete routes/layers.py
     GET  /v1/llmdit/status         the queue and the running job's progress       routes/info.py
     GET  /v1/llmdit/templates      the prompt templates (the web page's list)     routes/info.py
     GET  /openapi.json             the API's schema, request bodies included
@@ -34,7 +36,16 @@ from llmdit_cli.serve.config import WEB, ServeConfig, ServerLimits
 from llmdit_cli.serve.errors import describe, error_body, status_for
 
 log = logging.getLogger("llmdit.serve")
-BODIES = (schemas.ChatBody, schemas.EncodeBody, schemas.ImagesBody, schemas.StudioImagesBody, schemas.RewriteBody)
+BODIES = (
+    schemas.ChatBody,
+    schemas.EncodeBody,
+    schemas.ImagesBody,
+    schemas.StudioImagesBody,
+    schemas.RewriteBody,
+    schemas.EditLayerBody,
+    schemas.RestackBody,
+    schemas.RevertBody,
+)
 
 __all__ = ["ServeConfig", "ServerLimits", "create_app", "describe", "error_body", "status_for"]
 
@@ -50,7 +61,7 @@ def create_app(cfg: ServeConfig, engine=None):
     from llmdit_cli.history import History, default_data_dir
     from llmdit_cli.serve.deps import ServerState
     from llmdit_cli.serve.errors import install_handlers
-    from llmdit_cli.serve.routes import chat, encode, history, images, info, studio
+    from llmdit_cli.serve.routes import chat, encode, history, images, info, layers, studio
     from llmdit_cli.serve.work import WorkQueue
 
     state = ServerState(cfg, engine or Engine(), int(time.time()))
@@ -74,7 +85,7 @@ def create_app(cfg: ServeConfig, engine=None):
         # Without a token on a loopback address: refuse other Host names (DNS rebinding).
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.trusted_hosts)
     install_handlers(app, cfg.settings)
-    for module in (info, encode, images, chat, studio, history):
+    for module in (info, encode, images, chat, studio, history, layers):
         app.include_router(module.router)
     app.openapi = lambda: openapi(app)
     return app

@@ -94,15 +94,34 @@ def type_name(annotation: Any) -> str:
 
 
 def choices(annotation: Any) -> list[Any] | None:
+    """A `Literal` field's values; a bounded whole number that may also be a word (`layered.layers`:
+    2 to 10 or auto) lists the word, then every number."""
     for a in (annotation, *typing.get_args(annotation)):
         if typing.get_origin(a) is typing.Literal:
-            return list(typing.get_args(a))
+            words = list(typing.get_args(a))
+            low, high = _bounds_of(_metadata(annotation))
+            return words + list(range(int(low), int(high) + 1)) if a is not annotation and low and high else words
     return None
+
+
+def _metadata(annotation: Any) -> list:
+    """The constraints of an `Annotated` member of a union (`Annotated[int, Field(ge=2)] | ...`)."""
+    found = [m for a in typing.get_args(annotation) for m in getattr(a, "__metadata__", ())]
+    return [c for m in found for c in (getattr(m, "metadata", None) or [m])]  # a FieldInfo holds its own
 
 
 def bounds(info) -> tuple[float | None, float | None]:
     """The field's lower and upper bound (pydantic's ge/gt, le/lt constraints)."""
-    found = {name: getattr(m, name) for m in info.metadata for name in ("ge", "gt", "le", "lt") if hasattr(m, name)}
+    return _bounds_of([*info.metadata, *_metadata(info.annotation)])
+
+
+def _bounds_of(metadata: list) -> tuple[float | None, float | None]:
+    found = {
+        name: getattr(m, name)
+        for m in metadata
+        for name in ("ge", "gt", "le", "lt")
+        if getattr(m, name, None) is not None
+    }
     low = found.get("ge", found.get("gt"))
     high = found.get("le", found.get("lt"))
     return low, high

@@ -27,6 +27,7 @@ class ServerState:
     queue: WorkQueue | None = None
     lora_models: list = field(default_factory=list)  # LoRA model keys, least recently used first
     history: Any = None  # history.History of the data folder
+    stack_jobs: dict = field(default_factory=dict)  # stack id -> its last edit job (one at a time)
     catalog: list | None = None  # /v1/llmdit/settings, described once
 
     def record(self, task: str, settings: dict[str, Any], files: list[bytes] = (), **fields: Any):

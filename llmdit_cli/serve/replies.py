@@ -100,7 +100,13 @@ class JobImage(BaseModel):
 
 
 class JobResult(BaseModel):
-    images: list[JobImage]
+    """A job's result: the images it made, or the stack a decompose or an edit made or changed."""
+
+    images: list[JobImage] | None = None
+    stack: str | None = None
+    history: str | None = None
+    layer: int | None = None
+    kept: str | None = None
 
 
 class JobError(BaseModel):
@@ -143,6 +149,7 @@ class HistoryEntry(BaseModel):
     files: list[str]
     urls: list[str]
     request: dict[str, Any] | None
+    stack: str | None = None  # the layer stack a decompose made or an edit changed
 
 
 class HistoryPage(BaseModel):
@@ -183,7 +190,41 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class StackVersion(BaseModel):
+    version: int
+    file: str
+    url: str
+
+
+class StackLayer(BaseModel):
+    index: int
+    file: str
+    url: str
+    hidden: bool
+    versions: list[StackVersion]
+
+
+class StackState(BaseModel):
+    """A stack: its layers.json (`record`), a url per layer, version and the composite."""
+
+    id: str
+    record: dict[str, Any]
+    layers: list[StackLayer]
+    order: list[int]
+    hidden: list[int]
+    composite_url: str
+    source_url: str
+    busy: bool
+
+
 BINARY = {"schema": {"type": "string", "format": "binary"}}
+PNG_FILE = {200: {"content": {"image/png": BINARY}}}
+EXPORT_FILE = {
+    200: {
+        "description": "the stack as one file",
+        "content": {"image/openraster": BINARY, "image/tiff": BINARY, "application/zip": BINARY},
+    }
+}
 EMBEDS_FILE = {
     200: {"description": "the embeds stage file (safetensors)", "content": {"application/octet-stream": BINARY}}
 }

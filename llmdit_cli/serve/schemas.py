@@ -87,25 +87,55 @@ class StudioImagesBody(ImagesBody):
     parent: str | None = None
 
 
+def settings_from_text(value: Any) -> Any:
+    """A multipart form's `llmdit` field: a JSON object given as a string."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError("not a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object of settings")
+    return value
+
+
 class EditsBody(ImagesBody):
     """The text fields of `POST /v1/images/edits` (multipart: they arrive as strings, so numbers
     are taken from text); `llmdit` is a JSON object given as a string."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
+    _json_settings = field_validator("llmdit", mode="before")(settings_from_text)
 
-    @field_validator("llmdit", mode="before")
-    @classmethod
-    def _json_object(cls, value: Any) -> Any:
-        import json
 
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise ValueError("not a JSON object") from None
-        if not isinstance(value, dict):
-            raise ValueError("must be a JSON object of settings")
-        return value
+class DecomposeBody(BaseModel):
+    """The text fields of `POST /v1/llmdit/decompose`: `llmdit`, a JSON object of the layer
+    settings (`layered_layers`, `layered_steps`, ... as /v1/llmdit/settings names them), `seed`
+    and `prompt` (empty: the model captions the image)."""
+
+    model_config = ConfigDict(extra="forbid")
+    llmdit: dict[str, Any] = Field(default_factory=dict)
+    _json_settings = field_validator("llmdit", mode="before")(settings_from_text)
+
+
+class EditLayerBody(Strict):
+    """`POST /v1/llmdit/stacks/{id}/edit`: `llmdit` takes `layered_steps`,
+    `layered_true_cfg_scale`, `layered_negative_prompt` and `seed`."""
+
+    layer: int = Field(ge=0)
+    instruction: str = Field(min_length=1, max_length=4000)
+    llmdit: dict[str, Any] = Field(default_factory=dict)
+
+
+class RestackBody(Strict):
+    order: list[int] | None = None  # bottom first; every layer once
+    hidden: list[int] | None = None
+
+
+class RevertBody(Strict):
+    layer: int = Field(ge=0)
+    version: int = Field(ge=1)
 
 
 class RewriteSampling(Strict):

@@ -80,6 +80,14 @@ def image_setting(value: object, uploads: Path | None, field: str, limit: int) -
     return str(keep(uploads, data_url_bytes(value, field, limit), field, limit))
 
 
+def upload_path(name: str, uploads: Path) -> Path | None:
+    """The kept upload that `upload:NAME` names, or None."""
+    if not name.startswith(UPLOAD_PREFIX):
+        return None
+    path = uploads / name[len(UPLOAD_PREFIX) :]
+    return path if _UPLOAD_NAME.fullmatch(path.name) and path.is_file() else None
+
+
 def client_name(path: str, uploads: Path | None) -> str:
     """How a client names a kept upload (`upload:NAME`); other paths by their file name only."""
     p = Path(path)

@@ -42,7 +42,7 @@ from llmdit_cli.workflows.jobs import (
     run_jobs,
     seeds_for,
 )
-from llmdit_cli.workflows.plan import chat_format, fill_family_defaults, fill_layer_defaults, open_model
+from llmdit_cli.workflows.plan import chat_format, fill_family_defaults, fill_layer_defaults, layer_plan, open_model
 
 __all__ = [
     "ENCODER_FIELDS",
@@ -63,6 +63,7 @@ __all__ = [
     "encode_cached",
     "encoder_request_settings",
     "fill_family_defaults",
+    "layer_plan",
     "fill_layer_defaults",
     "generator",
     "is_image",

@@ -24,6 +24,15 @@ def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> R
     return r.with_defaults(defaults, f"model family {label}")
 
 
+def layer_plan(r: Resolved, model_key: str) -> Resolved:
+    """The plan of a layer task, run by the model that setting `model_key` names
+    (`layered.model`, `layered.edit_model`). LoRAs and a single-file transformer from the config
+    are Z-Image's, so they stay off."""
+    r = r.with_model(model_key)
+    r = r.with_value("loras", [], "default (the layer commands take no LoRA)")
+    return r.with_value("transformer_file", None, "default (the layer commands take no single-file transformer)")
+
+
 def chat_format(r: Resolved):
     """The chat formatting the settings ask for, and the template it came from (or None): a
     template fills the system prompt, thinking and assistant text left unset, and the thinking

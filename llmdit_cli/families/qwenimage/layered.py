@@ -23,6 +23,7 @@ from llmdit_cli.families.qwenimage.common import (
 
 __all__ = [
     "LayeredParams",
+    "auto_layers",
     "caption",
     "check_loadable",
     "decode_layers",
@@ -49,6 +50,30 @@ class LayeredParams:
     steps: int
     resolution: int
     cfg_normalize: bool
+
+
+# `--layers auto`: the layer count an image gets (see `auto_layers`).
+AUTO_MIN, AUTO_MAX = 2, 8
+AUTO_SIDE = 128  # the image is looked at this small: regions, not texture
+AUTO_COLOURS = 16  # palette size of the look
+AUTO_SHARE = 0.03  # a colour is a region when it covers at least this share of the pixels
+
+
+def auto_layers(image) -> int:
+    """The layer count `--layers auto` picks for an image (RGBA): one layer per colour region that
+    matters, the background included. The image is shrunk to 128 pixels a side, composited on
+    white (a see-through part is a white region), and reduced to 16 colours (median cut); each
+    colour covering at least 3% of the pixels counts as a region. The count is kept within 2 to
+    8: fewer layers than regions merge some, and more than 8 are rarely what a user asks for (the
+    model takes up to 10)."""
+    from PIL import Image
+
+    small = image.convert("RGBA")
+    small.thumbnail((AUTO_SIDE, AUTO_SIDE))
+    flat = Image.alpha_composite(Image.new("RGBA", small.size, (255, 255, 255, 255)), small).convert("RGB")
+    counts = flat.quantize(AUTO_COLOURS, method=Image.Quantize.MEDIANCUT).getcolors(AUTO_COLOURS) or []
+    regions = sum(1 for n, _ in counts if n >= AUTO_SHARE * small.width * small.height)
+    return max(AUTO_MIN, min(AUTO_MAX, regions))
 
 
 def output_size(pipe, image_size: tuple[int, int], resolution: int) -> tuple[int, int]:

@@ -83,4 +83,5 @@ def entry_json(e: Entry) -> dict[str, Any]:
     out = e.as_dict()
     out["urls"] = [f"/v1/llmdit/files/{name}" for name in e.files]
     out["request"] = request_of(e.settings) if e.task in ("generate", "img2img") else None
+    out["stack"] = e.id if e.task == "decompose" else e.settings.get("stack") if e.task == "edit" else None
     return out

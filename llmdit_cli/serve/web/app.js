@@ -33,18 +33,41 @@ function headers(json) {
   return h;
 }
 
+function errorText(err, status) {
+  return (err.message || `HTTP ${status}`) + (err.param ? ` (${err.param})` : "");
+}
+
 async function api(method, path, body, signal) {
-  const init = { method, headers: headers(body !== undefined), signal };
-  if (body !== undefined) init.body = JSON.stringify(body);
+  const form = body instanceof FormData; // multipart: the browser sets its Content-Type
+  const init = { method, headers: headers(body !== undefined && !form), signal };
+  if (body !== undefined) init.body = form ? body : JSON.stringify(body);
   const r = await fetch(path, init);
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
-    const err = (data && data.error) || {};
-    const e = new Error((err.message || `HTTP ${r.status}`) + (err.param ? ` (${err.param})` : ""));
+    const e = new Error(errorText((data && data.error) || {}, r.status));
     e.status = r.status;
     throw e;
   }
   return data;
+}
+
+async function runJob(label, start, onDone) {
+  // Start a job, follow its progress, and show its result or why it ended.
+  setBusy(true, label);
+  try {
+    const started = await start();
+    state.job = started.job;
+    const job = await follow(started.job);
+    if (job.state === "done") await onDone(job.result);
+    else if (job.state === "failed") showError(errorText(job.error));
+    else showError("cancelled");
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    state.job = null;
+    setBusy(false);
+    loadHistory();
+  }
 }
 
 const blobs = new Map(); // file URL -> object URL (files never change)
@@ -249,6 +272,7 @@ function readValue(s, el) {
   if (raw.trim() === "") return undefined;
   if (s.key === "lora.loras") return raw.split(",").map((x) => x.trim()).filter(Boolean);
   if (s.type === "boolean") return raw === "true";
+  if (s.choices && (s.type === "integer" || s.type === "number")) return /^-?[0-9.]+$/.test(raw) ? Number(raw) : raw;
   if (s.type === "list[integer]") return raw.trim();
   if (s.type === "integer" || s.type === "number") {
     const n = Number(raw);
@@ -349,21 +373,7 @@ async function generate(event) {
     showError(e.message);
     return;
   }
-  setBusy(true, "starting");
-  try {
-    const started = await api("POST", "/v1/llmdit/generate", body);
-    state.job = started.job;
-    const job = await follow(started.job);
-    if (job.state === "done") await showResult(job.result.images[0]);
-    else if (job.state === "failed") showError(job.error.message + (job.error.param ? ` (${job.error.param})` : ""));
-    else showError("cancelled");
-  } catch (e) {
-    showError(e.message);
-  } finally {
-    state.job = null;
-    setBusy(false);
-    loadHistory();
-  }
+  await runJob("starting", () => api("POST", "/v1/llmdit/generate", body), (result) => showResult(result.images[0]));
 }
 
 async function showResult(image) {
@@ -483,6 +493,7 @@ function historyItem(entry) {
     }));
   }
   if (entry.result) text.append(button("use-text", "Use text", () => { $("#prompt").value = entry.result; }));
+  if (entry.stack) text.append(button("open-stack", "Open layers", () => openStack(entry.stack).catch((e) => showError(e.message))));
   text.append(button("delete", "Delete", async () => {
     try {
       await api("DELETE", `/v1/llmdit/history/${entry.id}`);
@@ -505,6 +516,212 @@ async function reuse(entry) {
     clearInit();
   }
   $("#prompt").focus();
+}
+
+// ---- layers: decompose, the stack view, the edit dialog ----------------------------------------
+
+const stackView = { id: null, data: null, editLayer: null };
+
+function layerSettings() {
+  // The Layers panel's settings and the seed: what decompose and edit take.
+  const llmdit = {};
+  for (const s of state.settings) {
+    if (s.section !== "layered" && s.key !== "seed") continue;
+    const value = readValue(s, $(`[data-setting="${s.key}"]`));
+    if (value !== undefined) llmdit[s.name] = value;
+  }
+  return llmdit;
+}
+
+async function decompose() {
+  hideError();
+  const file = role("decompose-image").files[0];
+  if (!file) { showError("image: choose the image to decompose"); return; }
+  let llmdit;
+  try { llmdit = layerSettings(); } catch (e) { showError(e.message); return; }
+  const prompt = role("decompose-prompt").value.trim();
+  if (prompt) llmdit.prompt = prompt;
+  const form = new FormData();
+  form.append("image", file);
+  form.append("llmdit", JSON.stringify(llmdit));
+  await runJob("decomposing", () => api("POST", "/v1/llmdit/decompose", form), (result) => openStack(result.stack));
+}
+
+async function openStack(id) {
+  const data = await api("GET", `/v1/llmdit/stacks/${id}`);
+  stackView.id = id;
+  stackView.data = data;
+  role("stack-id").textContent = id;
+  role("stack").hidden = false;
+  fileUrl(data.source_url).then((u) => { role("source").src = u; }).catch(() => {});
+  role("composite").src = await fileUrl(data.composite_url);
+  role("composite").dataset.url = data.composite_url;
+  renderTiles(data);
+  if (stackView.editLayer !== null) renderVersions();
+  history.replaceState(null, "", `?stack=${id}`);
+}
+
+function renderTiles(data) {
+  const list = role("layer-tiles");
+  list.textContent = "";
+  const top = [...data.order].reverse();
+  top.forEach((index, pos) => {
+    const layer = data.layers[index];
+    const li = document.createElement("li");
+    li.dataset.layerIndex = index;
+    li.draggable = true;
+    li.classList.toggle("hidden-layer", layer.hidden);
+    const img = document.createElement("img");
+    img.alt = `layer ${index}`;
+    img.dataset.role = "layer-image";
+    fileUrl(layer.url).then((u) => { img.src = u; }).catch(() => {});
+    const label = document.createElement("div");
+    label.textContent = `layer ${index}${layer.hidden ? " (hidden)" : ""}`;
+    li.append(img, label,
+      button("toggle-visibility", layer.hidden ? "Show" : "Hide", () => toggleLayer(index)),
+      button("layer-up", "↑", () => moveLayer(index, +1)),
+      button("layer-down", "↓", () => moveLayer(index, -1)),
+      button("edit-layer", "Edit", () => openEdit(index)));
+    li.querySelector('[data-action="layer-up"]').disabled = pos === 0;
+    li.querySelector('[data-action="layer-down"]').disabled = pos === top.length - 1;
+    li.querySelector('[data-action="layer-up"]').setAttribute("aria-label", `move layer ${index} up`);
+    li.querySelector('[data-action="layer-down"]').setAttribute("aria-label", `move layer ${index} down`);
+    li.addEventListener("dragstart", (ev) => { ev.dataTransfer.setData("text/plain", String(index)); li.classList.add("dragging"); });
+    li.addEventListener("dragend", () => li.classList.remove("dragging"));
+    li.addEventListener("dragover", (ev) => ev.preventDefault());
+    li.addEventListener("drop", (ev) => { ev.preventDefault(); dropLayer(Number(ev.dataTransfer.getData("text/plain")), index); });
+    list.append(li);
+  });
+}
+
+async function restack(order, hidden) {
+  hideError();
+  try {
+    const data = await api("POST", `/v1/llmdit/stacks/${stackView.id}/restack`, { order, hidden });
+    await openStack(data.id);
+  } catch (e) { showError(e.message); }
+}
+
+function toggleLayer(index) {
+  const hidden = new Set(stackView.data.hidden);
+  if (hidden.has(index)) hidden.delete(index); else hidden.add(index);
+  return restack(stackView.data.order, [...hidden]);
+}
+
+function moveLayer(index, by) {
+  const order = [...stackView.data.order];
+  const at = order.indexOf(index);
+  const to = at + by; // `order` is bottom first: +1 moves a layer up the stack
+  if (to < 0 || to >= order.length) return;
+  [order[at], order[to]] = [order[to], order[at]];
+  return restack(order, stackView.data.hidden);
+}
+
+function dropLayer(moved, onto) {
+  if (moved === onto) return;
+  const order = stackView.data.order.filter((i) => i !== moved);
+  order.splice(order.indexOf(onto) + (stackView.data.order.indexOf(moved) < stackView.data.order.indexOf(onto) ? 1 : 0), 0, moved);
+  return restack(order, stackView.data.hidden);
+}
+
+function openEdit(index) {
+  stackView.editLayer = index;
+  role("edit-layer-index").textContent = index;
+  role("edit-status").textContent = "";
+  renderVersions();
+  const dialog = role("edit-dialog");
+  if (!dialog.open) dialog.showModal();
+  role("edit-instruction").focus();
+}
+
+function renderVersions() {
+  const list = role("versions");
+  list.textContent = "";
+  const layer = stackView.data.layers[stackView.editLayer];
+  if (!layer.versions.length) {
+    const li = document.createElement("li");
+    li.textContent = "none yet: the first edit keeps the current file as version 1";
+    list.append(li);
+  }
+  for (const v of layer.versions) {
+    const li = document.createElement("li");
+    li.dataset.version = v.version;
+    const img = document.createElement("img");
+    img.alt = `version ${v.version}`;
+    img.className = "checker";
+    img.width = 64;
+    fileUrl(v.url).then((u) => { img.src = u; }).catch(() => {});
+    const b = button("revert", `Revert to version ${v.version}`, () => revertLayer(v.version));
+    b.dataset.version = v.version;
+    li.append(img, ` ${v.file} `, b);
+    list.append(li);
+  }
+}
+
+async function runEdit() {
+  const instruction = role("edit-instruction").value.trim();
+  const status = role("edit-status");
+  if (!instruction) { status.textContent = "instruction: say what to change"; return; }
+  const llmdit = {};
+  for (const [name, key] of [["edit-steps", "layered_steps"], ["edit-seed", "seed"], ["edit-cfg", "layered_true_cfg_scale"]]) {
+    const v = role(name).value.trim();
+    if (v !== "") llmdit[key] = Number(v);
+  }
+  action("run-edit").disabled = true;
+  try {
+    const started = await api("POST", `/v1/llmdit/stacks/${stackView.id}/edit`,
+      { layer: stackView.editLayer, instruction, llmdit });
+    const t0 = Date.now();
+    let job;
+    for (;;) {
+      job = await api("GET", `/v1/llmdit/jobs/${started.job}`);
+      const step = job.steps ? ` - step ${job.step || 0}/${job.steps}` : "";
+      status.textContent = `${job.stage || job.state}${step} - ${((Date.now() - t0) / 1000).toFixed(1)} s`;
+      if (["done", "failed", "cancelled"].includes(job.state)) break;
+      await sleep(250);
+    }
+    if (job.state !== "done") throw new Error(job.error ? job.error.message : job.state);
+    status.textContent = `done: the previous version is kept as ${job.result.kept}`;
+    await openStack(stackView.id);
+  } catch (e) {
+    status.textContent = e.message;
+  } finally {
+    action("run-edit").disabled = false;
+    loadHistory();
+  }
+}
+
+async function revertLayer(version) {
+  try {
+    const data = await api("POST", `/v1/llmdit/stacks/${stackView.id}/revert`, { layer: stackView.editLayer, version });
+    await openStack(data.id);
+    role("edit-status").textContent = `reverted to version ${version}`;
+  } catch (e) { role("edit-status").textContent = e.message; }
+}
+
+async function exportStack(format) {
+  try {
+    const r = await fetch(`/v1/llmdit/stacks/${stackView.id}/export?format=${format}`, { headers: headers(false) });
+    if (!r.ok) throw new Error((await r.json()).error.message);
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await r.blob());
+    a.download = `stack-${stackView.id}.${format}`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (e) { showError(e.message); }
+}
+
+async function compositeToImg2img() {
+  const r = await fetch(role("composite").src);
+  const url = await readDataUrl(await r.blob());
+  setInit({ image: url }, url, `composite of stack ${stackView.id}`);
+}
+
+function closeStack() {
+  role("stack").hidden = true;
+  stackView.id = null;
+  history.replaceState(null, "", location.pathname);
 }
 
 // ---- start ------------------------------------------------------------------------------------
@@ -542,7 +759,9 @@ async function start() {
     if ($$("option", rewriters).some((o) => o.value === "general-enhancer")) rewriters.value = "general-enhancer";
     fillLoras((await api("GET", "/v1/llmdit/loras")).data);
     await loadHistory();
-    document.body.dataset.ready = "1"; // the form, its lists and the history are in place
+    const wanted = new URLSearchParams(location.search).get("stack");
+    if (wanted) await openStack(wanted).catch((e) => showError(`stack ${wanted}: ${e.message}`));
+    document.body.dataset.ready = "1"; // the form, its lists, the history (and a ?stack=) are in place
   } catch (e) {
     if (e.status === 401) {
       $("#token-box").open = true;
@@ -559,5 +778,12 @@ action("cancel").addEventListener("click", cancel);
 action("clear-input").addEventListener("click", clearInit);
 action("reset").addEventListener("click", resetForm);
 action("more-history").addEventListener("click", () => loadHistory(true));
+action("decompose").addEventListener("click", decompose);
+action("run-edit").addEventListener("click", runEdit);
+role("edit-form").addEventListener("submit", (ev) => { ev.preventDefault(); runEdit(); }); // Enter edits
+action("close-dialog").addEventListener("click", () => { role("edit-dialog").close(); stackView.editLayer = null; });
+action("composite-to-img2img").addEventListener("click", compositeToImg2img);
+action("close-stack").addEventListener("click", closeStack);
+for (const b of $$('[data-action="export"]')) b.addEventListener("click", () => exportStack(b.dataset.format));
 for (const name of ["history-task", "history-model", "history-query"]) role(name).addEventListener("change", () => loadHistory());
 start();
