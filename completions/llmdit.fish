@@ -138,6 +138,9 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-normalizatio
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l control-image -d 'The control image (edges, depth, pose ' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l control-scale -d 'How strongly the ControlNet steers, 0 to 4 (default 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l controlnet -d 'A Z-Image ControlNet: Hub id, folder, single ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
@@ -223,6 +226,9 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-normalization
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l control-image -d 'The control image (edges, depth, pose ' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l control-scale -d 'How strongly the ControlNet steers, 0 to 4 (default 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l controlnet -d 'A Z-Image ControlNet: Hub id, folder, single ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l dit-device -d 'Device for the transformer (default: --device)' -r -F
@@ -246,6 +252,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l image -d 'Input i
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l mask -d 'Inpaint: white repaints, black keeps the input' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
@@ -322,6 +329,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l attention-backend -
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l compile -d 'torch' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l components -d 'What this server holds: encoder (text encoder: encode, chat), dit (transformer and VAE: images; prompts encoded by --encoder-url) or all' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l controlnet -d 'A Z-Image ControlNet: Hub id, folder, single ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l data-dir -d 'Folder of the history database and the images the server makes (default: ~/' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F

@@ -68,7 +68,7 @@ class VisionSettings(_Section):
 
 class GenerationSettings(_Section):
     # None means: the model family's default (see llmdit_cli.families).
-    only_in: ClassVar[dict[str, tuple[str, ...]]] = {"strength": ("img2img",)}
+    only_in: ClassVar[dict[str, tuple[str, ...]]] = {"strength": ("img2img",), "mask": ("img2img",)}
     width: int | None = None
     height: int | None = None
     steps: int | None = None
@@ -77,6 +77,17 @@ class GenerationSettings(_Section):
     cfg_truncation: float = 1.0
     negative_prompt: str | None = None
     strength: float = 0.6
+    mask: str | None = None  # img2img: white repaints (inpainting)
+
+
+class ControlSettings(_Section):
+    """A ControlNet (`--controlnet`): the model, its control image and how strongly it steers.
+    An image records the control image's SHA-256 beside its path (`--from-png` checks it)."""
+
+    flag_prefix: ClassVar[str] = "control"
+    model: str | None = None
+    image: str | None = None
+    scale: float = Field(default=0.75, ge=0, le=4)  # diffusers' default
 
 
 class TemplatesSettings(_Section):
@@ -170,6 +181,7 @@ class Settings(_Section):
     templates: TemplatesSettings = TemplatesSettings()
     cache: CacheSettings = CacheSettings()
     generation: GenerationSettings = GenerationSettings()
+    control: ControlSettings = ControlSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     lora: LoraSettings = LoraSettings()
     slg: SlgSettings = SlgSettings()

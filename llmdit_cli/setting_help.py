@@ -9,6 +9,7 @@ PANELS = [
     "Model",
     "Speed and memory",
     "Vision conditioning (Qwen3-VL)",
+    "ControlNet and inpainting",
     "Skip-layer guidance",
     "DyPE (sizes beyond the training resolution)",
     "Remote encoder (an `llmdit serve`)",
@@ -49,6 +50,21 @@ HELP = {
     "compile": {
         "help": "torch.compile the transformer's repeated blocks (first image is slower).",
         "panel": "Speed and memory",
+    },
+    "control_image": {
+        "help": "The control image (edges, depth, pose ...) for --controlnet; resized "
+        "to the output size. Its SHA-256 is recorded and --from-png checks it.",
+        "panel": "ControlNet and inpainting",
+    },
+    "control_model": {
+        "help": "A Z-Image ControlNet: Hub id, folder, single .safetensors file, or "
+        "'demo' (a tiny random one for the demo model). Steers by "
+        "--control-image (docs/control.md).",
+        "panel": "ControlNet and inpainting",
+    },
+    "control_scale": {
+        "help": "How strongly the ControlNet steers, 0 to 4 (default 0.75).",
+        "panel": "ControlNet and inpainting",
     },
     "cpu_offload": {
         "help": "none; model (each component moves to the GPU while it runs); sequential "
@@ -151,6 +167,12 @@ HELP = {
     "loras": {
         "help": "LoRA file as PATH[:SCALE]; repeat for several. diffusers/PEFT and Kohya/ComfyUI key styles.",
         "panel": "Model",
+    },
+    "mask": {
+        "help": "Inpaint: white repaints, black keeps the input. Resized to the image (nearest, "
+        "a hint says so). With --controlnet the ControlNet repaints from noise "
+        "(--strength is not used).",
+        "panel": "ControlNet and inpainting",
     },
     "max_length": {
         "help": "Token limit of the formatted prompt, template included (default 512).",

@@ -357,3 +357,39 @@ def build_qwen_image(kind: str, seed: int = 0):
 def save_qwen_image(kind: str, folder: str | Path, seed: int = 0) -> Path:
     """`build_qwen_image(kind, seed)` saved as a diffusers folder that `from_pretrained` reloads."""
     return save_pipeline(build_qwen_image(kind, seed), folder)
+
+
+def build_controlnet(transformer_config: dict, seed: int = 0, control_in_dim: int = 33):
+    """A ZImageControlNetModel with seeded random weights that fits a Z-Image transformer of
+    `transformer_config`: control blocks at every other layer, one refiner block, and 33 control
+    channels (the control image, a mask and the masked image: what inpainting needs, and a plain
+    control image is zero-padded to it, as diffusers does)."""
+    import torch
+    from diffusers import ZImageControlNetModel
+
+    c = transformer_config
+    torch.manual_seed(seed)
+    net = ZImageControlNetModel(
+        control_layers_places=list(range(0, c["n_layers"], 2)),
+        control_refiner_layers_places=[0],
+        control_in_dim=control_in_dim,
+        add_control_noise_refiner="control_noise_refiner",
+        all_patch_size=tuple(c["all_patch_size"]),
+        all_f_patch_size=tuple(c["all_f_patch_size"]),
+        dim=c["dim"],
+        n_refiner_layers=c["n_refiner_layers"],
+        n_heads=c["n_heads"],
+        n_kv_heads=c["n_kv_heads"],
+        norm_eps=c["norm_eps"],
+        qk_norm=c["qk_norm"],
+    ).eval()
+    with torch.no_grad():  # as for the transformer: signal through every layer
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return net
+
+
+def save_controlnet(folder: str | Path, transformer_config: dict, seed: int = 0, control_in_dim: int = 33) -> Path:
+    folder = Path(folder)
+    build_controlnet(transformer_config, seed, control_in_dim).save_pretrained(folder, safe_serialization=True)
+    return folder

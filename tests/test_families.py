@@ -70,8 +70,12 @@ def test_every_setting_is_an_option_of_generate_and_img2img():
     # The layer commands' settings (decompose, edit-layer) are theirs alone.
     layered = {f for f, k in FLAG_KEY.items() if k.startswith("layered.")}
     assert set(SETTING_OPTIONS) == {"model", *FLAG_KEY} - layered
+    from llmdit_cli.config import GenerationSettings
+
+    only_img2img = set(GenerationSettings.only_in)  # strength, mask: of the input image
     gen, i2i = (set(inspect.signature(c).parameters) for c in (generate, img2img))
-    assert set(SETTING_OPTIONS) - {"strength"} <= gen and "strength" not in gen
+    assert only_img2img == {"strength", "mask"}
+    assert set(SETTING_OPTIONS) - only_img2img <= gen and not only_img2img & gen
     assert set(SETTING_OPTIONS) <= i2i
 
 
@@ -88,9 +92,9 @@ def test_the_image_record_follows_the_settings_sections():
             expected = (
                 section not in ("encoder", "vl", "templates", "cache", "layered")
                 and flag not in machine
-                and flag != "strength"
+                and flag not in ("strength", "mask")
             )
             assert (flag in record) == expected, flag
-    assert "strength" in resolve_defaults({"model": "demo"}).record("img2img")
+    assert {"strength", "mask"} <= set(resolve_defaults({"model": "demo"}).record("img2img"))
     assert "attention_backend" in record and "attention_backend" not in reapplied_fields()
     assert {"steps", "slg_layers", "dype_method", "loras", "model"} <= set(reapplied_fields())

@@ -59,6 +59,8 @@ def test_readme_commands_run(tmp_path, cli):
         "styled.png",
         "rewritten.png",
         "vl.png",
+        "controlled.png",
+        "inpainted.png",
     ]:
         assert (tmp_path / name).is_file(), name
     assert len(list((tmp_path / "runs" / "dype" / "images").glob("*.png"))) == 28

@@ -62,9 +62,9 @@ def test_settings_lists_every_request_time_setting(server):
     by_key = {s["key"]: s for s in reply["data"]}
     wanted = {
         f"{section}.{name}"
-        for section in ("encoder", "generation", "scheduler", "slg", "dype", "lora", "vl", "layered")
+        for section in ("encoder", "generation", "control", "scheduler", "slg", "dype", "lora", "vl", "layered")
         for name in SECTIONS[section].model_fields
-    } - {"vl.model", "layered.model", "layered.edit_model"}
+    } - {"vl.model", "layered.model", "layered.edit_model", "control.model"}
     assert set(by_key) == wanted | {"seed"}
     for key, s in by_key.items():
         assert s["help"], key

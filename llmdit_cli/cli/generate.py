@@ -19,6 +19,9 @@ from llmdit_cli.cli.options import (
     CfgTruncOpt,
     CompileOpt,
     ConfigOpt,
+    ControlImageOpt,
+    ControlModelOpt,
+    ControlScaleOpt,
     CpuOffloadOpt,
     DeviceOpt,
     DitDeviceOpt,
@@ -39,6 +42,7 @@ from llmdit_cli.cli.options import (
     JsonOpt,
     LongPromptModeOpt,
     LoraOpt,
+    MaskOpt,
     MaxLengthOpt,
     ModelOpt,
     NegativeOpt,
@@ -139,6 +143,9 @@ def generate(
     vl_model: VlModelOpt = None,
     vl_hidden_layer: VlHiddenLayerOpt = None,
     vl_tokens: VlTokensOpt = None,
+    control_model: ControlModelOpt = None,
+    control_image: ControlImageOpt = None,
+    control_scale: ControlScaleOpt = None,
     steps: StepsOpt = None,
     shift: ShiftOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -220,6 +227,10 @@ def img2img(
     vl_model: VlModelOpt = None,
     vl_hidden_layer: VlHiddenLayerOpt = None,
     vl_tokens: VlTokensOpt = None,
+    control_model: ControlModelOpt = None,
+    control_image: ControlImageOpt = None,
+    control_scale: ControlScaleOpt = None,
+    mask: MaskOpt = None,
     steps: StepsOpt = None,
     shift: ShiftOpt = None,
     guidance_scale: GuidanceOpt = None,
@@ -300,6 +311,8 @@ def _render(mode: str, o: dict) -> None:
         png = _png_settings(o["from_png"])
         if flags.get("vl_image") is None and flags.get("vl_alpha") != 0:
             _check_vl_image_unchanged(o["from_png"], png.get("vl") or {})
+        if flags.get("control_image") is None:
+            _check_image_unchanged(o["from_png"], png.get("control_image"), png.get("control_image_sha256"), "control")
         stored = {
             **{k: png.get(k) for k in reapplied_fields()},
             **(png.get("encoder") or {}),
@@ -394,16 +407,21 @@ def _png_settings(path: str) -> dict:
 def _check_vl_image_unchanged(path: str, vl: dict) -> None:
     """The conditioning image a PNG records must still be the one it was made with: a changed file
     would silently make another picture."""
+
+    _check_image_unchanged(path, vl.get("image"), vl.get("image_sha256"), "vision")
+
+
+def _check_image_unchanged(path: str, image: str | None, digest: str | None, what: str) -> None:
     from pathlib import Path
 
     from llmdit_cli.errors import InputError
     from llmdit_cli.vision import image_digest
 
-    image, digest = vl.get("image"), vl.get("image_sha256")
+    flag = {"vision": "--vl-image", "control": "--control-image"}[what]
     if image and digest and Path(image).expanduser().is_file() and image_digest(image) != digest:
         raise InputError(
-            f"--from-png {path}: its vision image {image} differs from the one it was made with "
-            f"(SHA-256); pass --vl-image {image} to use it as it is now"
+            f"--from-png {path}: its {what} image {image} differs from the one it was made with "
+            f"(SHA-256); pass {flag} {image} to use it as it is now"
         )
 
 

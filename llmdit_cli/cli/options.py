@@ -50,6 +50,7 @@ OPTION_NAMES = {
     "layered_caption_language": "--caption-language",
     "layered_model": "--layered-model",
     "layered_edit_model": "--edit-model",
+    "control_model": "--controlnet",
 }
 
 
@@ -373,6 +374,39 @@ StrengthOpt = setting_option(
     "--strength",
     help="How much to change the input, 0..1 (default {default}).",
     rich_help_panel=G_GEN,
+)
+
+G_CONTROL = "ControlNet and inpainting"
+ControlModelOpt = setting_option(
+    "control_model",
+    Optional[str],
+    "--controlnet",
+    help="A Z-Image ControlNet: Hub id, folder, single .safetensors file, or 'demo' (a tiny random one "
+    "for the demo model). Steers by --control-image (docs/control.md).",
+    rich_help_panel=G_CONTROL,
+)
+ControlImageOpt = setting_option(
+    "control_image",
+    Optional[str],
+    "--control-image",
+    help="The control image (edges, depth, pose ...) for --controlnet; resized to the output size. Its "
+    "SHA-256 is recorded and --from-png checks it.",
+    rich_help_panel=G_CONTROL,
+)
+ControlScaleOpt = setting_option(
+    "control_scale",
+    Optional[float],
+    "--control-scale",
+    help="How strongly the ControlNet steers, 0 to 4 (default {default}).",
+    rich_help_panel=G_CONTROL,
+)
+MaskOpt = setting_option(
+    "mask",
+    Optional[str],
+    "--mask",
+    help="Inpaint: white repaints, black keeps the input. Resized to the image (nearest, a hint says so). "
+    "With --controlnet the ControlNet repaints from noise (--strength is not used).",
+    rich_help_panel=G_CONTROL,
 )
 
 OutputOpt = Annotated[

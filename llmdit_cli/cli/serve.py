@@ -10,6 +10,7 @@ from llmdit_cli.cli.options import (
     AttentionBackendOpt,
     CompileOpt,
     ConfigOpt,
+    ControlModelOpt,
     CpuOffloadOpt,
     DeviceOpt,
     DitDeviceOpt,
@@ -151,6 +152,7 @@ def serve(
     vl_model: VlModelOpt = None,
     layered_model: LayeredModelOpt = None,
     edit_model: EditModelOpt = None,
+    controlnet: ControlModelOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
@@ -217,6 +219,7 @@ def serve(
         vl_model=vl_model,
         layered_model=layered_model,
         layered_edit_model=edit_model,
+        control_model=controlnet,
     )
     r = settings(config, profile, **flags)
     engine = Engine()

@@ -21,6 +21,7 @@ FACTS = {
     "cfg_normalization": {"default": 0.0},
     "cfg_truncation": {"default": 1.0},
     "compile": {"default": False},
+    "control_scale": {"default": 0.75},
     "cpu_offload": {"choices": ["none", "model", "sequential"], "default": "none"},
     "device": {"default": "auto"},
     "dtype": {"choices": ["auto", "float32", "bfloat16", "float16"], "default": "auto"},

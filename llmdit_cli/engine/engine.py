@@ -205,7 +205,13 @@ class Engine:
             size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
             r = r.with_defaults(size, "input image")
         r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)
+        if r.control.model and not r.control.image:
+            # A ControlNet steers by a control image; without one (a server's, a config's) it stays out.
+            if "control.model" in r.given("control"):
+                report.hint(f"{setting('control.model')} is not used without {setting('control.image')}")
+            r = r.with_value("control_model", None, "default (no control image given)")
         wf.validate(r, handle, report)
+        wf.check_control(r, handle, req.mode, report)
         return replace(req, settings=r.as_prepared())
 
     def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:

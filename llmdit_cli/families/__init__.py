@@ -69,6 +69,8 @@ FEATURES = {
     "rewrite": "prompt rewriting or chat",
     "train": "training",
     "lora": "LoRAs",
+    "control": "ControlNets",
+    "inpaint": "inpainting (img2img with a mask)",
 }
 
 REGISTRY: list[Family] = []

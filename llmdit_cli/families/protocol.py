@@ -79,6 +79,22 @@ class Img2ImgRunner(TextToImageRunner, Protocol):
     ) -> Any: ...
 
 
+class ControlRunner(TextToImageRunner, Protocol):
+    """The `control` feature: a ControlNet steering the transformer by a control image."""
+
+    Control: type
+
+    def check_controlnet(self, ref: str, transformer_config: dict, model_ref: str) -> None: ...
+    def load_controlnet(self, ref: str, pipe, dtype) -> Any: ...
+    def control_latents(self, pipe, net, image, height: int, width: int, mask=None, init=None) -> Any: ...
+
+
+class InpaintRunner(Img2ImgRunner, Protocol):
+    """The `inpaint` feature: img2img that keeps the input outside a mask (`img2img(..., mask=)`)."""
+
+    def latent_mask(self, pipe, mask, height: int, width: int) -> Any: ...
+
+
 class TrainingRunner(TextToImageRunner, Protocol):
     """The `train` feature: the training cache's VAE latents in the transformer's normalisation."""
 
@@ -96,7 +112,12 @@ class LoraKeys(Protocol):
 
 
 # The runner protocol each feature of a text-to-image family adds (`families.FEATURES`).
-FEATURE_PROTOCOLS: dict[str, type] = {"img2img": Img2ImgRunner, "train": TrainingRunner}
+FEATURE_PROTOCOLS: dict[str, type] = {
+    "img2img": Img2ImgRunner,
+    "train": TrainingRunner,
+    "control": ControlRunner,
+    "inpaint": InpaintRunner,
+}
 
 
 class DecomposeRunner(Runner, Protocol):

@@ -39,6 +39,7 @@ class ModelHandle:
     _loaded: set = field(default_factory=set)
     _keys: dict = field(default_factory=dict)
     _limits: Any = None
+    _extras: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -89,6 +90,12 @@ class ModelHandle:
         if component not in self._keys:
             self._keys[component] = _weights_key(self.folder, component)
         return self._keys[component]
+
+    def extra(self, key: tuple, load):
+        """A model that works beside the pipeline (a ControlNet), loaded once by `load()` and kept."""
+        if key not in self._extras:
+            self._extras[key] = load()
+        return self._extras[key]
 
     def component_config(self, component: str) -> dict[str, Any]:
         name = "scheduler_config.json" if component == "scheduler" else "config.json"

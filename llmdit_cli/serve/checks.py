@@ -10,7 +10,7 @@ from typing import Any
 from llmdit_cli.serve.config import ServerLimits
 from llmdit_cli.serve.settings import ApiError
 
-IMAGE_SETTINGS = ("vl_image",)
+IMAGE_SETTINGS = ("vl_image", "control_image", "mask")
 
 
 async def read_limited(request, limit: int) -> bytes:

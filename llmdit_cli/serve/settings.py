@@ -17,9 +17,11 @@ from llmdit_cli.errors import LlmditError, marked_keys, render
 
 # Sections a request may set, per endpoint.
 ENCODE_SECTIONS = ("encoder",)
-GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype", "vl")
+GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype", "vl", "control")
 # Which model loads is the server's choice (`catalog.SERVER_ONLY`)
-NOT_SETTABLE = ("vl.model", "layered.model", "layered.edit_model")
+NOT_SETTABLE = ("vl.model", "layered.model", "layered.edit_model", "control.model")
+# Settings that name an image: a request sends it (a data URL or `upload:NAME`), never a path.
+IMAGE_FIELDS = ("vl_image", "control_image", "mask")
 ENCODE_EXTRA = ("generation.negative_prompt",)
 SIZE_KEYS = ("generation.width", "generation.height")
 # Request names of the settings, where they differ from the setting's flag name: the server's own
@@ -116,7 +118,7 @@ class ServerSettings:
                 return parse_layers(value)
             except LlmditError as exc:
                 raise ApiError(400, *self.message(exc)) from None
-        if field_ == "vl_image" and value is not None:
+        if field_ in IMAGE_FIELDS and value is not None:
             from llmdit_cli.serve.uploads import image_setting
 
             return image_setting(value, self.uploads, where, self.max_image_bytes)
@@ -156,6 +158,9 @@ class ServerSettings:
 
         if (record.get("vl") or {}).get("image"):
             record = {**record, "vl": {**record["vl"], "image": client_name(record["vl"]["image"], self.uploads)}}
+        for name in ("control_image", "mask"):
+            if record.get(name):
+                record = {**record, name: client_name(record[name], self.uploads)}
         if not record.get("loras"):
             return record
         root = self.lora_dir.resolve() if self.lora_dir is not None else None

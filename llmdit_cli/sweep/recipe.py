@@ -134,7 +134,7 @@ def load(path: str, model: str | None = None, output: str | None = None) -> Reci
 
 
 # Settings that name a file: a relative path in a recipe is relative to the recipe's folder.
-FILE_KEYS = ("vl.image",)
+FILE_KEYS = ("vl.image", "control.image", "generation.mask")
 
 
 def _files_beside(recipe: Path, base: dict, grid: dict, zipped: dict) -> None:

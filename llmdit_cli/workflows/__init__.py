@@ -8,6 +8,7 @@ every front end can name them its own way."""
 from llmdit_cli.workflows.checks import (
     Beyond,
     beyond_limits,
+    check_control,
     check_generation,
     check_guidance,
     check_limits,
@@ -63,6 +64,7 @@ __all__ = [
     "encode_cached",
     "encoder_request_settings",
     "fill_family_defaults",
+    "check_control",
     "layer_plan",
     "fill_layer_defaults",
     "generator",

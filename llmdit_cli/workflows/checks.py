@@ -81,6 +81,30 @@ def validate(r: Resolved, handle: ModelHandle, report=None) -> None:
     check_guidance(r, handle, report)
 
 
+def check_control(r: Resolved, handle: ModelHandle, mode: str, report=None) -> None:
+    """ControlNet and mask settings, before anything loads: both halves of a ControlNet given,
+    the images readable, the ControlNet fitting the transformer, the family offering each."""
+    from llmdit_cli.vision import open_image
+
+    c, g = r.control, r.generation
+    if c.image and not c.model:
+        raise UsageError(f"{setting('control.image')} needs {setting('control.model')} (the ControlNet it steers)")
+    if g.mask and mode != "img2img":
+        raise UsageError(f"{setting('generation.mask')} is for img2img: it marks what to repaint of the input image")
+    if c.model:
+        check_feature(handle.family, "control", "control.model", handle.ref)
+        open_image(c.image, setting("control.image"))
+        handle.code.check_controlnet(c.model, handle.component_config("transformer"), handle.ref)
+    if g.mask:
+        check_feature(handle.family, "inpaint", "generation.mask", handle.ref)
+        mask = open_image(g.mask, setting("generation.mask"))
+        if report is not None and mask.size != (g.width, g.height):
+            report.hint(
+                f"{setting('generation.mask')} is {mask.width}x{mask.height}, the image {g.width}x{g.height}: "
+                f"the mask is resized to it (nearest)"
+            )
+
+
 def check_size(value: int, label: str, multiple: int) -> None:
     if value < multiple or value % multiple:
         raise UsageError(f"{label} {value}: must be a positive multiple of {multiple}")

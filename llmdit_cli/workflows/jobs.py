@@ -35,7 +35,7 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
     prompt, negative prompt and encoder settings its embeddings were made with."""
     jobs = []
     negatives = e.params.get("negative_prompts") or [""] * len(e.cond)
-    recorded = r.record(mode)
+    recorded = {**r.record(mode), **image_digests(r, mode)}
     for pi, prompt in enumerate(e.prompts):
         for seed in seeds:
             s = {
@@ -55,6 +55,19 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
     return jobs
 
 
+def image_digests(r: Resolved, mode: str) -> dict[str, str]:
+    """The SHA-256 of the images the settings name (the control image, an img2img mask), recorded
+    beside their paths: `--from-png` refuses a control image that changed since."""
+    from llmdit_cli.vision import image_digest
+
+    out = {}
+    if r.control.image:
+        out["control_image_sha256"] = image_digest(r.control.image)
+    if r.generation.mask and mode == "img2img":
+        out["mask_sha256"] = image_digest(r.generation.mask)
+    return out
+
+
 def generator(seed: int):
     import torch
 
@@ -68,20 +81,49 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
     pipe = handle.pipeline("transformer", "vae")
     device = code.transformer_device(pipe)
     p = code.denoise_params(r.settings, handle.limits())
+    p.control, mask = _control_and_mask(handle, pipe, r, init, out)
     g = r.generation
+    # With a ControlNet, a mask goes into the control input and the image is made from noise
+    # (ZImageControlNetInpaintPipeline); without one, img2img keeps the input outside it.
+    from_noise = init is None or (mask is not None and p.control is not None)
     results = []
     for job in jobs:
         cond = [e.cond[job.prompt_index].to(device)]
         uncond = [e.uncond[job.prompt_index].to(device)] if e.uncond else []
         gen = generator(job.seed)
         with out.progress(f"image {job.index + 1}/{len(jobs)} seed {job.seed}", p.steps) as advance:
-            if init is None:
+            if from_noise:
                 lat = code.txt2img(pipe, cond, uncond, p, g.height, g.width, gen, advance)
             else:
                 start = code.encode_image(pipe, init, gen, g.height, g.width) if is_image(init) else init
-                lat = code.img2img(pipe, cond, uncond, p, start, g.strength, gen, advance)
+                kept = code.latent_mask(pipe, mask, g.height, g.width) if mask is not None else None
+                lat = code.img2img(pipe, cond, uncond, p, start, g.strength, gen, advance, **_masked(kept))
         results.append(lat)
     return results
+
+
+def _masked(mask) -> dict[str, Any]:
+    return {} if mask is None else {"mask": mask}
+
+
+def _control_and_mask(handle: ModelHandle, pipe, r: Resolved, init, out):
+    """The ControlNet ready to steer (None without one) and the opened mask (None without one)."""
+    from llmdit_cli.errors import setting
+    from llmdit_cli.vision import open_image
+
+    c, g = r.control, r.generation
+    mask = open_image(g.mask, setting("generation.mask")) if g.mask else None
+    if not c.model:
+        return None, mask
+    code = handle.code
+    with out.status(f"loading the ControlNet {c.model}"):
+        net = handle.extra(
+            ("controlnet", c.model), lambda: code.load_controlnet(c.model, pipe, handle.placement.torch_dtype())
+        )
+    image = open_image(c.image, setting("control.image"))
+    inpaint = {"mask": mask, "init": init} if mask is not None else {}
+    latents = code.control_latents(pipe, net, image, g.height, g.width, **inpaint)
+    return code.Control(net, latents, c.scale), mask
 
 
 def is_image(obj) -> bool:

@@ -35,6 +35,7 @@ from llmdit_cli.stages import run_device
 from llmdit_cli.stages.schedule import dynamic_mu, fresh_scheduler
 
 if TYPE_CHECKING:
+    from llmdit_cli.families.zimage.control import Control
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
 
@@ -48,6 +49,7 @@ class DenoiseParams:
     shift: float | None = None
     slg: SLGConfig | None = None
     dype: DyPEConfig | None = None
+    control: Control | None = None  # a ControlNet steering every pass (control.py)
 
     def guiders(self) -> list[Guider]:
         """Z-Image's guidance, in the order it combines: CFG, SLG, then CFG normalisation."""
@@ -77,11 +79,17 @@ def latent_shape(transformer, vae_scale_factor: int, height: int, width: int, ba
     return (batch, transformer.config.in_channels, h, w)
 
 
-def _forward(transformer, x, timestep, embeds: list) -> list:
-    return transformer(list(x.unsqueeze(2).unbind(dim=0)), timestep, embeds, return_dict=False)[0]
+def _forward(transformer, x, timestep, embeds: list, control: Control | None = None) -> list:
+    x_list = list(x.unsqueeze(2).unbind(dim=0))
+    if control is None:
+        return transformer(x_list, timestep, embeds, return_dict=False)[0]
+    samples = control.block_samples(x_list, timestep, embeds)
+    return transformer(x_list, timestep, embeds, controlnet_block_samples=samples, return_dict=False)[0]
 
 
-def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, guiders: list[Guider], step: Step):
+def guided_velocity(
+    transformer, latents, timestep, cond: list, uncond: list, guiders: list[Guider], step: Step, control=None
+):
     """The DiT prediction for the batch, combined by the guiders: the passes they need at this
     step run once (the unconditional one batched with the conditional one)."""
     import torch
@@ -91,13 +99,13 @@ def guided_velocity(transformer, latents, timestep, cond: list, uncond: list, gu
     need = needed(guiders, step)
     with_uncond = UNCOND in need and len(uncond) == n
     if with_uncond:
-        out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond)
+        out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond, control)
     else:
-        out = _forward(transformer, x, timestep, cond)
+        out = _forward(transformer, x, timestep, cond, control)
     skipped = None
     if SKIP in need:
         with pass_context(guiders, SKIP, step):
-            skipped = _forward(transformer, x, timestep, cond)
+            skipped = _forward(transformer, x, timestep, cond, control)
     preds = []
     for i in range(n):
         p = Predictions(
@@ -119,9 +127,11 @@ def run_loop(
     p: DenoiseParams,
     on_step: Callable[[int, int], None] | None = None,
     first_step: int = 0,
+    after_step: Callable[[int, object], object] | None = None,
 ):
     """Denoise over `timesteps`; `first_step` is where they start in the full `p.steps` schedule
-    (img2img), so guidance windows keep their place in the schedule."""
+    (img2img), so guidance windows keep their place in the schedule. `after_step(i, latents)`
+    may change the latents after each step (inpainting keeps the input outside its mask)."""
     import torch
 
     from llmdit_cli.families.zimage.rope import dype_applied, positions_for
@@ -138,8 +148,10 @@ def run_loop(
         for i, t in enumerate(timesteps):
             timestep = (1000 - t.expand(latents.shape[0])) / 1000
             step = Step(first_step + i, p.steps, float((1000 - t.float()) / 1000))
-            v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step)
+            v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step, p.control)
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
+            if after_step is not None:
+                latents = after_step(i, latents)
             if on_step:
                 on_step(i + 1, len(timesteps))
     return latents
@@ -159,8 +171,11 @@ def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width
     return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step)
 
 
-def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, strength: float, generator, on_step=None):
-    """Noise `image_latents` to the level `strength` and denoise from there, as ZImageImg2ImgPipeline."""
+def img2img(
+    pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, strength: float, generator, on_step=None, mask=None
+):
+    """Noise `image_latents` to the level `strength` and denoise from there, as ZImageImg2ImgPipeline;
+    with `mask` (`[1, 1, h, w]`, 1 = repaint) keep the input outside it, as ZImageInpaintPipeline."""
     from diffusers.utils.torch_utils import randn_tensor
 
     device = transformer_device(pipe)
@@ -176,5 +191,25 @@ def img2img(pipe, cond: list, uncond: list, p: DenoiseParams, image_latents, str
             f"{setting('generation.strength')} {strength} with {setting('generation.steps')} {p.steps} leaves no denoising step; raise either"
         )
     noise = randn_tensor(shape, generator=generator, device=device, dtype=cond[0].dtype)
-    latents = scheduler.scale_noise(image_latents.to(device), timesteps[:1].repeat(shape[0]), noise)
-    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step, start)
+    image_latents = image_latents.to(device)
+    latents = scheduler.scale_noise(image_latents, timesteps[:1].repeat(shape[0]), noise)
+    blend = (
+        None
+        if mask is None
+        else _keep_outside(scheduler, timesteps, image_latents, noise, mask.to(device, cond[0].dtype))
+    )
+    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step, start, blend)
+
+
+def _keep_outside(scheduler, timesteps, image_latents, noise, mask):
+    """After step i: outside the mask (0), the input's latents noised to the next step's level
+    (clean after the last); inside (1), what the step made. ZImageInpaintPipeline's blend."""
+    import torch
+
+    def blend(i: int, latents):
+        proper = image_latents
+        if i < len(timesteps) - 1:
+            proper = scheduler.scale_noise(image_latents, torch.tensor([timesteps[i + 1]]), noise)
+        return (1 - mask) * proper + mask * latents
+
+    return blend

@@ -4,13 +4,25 @@ can take (`limits`), and the stage functions the engine calls (`families.protoco
 from __future__ import annotations
 
 from llmdit_cli.families.protocol import Limits
+from llmdit_cli.families.zimage.control import (
+    Control,
+    check_controlnet,
+    control_latents,
+    latent_mask,
+    load_controlnet,
+)
 from llmdit_cli.families.zimage.denoise import DenoiseParams, img2img, transformer_device, txt2img
 from llmdit_cli.families.zimage.encode import encode_texts
 from llmdit_cli.families.zimage.vae import decode_latents, encode_image, normalise
 
 __all__ = [
+    "Control",
     "DenoiseParams",
+    "check_controlnet",
     "check_loadable",
+    "control_latents",
+    "latent_mask",
+    "load_controlnet",
     "decode_latents",
     "denoise_params",
     "encode_image",

@@ -45,14 +45,31 @@ async def edits(
     form=Depends(form_body(schemas.EditsBody, EDIT_FILES)),
 ):
     body, files = form
-    if "mask" in files:
-        raise ApiError(400, "mask: inpainting is not available yet; send the image alone (img2img)", "mask")
     if "image" not in files:
         raise ApiError(400, "missing field: image", "image")
     init = await asyncio.to_thread(uploaded_image, state, files["image"], "image")
+    if "mask" in files:
+        body.llmdit = {**body.llmdit, "mask": await asyncio.to_thread(openai_mask, files["mask"], state)}
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine, init)
     made = await run_job(request, state, f"img2img {len(req.seeds)} image(s)", image_work(state, req))
     return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
+
+
+def openai_mask(data: bytes, state: ServerState) -> str:
+    """An edits request's mask as the data URL `llmdit.mask` takes. OpenAI's masks mark what to
+    repaint by transparency (alpha 0); such a mask becomes white there and black elsewhere. A mask
+    without transparency is taken as llmdit's own: white repaints."""
+    import io
+
+    from llmdit_cli.serve.uploads import open_image
+
+    image, _ = open_image(data, "mask", state.cfg.limits.max_image_bytes)
+    if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
+        image = image.getchannel("A").point(lambda a: 255 if a == 0 else 0)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def uploaded_image(state: ServerState, data: bytes, field: str):

@@ -9,7 +9,7 @@ const action = (name) => $(`[data-action="${name}"]`);
 
 const state = {
   settings: [],      // from /v1/llmdit/settings
-  vlImage: null,     // the vision image: a data URL, or "upload:NAME" from a reused entry
+  images: {},        // image settings by key: a data URL, or "upload:NAME" from a reused entry
   init: null,        // the img2img input: {image: dataURL} or {parent: historyId}
   job: null,         // the running job's id
   abort: null,       // aborts a synchronous request (rewriting)
@@ -93,8 +93,10 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- the settings form ------------------------------------------------------------------------
 
+// Settings that name an image: a file input; the request sends the image (never a path).
+const IMAGE_KEYS = new Set(["vl.image", "control.image", "generation.mask"]);
 const WIDE = new Set(["encoder.system_prompt", "encoder.thinking_content", "encoder.assistant_content",
-  "generation.negative_prompt", "layered.negative_prompt", "lora.loras", "vl.image"]);
+  "generation.negative_prompt", "layered.negative_prompt", "lora.loras", ...IMAGE_KEYS]);
 const TEXTAREAS = new Set(["encoder.system_prompt", "generation.negative_prompt", "encoder.thinking_content"]);
 const OPEN_PANELS = new Set(["Generation"]);
 
@@ -146,7 +148,7 @@ function settingControl(s) {
   help.textContent = s.help;
   label.append(input);
   if (s.key === "vl.alpha") label.append(rangeReadout(input, s));
-  if (s.key === "vl.image") label.append(vlImageState());
+  if (IMAGE_KEYS.has(s.key)) label.append(imageState(s.key));
   if (s.key === "lora.loras") label.append(loraPicker(input));
   label.append(help);
   return label;
@@ -155,13 +157,14 @@ function settingControl(s) {
 function inputFor(s) {
   const fallback = s.model_default ?? s.default;
   const placeholder = fallback === null || fallback === undefined || fallback === "" ? "model default" : `default: ${shown(fallback)}`;
-  if (s.key === "vl.image") {
+  if (IMAGE_KEYS.has(s.key)) {
     const input = document.createElement("input");
     input.type = "file";
     input.accept = "image/*";
     input.addEventListener("change", async () => {
-      state.vlImage = input.files[0] ? await readDataUrl(input.files[0]) : null;
-      showVlImage();
+      if (input.files[0]) state.images[s.key] = await readDataUrl(input.files[0]);
+      else delete state.images[s.key];
+      showImage(s.key);
     });
     return input;
   }
@@ -208,31 +211,33 @@ function rangeReadout(input, s) {
   return out;
 }
 
-function vlImageState() {
+function imageState(key) {
   const span = document.createElement("span");
-  span.dataset.role = "vl-image-state";
+  span.dataset.role = "image-state";
+  span.dataset.for = key;
   const label = document.createElement("span");
-  label.dataset.role = "vl-image-label";
+  label.dataset.role = "image-label";
   const clear = document.createElement("button");
   clear.type = "button";
-  clear.dataset.action = "clear-vl-image";
+  clear.dataset.action = "clear-image";
   clear.textContent = "No image";
   clear.addEventListener("click", () => {
-    state.vlImage = null;
-    $('[data-setting="vl.image"]').value = "";
-    showVlImage();
+    delete state.images[key];
+    $(`[data-setting="${key}"]`).value = "";
+    showImage(key);
   });
   span.append(label, clear);
   span.hidden = true;
   return span;
 }
 
-function showVlImage() {
-  const box = role("vl-image-state");
+function showImage(key) {
+  const box = $(`[data-role="image-state"][data-for="${key}"]`);
   if (!box) return;
-  box.hidden = !state.vlImage;
-  role("vl-image-label").textContent = !state.vlImage ? "" :
-    state.vlImage.startsWith("upload:") ? `using ${state.vlImage.slice(0, 20)}…` : "image chosen";
+  const value = state.images[key];
+  box.hidden = !value;
+  $('[data-role="image-label"]', box).textContent = !value ? "" :
+    value.startsWith("upload:") ? `using ${value.slice(0, 20)}…` : "image chosen";
 }
 
 function loraPicker(input) {
@@ -266,7 +271,7 @@ function fillLoras(names) {
 }
 
 function readValue(s, el) {
-  if (s.key === "vl.image") return state.vlImage || undefined;
+  if (IMAGE_KEYS.has(s.key)) return state.images[s.key];
   if (s.key === "vl.alpha") return el.dataset.touched ? Number(el.value) : undefined;
   const raw = el.value;
   if (raw.trim() === "") return undefined;
@@ -306,8 +311,8 @@ function resetForm() {
       el.value = "";
     }
   }
-  state.vlImage = null;
-  showVlImage();
+  state.images = {};
+  for (const key of IMAGE_KEYS) showImage(key);
 }
 
 function fillForm(request) {
@@ -316,9 +321,9 @@ function fillForm(request) {
     const value = request[s.name];
     if (value === undefined || value === null) continue;
     const el = $(`[data-setting="${s.key}"]`);
-    if (s.key === "vl.image") {
-      state.vlImage = value;
-      showVlImage();
+    if (IMAGE_KEYS.has(s.key)) {
+      state.images[s.key] = value;
+      showImage(s.key);
     } else if (s.key === "vl.alpha") {
       el.value = value;
       el.dataset.touched = "1";
