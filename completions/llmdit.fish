@@ -105,7 +105,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l help -d 'Show help
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l hidden-layer -d 'Text-encoder hidden state to use (default: the model familys, as its stock pipeline: -2 for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l max-length -d 'Token limit of the formatted prompt, template included (default 512): the tokenizer cuts what is longer, with a hint (refused with --long-prompt-mode error)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
@@ -163,7 +163,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l hidden-layer -d 
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l max-length -d 'Token limit of the formatted prompt, template included (default 512): the tokenizer cuts what is longer, with a hint (refused with --long-prompt-mode error)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
@@ -253,7 +253,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l json -d 'For each
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l long-prompt-mode -d 'Prompts longer than the model takes (1504 tokens on Z-Image): error, truncate, interpolate, pool or attention_pool (default truncate, with a hint)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l lora -d 'LoRA file as PATH[:SCALE]; repeat for several' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l mask -d 'Inpaint: white repaints, black keeps the input' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l max-length -d 'Token limit of the formatted prompt, template included (default 512): the tokenizer cuts what is longer, with a hint (refused with --long-prompt-mode error)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
@@ -304,7 +304,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l help -d 'Show hel
 complete -c llmdit -n '__fish_seen_subcommand_from inspect' -l json -d 'Print JSON' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-key-env -d 'Environment variable holding the API key (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-model -d 'Model name the server knows' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-url -d 'OpenAI-compatible server, the base URL ending in /v1 (as the openai clients base_url)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l api-url -d 'OpenAI-compatible server, the base URL ending in /v1 (as the openai clients base_url; config [rewriter] api_url, env LLMDIT_REWRITER_API_URL)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l device -d 'auto, cpu, cuda, cuda:1, mps ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
@@ -319,9 +319,9 @@ complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l profile -d 'Profi
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l seed -d 'Seed of the sampling (the same seed gives the same text)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l temperature -d 'Sampling temperature; 0 = greedy' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l template -d 'Rewriter template (`llmdit templates list --category rewriter`)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l template -d 'Rewriter template (`llmdit templates list --category rewriter`; default general-enhancer, or the configs [rewriter] template)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l templates-dir -d 'A folder of your own templates (*' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l timeout -d 'Seconds to wait for each reply' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l timeout -d 'Seconds to wait for each reply (default 120)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l top-k -d 'Sample among the K most likely tokens; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l top-p -d 'Nucleus sampling: the smallest set of tokens whose probability reaches P' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F

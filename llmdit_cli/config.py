@@ -90,6 +90,18 @@ class ControlSettings(_Section):
     scale: float = Field(default=0.75, ge=0, le=4)  # diffusers' default
 
 
+class RewriterSettings(_Section):
+    """`llmdit rewrite`'s defaults: the rewriter template and a chat server to rewrite on (in place
+    of the model's own text encoder). Not recorded: a rewrite's output is a prompt."""
+
+    flag_prefix: ClassVar[str] = "rewriter"
+    record: ClassVar[str] = "none"
+    template: str = "general-enhancer"
+    api_url: str | None = None
+    api_model: str | None = None
+    timeout: float = Field(default=120.0, gt=0)  # seconds per reply (the seed's default)
+
+
 class TemplatesSettings(_Section):
     """Where templates are looked up besides the built-ins (machine-specific: not recorded)."""
 
@@ -187,6 +199,7 @@ class Settings(_Section):
     slg: SlgSettings = SlgSettings()
     dype: DypeSettings = DypeSettings()
     layered: LayeredSettings = LayeredSettings()
+    rewriter: RewriterSettings = RewriterSettings()
     optimization: OptimizationSettings = OptimizationSettings()
 
 

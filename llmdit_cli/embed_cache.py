@@ -5,6 +5,9 @@ embeddings are all cached never loads the text encoder.
 
 Entries are written atomically (temporary file, then rename), so processes sharing the cache
 never see half an entry, and two writing the same entry leave one whole file.
+
+`stats.json` beside the entries counts hits, misses and evictions (entries `prune` removed) since
+the cache was made or cleared, updated under a file lock by every process that uses the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 SUBDIR = "embeds"
+STATS = "stats.json"
+COUNTERS = ("hits", "misses", "evictions")
 
 
 def default_dir() -> Path:
@@ -54,12 +59,15 @@ class EmbedCache:
         path = self.path(key)
         try:
             if not path.is_file():
+                self.count(misses=1)
                 return None
             stage = read_stage(str(path), expect="embeds")
             tensor = split_embeds(stage.tensors())[0][0]
             count = int(stage.params.get("token_counts", [tensor.shape[0]])[0])
         except (InputError, OSError, ValueError, IndexError, TypeError):
+            self.count(misses=1)
             return None  # a damaged or unreadable entry is a miss; it is written again if it can be
+        self.count(hits=1)
         try:
             os.utime(path)  # recently used: `prune` keeps it
         except OSError:
@@ -104,7 +112,9 @@ class EmbedCache:
         return sum(size for _, size, _ in self.stats())
 
     def clear(self) -> int:
-        return self._remove([p for p, _, _ in self.stats()])
+        removed = self._remove([p for p, _, _ in self.stats()])
+        (self.root / STATS).unlink(missing_ok=True)  # the counts start again with the cache
+        return removed
 
     def prune(self, max_bytes: int) -> tuple[int, int]:
         """Remove the least recently used entries until the cache holds at most `max_bytes`."""
@@ -116,7 +126,41 @@ class EmbedCache:
                 break
             total -= size
             doomed.append(p)
-        return self._remove(doomed), total
+        removed = self._remove(doomed)
+        self.count(evictions=removed)
+        return removed, total
+
+    def counters(self) -> dict[str, Any]:
+        """{hits, misses, evictions, since}: zeros (since None) before the first use."""
+        try:
+            data = json.loads((self.root / STATS).read_text())
+        except (OSError, ValueError):
+            data = {}
+        out: dict[str, Any] = {k: int(data.get(k, 0)) if isinstance(data.get(k, 0), int) else 0 for k in COUNTERS}
+        out["since"] = data.get("since")
+        return out
+
+    def count(self, **deltas: int) -> None:
+        """Add to the counters, under a lock (processes share the cache); a cache that cannot be
+        written keeps no counts, and that is all."""
+        import fcntl
+        import time
+
+        if not any(deltas.values()):
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / ".stats.lock", "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                data = self.counters()
+                for k, v in deltas.items():
+                    data[k] += v
+                data["since"] = data["since"] or time.strftime("%Y-%m-%dT%H:%M:%S")
+                tmp = self.root / f".{STATS}.{os.getpid()}.tmp"
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, self.root / STATS)
+        except OSError:
+            pass
 
     def _remove(self, paths: list[Path]) -> int:
         from llmdit_cli.errors import InputError

@@ -175,7 +175,10 @@ HELP = {
         "panel": "ControlNet and inpainting",
     },
     "max_length": {
-        "help": "Token limit of the formatted prompt, template included (default 512).",
+        "help": "Token limit of the formatted prompt, template included (default 512): the "
+        "tokenizer cuts what is longer, with a hint (refused with "
+        "--long-prompt-mode error). The transformer's own caption limit (1504 "
+        "tokens on Z-Image) applies after it.",
         "panel": "Prompt formatting",
     },
     "model": {

@@ -126,3 +126,21 @@ def test_a_cache_that_cannot_be_written_is_skipped_with_a_hint(cli, tmp_path):
     r = cli("encode", PROMPT, "--model", "demo", "--cache-dir", blocker, "-o", "e.embeds.safetensors")
     assert r.code == 0, r.stderr
     assert r.stderr.count("cannot be written") == 1 and "--cache-dir" in r.stderr
+
+
+def test_cache_info_counts_hits_misses_and_evictions(cli):
+    def info() -> dict:
+        r = cli("cache", "info", "--json")
+        assert r.code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert info()["hits"] == 0 and info()["since"] is None
+    assert cli("encode", PROMPT, "--model", "demo", "-o", "a.embeds.safetensors").code == 0
+    first = info()
+    assert (first["hits"], first["misses"], first["evictions"]) == (0, 2, 0)  # the prompt and the negative one
+    assert cli("encode", PROMPT, "--model", "demo", "-o", "b.embeds.safetensors").code == 0
+    assert info()["hits"] == 2
+    assert cli("cache", "prune", "--max-size", "0").code == 0
+    assert info()["evictions"] == 2
+    text = cli("cache", "info").stdout
+    assert "hits 2, misses 2 (hit rate 50%), evictions 2 since " in text

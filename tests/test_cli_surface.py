@@ -109,6 +109,12 @@ def test_inspect_png(cli):
     assert cli("generate", "a cat", "--model", "demo", "--seed", 2, "-o", "a.png").code == 0
     r = cli("inspect", "a.png")
     assert r.code == 0 and "seed: 2" in r.stdout and "prompt: a cat" in r.stdout
+    # values as JSON spells them, nested tables indented, no Python reprs
+    assert "  slg: false" in r.stdout and "  transformer_file: null" in r.stdout
+    assert not any(word in r.stdout for word in ("False", "None", "True", "{'"))
+    assert cli("generate", "a cat", "--model", "demo", "--seed", 2, "--save-latents", "a.latents.safetensors").code == 0
+    lines = cli("inspect", "a.latents.safetensors").stdout.splitlines()
+    assert max(len(line) for line in lines) < 200 and "params:" in lines  # not one 1,000-character line
 
 
 @pytest.mark.parametrize(
@@ -176,3 +182,38 @@ def test_a_closed_reader_is_not_an_error(tmp_path):
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def test_every_command_summary_is_one_line():
+    """`llmdit --help` (and a group's) shows each command's first paragraph: one line, or the
+    summary is broken mid-sentence at 80 columns."""
+    import importlib
+
+    docs = {}
+    for name, (module, attr, group) in REGISTERED.items():
+        target = getattr(importlib.import_module(module), attr)
+        if not group:
+            docs[name] = target.__doc__
+            continue
+        docs[name] = target.info.help
+        for sub in target.registered_commands:
+            docs[f"{name} {sub.name or sub.callback.__name__}"] = sub.callback.__doc__
+    for name, doc in docs.items():
+        first = (doc or "").strip().split("\n\n")[0]
+        assert first and "\n" not in first, f"{name}: {first!r}"
+
+
+@pytest.mark.parametrize(
+    ("model", "needles"),
+    [
+        ("dem", ["--model dem: not a folder, `demo` or a Hub id", "did you mean demo?"]),
+        ("Tongyi-MAI/Z-Image-Turb", ["HF_HUB_OFFLINE", "did you mean Tongyi-MAI/Z-Image-Turbo?"]),
+    ],
+)
+def test_a_mistyped_model_gets_the_closest_known_name(cli, model, needles):
+    import re
+
+    from helpers import assert_one_line_error
+
+    line = assert_one_line_error(cli("generate", "a cat", "--model", model, "-o", "x.png"), *needles)
+    assert not re.search(r"\b[A-Z][a-z]+(Error|Exception)\b", line), line  # no exception class names

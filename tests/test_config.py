@@ -165,3 +165,9 @@ def test_guidance_config_reaches_the_image(cli, tmp_path):
 def test_bad_guidance_config_value(tmp_path):
     with pytest.raises(ConfigError, match=r"slg.layers"):
         resolve(write(tmp_path, '[default.slg]\nlayers = "seven"\n'), None, {})
+
+
+def test_config_show_says_where_it_looked_for_a_config_file(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr("llmdit_cli.config.default_config_path", lambda: tmp_path / "nowhere" / "config.toml")
+    text = cli("config", "show").stdout
+    assert f"# config file: none at {tmp_path / 'nowhere' / 'config.toml'}" in text.splitlines()[0]

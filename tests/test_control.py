@@ -234,3 +234,17 @@ def test_a_controlnet_without_a_control_image_stays_out_with_a_hint(cli):
     assert r.code == 0 and "--controlnet is not used without --control-image" in r.stderr, r.stderr
     assert cli("generate", PROMPT, "--model", "demo", "--seed", 2, "--steps", 2, "-o", "b.png").code == 0
     assert (pixels("a.png") == pixels("b.png")).all()
+
+
+def test_a_single_file_controlnet_with_its_config_beside_it_equals_the_folder(stock, cli, tmp_path):
+    from llmdit_cli.families.zimage.control import DEMO_CONTROLNET
+
+    shutil.copy(DEMO_CONTROLNET / "diffusion_pytorch_model.safetensors", tmp_path / "union.safetensors")
+    shutil.copy(DEMO_CONTROLNET / "config.json", tmp_path / "config.json")
+    common = ["--control-image", stock["root"] / "edges.png", "--seed", 2, "--steps", 2, "-W", W, "-H", H]
+    r = cli(
+        "generate", PROMPT, "--model", "demo", "--controlnet", tmp_path / "union.safetensors", *common, "-o", "f.png"
+    )
+    assert r.code == 0, r.stderr
+    assert cli("generate", PROMPT, "--model", "demo", "--controlnet", "demo", *common, "-o", "d.png").code == 0
+    assert (pixels("f.png") == pixels("d.png")).all()

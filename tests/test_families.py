@@ -67,8 +67,8 @@ def test_every_setting_is_an_option_of_generate_and_img2img():
     from llmdit_cli.cli.options import SETTING_OPTIONS
     from llmdit_cli.config import FLAG_KEY
 
-    # The layer commands' settings (decompose, edit-layer) are theirs alone.
-    layered = {f for f, k in FLAG_KEY.items() if k.startswith("layered.")}
+    # The layer commands' settings (decompose, edit-layer) are theirs alone; so are rewrite's.
+    layered = {f for f, k in FLAG_KEY.items() if k.startswith(("layered.", "rewriter."))}
     assert set(SETTING_OPTIONS) == {"model", *FLAG_KEY} - layered
     from llmdit_cli.config import GenerationSettings
 
@@ -90,7 +90,7 @@ def test_the_image_record_follows_the_settings_sections():
                 name if not cls.flag_prefix else (cls.flag_prefix if name == "enabled" else f"{cls.flag_prefix}_{name}")
             )
             expected = (
-                section not in ("encoder", "vl", "templates", "cache", "layered")
+                section not in ("encoder", "vl", "templates", "cache", "layered", "rewriter")
                 and flag not in machine
                 and flag not in ("strength", "mask")
             )

@@ -123,3 +123,19 @@ def test_caption_length_through_encode(cli):
     assert {t.shape[0] for t in tensors.values()} == {48}
     bad = cli("encode", "x", "--model", "demo", "--caption-fill", "stretch", "-o", "x.embeds.safetensors")
     assert_one_line_error(bad, "--caption-fill", "stretch")
+
+
+def test_a_prompt_cut_at_max_length_is_said_or_refused(cli):
+    from helpers import assert_one_line_error
+
+    long_prompt = " ".join(["a red circle on a blue background"] * 40)
+    r = cli("encode", long_prompt, "--model", "demo", "--max-length", 64, "-o", "cut.embeds.safetensors")
+    assert r.code == 0, r.stderr
+    said = " ".join(r.stderr.split())  # hints wrap at the terminal's width
+    assert said.count("--max-length 64 keeps the first 64 and drops") == 1, r.stderr
+    assert "hint: the prompt is " in said and "tokens formatted (template included)" in said
+    r = cli("encode", long_prompt, "--model", "demo", "--max-length", 64, "--long-prompt-mode", "error",
+            "-o", "refused.embeds.safetensors")  # fmt: skip
+    assert_one_line_error(r, "the prompt is", "--max-length 64 would cut it", "--long-prompt-mode error")
+    r = cli("encode", "a cat", "--model", "demo", "--max-length", 64, "-o", "short.embeds.safetensors")
+    assert r.code == 0 and "keeps the first" not in r.stderr

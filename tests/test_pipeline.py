@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from helpers import max_diff, pixels
 
@@ -144,10 +145,30 @@ def test_img2img_from_latents(cli):
     assert max_diff("a.png", "b.png") > 0
 
 
-def test_img2img_strength_zero_keeps_nothing_to_do(cli):
+def test_img2img_strength_zero_keeps_the_input(cli):
     assert cli("generate", PROMPT, "--model", "demo", "--seed", 3, "-o", "a.png").code == 0
-    r = cli("img2img", PROMPT, "--image", "a.png", "--model", "demo", "--strength", 0, "--seed", 1, "-o", "b.png")
-    assert r.code != 0 and "--strength 0" in r.stderr  # stock refuses a schedule with no step too
+    r = cli(
+        "img2img", "a green square", "--image", "a.png", "--model", "demo", "--strength", 0, "--seed", 1, "-o", "b.png"
+    )
+    assert r.code == 0, r.stderr
+    r = cli(
+        "img2img",
+        "a green square",
+        "--image",
+        "a.png",
+        "--model",
+        "demo",
+        "--strength",
+        0.9,
+        "--seed",
+        1,
+        "-o",
+        "c.png",
+    )
+    assert r.code == 0, r.stderr
+    kept = np.abs(pixels("a.png") - pixels("b.png")).mean()
+    changed = np.abs(pixels("a.png") - pixels("c.png")).mean()
+    assert kept < changed  # no step ran: the input, through the VAE's round trip only
 
 
 def test_from_png_regenerates_the_same_image(cli, tiny_model):

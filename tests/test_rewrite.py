@@ -266,3 +266,21 @@ def test_greedy_rewriting_prints_no_random_seed(cli):
     assert "random" not in greedy.stderr
     sampled = cli("rewrite", "red circle", "--model", "demo", "--max-new-tokens", 4)
     assert sampled.code == 0 and "(random; pass --seed to choose)" in sampled.stderr
+
+
+def test_the_rewriter_section_of_the_config_and_its_variables_apply(cli, server, tmp_path, monkeypatch):
+    from llmdit_cli.prompt_templates import find
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[default.rewriter]\napi_url = "{server.url}/ok/v1"\napi_model = "small"\ntemplate = "concise-cleanup"\n'
+    )
+    r = cli("rewrite", PROMPT, "--config", config, "--seed", 3)
+    assert r.code == 0, r.stderr
+    last = server.requests[-1]
+    assert last["path"] == "/ok/v1/chat/completions" and last["body"]["model"] == "small"
+    assert last["body"]["messages"][0]["content"] == find("concise-cleanup").system
+    monkeypatch.setenv("LLMDIT_REWRITER_API_URL", f"{server.url}/slow/v1")
+    monkeypatch.setenv("LLMDIT_REWRITER_TIMEOUT", "0.3")
+    assert_one_line_error(cli("rewrite", PROMPT, "--api-model", "small", "--seed", 1), "no reply within 0.3 s")
+    assert_one_line_error(cli("rewrite", PROMPT, "--api-model", "small", "--timeout", 0), "--timeout 0")

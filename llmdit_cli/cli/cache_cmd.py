@@ -25,7 +25,7 @@ def _cache(flag: str | None):
 @cache_app.command("info")
 @handle_errors
 def info(cache_dir: CacheDirOpt = None, json_out: JsonFlag = False):
-    """Where the embedding cache is, how many entries it holds and their size.
+    """Where the embedding cache is, its entries and size, hits, misses and evictions.
 
     Example: llmdit cache info
     """
@@ -34,10 +34,15 @@ def info(cache_dir: CacheDirOpt = None, json_out: JsonFlag = False):
     cache, out = _cache(cache_dir), Output()
     entries = cache.stats()
     size = sum(s for _, s, _ in entries)
+    c = cache.counters()
     if json_out:
-        out.data(json.dumps({"dir": str(cache.root), "entries": len(entries), "bytes": size}))
-    else:
-        out.data(f"{cache.root}: {len(entries)} entries, {size / 1024**2:.1f} MiB")
+        out.data(json.dumps({"dir": str(cache.root), "entries": len(entries), "bytes": size, **c}))
+        return
+    out.data(f"{cache.root}: {len(entries)} entries, {size / 1024**2:.1f} MiB")
+    looked = c["hits"] + c["misses"]
+    rate = f" (hit rate {100 * c['hits'] / looked:.0f}%)" if looked else ""
+    since = f" since {c['since']}" if c["since"] else ""
+    out.data(f"hits {c['hits']}, misses {c['misses']}{rate}, evictions {c['evictions']}{since}")
 
 
 @cache_app.command("clear")

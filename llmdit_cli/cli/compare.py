@@ -118,8 +118,10 @@ def compare(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
-    """Look at sweep runs: labelled image grids, images beside a reference, difference images,
-    PSNR/SSIM against a reference, and a self-contained HTML report.
+    """Compare sweep runs: labelled grids, differences, PSNR/SSIM and an HTML report.
+
+    Images beside a reference, difference images, PSNR/SSIM against a reference, and a
+    self-contained HTML report.
 
     Rows and columns are two axes the runs vary (recipe keys, prompt, seed, and run when several
     runs are given); other varied axes are fixed with --where or give one grid per value.

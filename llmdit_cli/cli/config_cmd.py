@@ -23,6 +23,7 @@ def show(
     Settings left to the model family (size, steps, guidance, shift) show that family's value.
     """
     import json
+    import os
 
     from llmdit_cli.families import identify_ref
     from llmdit_cli.workflows import fill_family_defaults
@@ -43,7 +44,14 @@ def show(
             )
         )
         return
-    out.data(f"# config file: {r.config_path or 'none'}   profile: {r.profile}")
+    if r.config_path:
+        out.data(f"# config file: {r.config_path}   profile: {r.profile}")
+    else:  # say where it looked, so a user knows where to put one
+        from llmdit_cli.config import default_config_path
+
+        out.data(
+            f"# config file: none at {os.environ.get('LLMDIT_CONFIG') or default_config_path()}   profile: {r.profile}"
+        )
     width = max(len(k) for k in r.values)
     for key, value in r.values.items():
         out.data(f"{key:<{width}} = {json.dumps(value)}   # {r.sources[key]}")

@@ -28,8 +28,10 @@ def inspect(
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
 ):
-    """Show the header of an embeds / latents file, the settings stored in a PNG, or the record
-    (layers.json) of a layer folder from `llmdit decompose`.
+    """Show a stage file's header, a PNG's settings, or a layer folder's record.
+
+    The header of an embeds / latents file, the settings stored in a PNG made by llmdit, or the
+    record (layers.json) of a layer folder from `llmdit decompose`.
 
     Reads headers only: no model, no torch.
     """
@@ -75,11 +77,25 @@ def _file_info(file: str) -> dict:
 
 
 def _lines(info: dict, indent: str = "") -> list[str]:
+    """YAML-like: nested tables indented, a list of tables as `- ` items, values as JSON spells
+    them (true, null, [1, 2]) and text as it is."""
     lines = []
     for key, value in info.items():
         if isinstance(value, dict) and value:
             lines.append(f"{indent}{key}:")
             lines.extend(_lines(value, indent + "  "))
+        elif isinstance(value, list) and any(isinstance(v, dict) and v for v in value):
+            lines.append(f"{indent}{key}:")
+            for item in value:
+                nested = _lines(item, indent + "    ") if isinstance(item, dict) else [indent + "    " + _value(item)]
+                lines.append(f"{indent}  - {nested[0].lstrip()}")
+                lines.extend(nested[1:])
         else:
-            lines.append(f"{indent}{key}: {value}")
+            lines.append(f"{indent}{key}: {_value(value)}")
     return lines
+
+
+def _value(value) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -51,6 +51,10 @@ OPTION_NAMES = {
     "layered_model": "--layered-model",
     "layered_edit_model": "--edit-model",
     "control_model": "--controlnet",
+    "rewriter_template": "--template",
+    "rewriter_api_url": "--api-url",
+    "rewriter_api_model": "--api-model",
+    "rewriter_timeout": "--timeout",
 }
 
 
@@ -259,7 +263,9 @@ MaxLengthOpt = setting_option(
     "max_length",
     Optional[int],
     "--max-length",
-    help="Token limit of the formatted prompt, template included (default {default}).",
+    help="Token limit of the formatted prompt, template included (default {default}): the tokenizer "
+    "cuts what is longer, with a hint (refused with --long-prompt-mode error). The transformer's own "
+    "caption limit (1504 tokens on Z-Image) applies after it.",
     rich_help_panel=G_PROMPT,
 )
 

@@ -23,9 +23,13 @@ G_SAMPLE = "Sampling"
 G_API = "Chat server (instead of the model's own text encoder)"
 
 RewriterOpt = Annotated[
-    str,
+    Optional[str],
     typer.Option(
-        "--template", help="Rewriter template (`llmdit templates list --category rewriter`).", rich_help_panel=G_SAMPLE
+        "--template",
+        help="Rewriter template (`llmdit templates list --category rewriter`; default general-enhancer, "
+        "or the config's [rewriter] template).",
+        rich_help_panel=G_SAMPLE,
+        show_default=False,
     ),
 ]
 TemperatureOpt = Annotated[
@@ -69,7 +73,8 @@ ApiUrlOpt = Annotated[
     Optional[str],
     typer.Option(
         "--api-url",
-        help="OpenAI-compatible server, the base URL ending in /v1 (as the openai client's base_url).",
+        help="OpenAI-compatible server, the base URL ending in /v1 (as the openai client's base_url; "
+        "config [rewriter] api_url, env LLMDIT_REWRITER_API_URL).",
         rich_help_panel=G_API,
     ),
 ]
@@ -84,7 +89,12 @@ ApiKeyEnvOpt = Annotated[
         rich_help_panel=G_API,
     ),
 ]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each reply.", rich_help_panel=G_API)]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--timeout", help="Seconds to wait for each reply (default 120).", rich_help_panel=G_API, show_default=False
+    ),
+]
 ImageOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -100,7 +110,7 @@ ImageOpt = Annotated[
 def rewrite(
     prompts: PromptsArg = None,
     file: FileOpt = None,
-    template: RewriterOpt = "general-enhancer",
+    template: RewriterOpt = None,
     temperature: TemperatureOpt = 0.7,
     top_p: TopPOpt = 0.9,
     top_k: TopKOpt = 0,
@@ -117,13 +127,15 @@ def rewrite(
     api_url: ApiUrlOpt = None,
     api_model: ApiModelOpt = None,
     api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
-    timeout: TimeoutOpt = 60.0,
+    timeout: TimeoutOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Rewrite prompts with a rewriter template: by the model's own text encoder (Qwen3 as a chat
-    model, the same weights that encode) or by any OpenAI-compatible chat server (--api-url).
+    """Rewrite prompts with a rewriter template, by the model's own LM or a chat server.
+
+    The model's own text encoder rewrites (Qwen3 as a chat model, the same weights that encode),
+    or any OpenAI-compatible chat server does (--api-url).
 
     Each rewritten prompt goes to stdout on its own line, so the output pipes into `encode -`:
     llmdit rewrite "a cat" --model demo | llmdit encode - --model demo | llmdit generate --from-embeds - --model demo -o cat.png
@@ -154,13 +166,23 @@ def rewrite(
     sampling = rewriting.Sampling(temperature, top_p, top_k, min_p, max_new_tokens, seed)
     sampling.check()
     r = settings(
-        config, profile, model=model, dtype=dtype, device=device, templates_dir=templates_dir or None, vl_model=vl_model
+        config,
+        profile,
+        model=model,
+        dtype=dtype,
+        device=device,
+        templates_dir=templates_dir or None,
+        vl_model=vl_model,
+        rewriter_template=template,
+        rewriter_api_url=api_url,
+        rewriter_api_model=api_model,
+        rewriter_timeout=timeout,
     )
+    rw = r.settings.rewriter
+    template, api_url, api_model, timeout = rw.template, rw.api_url, rw.api_model, rw.timeout
     if api_url:
         if not api_model:
             raise UsageError("--api-url needs --api-model (the model name the server knows)")
-        if timeout <= 0:
-            raise UsageError(f"--timeout {timeout}: must be positive")
         t = find(template, r.templates.dir)
         key = os.environ.get(api_key_env)
         picture = rewriting.image_data_url(image) if image else None

@@ -157,8 +157,10 @@ def serve(
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Serve a model over HTTP: an OpenAI-compatible chat and images API, prompt encoding for
-    `encode --api-url` / `generate --encoder-url`, and the studio page at /.
+    """Serve a model over HTTP: an OpenAI-compatible API and the studio page.
+
+    An OpenAI-compatible chat and images API, prompt encoding for `encode --api-url` /
+    `generate --encoder-url`, the studio page at / (every setting, history, layers).
 
     The model loads before the server listens. Model work runs one request at a time, in order;
     --max-queue more may wait. Binds 127.0.0.1 unless --host says otherwise; set --token-env

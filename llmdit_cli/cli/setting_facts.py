@@ -43,6 +43,8 @@ FACTS = {
     },
     "max_length": {"default": 512},
     "quantize": {"choices": ["none", "8bit", "4bit"], "default": "none"},
+    "rewriter_template": {"default": "general-enhancer"},
+    "rewriter_timeout": {"default": 120.0},
     "slg": {"default": False},
     "strength": {"default": 0.6},
     "vae_tiling": {"default": False},

@@ -91,6 +91,23 @@ class ModelHandle:
             self._keys[component] = _weights_key(self.folder, component)
         return self._keys[component]
 
+    def tokenizer(self):
+        """The text tokenizer: the pipeline's when loaded, else read alone from the folder (no
+        model weights load just to count tokens)."""
+        if "tokenizer" in self._loaded:
+            return self._pipe.tokenizer
+
+        def load():
+            from transformers import AutoTokenizer
+
+            with self.naming_its_setting():
+                try:
+                    return AutoTokenizer.from_pretrained(self.folder / "tokenizer", local_files_only=True)
+                except (OSError, ValueError) as exc:
+                    raise ModelError(f"{MODEL} {self.ref}: cannot read its tokenizer ({first_line(exc)})") from None
+
+        return self.extra(("tokenizer",), load)
+
     def extra(self, key: tuple, load):
         """A model that works beside the pipeline (a ControlNet), loaded once by `load()` and kept."""
         if key not in self._extras:

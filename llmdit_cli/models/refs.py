@@ -28,7 +28,19 @@ def resolve_folder(ref: str) -> tuple[Path, str | None]:
         if not (path / "model_index.json").is_file():
             raise ModelError(f"{MODEL} {ref}: not a diffusers folder (no model_index.json)")
         return path, None
+    if "/" not in ref:  # a Hub id is ORG/NAME: this is a typo, not a download to suggest
+        raise ModelError(f"{MODEL} {ref}: not a folder, `demo` or a Hub id (ORG/NAME){_did_you_mean(ref)}")
     return _hub_snapshot(ref)
+
+
+def _did_you_mean(ref: str) -> str:
+    import difflib
+
+    from llmdit_cli.families import REGISTRY
+
+    known = [DEMO, *(repo for family in REGISTRY for repo in family.hub_variants)]
+    close = difflib.get_close_matches(ref, known, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def is_local(ref: str) -> bool:
@@ -46,13 +58,14 @@ def _hub_snapshot(repo_id: str) -> tuple[Path, str | None]:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise ModelError(
                 f"{MODEL} {repo_id}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                f"run `hf download {repo_id}` on a connected machine or pass a local folder"
+                f"run `hf download {repo_id}` on a connected machine or pass a local folder{_did_you_mean(repo_id)}"
             ) from None
         try:
             folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
         except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no answer"
             raise ModelError(
-                f"{MODEL} {repo_id}: not cached and cannot be downloaded ({type(exc).__name__}); "
+                f"{MODEL} {repo_id}: not cached and cannot be downloaded ({reason}); "
                 f"run `hf download {repo_id}` on a connected machine, or pass a local folder or `demo`"
             ) from None
     if not (folder / "model_index.json").is_file():

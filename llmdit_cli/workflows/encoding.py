@@ -50,6 +50,7 @@ def encode(handle: ModelHandle, prompts: list[str], r: Resolved, with_negative: 
         from llmdit_cli.vision import open_image
 
         image = open_image(s.vl.image)  # a missing or broken image fails before the text encoder loads
+    check_cut(handle, texts, r, report)
     pos = encode_cached(handle, texts, r, report)
     neg = encode_cached(handle, neg_texts, r, report) if with_negative else []
     seen, vl_record = with_vision(handle, [t for t, _ in pos], prompts, r, image, report)
@@ -96,6 +97,27 @@ def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolv
         states = model.states(image, prompt, v.hidden_layer, v.tokens)
         blended.append(vision.blend(tensor, states.to(tensor.device), v.alpha, v.blend_mode))
     return blended, recorded
+
+
+def check_cut(handle: ModelHandle, texts: list[str], r: Resolved, report=None) -> None:
+    """A formatted prompt longer than `encoder.max_length` is cut by the tokenizer to its first
+    max_length tokens: say so (tokens kept and dropped), or refuse it when
+    `encoder.long_prompt_mode` is `error`. (The model's own caption limit, 1504 tokens on Z-Image,
+    is another, later limit: `stages/lengths.py`.)"""
+    enc = r.encoder
+    tokenizer = handle.tokenizer()
+    for i, text in enumerate(texts):
+        n = len(tokenizer(text, truncation=False).input_ids)
+        if n <= enc.max_length:
+            continue
+        where = f"prompt {i + 1}" if len(texts) > 1 else "the prompt"
+        cut = f"{where} is {n} tokens formatted (template included); {setting('encoder.max_length')} {enc.max_length}"
+        if enc.long_prompt_mode == "error":
+            raise UsageError(
+                f"{cut} would cut it ({setting('encoder.long_prompt_mode')} error); raise the limit or shorten it"
+            )
+        if report is not None:
+            report.hint(f"{cut} keeps the first {enc.max_length} and drops {n - enc.max_length}")
 
 
 def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved, report=None) -> list[tuple[Any, int]]:

@@ -75,7 +75,9 @@ def check_controlnet(ref: str, transformer_config: dict, model_ref: str) -> None
 
     folder = controlnet_folder(ref)
     if folder is None:
-        return
+        folder = Path(ref).expanduser().parent  # a single file: its config beside it, if any
+        if not (folder / "config.json").is_file():
+            return  # diffusers reads the config when it loads (its checks then name the file)
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -105,7 +107,11 @@ def load_controlnet(ref: str, pipe, dtype) -> Any:
     folder = controlnet_folder(ref)
     try:
         if folder is None:
-            net = ZImageControlNetModel.from_single_file(str(Path(ref).expanduser()), torch_dtype=dtype)
+            # The original checkpoint holds no config: one beside the file is used, else diffusers
+            # fetches its default (the Hub's Z-Image-Turbo-Fun-Controlnet-Union config).
+            path = Path(ref).expanduser()
+            beside = {"config": str(path.parent)} if (path.parent / "config.json").is_file() else {}
+            net = ZImageControlNetModel.from_single_file(str(path), torch_dtype=dtype, **beside)
         else:
             net = ZImageControlNetModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:

@@ -17,7 +17,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llmdit_cli.errors import UsageError, setting
 from llmdit_cli.guidance.guiders import (
     SKIP,
     UNCOND,
@@ -187,9 +186,11 @@ def img2img(
     timesteps = timesteps[start * scheduler.order :]
     scheduler.set_begin_index(start * scheduler.order)
     if len(timesteps) < 1:
-        raise UsageError(
-            f"{setting('generation.strength')} {strength} with {setting('generation.steps')} {p.steps} leaves no denoising step; raise either"
-        )
+        # Nothing to denoise (strength 0, or too low for the steps): the input comes back as it is,
+        # through the VAE. (The stock pipeline refuses; the help promises "0 keeps the input".)
+        if on_step:
+            on_step(0, 0)
+        return image_latents.to(device)
     noise = randn_tensor(shape, generator=generator, device=device, dtype=cond[0].dtype)
     image_latents = image_latents.to(device)
     latents = scheduler.scale_noise(image_latents, timesteps[:1].repeat(shape[0]), noise)
