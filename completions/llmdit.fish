@@ -40,6 +40,8 @@ complete -c llmdit -n '__fish_seen_subcommand_from decode' -l output -d 'PNG pat
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-tile-overlap -d 'With --vae-tiling: overlap of neighbouring tiles, a fraction 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-tile-size -d 'With --vae-tiling: tile size in pixels (default: the VAEs own, at least 256; smaller saves memory and shows more seams)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l caption-language -d 'Language of the automatic caption: en (default) or zh' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decompose' -l cfg-normalize -d 'Rescale the guided prediction to the norm of the conditional one (default on, as the model card runs)' -r -F
@@ -123,6 +125,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l thinking-content -
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l timeout -d 'Seconds to wait for the servers reply' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-device -d 'Device for Qwen3-VL: cpu, cuda:1 ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
@@ -193,9 +196,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l text-encoder-dev
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tile-overlap -d 'With --vae-tiling: overlap of neighbouring tiles, a fraction 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tile-size -d 'With --vae-tiling: tile size in pixels (default: the VAEs own, at least 256; smaller saves memory and shows more seams)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-device -d 'Device for Qwen3-VL: cpu, cuda:1 ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
@@ -284,9 +290,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l text-encoder-devi
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l thinking-content -d 'Text of a <think> block in the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l transformer-file -d 'Single-file transformer (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tile-overlap -d 'With --vae-tiling: overlap of neighbouring tiles, a fraction 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tile-size -d 'With --vae-tiling: tile size in pixels (default: the VAEs own, at least 256; smaller saves memory and shows more seams)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-alpha -d 'How much of the image goes in: 0 (none: the text-only embeddings) to 1' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-blend-mode -d 'linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-device -d 'Device for Qwen3-VL: cpu, cuda:1 ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-hidden-layer -d 'Which of Qwen3-VLs hidden states to take (default -2)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-image -d 'Image whose Qwen3-VL hidden states are blended into the prompt embeddings' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
@@ -361,6 +370,8 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l templates-dir -d 'A
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l token-env -d 'Environment variable holding an API token; every /v1 request must then send Authorization: Bearer TOKEN' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-device -d 'Device for the VAE (default: --device)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tile-overlap -d 'With --vae-tiling: overlap of neighbouring tiles, a fraction 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tile-size -d 'With --vae-tiling: tile size in pixels (default: the VAEs own, at least 256; smaller saves memory and shows more seams)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l dry-run -d 'List the cells (index, id, done or to do, axis values) and run nothing' -r -F
@@ -375,6 +386,8 @@ complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l shard -d 'Run shard
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l category -d 'Only this category (photography, portrait, rewriter, ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l json -d 'Print JSON' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from list' -l no-header -d 'Leave out the header row (for scripts)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from list' -l search -d 'Only templates whose name or description holds this text' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l templates-dir -d 'A folder of your own templates (*' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from show' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from show' -l templates-dir -d 'A folder of your own templates (*' -r -F

@@ -64,6 +64,7 @@ class VisionSettings(_Section):
     model: str | None = None  # default: Qwen/Qwen3-VL-4B-Instruct; 'demo' is a tiny random one
     hidden_layer: int = -2
     tokens: Literal["all", "image", "text"] = "all"
+    device: str | None = None  # where Qwen3-VL runs; None: the text encoder's device (not recorded)
 
 
 class GenerationSettings(_Section):
@@ -182,6 +183,8 @@ class OptimizationSettings(_Section):
     attention_backend: Literal["auto", "native", "sdpa", "flash", "flash_3", "sage", "xformers"] = "auto"
     compile: bool = False
     vae_tiling: bool = False
+    vae_tile_size: int | None = Field(default=None, ge=64)  # pixels; None: the VAE's own (at least 256)
+    vae_tile_overlap: float | None = Field(default=None, ge=0, le=0.5)  # None: diffusers' 0.25
     quantize: Literal["none", "8bit", "4bit"] = "none"
     transformer_file: str | None = None
 

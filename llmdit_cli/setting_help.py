@@ -230,6 +230,15 @@ HELP = {
         "panel": "Speed and memory",
     },
     "vae_device": {"help": "Device for the VAE (default: --device).", "panel": "Model"},
+    "vae_tile_overlap": {
+        "help": "With --vae-tiling: overlap of neighbouring tiles, a fraction 0..0.5 of a tile (default 0.25).",
+        "panel": "Speed and memory",
+    },
+    "vae_tile_size": {
+        "help": "With --vae-tiling: tile size in pixels (default: the VAE's own, at "
+        "least 256; smaller saves memory and shows more seams).",
+        "panel": "Speed and memory",
+    },
     "vae_tiling": {
         "help": "Decode (and encode) in overlapping tiles: less memory for large images.",
         "panel": "Speed and memory",
@@ -240,6 +249,10 @@ HELP = {
     },
     "vl_blend_mode": {
         "help": "linear, style_only (only the mean moves), graduated (later tokens more), attention_weighted, adain.",
+        "panel": "Vision conditioning (Qwen3-VL)",
+    },
+    "vl_device": {
+        "help": "Device for Qwen3-VL: cpu, cuda:1 ... (default: the text encoder's).",
         "panel": "Vision conditioning (Qwen3-VL)",
     },
     "vl_hidden_layer": {

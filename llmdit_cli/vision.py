@@ -232,4 +232,5 @@ def blend(text, vl, alpha: float, mode: str):
 
 def record(vl_settings, digest: str) -> dict[str, Any]:
     """What embeddings record about the vision conditioning they were made with."""
-    return {**vl_settings.model_dump(), "model": vl_settings.model or DEFAULT_VL_MODEL, "image_sha256": digest}
+    kept = vl_settings.model_dump(exclude={"device"})  # where it ran is this machine's business
+    return {**kept, "model": vl_settings.model or DEFAULT_VL_MODEL, "image_sha256": digest}

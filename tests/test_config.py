@@ -74,8 +74,11 @@ def test_missing_explicit_config(tmp_path):
 
 
 def test_example_config_is_valid():
-    for profile in ("default", "low_vram", "cpu", "demo"):
+    for profile in ("default", "large", "low_vram", "cpu", "demo", "rtx4090", "distributed"):
         resolve(str(EXAMPLE), profile)
+    r = resolve(str(EXAMPLE), "rtx4090")
+    assert (r.optimization.dtype, r.optimization.cpu_offload) == ("bfloat16", "model")
+    assert resolve(str(EXAMPLE), "distributed").optimization.dit_device == "cuda:0"
 
 
 def test_config_show_reports_sources(cli, tmp_path, monkeypatch):

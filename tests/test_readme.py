@@ -127,3 +127,13 @@ def test_readme_layers_example_runs(tmp_path, cli):
     assert (tmp_path / "layers" / "layers.ora").is_file()
     for name in ("layer_00.png", "layer_01.png", "composite.png"):
         assert (tmp_path / "photo-layers" / name).read_bytes() == (tmp_path / "photo-layers-again" / name).read_bytes()
+
+
+def test_ci_runs_the_readmes_test_command():
+    """`.ci/run` runs the test command the README gives (with its --durations), and the README says
+    how long it takes."""
+    block = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)[1]
+    line = next(x for x in block.splitlines() if x.startswith("python -m pytest"))
+    command, _, comment = line.partition("#")
+    assert "--durations" in command and "min" in comment
+    assert command.strip() in (README.parent / ".ci" / "run").read_text()

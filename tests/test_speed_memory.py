@@ -208,3 +208,16 @@ def test_4bit_leaves_out_the_layers_bitsandbytes_mishandles():
     full = dict(demo, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560)
     full.update(axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512])
     assert bnb4_unsafe_linears(ZImageTransformer2DModel, full) == []
+
+
+def test_vae_tile_size_and_overlap_reach_the_vae(cli):
+    from llmdit_cli.models import ModelHandle, Placement
+
+    handle = ModelHandle("demo", Placement(vae_tiling=True, vae_tile_size=512, vae_tile_overlap=0.1))
+    vae, f = handle.pipeline("vae").vae, handle.limits().vae_scale_factor
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor) == (512, 512 // f, 0.1)
+    r = cli("generate", PROMPT, "--model", "demo", "--vae-tiling", "--vae-tile-size", 256, "--vae-tile-overlap",
+            0.125, "--steps", 2, "-o", "t.png")  # fmt: skip
+    assert r.code == 0, r.stderr
+    r = cli("generate", PROMPT, "--model", "demo", "--vae-tile-overlap", 0.9, "-o", "x.png")
+    assert r.code != 0 and "--vae-tile-overlap 0.9: must be less than or equal to 0.5" in r.stderr

@@ -64,7 +64,7 @@ def test_settings_lists_every_request_time_setting(server):
         f"{section}.{name}"
         for section in ("encoder", "generation", "control", "scheduler", "slg", "dype", "lora", "vl", "layered")
         for name in SECTIONS[section].model_fields
-    } - {"vl.model", "layered.model", "layered.edit_model", "control.model"}
+    } - {"vl.model", "vl.device", "layered.model", "layered.edit_model", "control.model"}
     assert set(by_key) == wanted | {"seed"}
     for key, s in by_key.items():
         assert s["help"], key

@@ -38,7 +38,7 @@ def test_the_shipped_library():
     assert (ROOT / "templates").resolve() == BUILTIN.resolve()  # the top-level folder is the package's
     every = available()
     styles = [t for t in every.values() if t.meta.category != "rewriter"]
-    assert len(styles) >= 60 and len({t.meta.category for t in styles}) >= 10
+    assert len(styles) >= 140 and len({t.meta.category for t in styles}) >= 12
     assert REWRITERS <= {t.name for t in every.values() if t.meta.category == "rewriter"}
     for t in every.values():
         assert t.source.parent.name == t.meta.category and len(t.system) > 40, t.source
@@ -55,6 +55,11 @@ def test_list_and_show(cli):
     shown = cli("templates", "show", "concise-cleanup")
     assert shown.code == 0 and "category: rewriter" in shown.stdout
     assert_one_line_error(cli("templates", "list", "--category", "nope"), "--category nope: no such category")
+    lines = cli("templates", "list", "--category", "portrait", "--search", "neon").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "CATEGORY", "DESCRIPTION"] and len(lines) >= 2
+    assert all("neon" in line.lower() for line in lines[1:])
+    bare = cli("templates", "list", "--category", "portrait", "--search", "neon", "--no-header").stdout.splitlines()
+    assert bare == lines[1:]
     assert_one_line_error(
         cli("templates", "show", "concise-cleanupp"), "no such template; did you mean concise-cleanup"
     )
@@ -223,3 +228,25 @@ def test_a_template_that_turns_thinking_off_regenerates_from_its_png(cli, tmp_pa
 @pytest.mark.parametrize("name", ["/etc/passwd", "photo*", "x**"])
 def test_a_template_name_is_a_name(cli, name):
     assert_one_line_error(cli("templates", "show", name), "a template is named by its file name")
+
+
+def test_no_two_style_templates_are_alike():
+    """Each style template says something of its own: no two share a name or a description, and
+    no two system prompts share more than a fifth of their word trigrams."""
+    import re
+
+    from llmdit_cli.prompt_templates import available
+
+    styles = [t for t in available().values() if t.meta.category != "rewriter"]
+    assert len({t.meta.description.lower() for t in styles}) == len(styles)
+
+    def trigrams(text: str) -> set:
+        words = re.findall(r"[a-z]+", text.lower())
+        return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}
+
+    grams = {t.name: trigrams(t.system) for t in styles}
+    names = sorted(grams)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = len(grams[a] & grams[b]) / max(1, min(len(grams[a]), len(grams[b])))
+            assert shared < 0.2, (a, b, round(shared, 2))

@@ -245,3 +245,12 @@ def test_an_offloaded_vl_model_waits_on_the_cpu_and_gives_the_same_states(monkey
     assert moves == ["cpu", "cpu"]  # to its device for the forward pass, back to the CPU after it
     assert torch.equal(states, whole.states(image, PROMPT, -2, "all"))
     assert {p.device.type for p in offloaded.model.parameters()} == {"cpu"}
+
+
+def test_vl_device_places_qwen3_vl_and_is_not_recorded(cli):
+    args = ["--model", "demo", "--vl-image", REFERENCE, "--vl-alpha", "0.6", "--seed", 4]
+    assert cli("generate", PROMPT, *args, "--vl-device", "cpu", "-o", "a.png").code == 0
+    assert cli("generate", PROMPT, *args, "-o", "b.png").code == 0
+    assert (pixels("a.png") == pixels("b.png")).all()
+    assert "device" not in header(cli, "a.png")["settings"]["vl"]
+    assert_one_line_error(cli("generate", PROMPT, *args, "--vl-device", "gpu7", "-o", "c.png"), "--vl-device gpu7")

@@ -16,6 +16,8 @@ from llmdit_cli.cli.options import (
     ProfileOpt,
     QuietOpt,
     VaeDeviceOpt,
+    VaeTileOverlapOpt,
+    VaeTileSizeOpt,
     VaeTilingOpt,
 )
 from llmdit_cli.cli.output import Output
@@ -37,6 +39,8 @@ def decode(
     device: DeviceOpt = None,
     vae_device: VaeDeviceOpt = None,
     vae_tiling: VaeTilingOpt = None,
+    vae_tile_size: VaeTileSizeOpt = None,
+    vae_tile_overlap: VaeTileOverlapOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = None,
     quiet: QuietOpt = False,
@@ -68,6 +72,8 @@ def decode(
         profile,
         **model_flags(model or stage.meta.get("llmdit.model") or None, dtype, device, None, None, vae_device, None),
         vae_tiling=vae_tiling,
+        vae_tile_size=vae_tile_size,
+        vae_tile_overlap=vae_tile_overlap,
     )
     if stage.kind == "layered-latents":
         from llmdit_cli.cli.layers_cmd import decode_layered

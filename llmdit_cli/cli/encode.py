@@ -41,6 +41,7 @@ from llmdit_cli.cli.options import (
     ThinkingOpt,
     VlAlphaOpt,
     VlBlendModeOpt,
+    VlDeviceOpt,
     VlHiddenLayerOpt,
     VlImageOpt,
     VlModelOpt,
@@ -74,6 +75,7 @@ def encode(
     vl_model: VlModelOpt = None,
     vl_hidden_layer: VlHiddenLayerOpt = None,
     vl_tokens: VlTokensOpt = None,
+    vl_device: VlDeviceOpt = None,
     show_format: Annotated[
         bool,
         typer.Option(
@@ -131,6 +133,7 @@ def encode(
         vl_model=vl_model,
         vl_hidden_layer=vl_hidden_layer,
         vl_tokens=vl_tokens,
+        vl_device=vl_device,
     )
     texts = collect_prompts(prompts, file)
     if not texts:

@@ -70,9 +70,12 @@ from llmdit_cli.cli.options import (
     ThinkingOpt,
     TransformerFileOpt,
     VaeDeviceOpt,
+    VaeTileOverlapOpt,
+    VaeTileSizeOpt,
     VaeTilingOpt,
     VlAlphaOpt,
     VlBlendModeOpt,
+    VlDeviceOpt,
     VlHiddenLayerOpt,
     VlImageOpt,
     VlModelOpt,
@@ -143,6 +146,7 @@ def generate(
     vl_model: VlModelOpt = None,
     vl_hidden_layer: VlHiddenLayerOpt = None,
     vl_tokens: VlTokensOpt = None,
+    vl_device: VlDeviceOpt = None,
     control_model: ControlModelOpt = None,
     control_image: ControlImageOpt = None,
     control_scale: ControlScaleOpt = None,
@@ -167,6 +171,8 @@ def generate(
     attention_backend: AttentionBackendOpt = None,
     compile: CompileOpt = None,
     vae_tiling: VaeTilingOpt = None,
+    vae_tile_size: VaeTileSizeOpt = None,
+    vae_tile_overlap: VaeTileOverlapOpt = None,
     quantize: QuantizeOpt = None,
     transformer_file: TransformerFileOpt = None,
     encoder_url: EncoderUrlOpt = None,
@@ -227,6 +233,7 @@ def img2img(
     vl_model: VlModelOpt = None,
     vl_hidden_layer: VlHiddenLayerOpt = None,
     vl_tokens: VlTokensOpt = None,
+    vl_device: VlDeviceOpt = None,
     control_model: ControlModelOpt = None,
     control_image: ControlImageOpt = None,
     control_scale: ControlScaleOpt = None,
@@ -252,6 +259,8 @@ def img2img(
     attention_backend: AttentionBackendOpt = None,
     compile: CompileOpt = None,
     vae_tiling: VaeTilingOpt = None,
+    vae_tile_size: VaeTileSizeOpt = None,
+    vae_tile_overlap: VaeTileOverlapOpt = None,
     quantize: QuantizeOpt = None,
     transformer_file: TransformerFileOpt = None,
     encoder_url: EncoderUrlOpt = None,
@@ -333,7 +342,7 @@ def _render(mode: str, o: dict) -> None:
     r = req.settings
     if save_latents:
         check_binary_target(save_latents)
-    if o["from_embeds"] and r.given("vl"):
+    if o["from_embeds"] and set(r.given("vl")) - {"vl.device"}:
         raise UsageError("--vl-* settings shape the embeddings: give them to `llmdit encode`, not with --from-embeds")
     req.embeds = wf.read_embeds(o["from_embeds"]) if o["from_embeds"] else None
     if o["encoder_url"]:

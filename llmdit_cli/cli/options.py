@@ -312,6 +312,13 @@ VlTokensOpt = setting_option(
     help="Which positions of Qwen3-VL's sequence: {choices} (text: the prompt's; default {default}).",
     rich_help_panel=G_VL,
 )
+VlDeviceOpt = setting_option(
+    "vl_device",
+    Optional[str],
+    "--vl-device",
+    help="Device for Qwen3-VL: cpu, cuda:1 ... (default: the text encoder's).",
+    rich_help_panel=G_VL,
+)
 
 StepsOpt = setting_option(
     "steps",
@@ -568,6 +575,23 @@ VaeTilingOpt = setting_option(
     Optional[bool],
     "--vae-tiling/--no-vae-tiling",
     help="Decode (and encode) in overlapping tiles: less memory for large images.",
+    show_default=False,
+    rich_help_panel=G_SPEED,
+)
+VaeTileSizeOpt = setting_option(
+    "vae_tile_size",
+    Optional[int],
+    "--vae-tile-size",
+    help="With --vae-tiling: tile size in pixels (default: the VAE's own, at least 256; smaller saves "
+    "memory and shows more seams).",
+    show_default=False,
+    rich_help_panel=G_SPEED,
+)
+VaeTileOverlapOpt = setting_option(
+    "vae_tile_overlap",
+    Optional[float],
+    "--vae-tile-overlap",
+    help="With --vae-tiling: overlap of neighbouring tiles, a fraction 0..0.5 of a tile (default 0.25).",
     show_default=False,
     rich_help_panel=G_SPEED,
 )

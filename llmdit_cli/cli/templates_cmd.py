@@ -18,10 +18,19 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 @templates_app.command("list")
 @handle_errors
-def list_templates(category: CategoryOpt = None, templates_dir: TemplatesDirOpt = None, json_out: JsonFlag = False):
+def list_templates(
+    category: CategoryOpt = None,
+    search: Annotated[
+        Optional[str],
+        typer.Option("--search", "-s", help="Only templates whose name or description holds this text."),
+    ] = None,
+    no_header: Annotated[bool, typer.Option("--no-header", help="Leave out the header row (for scripts).")] = False,
+    templates_dir: TemplatesDirOpt = None,
+    json_out: JsonFlag = False,
+):
     """List the templates: built-ins and those in --templates-dir folders (which override built-ins by name).
 
-    Example: llmdit templates list --category portrait
+    Example: llmdit templates list --category portrait --search neon
     """
     import json
 
@@ -34,6 +43,9 @@ def list_templates(category: CategoryOpt = None, templates_dir: TemplatesDirOpt 
     if category and not found:
         known = sorted({t.meta.category for t in every.values()})
         raise UsageError(f"--category {category}: no such category (there are: {', '.join(known)})")
+    if search:
+        needle = search.lower()
+        found = [t for t in found if needle in t.name.lower() or needle in t.meta.description.lower()]
     if json_out:
         rows = [
             {
@@ -45,7 +57,9 @@ def list_templates(category: CategoryOpt = None, templates_dir: TemplatesDirOpt 
         ]
         out.data(json.dumps(rows, indent=2))
         return
-    width = max((len(t.name) for t in found), default=0)
+    width = max((len(t.name) for t in found), default=len("NAME"))
+    if not no_header:
+        out.data(f"{'NAME':<{width}}  {'CATEGORY':<18} DESCRIPTION")
     for t in found:
         out.data(f"{t.name:<{width}}  {t.meta.category:<18} {t.meta.description}")
 

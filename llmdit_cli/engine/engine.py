@@ -175,7 +175,9 @@ class Engine:
         image = vision.open_image(req.image, "--image")
         pl, v = handle.placement, r.vl
         with report.status(f"loading {v.model or vision.DEFAULT_VL_MODEL}"):
-            model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
+            model = vision.load(
+                v.model, v.device or pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none"
+            )
         with report.status(f"rewriting {len(req.prompts)} prompt(s) from {req.image}"):
             replies = [model.reply(image, p, template.system, sampling) for p in req.prompts]
         return [rewriting.clean(r, req.keep_thinking) for r in replies]

@@ -190,7 +190,7 @@ class ModelHandle:
     def _place(self, pipe, new: set) -> None:
         pl = self.placement
         if "vae" in new and pl.vae_tiling:
-            enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor)
+            enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor, pl.vae_tile_size, pl.vae_tile_overlap)
         if "transformer" in new:
             set_attention_backend(pipe.transformer, pl.attention_backend)
         if pl.cpu_offload == "model":

@@ -22,6 +22,8 @@ class Placement:
     attention_backend: str = "auto"
     compile: bool = False
     vae_tiling: bool = False
+    vae_tile_size: int | None = None
+    vae_tile_overlap: float | None = None
     quantize: str = "none"
     transformer_file: str | None = None
 

@@ -18,7 +18,7 @@ from llmdit_cli.serve.settings import PUBLIC_NAMES, ServerSettings
 SECTIONS = ("encoder", "vl", "generation", "control", "scheduler", "lora", "slg", "dype", "layered")
 # Which model or component to load is the server's choice, never a request's (a Hub id would
 # download; a folder would be a path on the server).
-SERVER_ONLY = ("vl.model", "layered.model", "layered.edit_model", "control.model")
+SERVER_ONLY = ("vl.model", "vl.device", "layered.model", "layered.edit_model", "control.model")
 # The page's own request fields that are not settings (the seed, given per request)
 SEED = {
     "key": "seed",

@@ -19,7 +19,7 @@ from llmdit_cli.errors import LlmditError, marked_keys, render
 ENCODE_SECTIONS = ("encoder",)
 GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype", "vl", "control")
 # Which model loads is the server's choice (`catalog.SERVER_ONLY`)
-NOT_SETTABLE = ("vl.model", "layered.model", "layered.edit_model", "control.model")
+NOT_SETTABLE = ("vl.model", "vl.device", "layered.model", "layered.edit_model", "control.model")
 # Settings that name an image: a request sends it (a data URL or `upload:NAME`), never a path.
 IMAGE_FIELDS = ("vl_image", "control_image", "mask")
 ENCODE_EXTRA = ("generation.negative_prompt",)

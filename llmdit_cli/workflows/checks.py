@@ -67,6 +67,10 @@ def validate_encoding(r: Resolved, handle: ModelHandle) -> None:
     """What encoding needs checked, once per request and before the text encoder loads."""
     if r.vl.image:
         check_feature(handle.family, "vision", "vl.image", handle.ref)
+    if r.vl.device:
+        from llmdit_cli.models.placement import check_device
+
+        check_device(r.vl.device, setting("vl.device"))
     check_limits(r, handle, ("encoder",))
 
 

@@ -91,7 +91,7 @@ def with_vision(handle: ModelHandle, embeds: list, prompts: list[str], r: Resolv
     pl = handle.placement
     if report is not None:
         report.log(f"vision conditioning: {v.image} at alpha {v.alpha} ({v.blend_mode})")
-    model = vision.load(v.model, pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
+    model = vision.load(v.model, v.device or pl.device_for("text_encoder"), pl.torch_dtype(), pl.cpu_offload != "none")
     blended = []
     for tensor, prompt in zip(embeds, prompts):
         states = model.states(image, prompt, v.hidden_layer, v.tokens)
