@@ -21,7 +21,9 @@ HELP = {
     "assistant_content": {"help": "Text that opens the assistant turn.", "panel": "Prompt formatting"},
     "attention_backend": {
         "help": "auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, "
-        "sage, xformers (diffusers' attention dispatch).",
+        "sage, xformers (diffusers' attention dispatch). auto takes the "
+        "first usable of flash_3, flash, sage, xformers (said once), else "
+        "sdpa.",
         "panel": "Speed and memory",
     },
     "cache": {

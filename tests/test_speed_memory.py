@@ -221,3 +221,27 @@ def test_vae_tile_size_and_overlap_reach_the_vae(cli):
     assert r.code == 0, r.stderr
     r = cli("generate", PROMPT, "--model", "demo", "--vae-tile-overlap", 0.9, "-o", "x.png")
     assert r.code != 0 and "--vae-tile-overlap 0.9: must be less than or equal to 0.5" in r.stderr
+
+
+def test_attention_auto_takes_the_first_usable_backend_by_priority(monkeypatch):
+    from llmdit_cli.models import optimise
+
+    usable = {"sage", "xformers"}
+    monkeypatch.setattr(optimise, "attention_backend_problem", lambda name, device: None if name in usable else "no")
+    assert optimise.auto_attention_backend("cuda") == "sage"  # before xformers
+    usable.add("flash")
+    assert optimise.auto_attention_backend("cuda") == "flash"
+    usable.clear()
+    assert optimise.auto_attention_backend("cuda") is None  # diffusers' default (SDPA)
+    monkeypatch.undo()
+    assert optimise.auto_attention_backend("cpu") is None  # every faster backend needs CUDA
+
+    class Transformer:
+        backend = None
+
+        def set_attention_backend(self, name):
+            self.backend = name
+
+    t = Transformer()
+    assert optimise.set_attention_backend(t, "auto", "cpu") is None and t.backend is None  # as stock
+    assert optimise.set_attention_backend(t, "native", "cpu") is None and t.backend == "_native_math"

@@ -559,7 +559,8 @@ AttentionBackendOpt = setting_option(
     "attention_backend",
     Optional[str],
     "--attention-backend",
-    help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention dispatch).",
+    help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention "
+    "dispatch). auto takes the first usable of flash_3, flash, sage, xformers (said once), else sdpa.",
     rich_help_panel=G_SPEED,
 )
 CompileOpt = setting_option(

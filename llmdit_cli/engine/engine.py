@@ -238,8 +238,11 @@ class Engine:
             start = self._start_latents(req, handle)
             jobs = wf.plan_jobs(e, req.seeds, r, handle, req.mode)
             with handle.using_transformer(transformer):
+                fresh = not handle.loaded("transformer")
                 with report.status(f"loading {handle.ref}"):
                     handle.pipeline("transformer", "vae")
+                if fresh and handle.auto_attention:  # said once, when the transformer loads
+                    report.log(f"attention: {handle.auto_attention} ({setting('optimization.attention_backend')} auto)")
                 latents = wf.run_jobs(handle, e, jobs, r, report, start)
             images = self._decode_all(handle, latents) if req.decode else [None] * len(latents)
         return [Generated(lat, job.settings, img) for job, lat, img in zip(jobs, latents, images)]

@@ -40,6 +40,7 @@ class ModelHandle:
     _keys: dict = field(default_factory=dict)
     _limits: Any = None
     _extras: dict = field(default_factory=dict)
+    auto_attention: str | None = None  # the backend `attention_backend auto` chose, if not the default
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -90,6 +91,9 @@ class ModelHandle:
         if component not in self._keys:
             self._keys[component] = _weights_key(self.folder, component)
         return self._keys[component]
+
+    def loaded(self, component: str) -> bool:
+        return component in self._loaded
 
     def tokenizer(self):
         """The text tokenizer: the pipeline's when loaded, else read alone from the folder (no
@@ -192,7 +196,9 @@ class ModelHandle:
         if "vae" in new and pl.vae_tiling:
             enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor, pl.vae_tile_size, pl.vae_tile_overlap)
         if "transformer" in new:
-            set_attention_backend(pipe.transformer, pl.attention_backend)
+            self.auto_attention = set_attention_backend(
+                pipe.transformer, pl.attention_backend, pl.device_for("transformer")
+            )
         if pl.cpu_offload == "model":
             pipe.enable_model_cpu_offload(device=pl.base_device())
         elif pl.cpu_offload == "sequential":

@@ -64,9 +64,22 @@ def check_attention_backend(name: str, device: str) -> None:
         raise UsageError(f"{setting('optimization.attention_backend')} {name}: {problem}; usable here: {usable}")
 
 
-def set_attention_backend(transformer, name: str) -> None:
-    if name != "auto":
-        transformer.set_attention_backend(ATTENTION_BACKENDS[name])
+# `auto`: the first of these that can run here; none (on CPU, or without the packages): diffusers'
+# default, PyTorch's SDPA, as the stock pipelines run.
+AUTO_PRIORITY = ("flash_3", "flash", "sage", "xformers")
+
+
+def auto_attention_backend(device: str) -> str | None:
+    """The backend `auto` picks on `device`, by `AUTO_PRIORITY`; None: diffusers' default."""
+    return next((name for name in AUTO_PRIORITY if attention_backend_problem(name, device) is None), None)
+
+
+def set_attention_backend(transformer, name: str, device: str) -> str | None:
+    """Set the transformer's attention backend; returns the one `auto` chose (None: the default)."""
+    chosen = auto_attention_backend(device) if name == "auto" else name
+    if chosen is not None:
+        transformer.set_attention_backend(ATTENTION_BACKENDS[chosen])
+    return chosen if name == "auto" else None
 
 
 def check_compile(device: str) -> None:
