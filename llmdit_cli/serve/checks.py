@@ -92,6 +92,16 @@ def check_llmdit(settings: dict[str, Any], limits: ServerLimits) -> None:
             raise ApiError(400, f"llmdit.{name}: {value}, over the limit of {limit}", f"llmdit.{name}")
 
 
+def pop_seed(settings: dict[str, Any]) -> list[int] | None:
+    """A request's `llmdit.seed`, taken out of its settings: [seed], or None when it names none."""
+    seed = settings.pop("seed", None)
+    if seed is None:
+        return None
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
+        raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
+    return [seed]
+
+
 def check_prompts(prompts: list[str], name: str, limits: ServerLimits) -> None:
     if len(prompts) > limits.max_prompts:
         raise ApiError(400, f"{name}: {len(prompts)} prompts, at most {limits.max_prompts} per request", name)

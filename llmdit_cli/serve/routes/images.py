@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 
 from llmdit_cli.errors import LlmditError
 from llmdit_cli.serve import replies, schemas
-from llmdit_cli.serve.checks import check_llmdit, check_prompts
+from llmdit_cli.serve.checks import check_llmdit, check_prompts, pop_seed
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.deps import ServerState, documented, form_body, holding, json_body, run_job
 from llmdit_cli.serve.settings import GENERATE_SECTIONS, ApiError, parse_image_size
@@ -93,16 +93,14 @@ def image_request(body, cfg: ServeConfig, engine, init=None):
 
     check_image_body(body, cfg)
     settings = dict(body.llmdit)
-    seed = settings.pop("seed", None)
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
-        raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
+    seeds = pop_seed(settings)
     size = parse_image_size(body.size)
     if size and max(size) > cfg.limits.max_side:
         raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
         settings.update(width=size[0], height=size[1])
     r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
-    req = GenerateRequest(r, seeds=seeds_for([seed] if seed is not None else None, body.n), prompts=[body.prompt])
+    req = GenerateRequest(r, seeds=seeds_for(seeds, body.n), prompts=[body.prompt])
     if init is not None:
         req.mode, req.init, req.init_source = "img2img", init, "image"
     try:

@@ -63,7 +63,7 @@ def plan_decompose(state: ServerState, body, data: bytes) -> dict[str, Any]:
     limits = state.cfg.limits
     picture, _ = open_image(data, "image", limits.max_image_bytes)
     settings = dict(body.llmdit)
-    seed = pop_seed(settings)
+    seed = one_seed(settings)
     prompt = settings.pop("prompt", "")
     if not isinstance(prompt, str) or len(prompt) > limits.max_prompt_chars:
         raise ApiError(400, f"llmdit.prompt: text of at most {limits.max_prompt_chars} characters", "llmdit.prompt")
@@ -78,13 +78,12 @@ def plan_decompose(state: ServerState, body, data: bytes) -> dict[str, Any]:
     return {"r": r, "image": picture.convert("RGBA"), "seed": seed, "prompt": prompt, "source": source}
 
 
-def pop_seed(settings: dict[str, Any]) -> int:
+def one_seed(settings: dict[str, Any]) -> int:
+    """The request's seed (`checks.pop_seed`), or a random one."""
+    from llmdit_cli.serve.checks import pop_seed
     from llmdit_cli.workflows import seeds_for
 
-    seed = settings.pop("seed", None)
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
-        raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
-    return seeds_for([seed] if seed is not None else None, 1)[0]
+    return seeds_for(pop_seed(settings), 1)[0]
 
 
 def run_decompose(state: ServerState, p: dict[str, Any], job: Job) -> dict[str, Any]:
@@ -215,7 +214,7 @@ async def edit(
         raise ApiError(400, "instruction: empty", "instruction")
     refuse_if_busy(state, stack_id)
     settings = dict(body.llmdit)
-    seed = pop_seed(settings)
+    seed = one_seed(settings)
     from llmdit_cli.workflows import layer_plan
 
     r = await asyncio.to_thread(
