@@ -319,10 +319,6 @@ class History:
         with self._connect() as db:
             return [self._entry(db, row) for row in db.execute(sql, (*args, limit))]
 
-    def exists(self, entry_id: str) -> bool:
-        with self._connect() as db:
-            return db.execute("SELECT 1 FROM entries WHERE id=?", (entry_id,)).fetchone() is not None
-
     def file_path(self, name: str) -> Path | None:
         """The file `name` of a finished entry (None for anything else: no path is taken from a client)."""
         with self._connect() as db:
