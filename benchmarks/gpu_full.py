@@ -70,6 +70,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -173,7 +174,7 @@ def full_spec() -> Spec:
         steps=8,
         caption_tokens=256,
         approx_bytes=21 * 10**9,
-        timeouts=dict(build=240, stock=180, llmdit=240, compile=300),
+        timeouts=dict(build=240, stock=180, llmdit=240, speed=240, compile=300),
     )
 
 
@@ -191,7 +192,7 @@ def tiny_spec() -> Spec:
         steps=2,
         caption_tokens=64,
         approx_bytes=10**7,
-        timeouts=dict(build=120, stock=120, llmdit=180, compile=300),
+        timeouts=dict(build=120, stock=120, llmdit=180, speed=120, compile=300),
     )
 
 
@@ -670,7 +671,7 @@ def stage_image(memo: MemoModel, r, prompt: str, seed: int) -> None:
 
     wf, handle = memo.wf, memo.handle
     e = wf.encode(handle, [prompt], r, with_negative=False)
-    latents = wf.run_jobs(handle, e, wf.plan_jobs(e, [seed], r, handle, "txt2img"), r, Output(quiet=True))
+    latents = wf.run_jobs(handle, wf.plan_jobs(e, [seed], r, handle, "txt2img"), r, Output(quiet=True))
     decode_latents(handle.pipeline("vae"), latents[0])
 
 
@@ -713,6 +714,8 @@ def role_llmdit(args) -> dict:
     if args.role == "compile":
         add("llmdit generate --compile", cli(work / "llmdit_compile.png", ["--compile"]))
         return {"rows": rows}
+    if args.role == "speed":
+        return role_speed(args, spec, device, work, add)
     if args.role == "quantize":  # loads twice more: bitsandbytes quantizes while loading
         for bits in ("8bit", "4bit"):
             memo.release()  # each variant's peak memory without the other's weights
@@ -737,6 +740,29 @@ def role_llmdit(args) -> dict:
     for backend in DIFFUSERS_BACKENDS:
         add(f"llmdit generate + diffusers {backend}", on_backend(backend))
     return {"rows": rows}
+
+
+def role_speed(args, spec: Spec, device: str, work: Path, add) -> dict:
+    """Issue 24 on the GPU: `--batch-size 4` (seconds per image of 4 made together), and Z-Image
+    Base's settings (50 steps, CFG 4) without and with `--step-cache first-block` (PSNR between)."""
+
+    def per_image(png: Path, extra: list[str], images: int):
+        make = lambda s: run_cli(generate_argv(args, spec, device, s, png, extra))  # noqa: E731
+        timed = timed_images(make, args.repeats, device)
+        scaled = [t / images for t in timed["seconds"]]
+        return {**timed, "seconds": scaled, "median_s": statistics.median(scaled), "images_per_call": images}
+
+    batch = ["--num-images", "4", "--batch-size", "4"]
+    add("llmdit generate --batch-size 4 (per image)", lambda: per_image(work / "batch4-{index}.png", batch, 4))
+    base = ["--steps", "50", "--guidance-scale", "4"]
+    plain, cached = work / "base.png", work / "base-cached.png"
+    add("llmdit generate, Z-Image Base settings", lambda: per_image(plain, base, 1))
+    cache = [*base, "--step-cache", "first-block"]
+    if add("llmdit generate, Base settings --step-cache first-block", lambda: per_image(cached, cache, 1)):
+        rows = json.loads(Path(args.result).read_text())["rows"]
+        rows[-1]["psnr_vs_uncached"] = psnr(str(plain), str(cached))
+        write_json(args.result, {"rows": rows})
+    return json.loads(Path(args.result).read_text())
 
 
 # -- role: train -----------------------------------------------------------------------------------
@@ -903,9 +929,13 @@ def best_attention(report: dict) -> dict | None:
     rows = [
         r
         for r in report.get("rows", [])
-        if r.get("ok") and r["name"].startswith("llmdit generate") and "--compile" not in r["name"]
+        if r.get("ok") and r["name"].startswith("llmdit generate") and not SPEED_ROWS.search(r["name"])
     ]
     return min(rows, key=lambda r: r["median_s"], default=None)
+
+
+# Rows of other settings than the attention comparison's (compile, issue 24's batch and Base runs).
+SPEED_ROWS = re.compile(r"--compile|--batch-size|Base settings")
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -951,6 +981,9 @@ def print_report(report: dict) -> None:
     stock = next((r for r in report["rows"] if r.get("png_s") is not None), None)
     if stock:
         print(f"writing one such image as PNG (PIL, part of every `llmdit generate` row): {stock['png_s']:.3f} s")
+    cached = next((r for r in report["rows"] if r.get("psnr_vs_uncached") is not None), None)
+    if cached:
+        print(f"--step-cache first-block vs uncached at Base settings: PSNR {cached['psnr_vs_uncached']:.1f} dB")
     if report.get("psnr_stock_llmdit_db") is not None:
         print(f"stock vs llmdit image, same seed: PSNR {report['psnr_stock_llmdit_db']:.1f} dB")
 
@@ -983,7 +1016,7 @@ def bench(args) -> dict:
         report["rows"].append({"name": "build", "ok": False, "error": f"no model folder ({report['roles']['build']})"})
     else:
         common = ["--folder", str(folder), "--prompt", build["prompt"]]
-        for role in ("stock", "llmdit", *(() if args.skip_compile else ("compile",))):
+        for role in ("stock", "llmdit", "speed", *(() if args.skip_compile else ("compile",))):
             if left(role) < 20:
                 report["rows"].append({"name": role, "ok": False, "error": "skipped: out of time budget"})
                 continue
@@ -1033,8 +1066,11 @@ def summary(args) -> None:
         best = best_attention(report)
         if best:
             lines.append(f"| fastest llmdit attention | {best['name']} |")
-        if report.get("psnr_stock_llmdit_db") is not None:
-            lines.append(f"| stock vs llmdit image, same seed | PSNR {report['psnr_stock_llmdit_db']:.1f} dB |")
+        cached = next((r for r in report["rows"] if r.get("psnr_vs_uncached") is not None), None)
+    if cached:
+        print(f"--step-cache first-block vs uncached at Base settings: PSNR {cached['psnr_vs_uncached']:.1f} dB")
+    if report.get("psnr_stock_llmdit_db") is not None:
+        lines.append(f"| stock vs llmdit image, same seed | PSNR {report['psnr_stock_llmdit_db']:.1f} dB |")
     else:
         lines.append("| gpu_full | no result file |")
     for path in args.train or []:
@@ -1078,7 +1114,7 @@ def parse(argv: list[str]):
     p.add_argument(
         "--role",
         default="bench",
-        choices=["bench", "build", "stock", "llmdit", "compile", "quantize", "train", "dataset", "summary"],
+        choices=["bench", "build", "stock", "llmdit", "compile", "speed", "quantize", "train", "dataset", "summary"],
     )
     p.add_argument("--result", help="(roles) JSON result file; (summary) the benchmark's JSON")
     p.add_argument("--work", help="folder for the images and per-step results (default: a temp dir)")
@@ -1102,6 +1138,7 @@ def main() -> None:
         "stock": role_stock,
         "llmdit": role_llmdit,
         "compile": role_llmdit,
+        "speed": role_llmdit,
         "quantize": role_llmdit,
         "dataset": role_dataset,
     }

@@ -133,6 +133,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l vl-tokens -d 'Whic
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l batch-size -d 'Images per transformer forward (default 1); the same pixels as one at a time' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
@@ -188,6 +189,8 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-layers -d 'T
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-scale -d 'SLG strength; 0 = off, > 0 turns SLG on' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-start -d 'SLG runs from this fraction of the steps (0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l slg-stop -d '' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l step-cache -d 'none or first-block' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l step-cache-threshold -d 'With --step-cache: the first blocks relative change under which a step reuses the cache (default 0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l steps -d 'Denoising steps (model default: 8 for Z-Image-Turbo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l system-prompt -d 'System turn put before the prompt' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l template -d 'Prompt template by name (`llmdit templates list`): its system prompt and think-block settings; the flags above override them' -r -F
@@ -224,6 +227,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from show' -l json -d 'Print JSON 
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l api-key-env -d 'Environment variable with the servers token (sent as a Bearer token when set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l attention-backend -d 'auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers attention dispatch)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l batch-size -d 'Images per transformer forward (default 1); the same pixels as one at a time' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
@@ -281,6 +285,8 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-layers -d 'Tr
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-scale -d 'SLG strength; 0 = off, > 0 turns SLG on' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-start -d 'SLG runs from this fraction of the steps (0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l slg-stop -d '' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l step-cache -d 'none or first-block' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l step-cache-threshold -d 'With --step-cache: the first blocks relative change under which a step reuses the cache (default 0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l steps -d 'Denoising steps (model default: 8 for Z-Image-Turbo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l strength -d 'How much to change the input, 0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l system-prompt -d 'System turn put before the prompt' -r -F
@@ -351,6 +357,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l host -d 'Address to bind; 0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l layered-model -d 'Hub id or local folder of a Qwen-Image-Layered model' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l lora-dir -d 'Folder of LoRA files requests may name (llmdit' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-batch -d 'Waiting text-to-image requests with the same settings run together, up to this many (also images per forward); each gets its own seeds pixels' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-body-bytes -d 'Largest request body, in bytes' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-image-bytes -d 'Largest uploaded image (img2img input, vision image), in bytes' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l max-images -d 'Most images per request (n)' -r -F

@@ -296,6 +296,8 @@ def write_bytes_atomic(path: str, data: bytes, tag: str = "") -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{path}: is a folder; cannot write a file there")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=target.parent)
     try:
@@ -307,6 +309,55 @@ def write_bytes_atomic(path: str, data: bytes, tag: str = "") -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class BackgroundWriter:
+    """Runs writes on one thread while the caller goes on (the next image denoises while the last
+    is PNG-encoded and written): in the order given, at most `depth` waiting (`put` waits for a
+    place, so memory stays bounded). The first failure is raised to the caller at its next `put`
+    or when the block ends, and nothing queued after it runs; each write is atomic, so nothing is
+    left half-written."""
+
+    def __init__(self, depth: int = 2):
+        import queue
+
+        self._tasks: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="llmdit-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, task) -> None:
+        self._raise()
+        self._tasks.put(task)
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            if self._error is None:
+                try:
+                    task()
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Wait for the queued writes; raise the first failure."""
+        self._tasks.put(None)
+        self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.close()
+            return
+        # The caller failed (or was interrupted): the images already made are still written whole.
+        self._tasks.put(None)
+        self._thread.join()
 
 
 def _umask() -> int:

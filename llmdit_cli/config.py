@@ -29,6 +29,8 @@ class _Section(StrictModel):
     # "none" (not recorded; the encoder's settings travel with the embeddings instead).
     record: ClassVar[str] = "reapply"
     not_recorded: ClassVar[tuple[str, ...]] = ()
+    # Fields of a "note" section that are fed back all the same (they change the pixels).
+    reapplied: ClassVar[tuple[str, ...]] = ()
     # Fields recorded only in some modes: {field: modes}.
     only_in: ClassVar[dict[str, tuple[str, ...]]] = {}
 
@@ -70,6 +72,7 @@ class VisionSettings(_Section):
 class GenerationSettings(_Section):
     # None means: the model family's default (see llmdit_cli.families).
     only_in: ClassVar[dict[str, tuple[str, ...]]] = {"strength": ("img2img",), "mask": ("img2img",)}
+    not_recorded: ClassVar[tuple[str, ...]] = ("batch_size",)  # the same pixels at any batch size
     width: int | None = None
     height: int | None = None
     steps: int | None = None
@@ -79,6 +82,7 @@ class GenerationSettings(_Section):
     negative_prompt: str | None = None
     strength: float = 0.6
     mask: str | None = None  # img2img: white repaints (inpainting)
+    batch_size: int = Field(default=1, ge=1, le=64)  # images per transformer forward
 
 
 class ControlSettings(_Section):
@@ -174,6 +178,7 @@ class LayeredSettings(_Section):
 class OptimizationSettings(_Section):
     record: ClassVar[str] = "note"
     not_recorded: ClassVar[tuple[str, ...]] = ("dtype", "device", "text_encoder_device", "dit_device", "vae_device")
+    reapplied: ClassVar[tuple[str, ...]] = ("step_cache", "step_cache_threshold")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     text_encoder_device: str | None = None
@@ -187,6 +192,13 @@ class OptimizationSettings(_Section):
     vae_tile_overlap: float | None = Field(default=None, ge=0, le=0.5)  # None: diffusers' 0.25
     quantize: Literal["none", "8bit", "4bit"] = "none"
     transformer_file: str | None = None
+    step_cache: Literal["none", "first-block"] = "none"
+    step_cache_threshold: float = Field(default=0.08, gt=0, le=1)
+
+    def placement(self) -> dict[str, Any]:
+        """The fields that say how a model loads and runs (`models.Placement`), without the ones
+        that act per run (the step cache): two runs that differ only there share a loaded model."""
+        return self.model_dump(exclude=set(self.reapplied))
 
 
 class Settings(_Section):
@@ -456,10 +468,9 @@ def recorded_keys(mode: str, kinds: tuple[str, ...] = ("reapply", "note")) -> li
     """(key, flag name) of every setting an image's record holds, in section order."""
     keys = [("model", "model")]
     for section, cls in SECTIONS.items():
-        if cls.record not in kinds:
-            continue
         for name in cls.model_fields:
-            if name in cls.not_recorded or mode not in cls.only_in.get(name, (mode,)):
+            kind = "reapply" if name in cls.reapplied else cls.record
+            if kind not in kinds or name in cls.not_recorded or mode not in cls.only_in.get(name, (mode,)):
                 continue
             keys.append((f"{section}.{name}", _flag_name(cls, name)))
     return keys

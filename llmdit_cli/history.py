@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -113,10 +114,11 @@ def is_id(text: str) -> bool:
 
 
 class History:
-    """The history of one data folder; each call opens its own connection (threads and processes
-    share the folder safely)."""
+    """The history of one data folder. Each thread keeps one connection (threads and processes
+    share the folder safely); a call made while its thread's connection is busy opens its own."""
 
     def __init__(self, root: str | Path):
+        self._local = threading.local()
         self.root = Path(root).expanduser()
         self.files = self.root / "files"
         self.stacks = self.root / "stacks"
@@ -133,16 +135,31 @@ class History:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Kept open: closing the last connection to a WAL database checkpoints it, which cost a
+        # served image more than its own insert.
+        local = self._local
+        if getattr(local, "busy", False):
+            with closing(self._open()) as db:
+                yield db
+            return
+        if getattr(local, "db", None) is None:
+            local.db = self._open()
+        local.busy = True
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise UsageError(f"{self.path}: cannot open the history database ({exc})") from None
-        with closing(db):
+            yield local.db
+        finally:
+            local.busy = False
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            yield db
+        except sqlite3.Error as exc:
+            raise UsageError(f"{self.path}: cannot open the history database ({exc})") from None
+        return db
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -26,6 +26,12 @@ HELP = {
         "sdpa.",
         "panel": "Speed and memory",
     },
+    "batch_size": {
+        "help": "Images per transformer forward (default 1); the same pixels as one at a "
+        "time. Faster where the GPU has room: activation memory grows N times (2N "
+        "with CFG).",
+        "panel": "Speed and memory",
+    },
     "cache": {
         "help": "Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`).",
         "panel": "Prompt formatting",
@@ -212,6 +218,18 @@ HELP = {
     },
     "slg_start": {"help": "SLG runs from this fraction of the steps (0..1) ...", "panel": "Skip-layer guidance"},
     "slg_stop": {"help": "... until this fraction (exclusive).", "panel": "Skip-layer guidance"},
+    "step_cache": {
+        "help": "none or first-block. first-block: a step whose first block changes little "
+        "reuses what the other blocks added last time (faster, a slightly "
+        "different image). Default none.",
+        "panel": "Speed and memory",
+    },
+    "step_cache_threshold": {
+        "help": "With --step-cache: the first block's relative change under "
+        "which a step reuses the cache (default 0.08); higher is faster "
+        "and further from uncached.",
+        "panel": "Speed and memory",
+    },
     "steps": {"help": "Denoising steps (model default: 8 for Z-Image-Turbo).", "panel": "Generation"},
     "strength": {"help": "How much to change the input, 0..1 (default 0.6).", "panel": "Generation"},
     "system_prompt": {"help": "System turn put before the prompt.", "panel": "Prompt formatting"},

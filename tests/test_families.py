@@ -92,9 +92,10 @@ def test_the_image_record_follows_the_settings_sections():
             expected = (
                 section not in ("encoder", "vl", "templates", "cache", "layered", "rewriter")
                 and flag not in machine
-                and flag not in ("strength", "mask")
+                and flag not in ("strength", "mask", "batch_size")  # batch_size: the same pixels at any size
             )
             assert (flag in record) == expected, flag
     assert {"strength", "mask"} <= set(resolve_defaults({"model": "demo"}).record("img2img"))
     assert "attention_backend" in record and "attention_backend" not in reapplied_fields()
+    assert {"step_cache", "step_cache_threshold"} <= set(reapplied_fields())  # it changes the pixels
     assert {"steps", "slg_layers", "dype_method", "loras", "model"} <= set(reapplied_fields())

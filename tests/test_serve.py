@@ -62,6 +62,7 @@ def test_images_have_the_pixels_and_settings_of_generate(server, cli):
     r = cli(
         "generate", PROMPT, "--model", "demo", "-W", "64", "-H", "48", "--seed", "7", "--num-images", "2",
         "--steps", "3", "--slg-scale", "2.0", "--slg-layers", "1-2", "--lora", f"{lora}:0.7", "-o", "local-{seed}.png",
+        "--batch-size", "4",  # the server's --max-batch: both images in one forward, as the server makes them
     )  # fmt: skip
     assert r.code == 0, r.stderr
     from llmdit_cli.pngmeta import settings_of

@@ -11,6 +11,7 @@ from llmdit_cli.cli.options import (
     REMOTE_KEY_ENV,
     AssistantOpt,
     AttentionBackendOpt,
+    BatchSizeOpt,
     CacheDirOpt,
     CacheOpt,
     CaptionFillOpt,
@@ -61,6 +62,8 @@ from llmdit_cli.cli.options import (
     SlgScaleOpt,
     SlgStartOpt,
     SlgStopOpt,
+    StepCacheOpt,
+    StepCacheThresholdOpt,
     StepsOpt,
     StrengthOpt,
     SystemPromptOpt,
@@ -170,6 +173,9 @@ def generate(
     dype_base_resolution: DypeBaseResOpt = None,
     attention_backend: AttentionBackendOpt = None,
     compile: CompileOpt = None,
+    batch_size: BatchSizeOpt = None,
+    step_cache: StepCacheOpt = None,
+    step_cache_threshold: StepCacheThresholdOpt = None,
     vae_tiling: VaeTilingOpt = None,
     vae_tile_size: VaeTileSizeOpt = None,
     vae_tile_overlap: VaeTileOverlapOpt = None,
@@ -258,6 +264,9 @@ def img2img(
     dype_base_resolution: DypeBaseResOpt = None,
     attention_backend: AttentionBackendOpt = None,
     compile: CompileOpt = None,
+    batch_size: BatchSizeOpt = None,
+    step_cache: StepCacheOpt = None,
+    step_cache_threshold: StepCacheThresholdOpt = None,
     vae_tiling: VaeTilingOpt = None,
     vae_tile_size: VaeTileSizeOpt = None,
     vae_tile_overlap: VaeTileOverlapOpt = None,
@@ -298,8 +307,6 @@ def _render(mode: str, o: dict) -> None:
     from llmdit_cli import workflows as wf
     from llmdit_cli.artifacts import (
         check_binary_target,
-        write_bytes_atomic,
-        write_latents_file,
     )
     from llmdit_cli.config import VisionSettings, reapplied_fields
 
@@ -307,7 +314,6 @@ def _render(mode: str, o: dict) -> None:
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.errors import UsageError
     from llmdit_cli.paths import plan_paths
-    from llmdit_cli.pngmeta import png_bytes
     from llmdit_cli.prompts import collect_prompts
 
     output, save_latents, seed = o["output"], o["save_latents"], o["seed"]
@@ -361,35 +367,61 @@ def _render(mode: str, o: dict) -> None:
     if seed is None:
         out.log(f"seed {req.seeds[0]} (random; pass --seed to choose)")
     req.decode = not save_latents  # finished latents are on disk before decoding can fail (memory)
-    results = engine.generate(req, out)
     if save_latents:
-        import torch
+        _write_latents_then_images(engine, req, paths, save_latents, out)
+    else:
+        _generate_and_write(engine, req, paths, out)
 
-        from llmdit_cli.engine import DecodeRequest
 
-        stacked = torch.cat([g.latents for g in results], dim=0)
-        handle, _ = engine.model(req.settings)
-        g0 = req.settings.generation
-        write_latents_file(
-            save_latents,
-            stacked,
-            wf.latents_identity(handle),
-            g0.height,
-            g0.width,
-            {"images": [g.settings for g in results]},
-        )
-        out.wrote(
-            save_latents,
-            "latents",
-            prompt=[g.prompt for g in results],
-            seed=[g.seed for g in results],
-            settings=[g.settings for g in results],
-        )
-        for g, image in zip(results, engine.decode(DecodeRequest(req.settings, stacked, save_latents), out)):
-            g.image = image
+def _write_latents_then_images(engine, req, paths: list[str], save_latents: str, out: Output) -> None:
+    """The latents file first (on disk before decoding can fail for memory), then the images."""
+    import torch
+
+    from llmdit_cli import workflows as wf
+    from llmdit_cli.artifacts import write_bytes_atomic, write_latents_file
+    from llmdit_cli.engine import DecodeRequest
+    from llmdit_cli.pngmeta import png_bytes
+
+    results = engine.generate(req, out)
+    stacked = torch.cat([g.latents for g in results], dim=0)
+    handle, _ = engine.model(req.settings)
+    g0 = req.settings.generation
+    write_latents_file(
+        save_latents,
+        stacked,
+        wf.latents_identity(handle),
+        g0.height,
+        g0.width,
+        {"images": [g.settings for g in results]},
+    )
+    out.wrote(
+        save_latents,
+        "latents",
+        prompt=[g.prompt for g in results],
+        seed=[g.seed for g in results],
+        settings=[g.settings for g in results],
+    )
+    for g, image in zip(results, engine.decode(DecodeRequest(req.settings, stacked, save_latents), out)):
+        g.image = image
     for g, path in zip(results, paths):
         write_bytes_atomic(path, png_bytes(g.image, g.settings))
         out.wrote(path, "image", prompt=g.prompt, seed=g.seed, settings=g.settings)
+
+
+def _generate_and_write(engine, req, paths: list[str], out: Output) -> None:
+    """Each image written (PNG-encoded, atomically, in order) on a writer thread while the next
+    one is made: the PNG stays off the critical path."""
+    from llmdit_cli.artifacts import BackgroundWriter, write_bytes_atomic
+    from llmdit_cli.pngmeta import png_bytes
+
+    targets = iter(paths)
+
+    def write(g, path: str) -> None:
+        write_bytes_atomic(path, png_bytes(g.image, g.settings))
+        out.wrote(path, "image", prompt=g.prompt, seed=g.seed, settings=g.settings)
+
+    with BackgroundWriter(depth=2) as writer:
+        engine.generate(req, out, each=lambda g: writer.put(lambda path=next(targets): write(g, path)))
 
 
 def _png_settings(path: str) -> dict:

@@ -571,6 +571,30 @@ CompileOpt = setting_option(
     show_default=False,
     rich_help_panel=G_SPEED,
 )
+BatchSizeOpt = setting_option(
+    "batch_size",
+    Optional[int],
+    "--batch-size",
+    help="Images per transformer forward (default {default}); the same pixels as one at a time. "
+    "Faster where the GPU has room: activation memory grows N times (2N with CFG).",
+    rich_help_panel=G_SPEED,
+)
+StepCacheOpt = setting_option(
+    "step_cache",
+    Optional[str],
+    "--step-cache",
+    help="{choices}. first-block: a step whose first block changes little reuses what the other "
+    "blocks added last time (faster, a slightly different image). Default {default}.",
+    rich_help_panel=G_SPEED,
+)
+StepCacheThresholdOpt = setting_option(
+    "step_cache_threshold",
+    Optional[float],
+    "--step-cache-threshold",
+    help="With --step-cache: the first block's relative change under which a step reuses the "
+    "cache (default {default}); higher is faster and further from uncached.",
+    rich_help_panel=G_SPEED,
+)
 VaeTilingOpt = setting_option(
     "vae_tiling",
     Optional[bool],

@@ -99,6 +99,15 @@ MaxQueueOpt = Annotated[
     int,
     typer.Option("--max-queue", help="Requests that may wait for the model; more get 503.", rich_help_panel=G_LIMITS),
 ]
+MaxBatchOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-batch",
+        help="Waiting text-to-image requests with the same settings run together, up to this many "
+        "(also images per forward); each gets its own seed's pixels. 1: one at a time.",
+        rich_help_panel=G_LIMITS,
+    ),
+]
 MaxBodyOpt = Annotated[
     int, typer.Option("--max-body-bytes", help="Largest request body, in bytes.", rich_help_panel=G_LIMITS)
 ]
@@ -133,6 +142,7 @@ def serve(
     lora_dir: LoraDirOpt = None,
     data_dir: DataDirOpt = None,
     max_queue: MaxQueueOpt = 8,
+    max_batch: MaxBatchOpt = 4,
     max_body_bytes: MaxBodyOpt = 1 << 20,
     max_image_bytes: MaxImageBytesOpt = 16 << 20,
     max_prompt_chars: MaxPromptOpt = 4000,
@@ -187,6 +197,7 @@ def serve(
         raise UsageError("--encoder-url is for a DiT server (--components dit or all)")
     for name, value in [
         ("--max-queue", max_queue),
+        ("--max-batch", max_batch),
         ("--max-body-bytes", max_body_bytes),
         ("--max-prompt-chars", max_prompt_chars),
         ("--max-images", max_images),
@@ -259,6 +270,7 @@ def serve(
             max_tokens,
             max_steps=max_steps,
             max_image_bytes=max_image_bytes,
+            max_batch=max_batch,
         ),
         trusted_hosts=None if token or host not in LOOPBACK else ["127.0.0.1", "localhost", "::1", "[::1]"],
         data_dir=Path(data_dir).expanduser() if data_dir else None,

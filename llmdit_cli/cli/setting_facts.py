@@ -6,6 +6,7 @@ FACTS = {
         "choices": ["auto", "native", "sdpa", "flash", "flash_3", "sage", "xformers"],
         "default": "auto",
     },
+    "batch_size": {"default": 1},
     "cache": {"default": True},
     "caption_fill": {
         "choices": [
@@ -46,6 +47,8 @@ FACTS = {
     "rewriter_template": {"default": "general-enhancer"},
     "rewriter_timeout": {"default": 120.0},
     "slg": {"default": False},
+    "step_cache": {"choices": ["none", "first-block"], "default": "none"},
+    "step_cache_threshold": {"default": 0.08},
     "strength": {"default": 0.6},
     "vae_tiling": {"default": False},
     "vl_alpha": {"default": 0.3},

@@ -54,6 +54,15 @@ class Silent:
         yield lambda done, total_, info="": None
 
 
+def batch_key(req: GenerateRequest) -> str:
+    """What requests batched together share: every value of the plan but the negative prompt
+    (its embeddings are per image), and the input (txt2img only, or one and the same input)."""
+    import json
+
+    values = {k: v for k, v in req.settings.values.items() if k != "generation.negative_prompt"}
+    return json.dumps([values, req.mode, id(req.init) if req.init is not None else None, req.decode], default=str)
+
+
 class Engine:
     """Loads each model once and serves encode / generate / decode requests, from any thread."""
 
@@ -68,7 +77,8 @@ class Engine:
     def key_for(r: Resolved) -> tuple:
         """What identifies the model settings run: its reference, LoRA stack and placement."""
         s = r.settings
-        return (s.model, tuple(s.lora.loras), tuple(str(v) for v in s.optimization.model_dump().values()))
+        placement = s.optimization.placement()
+        return (s.model, tuple(s.lora.loras), tuple(str(v) for v in placement.values()))
 
     def model(self, r: Resolved, task: str = "text-to-image"):
         """The handle for the settings' model (components load on first use) and its lock; a
@@ -216,36 +226,68 @@ class Engine:
         wf.check_control(r, handle, req.mode, report)
         return replace(req, settings=r.as_prepared())
 
-    def generate(self, req: GenerateRequest, report: Reporter | None = None, transformer=None) -> list[Generated]:
+    def generate(
+        self, req: GenerateRequest, report: Reporter | None = None, transformer=None, each=None
+    ) -> list[Generated]:
         """Make the request's images; `transformer` runs in place of the model's own (validation
-        images of a transformer being trained)."""
+        images of a transformer being trained). `each(generated)` is told of every image as soon
+        as it is made (and decoded), in order, while the next ones are being made."""
+        return self.generate_many([req], report, transformer, each)[0]
+
+    def generate_many(
+        self, reqs: list[GenerateRequest], report: Reporter | None = None, transformer=None, each=None
+    ) -> list[list[Generated]]:
+        """The images of several requests whose plans differ only in what a batch may mix
+        (`batch_key`: prompts, seeds, the negative prompt), made `generation.batch_size` to a
+        transformer forward across requests; each request's images, in order."""
         report = report or Silent()
-        req = self.prepare(req, report)
-        r = req.settings
+        reqs = [self.prepare(q, report) for q in reqs]
+        if len({batch_key(q) for q in reqs}) > 1:
+            raise UsageError("requests batched together must share every setting but prompts and seeds")
+        r = reqs[0].settings
         handle, lock = self.model(r)
-        cfg = handle.code.wants_negative(r.generation)
         with lock:
-            e = req.embeds
-            if e is None:
-                with report.status(f"encoding {len(req.prompts)} prompt(s)"):
-                    e = wf.encode(handle, req.prompts, r, with_negative=cfg, report=report)
-            wf.check_embeds_fit(e, handle, report, r)
-            if cfg and len(e.uncond) != len(e.cond):
-                raise UsageError(
-                    f"{e.source}: {setting('generation.guidance_scale')} {r.generation.guidance_scale} "
-                    f"needs negative embeddings, and this file has none"
-                )
-            start = self._start_latents(req, handle)
-            jobs = wf.plan_jobs(e, req.seeds, r, handle, req.mode)
+            jobs, owners = [], []
+            for n, q in enumerate(reqs):
+                e = self._embeddings(q, handle, report)
+                planned = wf.plan_jobs(e, q.seeds, q.settings, handle, q.mode)
+                jobs += [replace(job, index=len(jobs) + k) for k, job in enumerate(planned)]
+                owners += [n] * len(planned)
+            start = self._start_latents(reqs[0], handle)
+            made: list[Generated] = []
+
+            def finished(batch, latents) -> None:
+                # One VAE call per batch, as the stock pipelines decode theirs.
+                images = handle.code.decode_latents(handle.pipeline("vae"), latents) if reqs[0].decode else None
+                for k, job in enumerate(batch):
+                    made.append(Generated(latents[k : k + 1], job.settings, images[k] if images else None))
+                    if each is not None:
+                        each(made[-1])
+
             with handle.using_transformer(transformer):
                 fresh = not handle.loaded("transformer")
                 with report.status(f"loading {handle.ref}"):
                     handle.pipeline("transformer", "vae")
                 if fresh and handle.auto_attention:  # said once, when the transformer loads
                     report.log(f"attention: {handle.auto_attention} ({setting('optimization.attention_backend')} auto)")
-                latents = wf.run_jobs(handle, e, jobs, r, report, start)
-            images = self._decode_all(handle, latents) if req.decode else [None] * len(latents)
-        return [Generated(lat, job.settings, img) for job, lat, img in zip(jobs, latents, images)]
+                wf.run_jobs(handle, jobs, r, report, start, finished)
+        return [[g for g, o in zip(made, owners) if o == n] for n in range(len(reqs))]
+
+    def _embeddings(self, req: GenerateRequest, handle, report):
+        """The request's embeddings (given, or encoded now), checked against the model and CFG."""
+        r = req.settings
+        cfg = handle.code.wants_negative(r.generation)
+        e = req.embeds
+        if e is None:
+            with report.status(f"encoding {len(req.prompts)} prompt(s)"):
+                e = wf.encode(handle, req.prompts, r, with_negative=cfg, report=report)
+        wf.check_embeds_fit(e, handle, report, r)
+        if cfg and len(e.uncond) != len(e.cond):
+            raise UsageError(
+                f"{e.source}: {setting('generation.guidance_scale')} {r.generation.guidance_scale} "
+                f"needs negative embeddings, and this file has none"
+            )
+        return e
 
     def _start_latents(self, req: GenerateRequest, handle):
         """The img2img start: the image (encoded in the loop), or the given latents, validated."""

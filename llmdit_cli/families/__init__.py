@@ -71,6 +71,7 @@ FEATURES = {
     "lora": "LoRAs",
     "control": "ControlNets",
     "inpaint": "inpainting (img2img with a mask)",
+    "step_cache": "a step cache",
 }
 
 REGISTRY: list[Family] = []

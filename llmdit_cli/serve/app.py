@@ -71,7 +71,7 @@ def create_app(cfg: ServeConfig, engine=None):
 
     @asynccontextmanager
     async def lifespan(app):
-        state.queue = WorkQueue(cfg.limits.max_queue, log.info)
+        state.queue = WorkQueue(cfg.limits.max_queue, log.info, cfg.limits.max_batch)
         yield
         state.queue.close()
 

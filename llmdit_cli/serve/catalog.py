@@ -18,7 +18,14 @@ from llmdit_cli.serve.settings import PUBLIC_NAMES, ServerSettings
 SECTIONS = ("encoder", "vl", "generation", "control", "scheduler", "lora", "slg", "dype", "layered")
 # Which model or component to load is the server's choice, never a request's (a Hub id would
 # download; a folder would be a path on the server).
-SERVER_ONLY = ("vl.model", "vl.device", "layered.model", "layered.edit_model", "control.model")
+SERVER_ONLY = (
+    "vl.model",
+    "vl.device",
+    "layered.model",
+    "layered.edit_model",
+    "control.model",
+    "generation.batch_size",  # the server's --max-batch
+)
 # The page's own request fields that are not settings (the seed, given per request)
 SEED = {
     "key": "seed",
@@ -38,8 +45,9 @@ SEED = {
 def request_keys() -> list[str]:
     """Every setting key a request may give (in the sections' field order)."""
     from llmdit_cli.config import SECTIONS as CONFIG_SECTIONS
+    from llmdit_cli.serve.settings import GENERATE_EXTRA
 
-    keys = [f"{s}.{f}" for s in SECTIONS for f in CONFIG_SECTIONS[s].model_fields]
+    keys = [f"{s}.{f}" for s in SECTIONS for f in CONFIG_SECTIONS[s].model_fields] + list(GENERATE_EXTRA)
     return [k for k in keys if k not in SERVER_ONLY]
 
 

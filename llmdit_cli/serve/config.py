@@ -24,6 +24,7 @@ class ServerLimits:
     max_messages: int = 64
     max_lora_models: int = 2  # models loaded with LoRAs, besides the base one
     max_image_bytes: int = 16 << 20  # one uploaded image (img2img input, vision image, edit source)
+    max_batch: int = 4  # waiting text-to-image requests run together, images per forward
 
 
 @dataclass

@@ -18,8 +18,18 @@ from llmdit_cli.errors import LlmditError, marked_keys, render
 # Sections a request may set, per endpoint.
 ENCODE_SECTIONS = ("encoder",)
 GENERATE_SECTIONS = ("encoder", "generation", "scheduler", "lora", "slg", "dype", "vl", "control")
-# Which model loads is the server's choice (`catalog.SERVER_ONLY`)
-NOT_SETTABLE = ("vl.model", "vl.device", "layered.model", "layered.edit_model", "control.model")
+# Settings of other sections an images request may give: the step cache changes the pixels.
+GENERATE_EXTRA = ("optimization.step_cache", "optimization.step_cache_threshold")
+# Which model loads is the server's choice (`catalog.SERVER_ONLY`), and how many images share a
+# forward (`--max-batch`).
+NOT_SETTABLE = (
+    "vl.model",
+    "vl.device",
+    "layered.model",
+    "layered.edit_model",
+    "control.model",
+    "generation.batch_size",
+)
 # Settings that name an image: a request sends it (a data URL or `upload:NAME`), never a path.
 IMAGE_FIELDS = ("vl_image", "control_image", "mask")
 ENCODE_EXTRA = ("generation.negative_prompt",)

@@ -69,9 +69,18 @@ class Recipe:
         return dump_toml(self.document())
 
     def fingerprint(self) -> str:
-        """What must match to resume a run folder: everything but the name and the output folder."""
+        """What must match to resume a run folder: everything but the name, the output folder and
+        the settings that leave the pixels as they are (`SAME_PIXELS`)."""
         doc = {k: v for k, v in self.document().items() if k not in ("name", "output")}
+        for table in ("base", "grid", "zip"):
+            if table in doc:
+                doc[table] = {k: v for k, v in doc[table].items() if k.strip('"') not in SAME_PIXELS}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# Settings a cell's image does not depend on (a batch gives each image its own pixels, max diff
+# <= 2): a rerun with another value resumes the same cells.
+SAME_PIXELS = ("generation.batch_size",)
 
 
 @dataclass
@@ -87,7 +96,8 @@ class Cell:
 
     @property
     def id(self) -> str:
-        data = {"settings": self.settings, "prompt": self.prompt, "seed": self.seed, "size_factor": self.size_factor}
+        settings = {k: v for k, v in self.settings.items() if k not in SAME_PIXELS}
+        data = {"settings": settings, "prompt": self.prompt, "seed": self.seed, "size_factor": self.size_factor}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     @property

@@ -335,63 +335,100 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
 
 
 def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shard, report, on_done) -> Outcome:
-    """Make every cell's image (encodings shared between cells); record each in the shard's
-    manifest; a failing cell is recorded as failed and the sweep goes on."""
-    from llmdit_cli.artifacts import write_bytes_atomic
-    from llmdit_cli.engine import EncodeRequest
-    from llmdit_cli.pngmeta import png_bytes
-
+    """Make every cell's image (encodings shared between cells; cells that differ only in prompt
+    and seed `generation.batch_size` to a forward); record each in the shard's manifest; a
+    failing cell (or batch) is recorded as failed and the sweep goes on."""
     manifest = folder / shard.manifest
     end_with_newline(manifest)
     encodings: dict[tuple, Any] = {}
     outcome = Outcome()
     tag = writer_tag()
     previous = None
-    for cell, req in planned:
-        start = time.perf_counter()
-        key = engine.key_for(req.settings)
+    for group in cell_batches(planned):
+        key = engine.key_for(group[0][1].settings)
         if previous is not None and key != previous:
             engine.release(previous)  # cells are grouped by model: the last one is done with
             encodings.clear()
         previous = key
-        record: dict[str, Any] = {
-            "cell": cell.id,
-            "index": cell.index,
-            "axes": cell.axes,
-            "prompt": cell.prompt,
-            "seed": cell.seed,
-            "shard": f"{shard.index}/{shard.count}",
-        }
-        try:
-            r = req.settings
-            with_negative = engine.model(r)[0].code.wants_negative(r.generation)
-            key = _encoding_key(r, cell.prompt, with_negative)
-            if key not in encodings:
-                encodings[key] = engine.encode(EncodeRequest(r, [cell.prompt], with_negative=with_negative), report)
-            req.embeds = encodings[key]
-            generated = engine.generate(req, report)[0]
+        _run_group(engine, group, encodings, folder, tag, manifest, shard, report, outcome, on_done)
+    return outcome
+
+
+def cell_batches(planned: list[tuple[Cell, Any]]) -> list[list[tuple[Cell, Any]]]:
+    """The planned cells in runs of up to `generation.batch_size` that may share a forward
+    (`engine.batch_key`), in the order of their first cell; models stay grouped."""
+    from llmdit_cli.engine.engine import batch_key
+
+    open_: dict[str, list] = {}
+    groups: list[list] = []
+    for cell, req in planned:
+        key = batch_key(req)
+        group = open_.get(key)
+        if group is None or len(group) >= req.settings.generation.batch_size:
+            group = open_[key] = []
+            groups.append(group)
+        group.append((cell, req))
+    return groups
+
+
+def _run_group(
+    engine, group, encodings, folder: Path, tag: str, manifest: Path, shard: Shard, report, outcome, on_done
+):
+    from llmdit_cli.artifacts import write_bytes_atomic
+    from llmdit_cli.pngmeta import png_bytes
+
+    start = time.perf_counter()
+    records = [_record(cell, shard) for cell, _ in group]
+    try:
+        for cell, req in group:
+            req.embeds = _encoding(engine, req, cell.prompt, encodings, report)
+        made = engine.generate_many([req for _, req in group], report)
+        seconds = round((time.perf_counter() - start) / len(group), 4)
+        for (cell, _), record, (generated,) in zip(group, records, made):
             image = f"{IMAGES}/{cell.image_name()}"
             write_bytes_atomic(str(folder / image), png_bytes(generated.image, generated.settings), tag)
-            seconds = time.perf_counter() - start
-            record.update(status="done", image=image, settings=generated.settings, seconds=round(seconds, 4))
+            record.update(status="done", image=image, settings=generated.settings, seconds=seconds)
             append_record(manifest, record)
             outcome.done += 1
             outcome.seconds.append(seconds)
             on_done(cell, record)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a cell that fails (out of memory, ...) is recorded; the sweep goes on
-            message = exc.render() if isinstance(exc, LlmditError) else f"{type(exc).__name__}: {exc}"
-            record.update(
-                status="failed",
-                error=message.splitlines()[0] if message else type(exc).__name__,
-                seconds=round(time.perf_counter() - start, 4),
-            )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a cell that fails (out of memory, ...) is recorded; the sweep goes on
+        message = exc.render() if isinstance(exc, LlmditError) else f"{type(exc).__name__}: {exc}"
+        seconds = round((time.perf_counter() - start) / len(group), 4)
+        for (cell, _), record in zip(group, records):
+            if "status" in record:
+                continue  # written before the failure
+            record.update(status="failed", error=message.splitlines()[0] if message else type(exc).__name__)
+            record.update(seconds=seconds)
             append_record(manifest, record)
             outcome.failed += 1
             report.hint(f"cell {cell.index} failed: {record['error']}")
             on_done(cell, record)
-    return outcome
+
+
+def _record(cell: Cell, shard: Shard) -> dict[str, Any]:
+    return {
+        "cell": cell.id,
+        "index": cell.index,
+        "axes": cell.axes,
+        "prompt": cell.prompt,
+        "seed": cell.seed,
+        "shard": f"{shard.index}/{shard.count}",
+    }
+
+
+def _encoding(engine, req, prompt: str, encodings: dict, report):
+    """The cell's embeddings, encoded once per prompt and encoder settings."""
+    from llmdit_cli.engine import EncodeRequest
+
+    r = req.settings
+    with_negative = engine.model(r)[0].code.wants_negative(r.generation)
+    key = _encoding_key(r, prompt, with_negative)
+    if key not in encodings:
+        encodings[key] = engine.encode(EncodeRequest(r, [prompt], with_negative=with_negative), report)
+    return encodings[key]
 
 
 def _size(req, engine, recipe: Recipe):

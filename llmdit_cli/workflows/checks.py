@@ -97,6 +97,9 @@ def check_control(r: Resolved, handle: ModelHandle, mode: str, report=None) -> N
         raise UsageError(f"{setting('generation.mask')} is for img2img: it marks what to repaint of the input image")
     if c.model:
         check_feature(handle.family, "control", "control.model", handle.ref)
+        if r.optimization.step_cache != "none":
+            # ControlNet samples join between blocks, where a reusing pass has no blocks running.
+            raise UsageError(f"{setting('optimization.step_cache')} does not combine with {setting('control.model')}")
         open_image(c.image, setting("control.image"))
         handle.code.check_controlnet(c.model, handle.component_config("transformer"), handle.ref)
     if g.mask:
@@ -170,6 +173,7 @@ def _check_features(r: Resolved, handle: ModelHandle) -> None:
         "slg": (slg_on, "slg.enabled"),
         "dype": (s.dype.enabled, "dype.enabled"),
         "lora": (s.lora.loras, "lora.loras"),
+        "step_cache": (s.optimization.step_cache != "none", "optimization.step_cache"),
     }
     for feature, (on, key) in wanted.items():
         if on:

@@ -22,12 +22,14 @@ def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
 
 @dataclass
 class Job:
-    """One image to make: which prompt, which seed, and the settings recorded with it."""
+    """One image to make: which prompt (its embeddings), which seed, and the settings recorded."""
 
     index: int
     prompt_index: int
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    cond: Any = None  # the prompt's embeddings `[seq, hidden]`
+    uncond: Any = None  # the negative prompt's (None without CFG)
 
 
 def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mode: str) -> list[Job]:
@@ -51,7 +53,8 @@ def plan_jobs(e: Embeds, seeds: list[int], r: Resolved, handle: ModelHandle, mod
                 **({"template": e.params["template"]} if e.params.get("template") else {}),
                 **({"vl": e.params["vl"]} if e.params.get("vl") else {}),
             }
-            jobs.append(Job(len(jobs), pi, seed, s))
+            uncond = e.uncond[pi] if len(e.uncond) == len(e.cond) else None
+            jobs.append(Job(len(jobs), pi, seed, s, e.cond[pi], uncond))
     return jobs
 
 
@@ -75,8 +78,11 @@ def generator(seed: int):
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, init=None) -> list:
-    """Denoise every job; `init` is None (txt2img), a PIL image, or finished latents `[1, C, h, w]`."""
+def run_jobs(handle: ModelHandle, jobs: list[Job], r: Resolved, out, init=None, each=None) -> list:
+    """Denoise every job, `generation.batch_size` at a time (one generator per job, so a batch
+    makes each job's own noise); `init` is None (txt2img), a PIL image, or finished latents
+    `[1, C, h, w]`. `each(batch, latents)` is told of each batch of jobs and its latents as it
+    finishes."""
     code = handle.code
     pipe = handle.pipeline("transformer", "vae")
     device = code.transformer_device(pipe)
@@ -86,20 +92,44 @@ def run_jobs(handle: ModelHandle, e: Embeds, jobs: list[Job], r: Resolved, out, 
     # With a ControlNet, a mask goes into the control input and the image is made from noise
     # (ZImageControlNetInpaintPipeline); without one, img2img keeps the input outside it.
     from_noise = init is None or (mask is not None and p.control is not None)
+    kept = code.latent_mask(pipe, mask, g.height, g.width) if mask is not None and not from_noise else None
     results = []
-    for job in jobs:
-        cond = [e.cond[job.prompt_index].to(device)]
-        uncond = [e.uncond[job.prompt_index].to(device)] if e.uncond else []
-        gen = generator(job.seed)
-        with out.progress(f"image {job.index + 1}/{len(jobs)} seed {job.seed}", p.steps) as advance:
+    for batch in batches(jobs, g.batch_size):
+        cond = [job.cond.to(device) for job in batch]
+        uncond = [job.uncond.to(device) for job in batch] if all(j.uncond is not None for j in batch) else []
+        gens = [generator(job.seed) for job in batch]
+        gen = gens[0] if len(gens) == 1 else gens
+        with out.progress(batch_label(batch, len(jobs)), p.steps) as advance:
             if from_noise:
                 lat = code.txt2img(pipe, cond, uncond, p, g.height, g.width, gen, advance)
             else:
-                start = code.encode_image(pipe, init, gen, g.height, g.width) if is_image(init) else init
-                kept = code.latent_mask(pipe, mask, g.height, g.width) if mask is not None else None
+                start = _start(code, pipe, init, gens, g)
                 lat = code.img2img(pipe, cond, uncond, p, start, g.strength, gen, advance, **_masked(kept))
-        results.append(lat)
+        results += [lat[k : k + 1] for k in range(len(batch))]
+        if each is not None:
+            each(batch, lat)
     return results
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    return [jobs[i : i + size] for i in range(0, len(jobs), max(1, size))]
+
+
+def batch_label(batch: list[Job], total: int) -> str:
+    first, last = batch[0].index + 1, batch[-1].index + 1
+    if len(batch) == 1:
+        return f"image {first}/{total} seed {batch[0].seed}"
+    return f"images {first}-{last}/{total} seeds {', '.join(str(j.seed) for j in batch)}"
+
+
+def _start(code, pipe, init, gens: list, g):
+    """The img2img start for a batch: the image encoded with each job's generator (as one at a
+    time), or the given latents once per job."""
+    import torch
+
+    if is_image(init):
+        return torch.cat([code.encode_image(pipe, init, gen, g.height, g.width) for gen in gens])
+    return init.repeat(len(gens), 1, 1, 1)
 
 
 def _masked(mask) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from llmdit_cli.prompts import ChatFormat
 def open_model(r: Resolved) -> ModelHandle:
     """The model handle (nothing loaded yet) for resolved settings."""
     s = r.settings
-    return ModelHandle(s.model, Placement(**s.optimization.model_dump()), list(s.lora.loras), key=r.model_setting)
+    return ModelHandle(s.model, Placement(**s.optimization.placement()), list(s.lora.loras), key=r.model_setting)
 
 
 def fill_family_defaults(r: Resolved, defaults: dict[str, Any], label: str) -> Resolved:
@@ -75,4 +75,4 @@ def fill_layer_defaults(r: Resolved, handle: ModelHandle) -> Resolved:
 
 
 def _uses_cuda(r: Resolved) -> bool:
-    return Placement(**r.optimization.model_dump()).base_device().startswith("cuda")
+    return Placement(**r.optimization.placement()).base_device().startswith("cuda")

@@ -8,8 +8,9 @@ QwenLM/Qwen-Image-Layered): true CFG 4.0 with the negative prompt " " for all; 5
 1328x1328 for Qwen-Image; 50 steps, 640 px (the recommended bucket) and CFG normalisation for
 Layered; 40 steps for Edit-2509/2511. `cpu_offload` applies to the layer models on CUDA only,
 where the settings leave it at its default (`workflows.fill_layer_defaults`): the bf16
-transformer alone is ~41 GB. Qwen-Image offers none of the text-to-image features beyond
-generating (no img2img, SLG, DyPE, vision conditioning, rewriting, training or LoRAs yet).
+transformer alone is ~41 GB. Qwen-Image offers one of the text-to-image features beyond
+generating, the step cache (no img2img, SLG, DyPE, vision conditioning, rewriting, training or
+LoRAs yet).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ TEXT_TO_IMAGE = register(
         base_variant="qwen-image",
         runner="llmdit_cli.families.qwenimage.t2i",
         hub_variants={QWEN_IMAGE_HUB: "qwen-image", "Qwen/Qwen-Image-2512": "qwen-image-2512"},
+        features=frozenset({"step_cache"}),
     )
 )
 LAYERED = register(

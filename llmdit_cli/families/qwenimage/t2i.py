@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from llmdit_cli.families.protocol import Limits
 from llmdit_cli.families.qwenimage import common
@@ -105,6 +106,7 @@ class DenoiseParams:
     steps: int
     true_cfg_scale: float = 4.0
     shift: float | None = None
+    step_cache: Any = None  # stages.step_cache.StepCacheConfig; None: every block runs
 
     def guiders(self) -> list[Guider]:
         return [TrueCFG(self.true_cfg_scale)]
@@ -112,8 +114,13 @@ class DenoiseParams:
 
 def denoise_params(settings, lim: Limits) -> DenoiseParams:
     """`generation.guidance_scale` is the true CFG scale."""
+    from llmdit_cli.stages.step_cache import StepCacheConfig
+
     g = settings.generation
-    return DenoiseParams(steps=g.steps, true_cfg_scale=g.guidance_scale, shift=settings.scheduler.shift)
+    cache = StepCacheConfig.from_settings(settings.optimization)
+    return DenoiseParams(
+        steps=g.steps, true_cfg_scale=g.guidance_scale, shift=settings.scheduler.shift, step_cache=cache
+    )
 
 
 def wants_negative(generation) -> bool:
@@ -151,15 +158,33 @@ def _forward(transformer, latents, timestep, embeds: list, img_shapes):
     )[0]
 
 
-def velocity(transformer, latents, timestep, cond: list, uncond: list, img_shapes, guiders, step: Step):
+def _block_io():
+    """Qwen-Image's blocks take `hidden_states` (the image stream) and return (text, image)."""
+    from llmdit_cli.stages.step_cache import BlockIO
+
+    return BlockIO(
+        hidden=lambda args, kwargs: kwargs["hidden_states"] if "hidden_states" in kwargs else args[0],
+        output_hidden=lambda out: out[1],
+        skipped=lambda args, kwargs, hidden: (
+            kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1],
+            hidden,
+        ),
+    )
+
+
+def velocity(transformer, latents, timestep, cond: list, uncond: list, img_shapes, guiders, step: Step, cache=None):
     """The guided prediction: conditional and (when a guider needs it) negative pass, each on its
-    own as the pipeline runs them, combined by the guiders."""
+    own as the pipeline runs them, combined by the guiders. `cache`: the loop's step cache."""
     import torch
 
-    pos = _forward(transformer, latents, timestep, cond, img_shapes)
+    from llmdit_cli.stages.step_cache import named_pass
+
+    with named_pass(cache, "cond"):
+        pos = _forward(transformer, latents, timestep, cond, img_shapes)
     neg = None
     if UNCOND in needed(guiders, step) and len(uncond) == len(cond):
-        neg = _forward(transformer, latents, timestep, uncond, img_shapes)
+        with named_pass(cache, UNCOND):
+            neg = _forward(transformer, latents, timestep, uncond, img_shapes)
     preds = [combine(guiders, Predictions(pos[i], neg[i] if neg is not None else None), step) for i in range(len(cond))]
     return torch.stack(preds)
 
@@ -186,6 +211,8 @@ def txt2img(
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
+    from llmdit_cli.stages.step_cache import step_cache_applied
+
     device, n = transformer_device(pipe), len(cond)
     h = 2 * (int(height) // (pipe.vae_scale_factor * 2))
     w = 2 * (int(width) // (pipe.vae_scale_factor * 2))
@@ -197,11 +224,12 @@ def txt2img(
     timesteps = _timesteps(scheduler, p.steps, latents.shape[1], device)
     scheduler.set_begin_index(0)
     guiders = p.guiders()
-    with torch.no_grad():
+    blocks = pipe.transformer.transformer_blocks
+    with torch.no_grad(), step_cache_applied(blocks, p.step_cache, _block_io()) as cache:
         for i, t in enumerate(timesteps):
             timestep = t.expand(n).to(latents.dtype)
             step = Step(i, p.steps, float((1000 - t.float()) / 1000))
-            v = velocity(pipe.transformer, latents, timestep, cond, uncond, img_shapes, guiders, step)
+            v = velocity(pipe.transformer, latents, timestep, cond, uncond, img_shapes, guiders, step, cache)
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
             if on_step:
                 on_step(i + 1, len(timesteps))

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from llmdit_cli.families.zimage.control import Control
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
+    from llmdit_cli.stages.step_cache import StepCacheConfig
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DenoiseParams:
     slg: SLGConfig | None = None
     dype: DyPEConfig | None = None
     control: Control | None = None  # a ControlNet steering every pass (control.py)
+    step_cache: StepCacheConfig | None = None  # None: every block runs at every step
 
     def guiders(self) -> list[Guider]:
         """Z-Image's guidance, in the order it combines: CFG, SLG, then CFG normalisation."""
@@ -57,6 +59,17 @@ class DenoiseParams:
             out.append(SkipLayerGuidance(self.slg))
         out.append(CFGNormalization(self.cfg_normalization))
         return out
+
+
+def block_io():
+    """Z-Image's main blocks take the unified stream as their first argument `x` and return it."""
+    from llmdit_cli.stages.step_cache import BlockIO  # with diffusers' hooks: only when a run starts
+
+    return BlockIO(
+        hidden=lambda args, kwargs: args[0] if args else kwargs["x"],
+        output_hidden=lambda out: out,
+        skipped=lambda args, kwargs, hidden: hidden,
+    )
 
 
 def set_timesteps(scheduler, steps: int, image_seq_len: int, device):
@@ -87,23 +100,35 @@ def _forward(transformer, x, timestep, embeds: list, control: Control | None = N
 
 
 def guided_velocity(
-    transformer, latents, timestep, cond: list, uncond: list, guiders: list[Guider], step: Step, control=None
+    transformer,
+    latents,
+    timestep,
+    cond: list,
+    uncond: list,
+    guiders: list[Guider],
+    step: Step,
+    control=None,
+    cache=None,
 ):
     """The DiT prediction for the batch, combined by the guiders: the passes they need at this
-    step run once (the unconditional one batched with the conditional one)."""
+    step run once (the unconditional one batched with the conditional one). `cache` is the
+    loop's step cache (`stages.step_cache`), told which pass runs."""
     import torch
+
+    from llmdit_cli.stages.step_cache import named_pass
 
     n = latents.shape[0]
     x = latents.to(transformer.dtype)
     need = needed(guiders, step)
     with_uncond = UNCOND in need and len(uncond) == n
-    if with_uncond:
-        out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond, control)
-    else:
-        out = _forward(transformer, x, timestep, cond, control)
+    with named_pass(cache, "main"):
+        if with_uncond:
+            out = _forward(transformer, x.repeat(2, 1, 1, 1), timestep.repeat(2), cond + uncond, control)
+        else:
+            out = _forward(transformer, x, timestep, cond, control)
     skipped = None
     if SKIP in need:
-        with pass_context(guiders, SKIP, step):
+        with pass_context(guiders, SKIP, step), named_pass(cache, SKIP):
             skipped = _forward(transformer, x, timestep, cond, control)
     preds = []
     for i in range(n):
@@ -134,6 +159,7 @@ def run_loop(
     import torch
 
     from llmdit_cli.families.zimage.rope import dype_applied, positions_for
+    from llmdit_cli.stages.step_cache import step_cache_applied
 
     guiders = p.guiders()
     patch = transformer.config.all_patch_size[0]
@@ -144,10 +170,12 @@ def run_loop(
         hooks.enter_context(dype_applied(transformer, p.dype))
         for g in guiders:
             hooks.enter_context(g.attach(transformer.layers))
+        # After the guiders' hooks, so the cache's wrap theirs (a block SLG skips still counts).
+        cache = hooks.enter_context(step_cache_applied(transformer.layers, p.step_cache, block_io()))
         for i, t in enumerate(timesteps):
             timestep = (1000 - t.expand(latents.shape[0])) / 1000
             step = Step(first_step + i, p.steps, float((1000 - t.float()) / 1000))
-            v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step, p.control)
+            v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step, p.control, cache)
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
             if after_step is not None:
                 latents = after_step(i, latents)

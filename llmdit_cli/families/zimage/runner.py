@@ -90,6 +90,7 @@ def denoise_params(settings, lim: Limits) -> DenoiseParams:
     """The denoise loop's parameters from typed settings (`config.Settings`), family defaults filled."""
     from llmdit_cli.guidance.dype import DyPEConfig
     from llmdit_cli.guidance.slg import SLGConfig
+    from llmdit_cli.stages.step_cache import StepCacheConfig
 
     g = settings.generation
     return DenoiseParams(
@@ -100,6 +101,7 @@ def denoise_params(settings, lim: Limits) -> DenoiseParams:
         shift=settings.scheduler.shift,
         slg=SLGConfig.from_settings(settings.slg),
         dype=DyPEConfig.from_settings(settings.dype, lim),
+        step_cache=StepCacheConfig.from_settings(settings.optimization),
     )
 
 

@@ -17,8 +17,8 @@ from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.checks import check_llmdit, check_prompts, pop_seed
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.deps import ServerState, documented, form_body, holding, json_body, run_job
-from llmdit_cli.serve.settings import GENERATE_SECTIONS, ApiError, parse_image_size
-from llmdit_cli.serve.work import Job, JobReport
+from llmdit_cli.serve.settings import GENERATE_EXTRA, GENERATE_SECTIONS, ApiError, parse_image_size
+from llmdit_cli.serve.work import GroupReport, Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
 router = APIRouter()
@@ -32,7 +32,7 @@ async def images(
     body: schemas.ImagesBody = Depends(json_body(schemas.ImagesBody)),
 ):
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine)
-    made = await run_job(request, state, f"generate {len(req.seeds)} image(s)", image_work(state, req))
+    made = await run_job(request, state, f"generate {len(req.seeds)} image(s)", ImageWork(state, req))
     return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
 
 
@@ -51,7 +51,7 @@ async def edits(
     if "mask" in files:
         body.llmdit = {**body.llmdit, "mask": await asyncio.to_thread(openai_mask, files["mask"], state)}
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine, init)
-    made = await run_job(request, state, f"img2img {len(req.seeds)} image(s)", image_work(state, req))
+    made = await run_job(request, state, f"img2img {len(req.seeds)} image(s)", ImageWork(state, req))
     return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
 
 
@@ -99,7 +99,9 @@ def image_request(body, cfg: ServeConfig, engine, init=None):
         raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
         settings.update(width=size[0], height=size[1])
-    r = cfg.settings.resolve(settings, GENERATE_SECTIONS)
+    r = cfg.settings.resolve(settings, GENERATE_SECTIONS, GENERATE_EXTRA)
+    # Images per forward are the server's choice (--max-batch): the same pixels at any size.
+    r = r.with_value("batch_size", cfg.limits.max_batch, "server (--max-batch)")
     req = GenerateRequest(r, seeds=seeds_for(seeds, body.n), prompts=[body.prompt])
     if init is not None:
         req.mode, req.init, req.init_source = "img2img", init, "image"
@@ -123,29 +125,56 @@ def check_image_body(body, cfg: ServeConfig) -> None:
         raise ApiError(404, f"model {body.model!r} is not served here (GET /v1/models)", "model", "not_found")
 
 
-def image_work(state: ServerState, req, parent: str | None = None):
+class ImageWork:
     """The queued work for an images request: make them, record each in the history, and return
-    per image {png, seed, settings (as the client sees them), history (the entry's id), file}."""
-    cfg = state.cfg
-    task = "img2img" if req.mode == "img2img" else "generate"
+    per image {png, seed, settings (as the client sees them), history (the entry's id), file},
+    through `wrap`. Text-to-image requests that share every setting but prompt and seed
+    (`engine.batch_key`) may run as one batch (`work.BatchableWork`): each gets its own pixels."""
 
-    def work(job: Job) -> list[dict[str, Any]]:
+    def __init__(self, state: ServerState, req, parent: str | None = None, wrap=None):
+        from llmdit_cli.engine.engine import batch_key
+
+        self.state, self.req, self.parent = state, req, parent
+        self.wrap = wrap or (lambda made: made)
+        self.batch_key = batch_key(req) if req.mode == "txt2img" else None
+
+    def __call__(self, job: Job):
+        return self.finish(job, self.make([self], JobReport(job, log.info))[0])
+
+    def run_together(self, jobs: list[Job]) -> list[tuple[str, Any]]:
+        works = [job.work for job in jobs]
+        made = self.make(works, GroupReport(jobs, log.info))
+        outcomes: list[tuple[str, Any]] = []
+        for job, w, results in zip(jobs, works, made):
+            try:
+                outcomes.append(("result", w.finish(job, results)))
+            except BaseException as exc:  # noqa: BLE001 - this request gets it; the others go on
+                outcomes.append(("exception", exc))
+        return outcomes
+
+    def make(self, works: list[ImageWork], report) -> list[list]:
+        state = self.state
+        if state.cfg.encoder_url:
+            for w in works:
+                w.req.embeds = remote_embeds(state.cfg, w.req, state.engine)
+        made = state.engine.generate_many([w.req for w in works], report)
+        keep_few_lora_models(state, self.req.settings)
+        return made
+
+    def finish(self, job: Job, results: list) -> Any:
+        """Record the request's images in the history; a job cancelled by now records nothing."""
         from llmdit_cli.pngmeta import png_bytes
 
-        if cfg.encoder_url:
-            req.embeds = remote_embeds(cfg, req, state.engine)
-        results = state.engine.generate(req, JobReport(job, log.info))
-        keep_few_lora_models(state, req.settings)
-        job.check()  # cancelled at the last step: nothing is recorded
+        job.check()
+        cfg = self.state.cfg
+        task = "img2img" if self.req.mode == "img2img" else "generate"
         made = []
         for g in results:
             record = cfg.settings.client_record(g.settings)
             png = png_bytes(g.image, record)
-            entry = state.record(task, record, [png], prompt=g.prompt, seed=g.seed, parent=parent)
+            entry = self.state.record(task, record, [png], prompt=g.prompt, seed=g.seed, parent=self.parent)
             made.append({"png": png, "seed": g.seed, "settings": record, "history": entry.id, "file": entry.files[0]})
-        return made
-
-    return work
+        return self.wrap(made)
 
 
 def remote_embeds(cfg: ServeConfig, req, engine):

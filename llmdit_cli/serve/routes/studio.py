@@ -21,7 +21,7 @@ from llmdit_cli.errors import LlmditError
 from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.deps import ServerState, authorized, documented, holding, json_body, run_job, submit
 from llmdit_cli.serve.errors import describe
-from llmdit_cli.serve.routes.images import image_request, image_work, uploaded_image
+from llmdit_cli.serve.routes.images import ImageWork, image_request, uploaded_image
 from llmdit_cli.serve.settings import ApiError
 from llmdit_cli.serve.work import Job, JobReport
 
@@ -58,9 +58,9 @@ async def generate(
     follow the job at /v1/llmdit/jobs/{id}."""
     init = await asyncio.to_thread(init_image, state, body)
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine, init)
-    work = image_work(state, req, parent=body.parent)
+    work = ImageWork(state, req, parent=body.parent, wrap=results)
     task = "img2img" if req.mode == "img2img" else "generate"
-    job = submit(state, f"{task} {len(req.seeds)} image(s)", lambda j: results(work(j)), task)
+    job = submit(state, f"{task} {len(req.seeds)} image(s)", work, task)
     return {"job": job.id, "state": job.state}
 
 

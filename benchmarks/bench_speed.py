@@ -1,0 +1,266 @@
+"""Issue 24's speed figures on the demo model, as ratios measured in one run (A B A B ..., medians).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png ...] [--rounds 5]
+
+- batch: `llmdit generate --num-images 48` at 32 px, `--batch-size 1` / `--batch-size 8`, in
+  marginal time: a run minus a one-image run of the same command (start-up and loading left out).
+- cache: `--steps 30` at 64 px, 8 images, uncached / `--step-cache first-block` (the default
+  threshold, and 0.05), in marginal time; PSNR of each cached image against its uncached one.
+- serve: `llmdit serve --model demo` (32 px): images per second with 4 concurrent clients / with
+  one, at the default `--max-batch 4` and at `--max-batch 1` (one at a time, as before); and one
+  client's latency at `--max-batch 4` / `--max-batch 1` (a lone request must not wait).
+- png: in-process, 4 images at 256 px (on a CPU the demo takes seconds an image there, most of a
+  minute at 512 px): images made, then every PNG written (before) / each PNG written on the
+  writer thread while the next image is made (`cli/generate._generate_and_write`); the per-image
+  gain in seconds, beside what encoding one PNG takes.
+
+Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PROMPT = "a red circle on a blue background"
+ENV = {**os.environ}
+
+
+def run_cli(*args: str) -> float:
+    """Seconds one `llmdit` command takes, start-up included."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "llmdit_cli", *args], check=True, env=ENV, capture_output=True)
+    return time.perf_counter() - start
+
+
+def marginal_rounds(cases: dict[str, list[str]], one: dict[str, list[str]], rounds: int) -> dict[str, float]:
+    """Per case, the median over rounds of (its run - its one-image run); cases interleave."""
+    seen: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, args in cases.items():
+            seen[name].append(run_cli(*args) - run_cli(*one[name]))
+    return {name: statistics.median(v) for name, v in seen.items()}
+
+
+def bench_batch(rounds: int, out: Path) -> dict:
+    base = ["generate", PROMPT, "--model", "demo", "-W", "32", "-H", "32", "--seed", "1", "-q"]
+    cases, one = {}, {}
+    for size in (1, 8):
+        flags = ["--batch-size", str(size)]
+        cases[f"batch {size}"] = [*base, *flags, "--num-images", "48", "-o", str(out / f"b{size}" / "{index}.png")]
+        one[f"batch {size}"] = [*base, *flags, "-o", str(out / f"one-{size}.png")]
+    m = marginal_rounds(cases, one, rounds)
+    return {"marginal_s": m, "ratio": m["batch 1"] / m["batch 8"], "images": 48}
+
+
+def psnr(a: Path, b: Path) -> float:
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(p).convert("RGB")).astype(float) for p in (a, b))
+    mse = ((x - y) ** 2).mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))
+
+
+def bench_cache(rounds: int, out: Path) -> dict:
+    base = ["generate", PROMPT, "--model", "demo", "-W", "64", "-H", "64", "--steps", "30", "--seed", "1", "-q"]
+    variants = {
+        "uncached": [],
+        "cached (default threshold)": ["--step-cache", "first-block"],
+        "cached 0.05": ["--step-cache", "first-block", "--step-cache-threshold", "0.05"],
+    }
+    cases, one = {}, {}
+    for k, (name, flags) in enumerate(variants.items()):
+        cases[name] = [*base, *flags, "--num-images", "8", "-o", str(out / f"c{k}" / "{index}.png")]
+        one[name] = [*base, *flags, "-o", str(out / f"c{k}-one.png")]
+    m = marginal_rounds(cases, one, rounds)
+    result = {"marginal_s": m}
+    for k, name in enumerate(variants):
+        if k:
+            values = [psnr(out / "c0" / f"{i}.png", out / f"c{k}" / f"{i}.png") for i in range(8)]
+            result[name] = {
+                "speed": m["uncached"] / m[name],
+                "psnr_min": min(values),
+                "psnr_median": statistics.median(values),
+            }
+    return result
+
+
+def start_server(port: int, max_batch: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "llmdit_cli", "serve", "--model", "demo", "--port", str(port)]
+    cmd += ["--max-batch", str(max_batch), "--max-queue", "16", "--data-dir", tempfile.mkdtemp(prefix="bench-")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def post(port: int, seed: int) -> None:
+    body = {"prompt": f"{PROMPT} {seed}", "size": "32x32", "llmdit": {"seed": seed}}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", "/v1/images/generations", json.dumps(body), {"Content-Type": "application/json"})
+    reply = json.loads(conn.getresponse().read())
+    base64.b64decode(reply["data"][0]["b64_json"])
+
+
+def images_per_second(port: int, clients: int, requests: int) -> tuple[float, float]:
+    """Images per second with `clients` threads sending `requests` in all, and the median latency."""
+    latencies: list[float] = []
+
+    def client(k: int) -> None:
+        for i in range(requests // clients):
+            t = time.perf_counter()
+            post(port, 1000 * k + i)
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return requests / (time.perf_counter() - start), statistics.median(latencies)
+
+
+def bench_serve(rounds: int, requests: int = 24) -> dict:
+    from socket import socket
+
+    ports = {}
+    procs = []
+    for max_batch in (4, 1):
+        with socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports[max_batch] = s.getsockname()[1]
+        procs.append(start_server(ports[max_batch], max_batch))
+    try:
+        for port in ports.values():
+            images_per_second(port, 4, 8)  # warm: the model loads on the first request
+        seen: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for max_batch, port in ports.items():
+                for clients in (1, 4):
+                    rate, latency = images_per_second(port, clients, requests)
+                    seen.setdefault(f"max-batch {max_batch}, {clients} clients", []).append(rate)
+                    seen.setdefault(f"max-batch {max_batch}, {clients} clients latency", []).append(latency)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    m = {k: statistics.median(v) for k, v in seen.items()}
+    return {
+        "images_per_s": m,
+        "4 clients / 1 client, max-batch 4": m["max-batch 4, 4 clients"] / m["max-batch 4, 1 clients"],
+        "4 clients / 1 client, max-batch 1": m["max-batch 1, 4 clients"] / m["max-batch 1, 1 clients"],
+        "lone latency, max-batch 4 / max-batch 1": m["max-batch 4, 1 clients latency"]
+        / m["max-batch 1, 1 clients latency"],
+    }
+
+
+def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4) -> dict:
+    """The PNG's time on the critical path: written after each image (before) / on the writer
+    thread (now), where the main thread only waits when the writer falls behind (time in `put`
+    and in the final join). Also the wall time of both, though on a CPU an image takes seconds
+    and the PNG milliseconds, so that ratio is within noise."""
+    import torch
+
+    from llmdit_cli import artifacts
+    from llmdit_cli.cli.generate import _generate_and_write
+    from llmdit_cli.cli.output import Output
+    from llmdit_cli.config import resolve_defaults
+    from llmdit_cli.engine import Engine, GenerateRequest
+    from llmdit_cli.pngmeta import png_bytes
+
+    torch.set_num_threads(1)
+    engine = Engine()
+    quiet = Output(quiet=True)
+    blocked: list[float] = []
+
+    class Timed(artifacts.BackgroundWriter):
+        def put(self, task) -> None:
+            t = time.perf_counter()
+            super().put(task)
+            blocked.append(time.perf_counter() - t)
+
+        def close(self) -> None:
+            t = time.perf_counter()
+            super().close()
+            blocked.append(time.perf_counter() - t)
+
+    def request():
+        r = resolve_defaults({"model": "demo", "width": size, "height": size})
+        return GenerateRequest(r, seeds=list(range(images)), prompts=[PROMPT])
+
+    def before() -> float:
+        on_path = 0.0
+        for k, g in enumerate(engine.generate(request(), quiet)):
+            t = time.perf_counter()
+            artifacts.write_bytes_atomic(str(out / f"before-{k}.png"), png_bytes(g.image, g.settings))
+            on_path += time.perf_counter() - t
+        return on_path
+
+    def overlapped() -> float:
+        blocked.clear()
+        original, artifacts.BackgroundWriter = artifacts.BackgroundWriter, Timed
+        try:
+            _generate_and_write(engine, request(), [str(out / f"after-{k}.png") for k in range(images)], quiet)
+        finally:
+            artifacts.BackgroundWriter = original
+        return sum(blocked)
+
+    engine.generate(request(), quiet)  # load
+    wall: dict[str, list[float]] = {"before": [], "overlapped": []}
+    on_path: dict[str, list[float]] = {"before": [], "overlapped": []}
+    for _ in range(rounds):
+        for name, fn in (("before", before), ("overlapped", overlapped)):
+            t = time.perf_counter()
+            on_path[name].append(fn() / images)
+            wall[name].append(time.perf_counter() - t)
+    w = {k: statistics.median(v) for k, v in wall.items()}
+    p = {k: statistics.median(v) for k, v in on_path.items()}
+    return {
+        "size": size,
+        "png_on_critical_path_s_per_image": p,
+        "per_image_gain_s": p["before"] - p["overlapped"],
+        "wall_s": w,
+        "wall_ratio": w["before"] / w["overlapped"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png"])
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    benches = {
+        "batch": lambda: bench_batch(args.rounds, out),
+        "cache": lambda: bench_cache(args.rounds, out),
+        "serve": lambda: bench_serve(args.rounds),
+        "png": lambda: bench_png(args.rounds, out),
+    }
+    for name in args.what:
+        result = benches[name]()
+        print(json.dumps({name: result}, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
