@@ -4,7 +4,7 @@
 
 - batch: `llmdit generate --num-images 48` at 32 px, `--batch-size 1` / `--batch-size 8`, in
   marginal time: a run minus a one-image run of the same command (start-up and loading left out).
-- cache: `--steps 30` at 64 px, 8 images, uncached / `--step-cache first-block` (the default
+- cache: `--steps 30` at 64 px, 16 images, uncached / `--step-cache first-block` (the default
   threshold, and 0.05), in marginal time; PSNR of each cached image against its uncached one.
 - serve: `llmdit serve --model demo` (32 px): images per second with 4 concurrent clients / with
   one, at the default `--max-batch 4` and at `--max-batch 1` (one at a time, as before); and one
@@ -83,13 +83,13 @@ def bench_cache(rounds: int, out: Path) -> dict:
     }
     cases, one = {}, {}
     for k, (name, flags) in enumerate(variants.items()):
-        cases[name] = [*base, *flags, "--num-images", "8", "-o", str(out / f"c{k}" / "{index}.png")]
+        cases[name] = [*base, *flags, "--num-images", "16", "-o", str(out / f"c{k}" / "{index}.png")]
         one[name] = [*base, *flags, "-o", str(out / f"c{k}-one.png")]
     m = marginal_rounds(cases, one, rounds)
     result = {"marginal_s": m}
     for k, name in enumerate(variants):
         if k:
-            values = [psnr(out / "c0" / f"{i}.png", out / f"c{k}" / f"{i}.png") for i in range(8)]
+            values = [psnr(out / "c0" / f"{i}.png", out / f"c{k}" / f"{i}.png") for i in range(16)]
             result[name] = {
                 "speed": m["uncached"] / m[name],
                 "psnr_min": min(values),
@@ -189,9 +189,13 @@ def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4) -> dict:
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.pngmeta import png_bytes
 
+    class Unseen(Output):
+        def wrote(self, *args, **kwargs) -> None:  # the paths would flood stdout
+            pass
+
     torch.set_num_threads(1)
     engine = Engine()
-    quiet = Output(quiet=True)
+    quiet = Unseen(quiet=True)
     blocked: list[float] = []
 
     class Timed(artifacts.BackgroundWriter):

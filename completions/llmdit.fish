@@ -409,14 +409,17 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l dataset -d 'Image f
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l epochs -d 'Epochs (when --max-steps is not set)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l grad-accum -d 'Micro-batches per optimiser step' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l gradient-checkpointing -d 'Recompute activations to save memory' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l gradient-checkpointing-offload -d 'Checkpointing, with the saved activations in CPU memory until backward (less GPU memory)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l loss-weighting -d 'none, or gaussian: weight each examples loss by its sigma' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l lr -d 'Peak learning rate' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l max-steps -d 'Optimiser steps' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l method -d 'lora or full' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l mixed-precision -d 'no, fp16 or bf16' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing -d 'Recompute activations to save memory' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing-offload -d 'Checkpointing, with the saved activations in CPU memory until backward (less GPU memory)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-tensorboard -d 'Log loss and lr to TensorBoard' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l optimizer -d 'adamw or adamw8bit (bitsandbytes)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l output -d 'Run folder (checkpoints, result, logs)' -r -F
@@ -433,3 +436,5 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l timestep-sampling -
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validate-every -d 'Steps between validation images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validation-prompt -d 'Prompt for validation images; repeat' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l warmup-steps -d 'Linear warm-up steps' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l weighting-center -d 'With --loss-weighting gaussian: the sigma weighted most (0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l weighting-width -d 'With --loss-weighting gaussian: its width in sigma (0' -r -F

@@ -53,7 +53,7 @@ def test_minimal_recipe_runs_as_written_and_resumes(cli, tmp_path):
     r = cli("sweep", recipe, "-q")
     assert r.code == 0, r.stderr
     run = tmp_path / "runs" / "mini"
-    assert sorted(p.name for p in run.iterdir()) == ["images", "manifest.jsonl", "recipe.toml", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["claims", "images", "manifest.jsonl", "recipe.toml", "run.json"]
     done = records(run)
     assert len(done) == 8 and {d["status"] for d in done} == {"done"}
     assert {(d["axes"]["scheduler.shift"], d["axes"]["generation.steps"], d["seed"]) for d in done} == {

@@ -186,6 +186,67 @@ def test_lora_checkpoints_hold_the_adapter_and_resume_exactly(cli, red_data):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_auto_is_one_command_line_for_every_start(cli, red_data):
+    """A requeued job runs the same command each time: on an empty folder it starts, after a
+    stop it continues, and the result is the straight run's (issue 26, item 2)."""
+    from safetensors.torch import load_file
+
+    common = ["--method", "lora", "--lr", 1e-3, "--max-steps", 6, "--checkpoint-every", 100]
+    assert cli(*train_args(red_data, "straight", *common)).code == 0
+    for stop in (3, 6):
+        r = cli(*train_args(red_data, "requeued", *common, "--stop-at", stop, "--resume", "auto"))
+        assert r.code == 0, r.stderr
+    from llmdit_cli.train.loop import LORA_FILE
+
+    a, b = (load_file(str(Path(run) / LORA_FILE)) for run in ("straight", "requeued"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_checkpoints_hold_no_pickles_and_refuse_one(cli, red_data):
+    """Issue 26, item 4: safetensors and JSON only; a pickle in a checkpoint is refused, not loaded."""
+    common = ["--method", "full", "--lr", 1e-3, "--max-steps", 4, "--checkpoint-every", 100]
+    r = cli(*train_args(red_data, "ck", *common, "--stop-at", 2))
+    assert r.code == 0, r.stderr
+    folder = Path("ck/checkpoints/step-000002")
+    suffixes = {p.suffix for p in folder.iterdir()}
+    assert suffixes <= {".safetensors", ".json", ".toml"}, suffixes
+    (folder / "random_states_0.pkl").write_bytes(b"\x80\x04N.")
+    r = cli(*train_args(red_data, "ck", *common, "--resume"))
+    assert_one_line_error(r, "random_states_0.pkl", "pickle")
+
+
+def test_resume_takes_auto_or_nothing():
+    from llmdit_cli.cli.train import _resume_mode
+    from llmdit_cli.errors import UsageError
+
+    assert _resume_mode(False, ["r.toml"]) == (False, "r.toml")
+    assert _resume_mode(True, ["r.toml"]) == (True, "r.toml")
+    assert _resume_mode(True, ["auto"]) == ("auto", None)
+    assert _resume_mode(True, ["r.toml", "auto"]) == ("auto", "r.toml")
+    assert _resume_mode(True, ["auto", "r.toml"]) == ("auto", "r.toml")  # `--resume auto r.toml`
+    with pytest.raises(UsageError, match="--resume auto"):
+        _resume_mode(False, ["auto"])
+    with pytest.raises(UsageError, match="one recipe"):
+        _resume_mode(True, ["a.toml", "b.toml"])
+
+
+def test_loss_weighting_and_checkpoint_offload_flags(cli, red_data):
+    common = ["--method", "lora", "--lr", 1e-3, "--max-steps", 3, "--checkpoint-every", 100]
+    runs = {
+        "plain": ["--gradient-checkpointing"],
+        "offload": ["--gradient-checkpointing-offload"],
+        "gauss": ["--loss-weighting", "gaussian", "--weighting-center", 0.2, "--weighting-width", 0.1],
+    }
+    for name, flags in runs.items():
+        r = cli(*train_args(red_data, name, *common, *flags))
+        assert r.code == 0, r.stderr
+    losses = {name: Path(f"{name}/losses.jsonl").read_text() for name in runs}
+    assert losses["offload"] == losses["plain"]  # activations in CPU memory: the same arithmetic
+    assert losses["gauss"] != losses["plain"]
+    saved = next(Path("gauss").rglob("recipe*.toml")).read_text()
+    assert 'loss_weighting = "gaussian"' in saved and "weighting_center = 0.2" in saved
+
+
 def test_resume_from_another_recipe(cli, red_data):
     assert cli(*train_args(red_data, "run", "--max-steps", 4, "--stop-at", 2)).code == 0
     r = cli(*train_args(red_data, "run", "--max-steps", 4, "--lr", 0.5, "--resume"))
@@ -243,10 +304,13 @@ def test_two_processes_end_identical(red_data, tmp_path):
         str(tmp_path / "ddp"),
         "--cache-dir",
         str(tmp_path / "cache"),
-        "-q",
+        "--json",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Only rank 0 reports: one progress line per step, one JSON record (the result).
+    assert r.stderr.count("step 4/4") == 1, r.stderr[-3000:]
+    assert [json.loads(line)["kind"] for line in r.stdout.splitlines()] == ["model"], r.stdout
     sums = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
     assert len(sums) == 2 and sums["0"] == sums["1"]
     from diffusers import ZImagePipeline
@@ -305,6 +369,32 @@ def test_sigterm_saves_a_checkpoint(red_data, tmp_path):
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "--resume" in err
     assert list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+def test_the_batch_script_passes_the_limit_signal_on_and_waits(red_data, tmp_path):
+    """docs/training.md's SLURM script, its last lines run by bash with a local command in place
+    of `srun accelerate launch ...`: SIGTERM to the script (SLURM's `B:TERM@120`) reaches the
+    training, and the script ends only after the checkpoint is written."""
+    import re
+    import shlex
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    script = re.search(r"#SBATCH --job-name=llmdit-train.*?```", doc, flags=re.S).group(0)
+    tail = script[script.index("training=$!") :].removesuffix("```")
+    command = [sys.executable, "-m", "llmdit_cli", *[str(a) for a in train_args(red_data, tmp_path / "run")]]
+    command += ["--max-steps", "100000", "--checkpoint-every", "100000", "--resume", "auto"]
+    (tmp_path / "job.sh").write_text(f"{shlex.join(command)} 2> {tmp_path / 'train.log'} &\n{tail}")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=env, cwd=tmp_path)
+    losses = tmp_path / "run" / "losses.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (losses.is_file() and losses.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    log = (tmp_path / "train.log").read_text()
+    assert proc.returncode in (130, 143) and "checkpoint saved" in log, log[-2000:]  # 143: bash's own wait, signalled
+    assert list((tmp_path / "run" / "checkpoints").glob("step-*")), "the script ended before the checkpoint"
 
 
 # -- bad input -------------------------------------------------------------------------------------

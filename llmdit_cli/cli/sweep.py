@@ -21,7 +21,7 @@ ShardOpt = Annotated[
     Optional[str],
     typer.Option(
         "--shard",
-        help="Run shard K of N (K/N, K from 0). Default: RANK/WORLD_SIZE under torchrun or accelerate, SLURM_ARRAY_TASK_ID/COUNT in a SLURM array, else all cells.",
+        help="Run shard K of N (K/N, K from 0). Default: RANK/WORLD_SIZE under torchrun or accelerate, the SLURM array task and SLURM_PROCID under SLURM, else all cells.",
         rich_help_panel=G_SWEEP,
     ),
 ]
@@ -63,9 +63,10 @@ def sweep(
 
     Each model loads once and cells that share a prompt encoding encode it once. Every image is
     an ordinary llmdit PNG in RUN/images/, recorded in RUN/manifest.jsonl once it is in place;
-    running the same command again does only the cells not finished yet. --shard K/N (or a
-    SLURM array, torchrun, accelerate launch) splits the cells between processes. Exit code 1
-    when a cell failed (its error is in the manifest).
+    running the same command again does only the cells not finished yet. Any number of
+    processes may run one recipe into one folder: each cell is claimed first and made once.
+    --shard K/N (or a SLURM array, srun -n, torchrun, accelerate launch) splits the cells
+    between them. Exit code 1 when a cell failed (its error is in the manifest).
 
     Example: llmdit sweep recipes/dype.toml --model demo
     """
@@ -146,8 +147,8 @@ def _summary(out, r, folder, o) -> None:
     from rich.table import Table
 
     table = Table(title=f"sweep {r.name} -> {folder}", title_justify="left")
-    for name in ("done", "already done", "failed", "left out", "s / image"):
+    for name in ("done", "already done", "failed", "left out", "by others", "s / image"):
         table.add_column(name, justify="right")
     per_image = f"{statistics.median(o.seconds):.2f}" if o.seconds else "-"
-    table.add_row(str(o.done), str(o.skipped), str(o.failed), str(o.left_out), per_image)
+    table.add_row(str(o.done), str(o.skipped), str(o.failed), str(o.left_out), str(o.elsewhere), per_image)
     out.console.print(table)

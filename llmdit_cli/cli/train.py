@@ -20,7 +20,13 @@ def _opt(*names: str, help: str):
 
 
 RecipeArg = Annotated[
-    Optional[str], typer.Argument(help="Recipe TOML (see recipes/); flags override it.", show_default=False)
+    Optional[list[str]],
+    typer.Argument(
+        help="Recipe TOML (see recipes/); flags override it. 'auto' after --resume: continue if there "
+        "is a checkpoint, else start fresh.",
+        show_default=False,
+        metavar="[RECIPE] [auto]",
+    ),
 ]
 
 # flag name -> recipe key, for every override flag below
@@ -44,6 +50,10 @@ OVERRIDES = {
     "epochs": "train.epochs",
     "mixed_precision": "train.mixed_precision",
     "gradient_checkpointing": "train.gradient_checkpointing",
+    "gradient_checkpointing_offload": "train.gradient_checkpointing_offload",
+    "loss_weighting": "train.loss_weighting",
+    "weighting_center": "train.weighting_center",
+    "weighting_width": "train.weighting_width",
     "seed": "train.seed",
     "timestep_sampling": "train.timestep_sampling",
     "output": "output.dir",
@@ -76,14 +86,16 @@ def _runs_with_overrides(body):
     return decorate
 
 
-def _train(overrides: dict, recipe, resume: bool, cache_only: bool, stop_at, quiet: bool, json_out: bool) -> None:
+def _train(overrides: dict, recipe, resume, cache_only: bool, stop_at, quiet: bool, json_out: bool) -> None:
     from pathlib import Path
 
     from llmdit_cli.train.loop import Run
     from llmdit_cli.train.loop import train as run_training
     from llmdit_cli.train.recipe import load_recipe
 
-    out = Output(quiet, json_out)
+    first = _first_rank()
+    out = Output(quiet or not first, json_out and first)
+    resume, recipe = _resume_mode(resume, recipe)
     r = load_recipe(recipe, overrides)
     run = Run(r, Path(r.output.dir), out.log, _progress(out))
     result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
@@ -96,7 +108,36 @@ def _train(overrides: dict, recipe, resume: bool, cache_only: bool, stop_at, qui
         if (result / "model_index.json").is_file()
         else "checkpoint"
     )
-    out.wrote(str(result), kind, prompt=None, seed=r.train.seed, settings=r.model_dump(mode="json"))
+    if first:  # the other ranks of a distributed launch made the same result
+        out.wrote(str(result), kind, prompt=None, seed=r.train.seed, settings=r.model_dump(mode="json"))
+
+
+def _first_rank() -> bool:
+    """Whether this is the first process of a distributed launch (RANK 0 under torchrun,
+    accelerate launch or srun), or the only one: only it shows progress and logs and reports the
+    result; errors show on every rank."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    except ValueError:
+        return True
+
+
+def _resume_mode(resume: bool, words: list[str] | None) -> tuple[bool | str, str | None]:
+    """The resume mode and the recipe from `--resume` and the positional words: `--resume auto`
+    leaves the word `auto` among them (a bool flag takes no value), before or after the recipe."""
+    from llmdit_cli.errors import UsageError
+
+    words = list(words or [])
+    auto = "auto" in words
+    if auto:
+        words.remove("auto")
+        if not resume:
+            raise UsageError("auto: not a recipe; continue-or-start is --resume auto")
+    if len(words) > 1:
+        raise UsageError(f"{' '.join(words)}: give one recipe")
+    return ("auto" if auto else resume), (words[0] if words else None)
 
 
 @handle_errors
@@ -141,6 +182,23 @@ def train(
         Optional[bool],
         _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."),
     ] = None,
+    gradient_checkpointing_offload: Annotated[
+        Optional[bool],
+        _opt(
+            "--gradient-checkpointing-offload/--no-gradient-checkpointing-offload",
+            help="Checkpointing, with the saved activations in CPU memory until backward (less GPU memory).",
+        ),
+    ] = None,
+    loss_weighting: Annotated[
+        Optional[str], _opt("--loss-weighting", help="none, or gaussian: weight each example's loss by its sigma.")
+    ] = None,
+    weighting_center: Annotated[
+        Optional[float],
+        _opt("--weighting-center", help="With --loss-weighting gaussian: the sigma weighted most (0.5)."),
+    ] = None,
+    weighting_width: Annotated[
+        Optional[float], _opt("--weighting-width", help="With --loss-weighting gaussian: its width in sigma (0.3).")
+    ] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of data order, noise and timesteps.")] = None,
     timestep_sampling: Annotated[
         Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted.")
@@ -162,7 +220,12 @@ def train(
         ),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --output from its latest checkpoint. --resume auto: continue if "
+            "there is one, else start fresh (one command line for a requeued job).",
+        ),
     ] = False,
     cache_only: Annotated[bool, typer.Option("--cache-only", help="Fill the embeds/latents cache and stop.")] = False,
     stop_at: Annotated[

@@ -20,6 +20,7 @@ from typing import Any
 
 from llmdit_cli import __version__
 from llmdit_cli.errors import LlmditError, UsageError
+from llmdit_cli.sweep.claims import alive
 from llmdit_cli.sweep.recipe import Cell, Recipe
 
 IMAGES = "images"
@@ -52,14 +53,33 @@ def parse_shard(text: str, where: str = "--shard") -> Shard:
 
 def shard_from_env(env: dict[str, str]) -> tuple[Shard, str | None]:
     """The shard a scheduler gives this process: torchrun / accelerate (RANK, WORLD_SIZE; each rank
-    on its own device, LOCAL_RANK) or a SLURM array (SLURM_ARRAY_TASK_ID / _COUNT). Returns the
-    shard and the device a distributed launch assigns (None: leave the device setting alone)."""
+    on its own device, LOCAL_RANK), a SLURM array (SLURM_ARRAY_TASK_ID / _COUNT) and the tasks of
+    one `srun -n N` (SLURM_PROCID / SLURM_NTASKS). Returns the shard and the device a distributed
+    launch assigns (None: leave the device setting alone). Claims keep overlapping shards from
+    doing a cell twice (`claims.py`)."""
     if "WORLD_SIZE" in env and "RANK" in env:
         shard = parse_shard(f"{env['RANK']}/{env['WORLD_SIZE']}", "RANK/WORLD_SIZE")
         return shard, f"cuda:{env.get('LOCAL_RANK', '0')}"
+    shard = Shard()
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        return _slurm_shard(env), None
-    return Shard(), None
+        shard = _slurm_shard(env)
+    return _split_by_task(shard, env), None
+
+
+def _split_by_task(shard: Shard, env: dict[str, str]) -> Shard:
+    """`srun -n N` starts N tasks (SLURM_PROCID of SLURM_STEP_NUM_TASKS) that would each take the
+    whole shard: task P takes part P of it. Only inside a job step (SLURM_STEP_ID set by srun): a
+    batch script's own shell is one process whatever `--ntasks` says."""
+    if "SLURM_STEP_ID" not in env and "SLURM_STEPID" not in env:
+        return shard
+    names = ("SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS", "SLURM_PROCID")
+    try:
+        tasks, task = (int(env.get(n, d)) for n, d in zip(names, ("1", "0")))
+    except ValueError:
+        raise UsageError(f"{' / '.join(names)}: not integers ({', '.join(env.get(n, '-') for n in names)})") from None
+    if tasks <= 1 or not 0 <= task < tasks:
+        return shard
+    return Shard(shard.index * tasks + task, shard.count * tasks)
 
 
 def _slurm_shard(env: dict[str, str]) -> Shard:
@@ -182,18 +202,8 @@ def remove_stale_temps(folder: Path) -> None:
     for tmp in (folder / IMAGES).glob(".*.tmp"):
         parts = tmp.name[1:].removesuffix(".tmp").rsplit(".", 2)
         owner = parts[1].rsplit("-", 1) if len(parts) == 3 else []
-        if len(owner) == 2 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
+        if len(owner) == 2 and owner[0] == host and owner[1].isdigit() and not alive(int(owner[1])):
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- running cells ---------------------------------------------------------------------------------
@@ -205,6 +215,7 @@ class Outcome:
     skipped: int = 0
     failed: int = 0
     left_out: int = 0
+    elsewhere: int = 0  # claimed by another process still running them
     seconds: list[float] = field(default_factory=list)
 
 
@@ -337,21 +348,69 @@ def plan(engine, recipe: Recipe, todo: list[Cell], device: str | None, report) -
 def run_cells(engine, planned: list[tuple[Cell, Any]], folder: Path, shard: Shard, report, on_done) -> Outcome:
     """Make every cell's image (encodings shared between cells; cells that differ only in prompt
     and seed `generation.batch_size` to a forward); record each in the shard's manifest; a
-    failing cell (or batch) is recorded as failed and the sweep goes on."""
-    manifest = folder / shard.manifest
-    end_with_newline(manifest)
-    encodings: dict[tuple, Any] = {}
-    outcome = Outcome()
-    tag = writer_tag()
-    previous = None
-    for group in cell_batches(planned):
-        key = engine.key_for(group[0][1].settings)
-        if previous is not None and key != previous:
-            engine.release(previous)  # cells are grouped by model: the last one is done with
-            encodings.clear()
-        previous = key
-        _run_group(engine, group, encodings, folder, tag, manifest, shard, report, outcome, on_done)
-    return outcome
+    failing cell (or batch) is recorded as failed and the sweep goes on. Each cell is claimed
+    first (`claims.py`): one another process holds is left to it, and looked at again at the end
+    in case that process died."""
+    from llmdit_cli.sweep.claims import Claims
+
+    ctx = _Run(engine, folder, shard, report, on_done, folder / shard.manifest)
+    end_with_newline(ctx.manifest)
+    with Claims(folder) as claims:
+        ctx.claims = claims
+        elsewhere = ctx.run_all(planned)
+        if elsewhere:
+            ctx.run_all(elsewhere, last=True)
+    return ctx.outcome
+
+
+@dataclass
+class _Run:
+    """One process's pass over its planned cells."""
+
+    engine: Any
+    folder: Path
+    shard: Shard
+    report: Any
+    on_done: Any
+    manifest: Path
+    claims: Any = None
+    outcome: Outcome = field(default_factory=Outcome)
+    encodings: dict = field(default_factory=dict)
+    tag: str = field(default_factory=lambda: writer_tag())
+    previous: Any = None
+
+    def run_all(self, planned: list[tuple[Cell, Any]], last: bool = False) -> list[tuple[Cell, Any]]:
+        """Make the cells this process can claim; returns those another process holds."""
+        elsewhere = []
+        for group in cell_batches(planned):
+            mine, theirs = self.claim(group)
+            elsewhere += theirs
+            if not mine:
+                continue
+            key = self.engine.key_for(mine[0][1].settings)
+            if self.previous is not None and key != self.previous:
+                self.engine.release(self.previous)  # cells are grouped by model: the last one is done with
+                self.encodings.clear()
+            self.previous = key
+            _run_group(self, mine)
+        if last:
+            for cell, _ in elsewhere:
+                self.outcome.elsewhere += 1
+                self.on_done(cell, {"status": "elsewhere"})
+        return elsewhere
+
+    def claim(self, group: list[tuple[Cell, Any]]) -> tuple[list, list]:
+        mine, theirs, done = [], [], None
+        for cell, req in group:
+            how = self.claims.take(cell.id)
+            if how == "over":  # its owner is gone, maybe after recording it
+                done = read_manifests(self.folder, lambda m: None) if done is None else done
+                if cell.id in done:
+                    self.claims.done(cell.id)
+                    self.outcome.skipped += 1
+                    continue
+            (mine if how else theirs).append((cell, req))
+        return mine, theirs
 
 
 def cell_batches(planned: list[tuple[Cell, Any]]) -> list[list[tuple[Cell, Any]]]:
@@ -371,27 +430,26 @@ def cell_batches(planned: list[tuple[Cell, Any]]) -> list[list[tuple[Cell, Any]]
     return groups
 
 
-def _run_group(
-    engine, group, encodings, folder: Path, tag: str, manifest: Path, shard: Shard, report, outcome, on_done
-):
+def _run_group(run: _Run, group: list[tuple[Cell, Any]]) -> None:
     from llmdit_cli.artifacts import write_bytes_atomic
     from llmdit_cli.pngmeta import png_bytes
 
     start = time.perf_counter()
-    records = [_record(cell, shard) for cell, _ in group]
+    records = [_record(cell, run.shard) for cell, _ in group]
     try:
         for cell, req in group:
-            req.embeds = _encoding(engine, req, cell.prompt, encodings, report)
-        made = engine.generate_many([req for _, req in group], report)
+            req.embeds = _encoding(run.engine, req, cell.prompt, run.encodings, run.report)
+        made = run.engine.generate_many([req for _, req in group], run.report)
         seconds = round((time.perf_counter() - start) / len(group), 4)
         for (cell, _), record, (generated,) in zip(group, records, made):
             image = f"{IMAGES}/{cell.image_name()}"
-            write_bytes_atomic(str(folder / image), png_bytes(generated.image, generated.settings), tag)
+            write_bytes_atomic(str(run.folder / image), png_bytes(generated.image, generated.settings), run.tag)
             record.update(status="done", image=image, settings=generated.settings, seconds=seconds)
-            append_record(manifest, record)
-            outcome.done += 1
-            outcome.seconds.append(seconds)
-            on_done(cell, record)
+            append_record(run.manifest, record)
+            run.claims.done(cell.id)
+            run.outcome.done += 1
+            run.outcome.seconds.append(seconds)
+            run.on_done(cell, record)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a cell that fails (out of memory, ...) is recorded; the sweep goes on
@@ -402,10 +460,11 @@ def _run_group(
                 continue  # written before the failure
             record.update(status="failed", error=message.splitlines()[0] if message else type(exc).__name__)
             record.update(seconds=seconds)
-            append_record(manifest, record)
-            outcome.failed += 1
-            report.hint(f"cell {cell.index} failed: {record['error']}")
-            on_done(cell, record)
+            append_record(run.manifest, record)
+            run.claims.give_back(cell.id)  # a rerun (or another process) tries it again
+            run.outcome.failed += 1
+            run.report.hint(f"cell {cell.index} failed: {record['error']}")
+            run.on_done(cell, record)
 
 
 def _record(cell: Cell, shard: Shard) -> dict[str, Any]:

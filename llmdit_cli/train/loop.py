@@ -34,14 +34,18 @@ class Run:
     output: Path
     log: Callable[[str], None]
     progress: Callable  # progress(description, total) context manager yielding update(step, **fields)
+    parts: tuple = ()  # (transformer, optimizer, lr schedule) once prepared: what checkpoints hold
 
 
-def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int | None = None) -> Path:
-    """Run the recipe; returns the result path (LoRA file or model folder, or the cache folder)."""
+def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_at: int | None = None) -> Path:
+    """Run the recipe; returns the result path (LoRA file or model folder, or the cache folder).
+    `resume` "auto" continues from the latest checkpoint when there is one, else starts fresh."""
     import torch
     from accelerate import Accelerator
 
     r = run.recipe
+    if resume == "auto":
+        resume = bool(_checkpoints(run.output))
     _check_output(run.output, resume)
     run.output.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(
@@ -71,10 +75,8 @@ def train(run: Run, resume: bool = False, cache_only: bool = False, stop_at: int
     # The schedule steps once per optimiser step, outside Accelerate (which would step it once per
     # process); it is registered so checkpoints carry its state.
     transformer, optimizer = acc.prepare(transformer, optimizer)
-    acc.register_for_checkpointing(scheduler)
-    if r.method == "lora":
-        _checkpoint_trainable_only(acc)
     ema = _Ema(params, r.train.ema) if r.train.ema > 0 else None
+    run.parts = (transformer, optimizer, scheduler)  # what a checkpoint holds (train/checkpoint.py)
 
     start = _resume(run, acc, ema) if resume else 0
     if acc.is_main_process:
@@ -204,7 +206,7 @@ def _transformer(r: Recipe, handle):
             raise
     else:
         transformer.requires_grad_(True)
-    if r.train.gradient_checkpointing:
+    if r.train.gradient_checkpointing or r.train.gradient_checkpointing_offload:
         transformer.enable_gradient_checkpointing()
     transformer.train()
     return transformer
@@ -309,7 +311,7 @@ def _step(
         sigmas = sample_sigmas(len(batch), t.timestep_sampling, gen, t.shift, t.logit_mean, t.logit_std)
         noise = torch.randn(x0.shape, generator=gen).to(acc.device)
         weights = loss_weights(sigmas, t.loss_weighting, t.weighting_center, t.weighting_width)
-        with acc.accumulate(transformer), acc.autocast():
+        with acc.accumulate(transformer), acc.autocast(), _activations_kept(t):
             loss = flow_loss(transformer, x0, embeds, sigmas.to(acc.device), noise, weights)
             acc.backward(loss)
             if acc.sync_gradients and r.optim.grad_clip > 0:
@@ -320,6 +322,19 @@ def _step(
     scheduler.step()
     mean = torch.stack(losses).mean()
     return float(acc.gather(mean.reshape(1)).mean())
+
+
+def _activations_kept(t):
+    """Where saved activations wait for backward: on the device, or in CPU memory with
+    `gradient_checkpointing_offload` (torch's `save_on_cpu`; with checkpointing, only the blocks'
+    inputs are saved)."""
+    from contextlib import nullcontext
+
+    import torch
+
+    if not t.gradient_checkpointing_offload:
+        return nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
 
 
 class _Ema:
@@ -394,9 +409,14 @@ def _checkpoints(output: Path) -> list[Path]:
 
 
 def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
+    """Weights (a LoRA run: only the adapters, not the frozen base, which would be ~24 GB in
+    float32 for Z-Image), optimiser, schedule and RNG states, as safetensors and JSON."""
+    from llmdit_cli.train import checkpoint
+
     path = run.output / CHECKPOINTS / f"step-{step:06d}"
     acc.wait_for_everyone()
-    acc.save_state(str(path))
+    checkpoint.save(path, acc, *run.parts, trainable_only=run.recipe.method == "lora")
+    acc.wait_for_everyone()
     if acc.is_main_process:
         from safetensors.torch import save_file
 
@@ -410,37 +430,6 @@ def _save_checkpoint(run: Run, acc, step: int, ema) -> None:
         for old in _checkpoints(run.output)[: -run.recipe.output.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
-
-
-def _checkpoint_trainable_only(acc) -> None:
-    """A LoRA run's checkpoints hold the weights it trains, not the frozen base model (which would
-    be the whole transformer in float32 each time: ~24 GB for Z-Image). Resuming loads them over
-    the base that the run loads anyway, and refuses a checkpoint that lacks one of them."""
-
-    def trainable(model) -> set[str]:
-        # The names of the model Accelerate keeps for checkpoints (its state dict is what is saved).
-        return {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def keep_trainable(models, weights, _output_dir) -> None:
-        for model, state in zip(models, weights):
-            keep = trainable(model)
-            for key in [k for k in state if k not in keep]:
-                del state[key]
-
-    def check_complete(models, input_dir) -> None:
-        from safetensors import safe_open
-
-        for i, model in enumerate(models):
-            path = Path(input_dir) / f"model{f'_{i}' if i else ''}.safetensors"
-            if not path.is_file():
-                raise InputError(f"--resume: {path.parent} holds no {path.name}")
-            with safe_open(str(path), "pt") as f:
-                missing = sorted(trainable(model) - set(f.keys()))
-            if missing:
-                raise InputError(f"--resume: {path} lacks trained weights ({missing[0]}, ...)")
-
-    acc.register_save_state_pre_hook(keep_trainable)
-    acc.register_load_state_pre_hook(check_complete)
 
 
 def _resume(run: Run, acc, ema) -> int:
@@ -457,13 +446,16 @@ def _resume(run: Run, acc, ema) -> int:
             f"--resume: {latest} was made by another recipe (model, data, method or training "
             f"settings differ); use the same recipe or another --output"
         )
-    # LoRA checkpoints hold only the trained weights (`_checkpoint_trainable_only`).
-    acc.load_state(str(latest), strict=run.recipe.method != "lora")
+    from llmdit_cli.train import checkpoint
+
+    # LoRA checkpoints hold only the trained weights; they load over the base the run loaded.
+    checkpoint.load(latest, acc, *run.parts, trainable_only=run.recipe.method == "lora")
     if ema is not None and (latest / "ema.safetensors").is_file():
         from safetensors.torch import load_file
 
         ema.load(load_file(str(latest / "ema.safetensors")))
-    run.log(f"resuming from {latest} (step {meta['step']})")
+    if acc.is_main_process:
+        run.log(f"resuming from {latest} (step {meta['step']})")
     return int(meta["step"])
 
 

@@ -60,6 +60,8 @@ class TrainConfig(_Section):
     epochs: int | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
+    # Checkpointed blocks' inputs kept in CPU memory until backward (torch's save_on_cpu).
+    gradient_checkpointing_offload: bool = False
     seed: int = 0
     timestep_sampling: Literal["uniform", "logit_normal", "shifted"] = "shifted"
     shift: float = 3.0
