@@ -75,12 +75,12 @@ class GenerationSettings(_Section):
     not_recorded: ClassVar[tuple[str, ...]] = ("batch_size",)  # the same pixels at any batch size
     width: int | None = None
     height: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0)
     cfg_normalization: float = 0.0
     cfg_truncation: float = 1.0
     negative_prompt: str | None = None
-    strength: float = 0.6
+    strength: float = Field(default=0.6, ge=0, le=1)
     mask: str | None = None  # img2img: white repaints (inpainting)
     batch_size: int = Field(default=1, ge=1, le=64)  # images per transformer forward
 

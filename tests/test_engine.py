@@ -86,10 +86,10 @@ def test_library_errors_name_setting_keys_and_the_cli_names_flags():
     from llmdit_cli.errors import UsageError
 
     with pytest.raises(UsageError) as info:
-        Engine().generate(request(steps=0, slg_layers=[99], slg=True))
-    assert str(info.value) == "generation.steps 0: must be at least 1"  # what a server shows
-    assert info.value.render(lambda key: f"<{key}>") == "<generation.steps> 0: must be at least 1"
-    assert message_for(info.value) == ("--steps 0: must be at least 1", 2)
+        Engine().generate(request(width=30, slg_layers=[99], slg=True))
+    assert str(info.value) == "generation.width 30: must be a positive multiple of 16"  # what a server shows
+    assert info.value.render(lambda key: f"<{key}>") == "<generation.width> 30: must be a positive multiple of 16"
+    assert message_for(info.value) == ("--width 30: must be a positive multiple of 16", 2)
     with pytest.raises(UsageError) as info:
         Engine().generate(request(slg_layers=[99], slg=True))
     assert str(info.value).startswith("slg.layers 99: the transformer has 4 layers")

@@ -117,9 +117,26 @@ def test_size_not_multiple_of_16(cli, tmp_path, flag, value):
 @pytest.mark.parametrize("steps", [0, -3])
 def test_steps_below_one(cli, tmp_path, steps):
     assert_one_line_error(
-        cli("generate", "a cat", "--model", "demo", "--steps", steps, "-o", "x.png"), f"--steps {steps}", "at least 1"
+        cli("generate", "a cat", "--model", "demo", "--steps", steps, "-o", "x.png"),
+        f"--steps {steps}",
+        "greater than or equal to 1",
     )
     no_outputs(tmp_path)
+
+
+def test_static_values_are_refused_before_the_heavy_imports():
+    """A value no model takes (`--steps 0`) is refused when the settings resolve: no torch import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from llmdit_cli.cli.app import main\n"
+        "sys.argv = ['llmdit', 'generate', 'a', '--model', 'demo', '--steps', '0', '-o', 'x.png']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "False" and "--steps 0" in r.stderr, (r.stdout, r.stderr)
 
 
 @pytest.mark.parametrize("strength", [-0.1, 1.5])
@@ -128,7 +145,7 @@ def test_strength_out_of_range(cli, tmp_path, strength):
 
     Image.new("RGB", (32, 32)).save("in.png")
     r = cli("img2img", "a cat", "--image", "in.png", "--strength", strength, "--model", "demo", "-o", "x.png")
-    assert_one_line_error(r, f"--strength {strength}", "[0, 1]")
+    assert_one_line_error(r, f"--strength {strength}", "than or equal to")
     no_outputs(tmp_path, "in.png")
 
 

@@ -123,12 +123,6 @@ def check_generation(r: Resolved, lim) -> None:
     g = r.generation
     for side in ("width", "height"):
         check_size(getattr(g, side), label=r.origin(side), multiple=lim.size_multiple)
-    if g.steps < 1:
-        raise UsageError(f"{r.origin('steps')} {g.steps}: must be at least 1")
-    if g.guidance_scale < 0:
-        raise UsageError(f"{r.origin('guidance_scale')} {g.guidance_scale}: must be 0 (off) or positive")
-    if not 0.0 <= g.strength <= 1.0:
-        raise UsageError(f"{r.origin('strength')} {g.strength}: must be in [0, 1]")
 
 
 def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
