@@ -95,7 +95,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l api-url -d 'Encode
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l assistant-content -d 'Text that opens the assistant turn' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero, pad_both or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l config -d 'Config TOML file (default: the user config dirs config' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l cpu-offload -d 'none; model (each component moves to the GPU while it runs); sequential (layer by layer: least memory, slowest)' -r -F
@@ -136,7 +136,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l attention-backen
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l batch-size -d 'Images per transformer forward (default 1); the same pixels as one at a time' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero, pad_both or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
@@ -230,7 +230,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l attention-backend
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l batch-size -d 'Images per transformer forward (default 1); the same pixels as one at a time' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cache-dir -d 'Embedding cache folder (default: ~/' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or filler_repeat (default pad_end_zero)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-fill -d 'How --caption-length fills a shorter prompt: content_only, pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero, pad_both or filler_repeat (default pad_end_zero)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l caption-length -d 'Bring every prompt embedding to exactly N tokens (see --caption-fill)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-normalization -d 'Clamp |guided| to this multiple of |conditional|; 0 = off' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l cfg-truncation -d 'Turn CFG off once progress (0' -r -F
@@ -388,6 +388,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l json -d 'For each w
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l limit -d 'Run only the first N cells (of this shard)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l output -d 'Run folder (default: the recipes `output`, else runs/NAME)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l quick -d 'Smoke run: the first prompt and seed, every axis, at most 2 steps, into RUN-quick' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l shard -d 'Run shard K of N (K/N, K from 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l category -d 'Only this category (photography, portrait, rewriter, ' -r -F

@@ -50,7 +50,13 @@ class EncoderSettings(_Section):
     long_prompt_mode: Literal["error", "truncate", "interpolate", "pool", "attention_pool"] = "truncate"
     caption_length: int | None = Field(default=None, ge=1)
     caption_fill: Literal[
-        "content_only", "pad_end_zero", "pad_end_mean", "pad_start_zero", "pad_middle_zero", "filler_repeat"
+        "content_only",
+        "pad_end_zero",
+        "pad_end_mean",
+        "pad_start_zero",
+        "pad_middle_zero",
+        "pad_both",
+        "filler_repeat",
     ] = "pad_end_zero"
 
 

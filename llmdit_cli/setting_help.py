@@ -42,8 +42,8 @@ HELP = {
     },
     "caption_fill": {
         "help": "How --caption-length fills a shorter prompt: content_only, "
-        "pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero or "
-        "filler_repeat (default pad_end_zero).",
+        "pad_end_zero, pad_end_mean, pad_start_zero, pad_middle_zero, pad_both "
+        "or filler_repeat (default pad_end_zero).",
         "panel": "Prompt formatting",
     },
     "caption_length": {

@@ -51,6 +51,9 @@ def test_fill_modes_give_n_tokens_and_keep_the_content(mode, dtype):
     elif mode == "pad_middle_zero":
         kept = torch.cat([y[:5], y[-5:]])
         assert not y[5:-5].any()
+    elif mode == "pad_both":  # 54 zeros: 27 before, 27 after
+        kept = y[27:37]
+        assert not y[:27].any() and not y[37:].any()
     else:
         kept = y[:10]
     assert torch.equal(kept, content)

@@ -219,7 +219,7 @@ BAD = [
         "[zip]\ngeneration.steps = [1, 2]\nscheduler.shift = [1.0]\n",
         "need equal lengths (generation.steps has 2, scheduler.shift has 1)",
     ),
-    ("[grid]\ngeneration.steps = [0, 1]\n", "generation.steps (from "),
+    ("[grid]\ngeneration.steps = [0, 1]\n", "[grid] generation.steps: bad value for 'generation.steps' (0)"),
     ("size_factor = 0\n", "bad value for 'size_factor'"),
 ]
 
@@ -268,3 +268,21 @@ def test_cells_beyond_the_model_are_left_out_with_one_warning(cli, tmp_path):
     warnings = [line for line in r.stderr.splitlines() if "beyond model demo" in line]
     assert len(warnings) == 1 and "-21, -16, -12, -8, -6" in warnings[0], r.stderr
     assert {rec["axes"]["encoder.hidden_layer"] for rec in records(tmp_path / "runs" / "h")} == {-2}
+
+
+def test_several_recipes_and_quick_smoke_runs(cli, tmp_path):
+    """`llmdit sweep A.toml B.toml --quick`: each recipe's first prompt and seed, every axis, at
+    most 2 steps, into RUN-quick; -o with several recipes is refused."""
+    a = write(
+        tmp_path / "a.toml", MINIMAL.replace('prompts = ["a red circle on a blue background"]', 'prompts = ["x", "y"]')
+    )
+    b = write(tmp_path / "b.toml", MINIMAL.replace("generation.steps = [1, 2]\n", ""))
+    r = cli("sweep", a, b, "--quick", "-q")
+    assert r.code == 0, r.stderr
+    quick_a, quick_b = records(tmp_path / "runs" / "a-quick"), records(tmp_path / "runs" / "b-quick")
+    assert len(quick_a) == 4 and {x["prompt"] for x in quick_a} == {"x"} and {x["seed"] for x in quick_a} == {1}
+    assert len(quick_b) == 2 and {x["settings"]["steps"] for x in quick_b} == {2}  # steps: no axis, at most 2
+    assert not (tmp_path / "runs" / "a").exists()
+    assert_one_line_error(cli("sweep", a, b, "-o", "one"), "-o names one run folder")
+    assert_one_line_error(cli("sweep", a, tmp_path / "missing.toml"), "missing.toml")
+    assert not (tmp_path / "runs" / "a").exists()  # every recipe is read before anything runs

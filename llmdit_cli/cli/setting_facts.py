@@ -15,6 +15,7 @@ FACTS = {
             "pad_end_mean",
             "pad_start_zero",
             "pad_middle_zero",
+            "pad_both",
             "filler_repeat",
         ],
         "default": "pad_end_zero",

@@ -10,7 +10,18 @@ from llmdit_cli.cli.output import Output
 
 G_SWEEP = "Sweep"
 
-RecipeArg = Annotated[str, typer.Argument(help="Sweep recipe TOML (see recipes/README.md).", show_default=False)]
+RecipesArg = Annotated[
+    list[str],
+    typer.Argument(help="Sweep recipe TOML files (see recipes/README.md), run one after another.", show_default=False),
+]
+QuickOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quick",
+        help="Smoke run: the first prompt and seed, every axis, at most 2 steps, into RUN-quick.",
+        rich_help_panel=G_SWEEP,
+    ),
+]
 SweepOutputOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -49,13 +60,14 @@ ForceOpt = Annotated[
 
 @handle_errors
 def sweep(
-    recipe: RecipeArg,
+    recipes: RecipesArg,
     output: SweepOutputOpt = None,
     model: ModelOpt = None,
     shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     limit: LimitOpt = None,
     force: ForceOpt = False,
+    quick: QuickOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
@@ -66,24 +78,42 @@ def sweep(
     running the same command again does only the cells not finished yet. Any number of
     processes may run one recipe into one folder: each cell is claimed first and made once.
     --shard K/N (or a SLURM array, srun -n, torchrun, accelerate launch) splits the cells
-    between them. Exit code 1 when a cell failed (its error is in the manifest).
+    between them. Several recipes run one after another; --quick makes a smoke run of each.
+    Exit code 1 when a cell failed (its error is in the manifest).
 
     Example: llmdit sweep recipes/dype.toml --model demo
     """
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.sweep import recipe as recipes_
+
+    if output and len(recipes) > 1:
+        raise UsageError("-o names one run folder; with several recipes each runs into its own")
+    loaded = [recipes_.load(path, model=model, output=output) for path in recipes]  # all checked first
+    if quick:
+        loaded = [recipes_.quick(r, output) for r in loaded]
+    from llmdit_cli.engine import Engine
+
+    out = Output(quiet, json_out)
+    engine = Engine()  # a model the recipes share loads once
+    failed = False
+    for r in loaded:
+        failed |= _run_recipe(engine, r, out, shard, limit, force, dry_run)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run_recipe(engine, r, out: Output, shard, limit, force: bool, dry_run: bool) -> bool:
+    """One recipe's sweep; True when a cell failed."""
     import os
     from contextlib import ExitStack
 
-    from llmdit_cli.engine import Engine
-    from llmdit_cli.sweep import recipe as recipes
     from llmdit_cli.sweep import run
 
-    out = Output(quiet, json_out)
-    r = recipes.load(recipe, model=model, output=output)
     part, device = run.shard_for(shard, dict(os.environ))
     sel = run.select(r, part, limit, force, out.hint)
     if dry_run:
         _list(out, sel.cells, sel.done)
-        return
+        return False
     with ExitStack() as stack:
         ticks = {"n": 0}
 
@@ -108,10 +138,9 @@ def sweep(
                     axes=cell.axes,
                 )
 
-        outcome = run.execute(Engine(), r, sel, part, device, run.QuietReporter(out), on_start, on_done)
+        outcome = run.execute(engine, r, sel, part, device, run.QuietReporter(out), on_start, on_done)
     _summary(out, r, sel.folder, outcome)
-    if outcome.failed:
-        raise typer.Exit(1)
+    return outcome.failed > 0
 
 
 def _list(out, cells, done) -> None:

@@ -15,6 +15,7 @@ Caption fill modes (every embedding becomes exactly N tokens; longer ones keep t
 - `content_only`: no filler: the content repeated from its first token until N;
 - `pad_end_zero` / `pad_start_zero`: zero vectors after / before the content;
 - `pad_middle_zero`: zero vectors between the first and second half of the content;
+- `pad_both`: the content centred, zero vectors before and after it (the odd one after);
 - `pad_end_mean`: the mean of the content tokens, repeated after it;
 - `filler_repeat`: the last content token (the end of the chat template), repeated after it.
 """
@@ -22,7 +23,15 @@ Caption fill modes (every embedding becomes exactly N tokens; longer ones keep t
 from __future__ import annotations
 
 LONG_MODES = ("error", "truncate", "interpolate", "pool", "attention_pool")
-FILL_MODES = ("content_only", "pad_end_zero", "pad_end_mean", "pad_start_zero", "pad_middle_zero", "filler_repeat")
+FILL_MODES = (
+    "content_only",
+    "pad_end_zero",
+    "pad_end_mean",
+    "pad_start_zero",
+    "pad_middle_zero",
+    "pad_both",
+    "filler_repeat",
+)
 
 
 def fit_length(x, limit: int, mode: str):
@@ -85,6 +94,9 @@ def fill_length(x, n: int, mode: str):
     if mode == "pad_middle_zero":
         half = k // 2
         return torch.cat([content[:half], zeros, content[half:]])
+    if mode == "pad_both":
+        before = missing // 2
+        return torch.cat([zeros[:before], content, zeros[before:]])
     if mode == "pad_end_mean":
         mean = content.float().mean(dim=0, keepdim=True).to(x.dtype)
         return torch.cat([content, mean.expand(missing, -1)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,26 @@ class Cell:
 
     def image_name(self) -> str:
         return f"{self.index:05d}-{self.id}.png"
+
+
+QUICK_STEPS = 2
+
+
+def quick(recipe: Recipe, output: str | None = None) -> Recipe:
+    """A smoke run of the recipe: its first prompt and first seed, every axis, and at most
+    `QUICK_STEPS` steps (where steps are not an axis), into its own folder (`runs/NAME-quick`)."""
+    base = dict(recipe.base)
+    if "generation.steps" not in recipe.grid and "generation.steps" not in recipe.zip:
+        base["generation.steps"] = min(base.get("generation.steps") or QUICK_STEPS, QUICK_STEPS)
+    name = f"{recipe.name}-quick"
+    return replace(
+        recipe,
+        name=name,
+        prompts=recipe.prompts[:1],
+        seeds=recipe.seeds[:1],
+        base=base,
+        output=output or f"{recipe.output.rstrip('/')}-quick",
+    )
 
 
 def load(path: str, model: str | None = None, output: str | None = None) -> Recipe:
