@@ -334,7 +334,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l profile -d 'Profi
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l seed -d 'Seed of the sampling (the same seed gives the same text)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l temperature -d 'Sampling temperature; 0 = greedy' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l template -d 'Rewriter template (`llmdit templates list --category rewriter`; default general-enhancer, or the configs [rewriter] template)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l template -d 'Rewriter template (`llmdit templates list --category rewriter`; default: the configs [rewriter] template, else the model familys: general-enhancer, demo-caption for the demo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l templates-dir -d 'A folder of your own templates (*' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l timeout -d 'Seconds to wait for each reply (default 120)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from rewrite' -l top-k -d 'Sample among the K most likely tokens; 0 = off' -r -F

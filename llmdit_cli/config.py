@@ -107,7 +107,7 @@ class RewriterSettings(_Section):
 
     flag_prefix: ClassVar[str] = "rewriter"
     record: ClassVar[str] = "none"
-    template: str = "general-enhancer"
+    template: str | None = None  # None: the model family's (general-enhancer; demo-caption for the demo)
     api_url: str | None = None
     api_model: str | None = None
     timeout: float = Field(default=120.0, gt=0)  # seconds per reply (the seed's default)

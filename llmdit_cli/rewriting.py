@@ -18,6 +18,13 @@ from llmdit_cli.errors import InputError, ModelError, UsageError
 _RNG = threading.Lock()  # sampling seeds torch's global generator: one sampler at a time
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")
+DEFAULT_TEMPLATE = "general-enhancer"
+
+
+def template_for(r) -> str:
+    """The rewriter template a plan names: its own, else the model family's (filled by the
+    engine), else the general one (a chat server's rewrite, where no model family is known)."""
+    return r.settings.rewriter.template or DEFAULT_TEMPLATE
 
 
 @dataclass(frozen=True)

@@ -284,3 +284,19 @@ def test_the_rewriter_section_of_the_config_and_its_variables_apply(cli, server,
     monkeypatch.setenv("LLMDIT_REWRITER_TIMEOUT", "0.3")
     assert_one_line_error(cli("rewrite", PROMPT, "--api-model", "small", "--seed", 1), "no reply within 0.3 s")
     assert_one_line_error(cli("rewrite", PROMPT, "--api-model", "small", "--timeout", 0), "--timeout 0")
+
+
+def test_the_demo_rewrites_with_its_own_template_by_default(cli):
+    """Issue 27, item 3: the demo family's default rewriter template is demo-caption; a Z-Image
+    folder's stays general-enhancer (the config and --template still choose)."""
+    from llmdit_cli.config import resolve_defaults
+    from llmdit_cli.engine import Engine
+
+    args = ["rewrite", "triangle, yellow, on black", "--model", "demo", "--temperature", 0, "--max-new-tokens", 24]
+    default, named = cli(*args), cli(*args, "--template", "demo-caption")
+    assert default.code == 0 and named.code == 0, default.stderr
+    assert default.stdout == named.stdout and " background" in default.stdout
+    general = cli(*args, "--template", "general-enhancer")
+    assert general.stdout != default.stdout
+    r = Engine().settled(resolve_defaults({"model": "demo"}))[2]
+    assert r.rewriter.template == "demo-caption"

@@ -26,8 +26,8 @@ RewriterOpt = Annotated[
     Optional[str],
     typer.Option(
         "--template",
-        help="Rewriter template (`llmdit templates list --category rewriter`; default general-enhancer, "
-        "or the config's [rewriter] template).",
+        help="Rewriter template (`llmdit templates list --category rewriter`; default: the config's "
+        "[rewriter] template, else the model family's: general-enhancer, demo-caption for the demo).",
         rich_help_panel=G_SAMPLE,
         show_default=False,
     ),
@@ -183,7 +183,7 @@ def rewrite(
     if api_url:
         if not api_model:
             raise UsageError("--api-url needs --api-model (the model name the server knows)")
-        t = find(template, r.templates.dir)
+        t = find(rewriting.template_for(r), r.templates.dir)
         key = os.environ.get(api_key_env)
         picture = rewriting.image_data_url(image) if image else None
         replies = [

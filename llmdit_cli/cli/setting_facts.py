@@ -45,7 +45,6 @@ FACTS = {
     },
     "max_length": {"default": 512},
     "quantize": {"choices": ["none", "8bit", "4bit"], "default": "none"},
-    "rewriter_template": {"default": "general-enhancer"},
     "rewriter_timeout": {"default": 120.0},
     "slg": {"default": False},
     "step_cache": {"choices": ["none", "first-block"], "default": "none"},

@@ -139,10 +139,10 @@ class Engine:
         report = report or Silent()
         sampling = req.sampling or rewriting.Sampling()
         sampling.check()
-        t = find(req.template, req.settings.templates.dir)
-        fmt = t.chat_format()
         handle, lock, r = self.settled(req.settings)
         check_feature(handle.family, "rewrite", "model", handle.ref)
+        t = find(req.template or rewriting.template_for(r), r.templates.dir)
+        fmt = t.chat_format()
         if req.image is not None:
             with lock:
                 return self._rewrite_from_image(req, r, t, handle, sampling, report)

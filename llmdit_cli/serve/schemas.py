@@ -151,7 +151,7 @@ class RewriteSampling(Strict):
 
 class RewriteBody(Strict):
     prompts: list[str] = Field(min_length=1)
-    template: str = "general-enhancer"
+    template: str | None = None  # None: the served model family's (general-enhancer; demo-caption)
     image: str | None = None  # a data URL: rewrite from this image
     keep_thinking: bool = False
     llmdit: RewriteSampling = Field(default_factory=RewriteSampling)

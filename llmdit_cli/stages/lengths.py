@@ -22,16 +22,13 @@ Caption fill modes (every embedding becomes exactly N tokens; longer ones keep t
 
 from __future__ import annotations
 
-LONG_MODES = ("error", "truncate", "interpolate", "pool", "attention_pool")
-FILL_MODES = (
-    "content_only",
-    "pad_end_zero",
-    "pad_end_mean",
-    "pad_start_zero",
-    "pad_middle_zero",
-    "pad_both",
-    "filler_repeat",
-)
+from typing import get_args
+
+from llmdit_cli.config import EncoderSettings
+
+# The modes are the settings' choices (config.py), read here so the two never drift apart.
+LONG_MODES = get_args(EncoderSettings.model_fields["long_prompt_mode"].annotation)
+FILL_MODES = get_args(EncoderSettings.model_fields["caption_fill"].annotation)
 
 
 def fit_length(x, limit: int, mode: str):

@@ -21,7 +21,7 @@ _SLG = dict(slg_scale=2.5, slg_layers=[7, 8, 9, 10, 11, 12], slg_start=0.05, slg
 # Qwen3-VL-4B, hidden size 2560); the demo's is the tiny random one shipped beside it.
 _VL = dict(vl_model="Qwen/Qwen3-VL-4B-Instruct")
 # ZImagePipeline's encoding: the second-to-last hidden state; no negative prompt unless given.
-_STOCK = dict(hidden_layer=-2, negative_prompt="")
+_STOCK = dict(hidden_layer=-2, negative_prompt="", rewriter_template="general-enhancer")
 VARIANTS: dict[str, dict[str, Any]] = {
     "z-image-turbo": dict(
         width=1024,
@@ -64,7 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # whose 8-token base side leaves every frequency below ~1.3 turns (docs/dype.md).
         dype_method="yarn",
         vl_model="demo",
-        **_STOCK,
+        **{**_STOCK, "rewriter_template": "demo-caption"},  # the demo's LM was trained on it
     ),
 }
 

@@ -185,7 +185,8 @@ def rewrite_request(state: ServerState, body):
     settings = state.cfg.settings
     r = settings.base()
     try:
-        find(body.template, r.templates.dir)
+        if body.template is not None:
+            find(body.template, r.templates.dir)
     except LlmditError as exc:
         raise ApiError(400, f"template: {exc}", "template") from None
     image = None
