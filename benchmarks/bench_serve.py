@@ -34,7 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, *extra: str) -> subprocess.Popen:
+    """`llmdit serve --model demo` on `port` (with `extra` flags), once it answers /health."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     cmd = [
         sys.executable,
@@ -48,6 +49,7 @@ def start_server(port: int) -> subprocess.Popen:
         "--max-queue",
         "64",
         "-q",
+        *extra,
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(240):

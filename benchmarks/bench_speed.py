@@ -99,19 +99,9 @@ def bench_cache(rounds: int, out: Path) -> dict:
 
 
 def start_server(port: int, max_batch: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "llmdit_cli", "serve", "--model", "demo", "--port", str(port)]
-    cmd += ["--max-batch", str(max_batch), "--max-queue", "16", "--data-dir", tempfile.mkdtemp(prefix="bench-")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(240):
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("server did not start")
+    from bench_serve import start_server as serve_demo  # benchmarks/ is on the path when run
+
+    return serve_demo(port, "--max-batch", str(max_batch), "--data-dir", tempfile.mkdtemp(prefix="bench-"))
 
 
 def post(port: int, seed: int) -> None:
