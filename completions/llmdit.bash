@@ -33,7 +33,7 @@ _llmdit() {
         "sweep") opts="--dry-run --force --help --json --limit --model --output --quick --quiet --shard" ;;
         "templates list") opts="--category --help --json --no-header --search --templates-dir" ;;
         "templates show") opts="--help --templates-dir" ;;
-        "train") opts="--alpha --assistant-lora --batch-size --cache-dir --cache-only --caption-dropout --checkpoint-every --dataset --epochs --grad-accum --gradient-checkpointing --gradient-checkpointing-offload --help --json --loss-weighting --lr --max-steps --method --mixed-precision --model --no-gradient-checkpointing --no-gradient-checkpointing-offload --no-tensorboard --optimizer --output --quiet --rank --resolution --resume --schedule --seed --stop-at --target --tensorboard --timestep-sampling --validate-every --validation-prompt --warmup-steps --weighting-center --weighting-width" ;;
+        "train") opts="--alpha --assistant-lora --batch-size --cache-dir --cache-only --caption-dropout --checkpoint-every --dataset --epochs --grad-accum --gradient-checkpointing --gradient-checkpointing-offload --help --json --loss-weighting --lr --max-steps --method --mixed-precision --model --no-gradient-checkpointing --no-gradient-checkpointing-offload --no-tensorboard --objective --optimizer --output --quiet --rank --resolution --resume --schedule --seed --stop-at --target --teacher --teacher-guidance-scale --teacher-steps --tensorboard --timestep-sampling --trajectories --validate-every --validation-prompt --warmup-steps --weighting-center --weighting-width" ;;
     esac
     if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "$opts" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi
 }

@@ -422,6 +422,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l model -d 'Hub id, l
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing -d 'Recompute activations to save memory' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing-offload -d 'Checkpointing, with the saved activations in CPU memory until backward (less GPU memory)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-tensorboard -d 'Log loss and lr to TensorBoard' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l objective -d 'sft (flow matching on images) or distill (guidance distillation; prompts only)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l optimizer -d 'adamw or adamw8bit (bitsandbytes)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l output -d 'Run folder (checkpoints, result, logs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
@@ -432,8 +433,12 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l schedule -d 'consta
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l seed -d 'Seed of data order, noise and timesteps' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l stop-at -d 'Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l target -d 'LoRA target module name; repeat (default: attention projections)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher -d 'Distill: the teacher model (default: the model being trained, before training)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher-guidance-scale -d 'Distill: the teachers CFG scale (4)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher-steps -d 'Distill: the steps the student will run (default: the familys)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l tensorboard -d 'Log loss and lr to TensorBoard' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l timestep-sampling -d 'uniform, logit_normal or shifted' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l trajectories -d 'Distill: teacher trajectories (seeds) per prompt (4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validate-every -d 'Steps between validation images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validation-prompt -d 'Prompt for validation images; repeat' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l warmup-steps -d 'Linear warm-up steps' -r -F

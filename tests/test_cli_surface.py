@@ -203,6 +203,32 @@ def test_every_command_summary_is_one_line():
         assert first and "\n" not in first, f"{name}: {first!r}"
 
 
+def test_every_help_reads_at_80_columns(cli):
+    """No option name, type or word of help is cut (`--gradient-checkp…`) and no line runs past
+    80 columns, in any command's `--help`; a switch's negative form is still named."""
+    from typer.testing import CliRunner
+
+    from llmdit_cli.cli.app import app
+
+    runner = CliRunner()
+    argvs = [[c] for c, (_, _, group) in REGISTERED.items() if not group]
+    for name, (module, attr, group) in REGISTERED.items():
+        if group:
+            import importlib
+
+            target = getattr(importlib.import_module(module), attr)
+            argvs += [[name, sub.name or sub.callback.__name__] for sub in target.registered_commands]
+    for argv in argvs:
+        r = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+        assert r.exit_code == 0, argv
+        lines = r.stdout.splitlines()
+        assert "…" not in r.stdout, (argv, [line for line in lines if "…" in line])
+        assert max(len(line) for line in lines) <= 80, argv
+        if argv == ["train"]:
+            assert "--gradient-checkpointing-offload " in r.stdout and "--no-tensorboard: off." in r.stdout
+            assert "<bool>" not in r.stdout and "--validation-prompt " in r.stdout
+
+
 @pytest.mark.parametrize(
     ("model", "needles"),
     [

@@ -56,6 +56,7 @@ def test_readme_commands_run(tmp_path, cli):
         "cat-again.png",
         "cat-regenerated.png",
         "lora.png",
+        "distilled.png",
         "styled.png",
         "rewritten.png",
         "vl.png",

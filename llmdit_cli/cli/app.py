@@ -68,12 +68,23 @@ def build_app(only: str | None = None, listing: bool = False) -> typer.Typer:
             continue
         target = getattr(importlib.import_module(module), attr)
         if group:
+            _compact_help(target)
             tree.add_typer(target, name=name)
         elif listing:
             tree.command(name, help=target.__doc__)(_listed)
         else:
-            tree.command(name)(target)
+            from llmdit_cli.cli.helpfmt import CompactHelp
+
+            tree.command(name, cls=CompactHelp)(target)
     return tree
+
+
+def _compact_help(group: typer.Typer) -> None:
+    """A group's commands get the 80-column help too (cli/helpfmt.py)."""
+    from llmdit_cli.cli.helpfmt import CompactHelp
+
+    for info in group.registered_commands:
+        info.cls = info.cls or CompactHelp
 
 
 def _listed() -> None:

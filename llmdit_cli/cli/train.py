@@ -12,11 +12,22 @@ from llmdit_cli.cli.options import (
 )
 from llmdit_cli.cli.output import Output
 
-G_TRAIN = "Training (override the recipe)"
+# The recipe's overrides, by topic (each a panel of `--help`).
+PANELS = {
+    "Data (overrides the recipe)": "--dataset --resolution --caption-dropout --cache-dir",
+    "Method": "--method --rank --alpha --target --assistant-lora",
+    "Optimisation": "--optimizer --lr --schedule --warmup-steps --batch-size --grad-accum --max-steps --epochs "
+    "--mixed-precision --seed --timestep-sampling --loss-weighting --weighting-center --weighting-width",
+    "Memory": "--gradient-checkpointing --gradient-checkpointing-offload",
+    "Guidance distillation (--objective distill)": "--objective --teacher --teacher-guidance-scale "
+    "--teacher-steps --trajectories",
+    "Output and validation": "--output --checkpoint-every --validate-every --validation-prompt --tensorboard",
+}
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names.split()}
 
 
 def _opt(*names: str, help: str):
-    return typer.Option(*names, help=help, rich_help_panel=G_TRAIN)
+    return typer.Option(*names, help=help, rich_help_panel=PANEL_OF[names[0].split("/")[0]])
 
 
 RecipeArg = Annotated[
@@ -62,6 +73,11 @@ OVERRIDES = {
     "validation_prompt": "validation.prompts",
     "tensorboard": "output.tensorboard",
     "assistant_lora": "assistant_lora",
+    "objective": "train.objective",
+    "teacher": "distill.teacher",
+    "teacher_guidance_scale": "distill.guidance_scale",
+    "teacher_steps": "distill.steps",
+    "trajectories": "distill.trajectories",
 }
 
 
@@ -146,7 +162,11 @@ def train(
     recipe: RecipeArg = None,
     model: ModelOpt = None,
     dataset: Annotated[
-        Optional[str], _opt("--dataset", help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME.")
+        Optional[str],
+        _opt(
+            "--dataset",
+            help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME; distill: also a .txt of prompts.",
+        ),
     ] = None,
     method: Annotated[Optional[str], _opt("--method", help="lora or full.")] = None,
     resolution: Annotated[
@@ -219,6 +239,24 @@ def train(
             help="Training-adapter LoRA merged while training and left out of the result (for distilled models).",
         ),
     ] = None,
+    objective: Annotated[
+        Optional[str],
+        _opt("--objective", help="sft (flow matching on images) or distill (guidance distillation; prompts only)."),
+    ] = None,
+    teacher: Annotated[
+        Optional[str],
+        _opt("--teacher", help="Distill: the teacher model (default: the model being trained, before training)."),
+    ] = None,
+    teacher_guidance_scale: Annotated[
+        Optional[float], _opt("--teacher-guidance-scale", help="Distill: the teacher's CFG scale (4).")
+    ] = None,
+    teacher_steps: Annotated[
+        Optional[int],
+        _opt("--teacher-steps", help="Distill: the steps the student will run (default: the family's)."),
+    ] = None,
+    trajectories: Annotated[
+        Optional[int], _opt("--trajectories", help="Distill: teacher trajectories (seeds) per prompt (4).")
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -237,12 +275,17 @@ def train(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ):
-    """Fine-tune (LoRA or full) a Z-Image transformer with flow matching, on 1 CPU ... N GPUs.
+    """Fine-tune (LoRA or full) a Z-Image transformer, on 1 CPU ... N GPUs.
 
-    Captions and images are cached as embeds/latents stage files first, so training holds only the
-    transformer. Several processes: `accelerate launch -m llmdit_cli train RECIPE` or `torchrun`.
-    The result is a diffusers LoRA file (`--lora` / `load_lora_weights`) or a model folder
-    (`--model RUN/model`); the resolved recipe is saved next to every checkpoint.
+    Flow matching on captioned images, or (--objective distill) guidance
+    distillation from prompts alone: the student learns to give at guidance 0
+    what the teacher gives with CFG. Captions and images are cached as
+    embeds/latents stage files first, so training holds only the transformer.
+
+    Several processes: `accelerate launch -m llmdit_cli train RECIPE` or
+    `torchrun`. The result is a diffusers LoRA file (`--lora`,
+    `load_lora_weights`) or a model folder (`--model RUN/model`); the resolved
+    recipe is saved next to every checkpoint.
 
     Example: llmdit train recipes/demo-shapes.toml --max-steps 50 -o runs/quick
     """

@@ -96,9 +96,11 @@ class InpaintRunner(Img2ImgRunner, Protocol):
 
 
 class TrainingRunner(TextToImageRunner, Protocol):
-    """The `train` feature: the training cache's VAE latents in the transformer's normalisation."""
+    """The `train` feature: the training cache's VAE latents in the transformer's normalisation,
+    and (guidance distillation) the teacher's sampling trajectory: states, timesteps, predictions."""
 
     def normalise(self, vae, z) -> Any: ...
+    def trajectory(self, pipe, cond: list, uncond: list, p, height: int, width: int, generator) -> Any: ...
 
 
 class LoraKeys(Protocol):

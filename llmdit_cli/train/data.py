@@ -66,11 +66,49 @@ def load_items(path: str, image_column: str = "file_name", caption_column: str =
     raise InputError(f"{path}: no such dataset folder or file")
 
 
-def _rows(table: Path) -> list[dict]:
+def load_prompts(path: str, caption_column: str = "text") -> list[str]:
+    """The distinct prompts of a prompts-only dataset (distillation needs no images): a `.txt`
+    file, one prompt per line, or a table / folder / `datasets` dataset with a caption column,
+    whose images, if any, are not read."""
+    if not path:
+        raise InputError("no prompts: set [data] path in the recipe or pass --dataset")
+    p = Path(path)
+    if p.is_dir():
+        tables = [p / n for n in ("metadata.jsonl", "metadata.json", "metadata.csv") if (p / n).is_file()]
+        if not tables:
+            raise InputError(f"{path}: no metadata.jsonl (or .json / .csv) with prompts in this folder")
+        p = tables[0]
+    if path.startswith("hf:"):
+        ds = _dataset(path[3:])
+        if caption_column not in ds.column_names:
+            raise InputError(f"{path}: no column '{caption_column}' (columns: {', '.join(ds.column_names)})")
+        prompts = [str(t) for t in ds[caption_column]]
+    elif p.is_file() and p.suffix.lower() == ".txt":
+        prompts = [line.strip() for line in _text(p).splitlines() if line.strip()]
+    elif p.is_file():
+        prompts = [_prompt(row, f"{p}:{n}", caption_column) for n, row in enumerate(_rows(p), start=1)]
+    else:
+        raise InputError(f"{path}: no such prompts file or folder")
+    if not prompts:
+        raise InputError(f"{path}: holds no prompts")
+    return list(dict.fromkeys(prompts))
+
+
+def _prompt(row, where: str, caption_column: str) -> str:
+    if not isinstance(row, dict) or row.get(caption_column) is None:
+        raise InputError(f"{where}: no '{caption_column}' column")
+    return str(row[caption_column])
+
+
+def _text(path: Path) -> str:
     try:
-        text = table.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{table}: cannot read ({exc})") from None
+        raise InputError(f"{path}: cannot read ({exc})") from None
+
+
+def _rows(table: Path) -> list[dict]:
+    text = _text(table)
     suffix = table.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -104,6 +142,15 @@ def _from_table(table: Path, image_column: str, caption_column: str) -> list[Ite
 
 
 def _from_datasets(name: str, image_column: str, caption_column: str) -> list[Item]:
+    ds = _dataset(name)
+    image_column = image_column if image_column in ds.column_names else "image"
+    for col in (image_column, caption_column):
+        if col not in ds.column_names:
+            raise InputError(f"hf:{name}: no column '{col}' (columns: {', '.join(ds.column_names)})")
+    return [Item(f"hf:{name}[{i}]", str(row[caption_column]), image=row[image_column]) for i, row in enumerate(ds)]
+
+
+def _dataset(name: str):
     try:
         import datasets
     except ImportError:
@@ -111,11 +158,7 @@ def _from_datasets(name: str, image_column: str, caption_column: str) -> list[It
     ds = datasets.load_from_disk(name) if Path(name).is_dir() else datasets.load_dataset(name, split="train")
     if hasattr(ds, "keys") and "train" in ds:
         ds = ds["train"]
-    image_column = image_column if image_column in ds.column_names else "image"
-    for col in (image_column, caption_column):
-        if col not in ds.column_names:
-            raise InputError(f"hf:{name}: no column '{col}' (columns: {', '.join(ds.column_names)})")
-    return [Item(f"hf:{name}[{i}]", str(row[caption_column]), image=row[image_column]) for i, row in enumerate(ds)]
+    return ds
 
 
 def bucket_sizes(resolution: int, multiple: int = 16, max_ratio: float = 2.0) -> list[tuple[int, int]]:

@@ -14,7 +14,7 @@ import random
 import shutil
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmdit_cli.errors import InputError, LlmditError, UsageError
@@ -35,6 +35,7 @@ class Run:
     log: Callable[[str], None]
     progress: Callable  # progress(description, total) context manager yielding update(step, **fields)
     parts: tuple = ()  # (transformer, optimizer, lr schedule) once prepared: what checkpoints hold
+    teacher_images: list = field(default_factory=list)  # distillation: the validation prompts' teacher images
 
 
 def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_at: int | None = None) -> Path:
@@ -59,10 +60,10 @@ def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_a
     torch.manual_seed(r.train.seed)
 
     handle = _base_model(r, run.output, acc, log)
-    examples, extra = _cache(r, handle, acc, log)
-    if cache_only:
+    prepared = _inputs(run, handle, acc, log, cache_only)
+    if prepared is None:
         return Path(_cache_dir(r))
-    transformer = _transformer(r, handle)
+    transformer, examples, extra = prepared
     params = [p for p in transformer.parameters() if p.requires_grad]
     log(
         f"training {sum(p.numel() for p in params):,} parameters ({r.method}) on {acc.num_processes} "
@@ -101,7 +102,7 @@ def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_a
             update(step + 1, loss=loss, lr=lr)
             done = step + 1
             if r.validation.prompts and r.validation.every and done % r.validation.every == 0 and done < total:
-                _validation_images(r, acc, transformer, handle, extra, run.output, done)
+                _validation_images(run, acc, transformer, handle, extra, done)
             if stop.check(acc):
                 _save_checkpoint(run, acc, done, ema)
                 raise Interrupted(
@@ -115,7 +116,7 @@ def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_a
         log(f"stopped at step {end} of {total}; continue with --resume")
         return run.output / CHECKPOINTS
     if r.validation.prompts:
-        _validation_images(r, acc, transformer, handle, extra, run.output, total)
+        _validation_images(run, acc, transformer, handle, extra, total)
     _check_ranks_in_sync(run, acc, params)
     result = _save_result(run, acc, transformer, handle, ema)
     acc.end_training()
@@ -132,7 +133,8 @@ def _check_output(output: Path, resume: bool) -> None:
 
 
 def _synthetic_data(r: Recipe, acc, log) -> None:
-    if r.data.synthetic and not (Path(r.data.path) / "metadata.jsonl").is_file():
+    # Only into a folder: a file given as the data (`--dataset prompts.txt`) is the data.
+    if r.data.synthetic and not Path(r.data.path).is_file() and not (Path(r.data.path) / "metadata.jsonl").is_file():
         if acc.is_main_process:
             from llmdit_cli.train.shapes import write_dataset
 
@@ -166,10 +168,19 @@ def _cache_dir(r: Recipe) -> str:
     return str((p if p.is_dir() else p.parent) / ".llmdit-cache")
 
 
-def _cache(r: Recipe, handle, acc, log):
+def _cache(r: Recipe, handle, acc, log, teacher=None):
+    """Fill the training cache: the examples and the embeds of the extra captions (the empty one,
+    validation prompts). Distillation: the prompts' embeds as the examples, and no images."""
     from llmdit_cli.train import cache
-    from llmdit_cli.train.data import load_items
+    from llmdit_cli.train.data import load_items, load_prompts
 
+    if teacher is not None:
+        prompts = load_prompts(r.data.path, r.data.caption_column)
+        extra = [teacher.negative, "", *r.validation.prompts]
+        with acc.main_process_first():
+            paths = cache.encode_captions(handle, prompts + extra, Path(_cache_dir(r)), log)
+        handle.release("text_encoder", "tokenizer")
+        return {p: paths[p] for p in prompts}, {c: paths[c] for c in extra}
     items = load_items(r.data.path, r.data.image_column, r.data.caption_column)
     with acc.main_process_first():
         examples, extra = cache.build(handle, items, r.data, Path(_cache_dir(r)), ["", *r.validation.prompts], log)
@@ -177,12 +188,56 @@ def _cache(r: Recipe, handle, acc, log):
     return examples, extra
 
 
-def _transformer(r: Recipe, handle):
+def _inputs(run: Run, handle, acc, log, cache_only: bool):
+    """The transformer to train, its examples and the extra captions' embeds; None when only the
+    cache was to be filled (distillation's holds the teacher's trajectories too)."""
+    r = run.recipe
+    teacher = None
+    if r.train.objective == "distill":
+        from llmdit_cli.train.distill import teacher_plan
+
+        teacher = teacher_plan(r, handle)
+    examples, extra = _cache(r, handle, acc, log, teacher)
+    if cache_only and teacher is None:
+        return None
+    transformer = _transformer(r, handle)
+    if teacher is not None:
+        examples = _teach(run, handle, teacher, transformer, examples, extra, acc)
+    return None if cache_only else (transformer, examples, extra)
+
+
+def _teach(run: Run, handle, teacher, transformer, prompts: dict, extra: dict, acc) -> list:
+    """Distillation's examples: the states of the teacher's trajectories (sampled once, cached);
+    and the teacher's validation images, made now, before training changes the weights."""
+    from contextlib import nullcontext
+
+    from llmdit_cli.train import distill
+
+    r = run.recipe
+    transformer.to(acc.device)
+    if teacher.handle is not None:
+        model, own = _load_transformer(teacher.handle).to(acc.device), nullcontext
+    else:
+        model, own = transformer, lambda: distill.as_teacher(transformer, r.method)
+    log = run.log if acc.is_main_process else (lambda msg: None)
+    with own(), acc.main_process_first():
+        states = distill.states(r, handle, teacher, model, prompts, extra[teacher.negative], Path(_cache_dir(r)), log)
+    if r.validation.prompts and acc.is_main_process:
+        with own():
+            run.teacher_images = _images(r, handle, model, extra, r.distill.guidance_scale, teacher.negative)
+    return states
+
+
+def _load_transformer(handle):
     import torch
 
-    transformer = handle.code.transformer_class().from_pretrained(
+    return handle.code.transformer_class().from_pretrained(
         handle.folder / "transformer", local_files_only=True, dtype=torch.float32
     )
+
+
+def _transformer(r: Recipe, handle):
+    transformer = _load_transformer(handle)
     if r.assistant_lora:
         from llmdit_cli.train.assistant import merge_assistant
 
@@ -295,24 +350,13 @@ def _step(
 ) -> float:
     import torch
 
-    from llmdit_cli.train.cache import load_embeds, load_latents
-    from llmdit_cli.train.objective import flow_loss, loss_weights, sample_sigmas
-
-    t = r.train
     losses = []
     for micro, batch in enumerate(schedule.micro_batches(step, acc.process_index)):
-        gen = torch.Generator().manual_seed(hash((t.seed, step, acc.process_index, micro)) % 2**63)
-        x0 = torch.stack([load_latents(examples[i].latents) for i in batch]).to(acc.device)
-        drop = torch.rand(len(batch), generator=gen) < r.data.caption_dropout
-        embeds = [
-            load_embeds(empty if d and empty else examples[i].embeds).to(acc.device)
-            for i, d in zip(batch, drop.tolist())
-        ]
-        sigmas = sample_sigmas(len(batch), t.timestep_sampling, gen, t.shift, t.logit_mean, t.logit_std)
-        noise = torch.randn(x0.shape, generator=gen).to(acc.device)
-        weights = loss_weights(sigmas, t.loss_weighting, t.weighting_center, t.weighting_width)
-        with acc.accumulate(transformer), acc.autocast(), _activations_kept(t):
-            loss = flow_loss(transformer, x0, embeds, sigmas.to(acc.device), noise, weights)
+        gen = torch.Generator().manual_seed(hash((r.train.seed, step, acc.process_index, micro)) % 2**63)
+        loss_of = _distill_batch if r.train.objective == "distill" else _sft_batch
+        loss_fn = loss_of(r, acc, [examples[i] for i in batch], empty, gen)
+        with acc.accumulate(transformer), acc.autocast(), _activations_kept(r.train):
+            loss = loss_fn(transformer)
             acc.backward(loss)
             if acc.sync_gradients and r.optim.grad_clip > 0:
                 acc.clip_grad_norm_(params, r.optim.grad_clip)
@@ -322,6 +366,42 @@ def _step(
     scheduler.step()
     mean = torch.stack(losses).mean()
     return float(acc.gather(mean.reshape(1)).mean())
+
+
+def _sft_batch(r: Recipe, acc, batch: list, empty, gen):
+    """The flow-matching loss of a micro-batch, as a function of the transformer; the batch's
+    random draws (caption dropout, sigmas, noise) are made now, from `gen`."""
+    import torch
+
+    from llmdit_cli.train.cache import load_embeds, load_latents
+    from llmdit_cli.train.objective import flow_loss, loss_weights, sample_sigmas
+
+    t = r.train
+    x0 = torch.stack([load_latents(ex.latents) for ex in batch]).to(acc.device)
+    drop = torch.rand(len(batch), generator=gen) < r.data.caption_dropout
+    embeds = [load_embeds(empty if d and empty else ex.embeds).to(acc.device) for ex, d in zip(batch, drop.tolist())]
+    sigmas = sample_sigmas(len(batch), t.timestep_sampling, gen, t.shift, t.logit_mean, t.logit_std)
+    noise = torch.randn(x0.shape, generator=gen).to(acc.device)
+    weights = loss_weights(sigmas, t.loss_weighting, t.weighting_center, t.weighting_width)
+    return lambda model: flow_loss(model, x0, embeds, sigmas.to(acc.device), noise, weights)
+
+
+def _distill_batch(r: Recipe, acc, batch: list, empty, gen):
+    """The distillation loss of a micro-batch of trajectory states, as a function of the student."""
+    import torch
+
+    from llmdit_cli.train.cache import load_embeds
+    from llmdit_cli.train.distill import load_trajectory
+    from llmdit_cli.train.objective import loss_weights, prediction_loss
+
+    t = r.train
+    rows = [load_trajectory(s.file) for s in batch]
+    x = torch.stack([row["states"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
+    timesteps = torch.stack([row["timesteps"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
+    targets = torch.stack([row["targets"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
+    embeds = [load_embeds(s.embeds).to(acc.device) for s in batch]
+    weights = loss_weights(1 - timesteps.cpu(), t.loss_weighting, t.weighting_center, t.weighting_width)
+    return lambda model: prediction_loss(model, x, timesteps, embeds, targets, weights)
 
 
 def _activations_kept(t):
@@ -459,11 +539,27 @@ def _resume(run: Run, acc, ema) -> int:
     return int(meta["step"])
 
 
-def _validation_images(r: Recipe, acc, transformer, handle, extra: dict, output: Path, step: int) -> None:
-    """Validation images of the transformer being trained, made by the engine from the cached
-    captions (the text encoder was released after caching)."""
+def _validation_images(run: Run, acc, transformer, handle, extra: dict, step: int) -> None:
+    """Validation images of the transformer being trained (distillation: at guidance 0, beside
+    the teacher's)."""
     if not acc.is_main_process:
         return
+    r = run.recipe
+    folder = run.output / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = acc.unwrap_model(transformer)
+    model.eval()
+    images = _images(r, handle, model, extra, r.validation.guidance_scale or 0.0, "")
+    model.train()
+    for i, image in enumerate(images):
+        if run.teacher_images:
+            image = _side_by_side(run.teacher_images[i], image)
+        image.save(folder / f"step-{step:06d}_{i:02d}.png")
+
+
+def _images(r: Recipe, handle, model, extra: dict, guidance: float, negative: str) -> list:
+    """The validation prompts' images by `model`, made by the engine from the cached captions
+    (the text encoder was released after caching)."""
     from llmdit_cli.config import resolve_defaults
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.train.cache import load_embeds
@@ -473,31 +569,37 @@ def _validation_images(r: Recipe, acc, transformer, handle, extra: dict, output:
     settings = resolve_defaults(
         {
             "model": handle.ref,
-            "steps": v.steps,
-            "guidance_scale": v.guidance_scale or 0.0,
+            "steps": v.steps or (r.distill.steps if r.train.objective == "distill" else None),
+            "guidance_scale": guidance,
             "height": v.height or r.data.resolution,
             "width": v.width or r.data.resolution,
         }
     )
     engine = Engine()
     engine.adopt(handle, settings)
-    folder = output / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
-    model = acc.unwrap_model(transformer)
-    model.eval()
-    for i, prompt in enumerate(v.prompts):
-        cond, uncond = load_embeds(extra[prompt]).to(acc.device), load_embeds(extra[""]).to(acc.device)
+    device = next(model.parameters()).device
+    images = []
+    for prompt in v.prompts:
+        cond, uncond = load_embeds(extra[prompt]).to(device), load_embeds(extra[negative]).to(device)
         embeds = Embeds(
             [cond],
             [uncond],
-            {"prompts": [prompt], "negative_prompts": [""]},
+            {"prompts": [prompt], "negative_prompts": [negative]},
             int(cond.shape[-1]),
             source="training cache",
         )
         request = GenerateRequest(settings, seeds=[v.seed], embeds=embeds)
-        image = engine.generate(request, transformer=model)[0].image
-        image.save(folder / f"step-{step:06d}_{i:02d}.png")
-    model.train()
+        images.append(engine.generate(request, transformer=model)[0].image)
+    return images
+
+
+def _side_by_side(left, right):
+    from PIL import Image
+
+    out = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    out.paste(left, (0, 0))
+    out.paste(right, (left.width, 0))
+    return out
 
 
 def _save_result(run: Run, acc, transformer, handle, ema) -> Path:

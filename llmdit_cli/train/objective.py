@@ -10,6 +10,9 @@ With clean latents x0, noise n and sigma s in (0, 1]:
 Sigma sampling: `uniform` s = u; `logit_normal` s = sigmoid(N(m, sd)); `shifted` s = k*u / (1 + (k-1)*u)
 with u ~ U(0, 1), which matches the inference schedule's static shift k. Optional weighting
 `gaussian`: w(s) = exp(-(s - c)^2 / (2 w^2)), normalised to mean 1 over the batch.
+
+Guidance distillation (train/distill.py) uses the same loss with the teacher's guided prediction
+as the target, on states of the teacher's sampling trajectories.
 """
 
 from __future__ import annotations
@@ -37,13 +40,19 @@ def loss_weights(sigmas, mode: str, center: float = 0.5, width: float = 0.3):
 
 def flow_loss(transformer, x0, embeds: list, sigmas, noise, weights):
     """The weighted flow-matching loss for one batch of latents `x0` [B, C, h, w]."""
-    import torch
-
     s = sigmas.view(-1, 1, 1, 1).to(x0)
     x_t = (1 - s) * x0 + s * noise
-    t = (1 - sigmas).to(x0)
+    return prediction_loss(transformer, x_t, 1 - sigmas, embeds, x0 - noise, weights)
+
+
+def prediction_loss(transformer, x, t, embeds: list, targets, weights):
+    """The weighted mean squared error between the DiT's predictions for states `x` [B, C, h, w]
+    at DiT timesteps `t` [B] and `targets` (flow matching: `x0 - noise`; distillation: the
+    teacher's guided prediction)."""
+    import torch
+
     dtype = next(transformer.parameters()).dtype
-    out = transformer(list(x_t.to(dtype).unsqueeze(2).unbind(0)), t.to(dtype), embeds, return_dict=False)[0]
+    out = transformer(list(x.to(dtype).unsqueeze(2).unbind(0)), t.to(x).to(dtype), embeds, return_dict=False)[0]
     pred = torch.stack([o.float() for o in out]).squeeze(2)
-    per_sample = ((pred - (x0 - noise)) ** 2).mean(dim=(1, 2, 3))
+    per_sample = ((pred - targets) ** 2).mean(dim=(1, 2, 3))
     return (per_sample * weights.to(per_sample)).mean()

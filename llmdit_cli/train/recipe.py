@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from llmdit_cli.config import DEFAULT_MODEL
 from llmdit_cli.errors import ConfigError
@@ -54,6 +54,8 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
+    # sft: flow matching on the data's images; distill: guidance distillation ([distill]).
+    objective: Literal["sft", "distill"] = "sft"
     batch_size: int = 4
     grad_accum: int = 1
     max_steps: int | None = 1000
@@ -71,6 +73,16 @@ class TrainConfig(_Section):
     weighting_center: float = 0.5  # gaussian weighting over sigma
     weighting_width: float = 0.3
     ema: float = 0.0  # EMA decay of the trained weights for the saved result; 0 = off (full only)
+
+
+class DistillConfig(_Section):
+    """Guidance distillation: the student learns, in one pass at guidance 0, the teacher's guided
+    prediction on the states of the teacher's own sampling trajectories."""
+
+    teacher: str | None = None  # None: the model being trained, as it is before training
+    guidance_scale: float = Field(4.0, gt=0)  # the teacher's CFG scale
+    steps: int | None = Field(None, ge=1)  # the schedule users will run; None: the family's default
+    trajectories: int = Field(4, ge=1)  # teacher trajectories (seeds) per prompt
 
 
 class OutputConfig(_Section):
@@ -113,6 +125,7 @@ class Recipe(_Section):
     lora: LoraConfig = LoraConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
     output: OutputConfig = OutputConfig()
     validation: ValidationConfig = ValidationConfig()
     scratch: ScratchConfig | None = None
@@ -124,6 +137,9 @@ class Recipe(_Section):
         data["train"].pop("epochs", None)
         data.pop("output", None)
         data.pop("validation", None)
+        if self.train.objective == "sft":  # as before distillation existed: older runs still resume
+            data.pop("distill")
+            data["train"].pop("objective")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:

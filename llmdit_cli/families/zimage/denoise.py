@@ -152,10 +152,12 @@ def run_loop(
     on_step: Callable[[int, int], None] | None = None,
     first_step: int = 0,
     after_step: Callable[[int, object], object] | None = None,
+    record: Callable[[object, object, object], None] | None = None,
 ):
     """Denoise over `timesteps`; `first_step` is where they start in the full `p.steps` schedule
     (img2img), so guidance windows keep their place in the schedule. `after_step(i, latents)`
-    may change the latents after each step (inpainting keeps the input outside its mask)."""
+    may change the latents after each step (inpainting keeps the input outside its mask);
+    `record(latents, timestep, v)` sees each step's state, DiT timestep and guided prediction."""
     import torch
 
     from llmdit_cli.families.zimage.rope import dype_applied, positions_for
@@ -176,6 +178,8 @@ def run_loop(
             timestep = (1000 - t.expand(latents.shape[0])) / 1000
             step = Step(first_step + i, p.steps, float((1000 - t.float()) / 1000))
             v = guided_velocity(transformer, latents, timestep, cond, uncond, guiders, step, p.control, cache)
+            if record is not None:
+                record(latents, timestep, v.squeeze(2))
             latents = scheduler.step(-v.squeeze(2).to(torch.float32), t, latents, return_dict=False)[0]
             if after_step is not None:
                 latents = after_step(i, latents)
@@ -184,8 +188,11 @@ def run_loop(
     return latents
 
 
-def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width: int, generator, on_step=None):
-    """Denoise from seeded noise; returns finished latents `[B, 16, h, w]` (float32)."""
+def txt2img(
+    pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width: int, generator, on_step=None, record=None
+):
+    """Denoise from seeded noise; returns finished latents `[B, 16, h, w]` (float32). `record`: as
+    for `run_loop`."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -195,7 +202,23 @@ def txt2img(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width
     scheduler = fresh_scheduler(pipe.scheduler, p.shift)
     timesteps = set_timesteps(scheduler, p.steps, (shape[2] // 2) * (shape[3] // 2), device)
     scheduler.set_begin_index(0)
-    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step)
+    return run_loop(pipe.transformer, scheduler, timesteps, latents, cond, uncond, p, on_step, record=record)
+
+
+def trajectory(pipe, cond: list, uncond: list, p: DenoiseParams, height: int, width: int, generator):
+    """The sampling trajectory of `txt2img` (guidance distillation learns on it): per step, the
+    states `[B, C, h, w]`, the DiT timesteps `[B]` and the guided predictions `[B, C, h, w]`,
+    each stacked over the steps (dim 1 / 1 / 1)."""
+    import torch
+
+    seen: list[tuple] = []
+    txt2img(pipe, cond, uncond, p, height, width, generator, record=lambda x, t, v: seen.append((x, t, v)))
+    states, timesteps, targets = zip(*seen)
+    return (
+        torch.stack([s.float().cpu() for s in states], dim=1),
+        torch.stack([t.float().cpu() for t in timesteps], dim=1),
+        torch.stack([v.float().cpu() for v in targets], dim=1),
+    )
 
 
 def img2img(

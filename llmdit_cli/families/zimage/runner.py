@@ -11,7 +11,7 @@ from llmdit_cli.families.zimage.control import (
     latent_mask,
     load_controlnet,
 )
-from llmdit_cli.families.zimage.denoise import DenoiseParams, img2img, transformer_device, txt2img
+from llmdit_cli.families.zimage.denoise import DenoiseParams, img2img, trajectory, transformer_device, txt2img
 from llmdit_cli.families.zimage.encode import encode_texts
 from llmdit_cli.families.zimage.vae import decode_latents, encode_image, normalise
 
@@ -32,6 +32,7 @@ __all__ = [
     "normalise",
     "pipeline_class",
     "transformer_class",
+    "trajectory",
     "transformer_device",
     "txt2img",
     "wants_negative",
