@@ -166,3 +166,29 @@ def test_bad_distillation_settings(cli, prompts, extra, message):
 def test_missing_prompts_file(cli):
     r = cli(*distill_args("nowhere.txt", "bad", "cache"))
     assert_one_line_error(r, "nowhere.txt", "no such prompts file")
+
+
+def test_the_demo_distillation_recipe_runs_shortened(prompts, tmp_path):
+    """recipes/demo-distill.toml as shipped (its LoRA targets included), for two steps."""
+    from contextlib import contextmanager
+
+    from llmdit_cli.train.loop import Run, train
+    from llmdit_cli.train.recipe import load_recipe
+
+    @contextmanager
+    def no_progress(description, total):
+        yield lambda step, loss=None, lr=None: None
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo-distill.toml"
+    overrides = {
+        "data.path": str(prompts),
+        "data.cache_dir": str(tmp_path / "cache"),
+        "distill.trajectories": 1,
+        "train.max_steps": 2,
+        "train.batch_size": 2,
+        "validation.prompts": [],
+    }
+    r = load_recipe(str(recipe), overrides)
+    assert r.train.objective == "distill" and r.method == "lora"
+    result = train(Run(r, tmp_path / "run", lambda m: None, no_progress))
+    assert result == tmp_path / "run" / "pytorch_lora_weights.safetensors" and result.is_file()

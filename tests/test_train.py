@@ -440,6 +440,9 @@ def test_recipe_unknown_key(cli, tmp_path):
 def test_lora_targets_matching_nothing(cli, red_data):
     r = cli(*train_args(red_data, "o", "--target", "no_such_module", "--max-steps", 2))
     assert_one_line_error(r, "targets", "match no module")
+    # the final layer's `adaLN_modulation.0` is its SiLU, not a Linear
+    r = cli(*train_args(red_data, "o", "--target", "adaLN_modulation.0", "--max-steps", 2))
+    assert_one_line_error(r, "targets", "LoRA cannot adapt", "SiLU")
 
 
 def test_csv_and_json_metadata(cli, tmp_path):

@@ -258,6 +258,11 @@ def _transformer(r: Recipe, handle):
         except ValueError as exc:
             if "not found in the base model" in str(exc):
                 raise UsageError(f"[lora] targets {r.lora.targets}: match no module of the transformer") from None
+            if "is not supported" in str(exc):  # e.g. a name that also ends an activation's path
+                raise UsageError(
+                    f"[lora] targets {r.lora.targets}: one matches a module LoRA cannot adapt "
+                    f"({str(exc).split('.')[0]}); name Linear layers"
+                ) from None
             raise
     else:
         transformer.requires_grad_(True)
