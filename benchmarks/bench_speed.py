@@ -1,6 +1,6 @@
 """Issue 24's speed figures on the demo model, as ratios measured in one run (A B A B ..., medians).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png ...] [--rounds 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large ...] [--rounds 5]
 
 - batch: `llmdit generate --num-images 48` at 32 px, `--batch-size 1` / `--batch-size 8`, in
   marginal time: a run minus a one-image run of the same command (start-up and loading left out).
@@ -13,6 +13,11 @@
   minute at 512 px): images made, then every PNG written (before) / each PNG written on the
   writer thread while the next image is made (`cli/generate._generate_and_write`); the per-image
   gain in seconds, beside what encoding one PNG takes.
+- png-large: the same at 1024 px, where the PNG matters (an H200 makes such an image in ~1.4 s).
+  Denoising 1024² on a CPU would take the demo many minutes an image, so each image is
+  `img2img --strength 0 --vae-tiling --vae-tile-size 128` of a 1024² photo-like input (no
+  denoising step: the VAE encodes and decodes it, ~30 s an image here), 2 images a round, which
+  writes the same 1024² PNG with its settings.
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
 """
@@ -165,7 +170,7 @@ def bench_serve(rounds: int, requests: int = 24) -> dict:
     }
 
 
-def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4) -> dict:
+def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4, through_img2img: bool = False) -> dict:
     """The PNG's time on the critical path: written after each image (before) / on the writer
     thread (now), where the main thread only waits when the writer falls behind (time in `put`
     and in the final join). Also the wall time of both, though on a CPU an image takes seconds
@@ -199,7 +204,14 @@ def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4) -> dict:
             super().close()
             blocked.append(time.perf_counter() - t)
 
+    init = _photo_like(size) if through_img2img else None
+
     def request():
+        if init is not None:
+            # VAE tiles of 128 px: the demo VAE's mid-block attention over a whole 1024² image
+            # would need (512²)² scores.
+            r = resolve_defaults({"model": "demo", "strength": 0.0, "vae_tiling": True, "vae_tile_size": 128})
+            return GenerateRequest(r, seeds=list(range(images)), prompts=[PROMPT], mode="img2img", init=init)
         r = resolve_defaults({"model": "demo", "width": size, "height": size})
         return GenerateRequest(r, seeds=list(range(images)), prompts=[PROMPT])
 
@@ -239,9 +251,21 @@ def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4) -> dict:
     }
 
 
+def _photo_like(size: int):
+    """A deterministic image with smooth regions, edges and fine texture, as PNG-hard as a photo."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * xx + 2 * yy), np.cos(5 * yy - 3 * xx), np.sin(4 * (xx + yy))], axis=-1)
+    pixels = (base * 80 + 128 + rng.normal(0, 12, (size, size, 3))).clip(0, 255).astype("uint8")
+    return Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(0.6))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png"])
+    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large"])
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
@@ -250,6 +274,7 @@ def main() -> None:
         "cache": lambda: bench_cache(args.rounds, out),
         "serve": lambda: bench_serve(args.rounds),
         "png": lambda: bench_png(args.rounds, out),
+        "png-large": lambda: bench_png(args.rounds, out, size=1024, images=2, through_img2img=True),
     }
     for name in args.what:
         result = benches[name]()
