@@ -192,3 +192,23 @@ def test_the_demo_distillation_recipe_runs_shortened(prompts, tmp_path):
     assert r.train.objective == "distill" and r.method == "lora"
     result = train(Run(r, tmp_path / "run", lambda m: None, no_progress))
     assert result == tmp_path / "run" / "pytorch_lora_weights.safetensors" and result.is_file()
+
+
+def test_two_processes_distil_once_and_end_identical(prompts, tmp_path):
+    """Under torchrun the first rank samples the trajectories and the second reads them; only the
+    first reports; both end with the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29527"]
+    args = distill_args(prompts, tmp_path / "ddp", tmp_path / "cache", "--max-steps", 3, "--json")
+    args = [str(a) for a in args if a != "-q"]
+    r = subprocess.run([*launch, "-m", "llmdit_cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("sampling 4 teacher trajectories") == 1, r.stderr[-3000:]
+    assert len(trajectory_files(tmp_path / "cache")) == len(PROMPTS) * 2
+    assert [json.loads(line)["kind"] for line in r.stdout.splitlines()] == ["lora"], r.stdout
+    sums = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
+    assert len(sums) == 2 and sums["0"] == sums["1"]
