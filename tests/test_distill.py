@@ -168,6 +168,24 @@ def test_missing_prompts_file(cli):
     assert_one_line_error(r, "nowhere.txt", "no such prompts file")
 
 
+def test_a_missing_teacher_is_named_as_the_teacher(cli, prompts):
+    r = cli(*distill_args(prompts, "bad", "cache", "--teacher", "no/such-folder-here"))
+    assert_one_line_error(r, "--teacher no/such-folder-here")
+    assert "--model" not in r.stderr
+
+
+def test_a_resolution_off_the_size_grid_distils_at_the_grid_below(cli, prompts, tmp_path):
+    """As a square bucket does: 40 px samples (and validates) at 32, the demo's grid being 16."""
+    extra = ["--resolution", 40, "--max-steps", 1, "--validation-prompt", PROMPTS[0]]
+    r = cli(*distill_args(prompts, "grid", tmp_path / "own-cache", *extra))
+    assert r.code == 0, r.stderr
+    from safetensors.torch import load_file
+
+    shapes = {tuple(load_file(str(f))["states"].shape) for f in trajectory_files(tmp_path / "own-cache")}
+    assert shapes == {(2, 16, 16, 16)}  # 32 px: the demo's latents are half the side
+    assert Image.open("grid/validation/step-000001_00.png").size == (64, 32)
+
+
 def test_the_demo_distillation_recipe_runs_shortened(prompts, tmp_path):
     """recipes/demo-distill.toml as shipped (its LoRA targets included), for two steps."""
     from contextlib import contextmanager

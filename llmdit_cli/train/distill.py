@@ -54,8 +54,10 @@ def teacher_plan(r, handle):
     guidance and size, filled as `generate` fills them."""
     from llmdit_cli.config import resolve_defaults
     from llmdit_cli.engine import Engine, GenerateRequest
+    from llmdit_cli.train.data import pick_bucket
 
-    side = r.data.resolution
+    # The square side at `resolution`, as without buckets, on the grid the model generates at.
+    side, _ = pick_bucket(1, 1, r.data.resolution, False, handle.limits().size_multiple)
     flags = {"model": handle.ref, "guidance_scale": r.distill.guidance_scale, "height": side, "width": side}
     flags["steps"] = r.distill.steps
     settings = resolve_defaults(flags)
@@ -66,7 +68,7 @@ def teacher_plan(r, handle):
     if r.distill.teacher:
         from llmdit_cli.models import ModelHandle
 
-        other = ModelHandle(r.distill.teacher)
+        other = ModelHandle(r.distill.teacher, key="teacher")  # its errors name --teacher
         check_teacher(handle, other)
     return Teacher(prepared, prepared.generation.negative_prompt or "", other)
 
@@ -77,7 +79,8 @@ def trajectory_seed(seed: int, prompt: str, k: int) -> int:
 
 def states(r, handle, teacher: Teacher, model, prompts: dict[str, Path], negative: Path, cache: Path, log):
     """Every state of every teacher trajectory, sampling those the cache lacks with `model`."""
-    size = (r.data.resolution, r.data.resolution)
+    g = teacher.settings.generation
+    size = (g.width, g.height)
     key = _teacher_key(r, handle, teacher)
     jobs = [
         (prompt, path, trajectory_seed(r.train.seed, prompt, k))
@@ -89,11 +92,10 @@ def states(r, handle, teacher: Teacher, model, prompts: dict[str, Path], negativ
     if todo:
         log(
             f"sampling {len(todo)} teacher trajectories (guidance {r.distill.guidance_scale:g}, "
-            f"{teacher.settings.generation.steps} steps) into {cache / 'trajectories'}"
+            f"{g.steps} steps) into {cache / 'trajectories'}"
         )
         _sample(handle, teacher, model, todo, files, negative)
-    steps = teacher.settings.generation.steps
-    return [State(files[job], i, job[1], size) for job in jobs for i in range(steps)]
+    return [State(files[job], i, job[1], size) for job in jobs for i in range(g.steps)]
 
 
 def _teacher_key(r, handle, teacher: Teacher) -> dict:

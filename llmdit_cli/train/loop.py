@@ -568,16 +568,18 @@ def _images(r: Recipe, handle, model, extra: dict, guidance: float, negative: st
     from llmdit_cli.config import resolve_defaults
     from llmdit_cli.engine import Engine, GenerateRequest
     from llmdit_cli.train.cache import load_embeds
+    from llmdit_cli.train.data import pick_bucket
     from llmdit_cli.workflows import Embeds
 
     v = r.validation
+    side, _ = pick_bucket(1, 1, r.data.resolution, False, handle.limits().size_multiple)  # a size it makes
     settings = resolve_defaults(
         {
             "model": handle.ref,
             "steps": v.steps or (r.distill.steps if r.train.objective == "distill" else None),
             "guidance_scale": guidance,
-            "height": v.height or r.data.resolution,
-            "width": v.width or r.data.resolution,
+            "height": v.height or side,
+            "width": v.width or side,
         }
     )
     engine = Engine()
