@@ -172,6 +172,7 @@ def test_a_missing_teacher_is_named_as_the_teacher(cli, prompts):
     r = cli(*distill_args(prompts, "bad", "cache", "--teacher", "no/such-folder-here"))
     assert_one_line_error(r, "--teacher no/such-folder-here")
     assert "--model" not in r.stderr
+    assert not Path("bad").exists()  # nothing written, not even the output folder
 
 
 def test_a_resolution_off_the_size_grid_distils_at_the_grid_below(cli, prompts, tmp_path):

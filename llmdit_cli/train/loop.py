@@ -40,7 +40,26 @@ class Run:
 
 def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_at: int | None = None) -> Path:
     """Run the recipe; returns the result path (LoRA file or model folder, or the cache folder).
-    `resume` "auto" continues from the latest checkpoint when there is one, else starts fresh."""
+    `resume` "auto" continues from the latest checkpoint when there is one, else starts fresh.
+    A run that fails before writing anything leaves no empty output folder behind."""
+    fresh = not run.output.exists()
+    try:
+        return _train(run, resume, cache_only, stop_at)
+    except BaseException:
+        if fresh:
+            _remove_if_empty(run.output)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:  # another rank may be removing it too
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError:
+        pass
+
+
+def _train(run: Run, resume: bool | str, cache_only: bool, stop_at: int | None) -> Path:
     import torch
     from accelerate import Accelerator
 
