@@ -40,6 +40,8 @@ def validation_error(exc: ValidationError, where: str, prefix: str = "") -> Conf
     key = prefix + ".".join(str(x) for x in err["loc"])
     if err["type"] == "extra_forbidden":
         return ConfigError(f"{where}: unknown key '{key}'")
+    if not key:  # a rule across keys: its message names them
+        return ConfigError(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
     return ConfigError(f"{where}: bad value for '{key}': {err['msg']}")
 
 

@@ -141,9 +141,12 @@ def test_prompts_only_data(tmp_path):
     folder.mkdir()
     (folder / "metadata.jsonl").write_text('{"file_name": "gone.png", "text": "z"}\n')
     assert load_prompts(str(folder)) == ["z"]  # images are not read, nor needed
+    (tmp_path / "list.json").write_text('["a cat", "a dog"]')
+    assert load_prompts(str(tmp_path / "list.json")) == ["a cat", "a dog"]
     for name, body, message in [
         ("e.txt", "\n \n", "holds no prompts"),
         ("n.jsonl", '{"caption": "a"}\n', "no 'text' column"),
+        ("s.json", '"a cat"', "not a list of rows"),
     ]:
         (tmp_path / name).write_text(body)
         with pytest.raises(InputError, match=message):
@@ -161,6 +164,13 @@ def test_prompts_only_data(tmp_path):
 def test_bad_distillation_settings(cli, prompts, extra, message):
     r = cli(*distill_args(prompts, "bad", "cache", *extra))
     assert_one_line_error(r, message)
+
+
+def test_distillation_settings_without_distillation_and_prompts_without_it(cli, prompts):
+    base = ["train", "--model", "demo", "--dataset", prompts, "-o", "bad", "-q"]
+    assert_one_line_error(cli(*base, "--teacher", "demo"), "[distill]", "--objective distill")
+    assert_one_line_error(cli(*base), "prompts.txt", "for --objective distill")
+    assert not Path("bad").exists()
 
 
 def test_missing_prompts_file(cli):

@@ -57,10 +57,7 @@ def load_items(path: str, image_column: str = "file_name", caption_column: str =
         return _from_datasets(path[3:], image_column, caption_column)
     p = Path(path)
     if p.is_dir():
-        for name in ("metadata.jsonl", "metadata.json", "metadata.csv"):
-            if (p / name).is_file():
-                return _from_table(p / name, image_column, caption_column)
-        raise InputError(f"{path}: no metadata.jsonl (or .json / .csv) with captions in this folder")
+        return _from_table(_metadata_file(p, "captions"), image_column, caption_column)
     if p.is_file():
         return _from_table(p, image_column, caption_column)
     raise InputError(f"{path}: no such dataset folder or file")
@@ -74,10 +71,7 @@ def load_prompts(path: str, caption_column: str = "text") -> list[str]:
         raise InputError("no prompts: set [data] path in the recipe or pass --dataset")
     p = Path(path)
     if p.is_dir():
-        tables = [p / n for n in ("metadata.jsonl", "metadata.json", "metadata.csv") if (p / n).is_file()]
-        if not tables:
-            raise InputError(f"{path}: no metadata.jsonl (or .json / .csv) with prompts in this folder")
-        p = tables[0]
+        p = _metadata_file(p, "prompts")
     if path.startswith("hf:"):
         ds = _dataset(path[3:])
         if caption_column not in ds.column_names:
@@ -94,7 +88,16 @@ def load_prompts(path: str, caption_column: str = "text") -> list[str]:
     return list(dict.fromkeys(prompts))
 
 
+def _metadata_file(folder: Path, holding: str) -> Path:
+    for name in ("metadata.jsonl", "metadata.json", "metadata.csv"):
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(f"{folder}: no metadata.jsonl (or .json / .csv) with {holding} in this folder")
+
+
 def _prompt(row, where: str, caption_column: str) -> str:
+    if isinstance(row, str):  # a JSON list of prompts
+        return row
     if not isinstance(row, dict) or row.get(caption_column) is None:
         raise InputError(f"{where}: no '{caption_column}' column")
     return str(row[caption_column])
@@ -115,12 +118,17 @@ def _rows(table: Path) -> list[dict]:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
         if suffix == ".json":
             rows = json.loads(text)
-            return rows if isinstance(rows, list) else rows.get("data", [])
+            if isinstance(rows, dict):
+                rows = rows.get("data", [])
+            if not isinstance(rows, list):
+                raise InputError(f"{table}: not a list of rows (or an object with a 'data' list)")
+            return rows
         if suffix == ".csv":
             return list(csv.DictReader(io.StringIO(text)))
     except json.JSONDecodeError as exc:
         raise InputError(f"{table}: not valid JSON (line {exc.lineno})") from None
-    raise InputError(f"{table}: unknown metadata format (use .jsonl, .json or .csv)")
+    hint = "; a .txt of prompts is data for --objective distill" if suffix == ".txt" else ""
+    raise InputError(f"{table}: unknown metadata format (use .jsonl, .json or .csv{hint})")
 
 
 def _from_table(table: Path, image_column: str, caption_column: str) -> list[Item]:

@@ -46,7 +46,13 @@ class Teacher:
     def identity(self, r, student) -> dict:
         if self.handle is not None:
             return {"model": self.handle.identity("transformer")}
-        return {"model": student.identity("transformer"), "assistant": r.assistant_lora}
+        return {"model": student.identity("transformer"), "assistant": _file_digest(r.assistant_lora)}
+
+
+def _file_digest(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return path
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def teacher_plan(r, handle):
@@ -77,8 +83,12 @@ def trajectory_seed(seed: int, prompt: str, k: int) -> int:
     return int(hashlib.sha256(f"{seed}/{k}/{prompt}".encode()).hexdigest()[:15], 16)
 
 
-def states(r, handle, teacher: Teacher, model, prompts: dict[str, Path], negative: Path, cache: Path, log):
-    """Every state of every teacher trajectory, sampling those the cache lacks with `model`."""
+def states(
+    r, handle, teacher: Teacher, model_of, prompts: dict[str, Path], negative: Path, cache: Path, log, share=(0, 1)
+):
+    """Every state of every teacher trajectory. Those the cache lacks are sampled, this process
+    taking its `share` (rank, processes) of them with `model_of()` (loaded only if it has any);
+    the caller waits for every process before the states are read."""
     g = teacher.settings.generation
     size = (g.width, g.height)
     key = _teacher_key(r, handle, teacher)
@@ -94,16 +104,24 @@ def states(r, handle, teacher: Teacher, model, prompts: dict[str, Path], negativ
             f"sampling {len(todo)} teacher trajectories (guidance {r.distill.guidance_scale:g}, "
             f"{g.steps} steps) into {cache / 'trajectories'}"
         )
-        _sample(handle, teacher, model, todo, files, negative)
+    # Shares by place among all the jobs, not among those missing: what is missing changes while
+    # the other processes write.
+    missing = set(todo)
+    mine = [job for job in jobs[share[0] :: share[1]] if job in missing]
+    if mine:
+        _sample(handle, teacher, model_of(), mine, files, negative)
     return [State(files[job], i, job[1], size) for job in jobs for i in range(g.steps)]
 
 
 def _teacher_key(r, handle, teacher: Teacher) -> dict:
+    """Everything that shapes a trajectory but its prompt and seed."""
     g = teacher.settings
     return {
         "teacher": teacher.identity(r, handle),
         "generation": g.generation.model_dump(mode="json", exclude={"batch_size"}),
         "scheduler": g.scheduler.model_dump(mode="json"),
+        # The sampler is the student's scheduler: its config sets the shift where settings leave it.
+        "scheduler_config": handle.component_config("scheduler"),
     }
 
 
@@ -116,7 +134,7 @@ def _sample(handle, teacher: Teacher, model, todo: list, files: dict, negative: 
     p = handle.code.denoise_params(teacher.settings.settings, handle.limits())
     device = next(model.parameters()).device
     neg = load_embeds(negative).to(device)
-    with handle.using_transformer(model), _eval(model):
+    with handle.using_transformer(model), evaluating(model):
         pipe = handle.pipeline("vae", "scheduler")
         for start in range(0, len(todo), TEACHER_BATCH):
             chunk = todo[start : start + TEACHER_BATCH]
@@ -135,7 +153,8 @@ def _safetensors(tensors: dict) -> bytes:
 
 
 @contextmanager
-def _eval(model):
+def evaluating(model):
+    """`model` in eval mode for the block, back in the mode it was in after (whatever happens)."""
     was = model.training
     model.eval()
     try:
@@ -171,8 +190,11 @@ def check_teacher(handle, teacher):
             )
 
 
-@lru_cache(maxsize=4096)
-def load_trajectory(path: Path) -> dict:
-    from safetensors.torch import load_file
+@lru_cache(maxsize=1024)
+def load_step(path: Path, step: int) -> tuple:
+    """One step of a cached trajectory: (state [C, h, w], DiT timestep [], guided prediction
+    [C, h, w]), read alone (a file holds every step; at 1024 px each is megabytes)."""
+    from safetensors import safe_open
 
-    return load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        return tuple(f.get_slice(name)[step : step + 1][0] for name in ("states", "timesteps", "targets"))

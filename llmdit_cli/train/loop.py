@@ -138,6 +138,7 @@ def _train(run: Run, resume: bool | str, cache_only: bool, stop_at: int | None) 
         _validation_images(run, acc, transformer, handle, extra, total)
     _check_ranks_in_sync(run, acc, params)
     result = _save_result(run, acc, transformer, handle, ema)
+    acc.wait_for_everyone()  # no process ends (and leaves the group) while the first still saves
     acc.end_training()
     return result
 
@@ -221,29 +222,39 @@ def _inputs(run: Run, handle, acc, log, cache_only: bool):
         return None
     transformer = _transformer(r, handle)
     if teacher is not None:
-        examples = _teach(run, handle, teacher, transformer, examples, extra, acc)
+        examples = _teach(run, handle, teacher, transformer, examples, extra, acc, cache_only)
     return None if cache_only else (transformer, examples, extra)
 
 
-def _teach(run: Run, handle, teacher, transformer, prompts: dict, extra: dict, acc) -> list:
-    """Distillation's examples: the states of the teacher's trajectories (sampled once, cached);
-    and the teacher's validation images, made now, before training changes the weights."""
+def _teach(run: Run, handle, teacher, transformer, prompts: dict, extra: dict, acc, cache_only: bool) -> list:
+    """Distillation's examples: the states of the teacher's trajectories (sampled once, cached,
+    the processes sharing the work); and the teacher's validation images, made now, before
+    training changes the weights. Another teacher (`--teacher`) loads only where it has work."""
     from contextlib import nullcontext
 
     from llmdit_cli.train import distill
 
     r = run.recipe
     transformer.to(acc.device)
-    if teacher.handle is not None:
-        model, own = _load_transformer(teacher.handle).to(acc.device), nullcontext
-    else:
-        model, own = transformer, lambda: distill.as_teacher(transformer, r.method)
+    loaded: list = []
+
+    def model():
+        if teacher.handle is None:
+            return transformer
+        if not loaded:
+            loaded.append(_load_transformer(teacher.handle).to(acc.device))
+        return loaded[0]
+
+    own = nullcontext if teacher.handle is not None else (lambda: distill.as_teacher(transformer, r.method))
     log = run.log if acc.is_main_process else (lambda msg: None)
-    with own(), acc.main_process_first():
-        states = distill.states(r, handle, teacher, model, prompts, extra[teacher.negative], Path(_cache_dir(r)), log)
-    if r.validation.prompts and acc.is_main_process:
+    negative, cache = extra[teacher.negative], Path(_cache_dir(r))
+    share = (acc.process_index, acc.num_processes)
+    with own():
+        states = distill.states(r, handle, teacher, model, prompts, negative, cache, log, share)
+    acc.wait_for_everyone()  # every trajectory is written before any process reads one
+    if r.validation.prompts and acc.is_main_process and not cache_only:
         with own():
-            run.teacher_images = _images(r, handle, model, extra, r.distill.guidance_scale, teacher.negative)
+            run.teacher_images = _images(r, handle, model(), extra, r.distill.guidance_scale, teacher.negative)
     return states
 
 
@@ -415,14 +426,13 @@ def _distill_batch(r: Recipe, acc, batch: list, empty, gen):
     import torch
 
     from llmdit_cli.train.cache import load_embeds
-    from llmdit_cli.train.distill import load_trajectory
+    from llmdit_cli.train.distill import load_step
     from llmdit_cli.train.objective import loss_weights, prediction_loss
 
     t = r.train
-    rows = [load_trajectory(s.file) for s in batch]
-    x = torch.stack([row["states"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
-    timesteps = torch.stack([row["timesteps"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
-    targets = torch.stack([row["targets"][s.step] for row, s in zip(rows, batch)]).to(acc.device)
+    x, timesteps, targets = (
+        torch.stack(part).to(acc.device) for part in zip(*(load_step(s.file, s.step) for s in batch))
+    )
     embeds = [load_embeds(s.embeds).to(acc.device) for s in batch]
     weights = loss_weights(1 - timesteps.cpu(), t.loss_weighting, t.weighting_center, t.weighting_width)
     return lambda model: prediction_loss(model, x, timesteps, embeds, targets, weights)
@@ -571,10 +581,7 @@ def _validation_images(run: Run, acc, transformer, handle, extra: dict, step: in
     r = run.recipe
     folder = run.output / "validation"
     folder.mkdir(parents=True, exist_ok=True)
-    model = acc.unwrap_model(transformer)
-    model.eval()
-    images = _images(r, handle, model, extra, r.validation.guidance_scale or 0.0, "")
-    model.train()
+    images = _images(r, handle, acc.unwrap_model(transformer), extra, r.validation.guidance_scale or 0.0, "")
     for i, image in enumerate(images):
         if run.teacher_images:
             image = _side_by_side(run.teacher_images[i], image)
@@ -585,10 +592,9 @@ def _images(r: Recipe, handle, model, extra: dict, guidance: float, negative: st
     """The validation prompts' images by `model`, made by the engine from the cached captions
     (the text encoder was released after caching)."""
     from llmdit_cli.config import resolve_defaults
-    from llmdit_cli.engine import Engine, GenerateRequest
-    from llmdit_cli.train.cache import load_embeds
+    from llmdit_cli.engine import Engine
     from llmdit_cli.train.data import pick_bucket
-    from llmdit_cli.workflows import Embeds
+    from llmdit_cli.train.distill import evaluating
 
     v = r.validation
     side, _ = pick_bucket(1, 1, r.data.resolution, False, handle.limits().size_multiple)  # a size it makes
@@ -605,18 +611,22 @@ def _images(r: Recipe, handle, model, extra: dict, guidance: float, negative: st
     engine.adopt(handle, settings)
     device = next(model.parameters()).device
     images = []
-    for prompt in v.prompts:
-        cond, uncond = load_embeds(extra[prompt]).to(device), load_embeds(extra[negative]).to(device)
-        embeds = Embeds(
-            [cond],
-            [uncond],
-            {"prompts": [prompt], "negative_prompts": [negative]},
-            int(cond.shape[-1]),
-            source="training cache",
-        )
-        request = GenerateRequest(settings, seeds=[v.seed], embeds=embeds)
-        images.append(engine.generate(request, transformer=model)[0].image)
+    with evaluating(model):
+        for prompt in v.prompts:
+            images.append(_image(engine, settings, model, extra, prompt, negative, device, v.seed))
     return images
+
+
+def _image(engine, settings, model, extra: dict, prompt: str, negative: str, device, seed: int):
+    from llmdit_cli.engine import GenerateRequest
+    from llmdit_cli.train.cache import load_embeds
+    from llmdit_cli.workflows import Embeds
+
+    cond, uncond = load_embeds(extra[prompt]).to(device), load_embeds(extra[negative]).to(device)
+    meta = {"prompts": [prompt], "negative_prompts": [negative]}
+    embeds = Embeds([cond], [uncond], meta, int(cond.shape[-1]), source="training cache")
+    request = GenerateRequest(settings, seeds=[seed], embeds=embeds)
+    return engine.generate(request, transformer=model)[0].image
 
 
 def _side_by_side(left, right):

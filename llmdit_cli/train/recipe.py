@@ -130,6 +130,14 @@ class Recipe(_Section):
     validation: ValidationConfig = ValidationConfig()
     scratch: ScratchConfig | None = None
 
+    @model_validator(mode="after")
+    def _distill_settings_need_distillation(self):
+        if self.train.objective == "sft" and "distill" in self.model_fields_set:
+            raise ValueError(
+                '[distill] settings (--teacher, ...) need train.objective = "distill" (--objective distill)'
+            )
+        return self
+
     def fingerprint(self) -> str:
         """What must match for `--resume`: everything but the output cadence and step budget."""
         data = self.model_dump(mode="json")
