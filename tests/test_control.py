@@ -236,6 +236,17 @@ def test_a_controlnet_without_a_control_image_stays_out_with_a_hint(cli):
     assert (pixels("a.png") == pixels("b.png")).all()
 
 
+def test_a_single_file_controlnet_without_a_config_offline_says_what_to_put_beside_it(stock, cli, tmp_path):
+    """The released checkpoints hold no config; offline, diffusers cannot fetch its default."""
+    from llmdit_cli.families.zimage.control import DEMO_CONTROLNET
+
+    shutil.copy(DEMO_CONTROLNET / "diffusion_pytorch_model.safetensors", tmp_path / "union.safetensors")
+    r = cli("generate", PROMPT, "--model", "demo", "--controlnet", tmp_path / "union.safetensors",
+            "--control-image", stock["root"] / "edges.png", "--steps", 2, "-o", tmp_path / "x.png")  # fmt: skip
+    assert_one_line_error(r, "no config.json beside the file", "put the checkpoint's config.json next to it")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_a_single_file_controlnet_with_its_config_beside_it_equals_the_folder(stock, cli, tmp_path):
     from llmdit_cli.families.zimage.control import DEMO_CONTROLNET
 

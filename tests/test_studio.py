@@ -178,16 +178,18 @@ def test_a_vision_image_as_a_data_url_equals_vl_image(server, cli):
 
 
 def test_rewrite_equals_the_cli(server, cli):
-    body = {"prompts": ["red circle", "blue square"], "template": "demo-caption", "llmdit": {"seed": 9}}
+    """Without a template both take the model family's, and the history names it."""
+    body = {"prompts": ["red circle", "blue square"], "llmdit": {"seed": 9}}
     status, reply = server.json("POST", "/v1/llmdit/rewrite", body)
     assert status == 200, reply
-    r = cli("rewrite", "red circle", "blue square", "--template", "demo-caption", "--seed", "9", "--model", "demo")
+    r = cli("rewrite", "red circle", "blue square", "--seed", "9", "--model", "demo")
     assert r.code == 0, r.stderr
     assert [d["text"] for d in reply["data"]] == r.stdout.splitlines()
     entry = server.json("GET", f"/v1/llmdit/history/{reply['data'][0]['history']}")[1]
     assert (
         entry["task"] == "rewrite" and entry["prompt"] == "red circle" and entry["result"] == reply["data"][0]["text"]
     )
+    assert entry["settings"]["template"] == "demo-caption"
 
 
 def test_history_pages_filters_and_deletes(server, data_dir):

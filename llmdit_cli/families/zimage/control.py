@@ -104,7 +104,7 @@ def load_controlnet(ref: str, pipe, dtype) -> Any:
     """The ControlNet, on the transformer's device, sharing its embedders."""
     from diffusers import ZImageControlNetModel
 
-    folder = controlnet_folder(ref)
+    folder, beside = controlnet_folder(ref), {}
     try:
         if folder is None:
             # The original checkpoint holds no config: one beside the file is used, else diffusers
@@ -116,7 +116,13 @@ def load_controlnet(ref: str, pipe, dtype) -> Any:
             net = ZImageControlNetModel.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{setting('control.model')} {ref}: cannot load as a Z-Image ControlNet ({line})") from None
+        where = f"{setting('control.model')} {ref}"
+        if folder is None and not beside and "config.json" in line:
+            raise ModelError(
+                f"{where}: no config.json beside the file, and diffusers could not fetch its default "
+                f"config ({line}); put the checkpoint's config.json next to it, or run once online"
+            ) from None
+        raise ModelError(f"{where}: cannot load as a Z-Image ControlNet ({line})") from None
     net = ZImageControlNetModel.from_transformer(net, pipe.transformer)
     return net.to(run_device(pipe, pipe.transformer)).eval()
 

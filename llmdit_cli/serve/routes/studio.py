@@ -159,12 +159,15 @@ async def rewrite(
     req = await asyncio.to_thread(rewrite_request, state, body)
 
     def work(job: Job) -> list[dict[str, Any]]:
+        from llmdit_cli.rewriting import template_for
+
         texts = state.engine.rewrite(req, JobReport(job, log.info))
         job.check()
+        template = req.template or template_for(state.engine.settled(req.settings)[2])  # the family's
         out = []
         for original, new in zip(req.prompts, texts):
             text = new or original
-            record = {"template": req.template, "sampling": vars(req.sampling), "image": body.image is not None}
+            record = {"template": template, "sampling": vars(req.sampling), "image": body.image is not None}
             entry = state.record("rewrite", record, prompt=original, seed=req.sampling.seed, result=text)
             out.append({"text": text, "history": entry.id})
         return out
