@@ -1,14 +1,13 @@
-"""Teach the shipped demo's text encoder to rewrite terse prompts into demo captions.
+"""Train the demo's rewriter: a small chat model of its own that turns terse requests into demo
+captions, written to the demo folder's `rewriter/`.
 
-Generating with the demo conditions on hidden state -2: the token embeddings and the first of
-its two layers. Those stay frozen, so every image the demo makes stays the same to the bit. What
-trains is what conditioning never reads: the last layer, the final norm and a new, untied
-language-model head. The data are synthetic pairs from recipes/demo-rewriter.toml: terse requests
-("red circle", "triangle, yellow, on black", "a blue square please") formatted with the
-`demo-caption` rewriter template, answered by the demo's caption ("a red circle on a black
-background"). Combinations held out of the image data (`train.shapes.held_out`) are held out here
-too; `benchmarks/eval_rewriter.py` scores them. The last layer and norm start from the folder's own
-(the shipped demo was trained from its random ones; a rerun continues from the trained ones).
+The demo's text encoder conditions the images and is too small to also follow new phrasings, so
+`llmdit rewrite --model demo` uses a model folder's `rewriter/` when it has one. This trains one
+from scratch on the grammar of `llmdit_cli/train/rewriter.py` ("red circle", "on blue: a
+square in green", with made-up words between), formatted with the `demo-caption` rewriter
+template and answered by the demo's caption ("a red circle on a black background"). The
+settings are in recipes/demo-rewriter.toml; `benchmarks/eval_rewriter.py` scores phrasings the
+grammar never uses.
 
     python scripts/train_demo_rewriter.py [--recipe recipes/demo-rewriter.toml] [--out FOLDER]
 """
@@ -16,7 +15,9 @@ too; `benchmarks/eval_rewriter.py` scores them. The last layer and norm start fr
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,62 +30,54 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "demo-rewriter.toml"))
     parser.add_argument(
-        "--out", default=None, help="Model folder to write (default: the shipped demo; another is a copy of it)."
+        "--out", default=None, help="Model folder to write into (default: the shipped demo; another gets a copy of it)."
     )
     parser.add_argument("--steps", type=int, default=None, help="Override the recipe's steps (quick checks).")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, as the shipped one).")
     args = parser.parse_args()
 
     import torch
 
     from llmdit_cli.models import DEMO_PATH
     from llmdit_cli.rewriting import Sampling, clean, generate_local
-    from llmdit_cli.train.rewriter import load_settings, pairs, prompt_text, train
+    from llmdit_cli.train.rewriter import examples, load_settings, prompt_text, train
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     cfg = load_settings(args.recipe)
     if args.steps:
         cfg = cfg.model_copy(update={"steps": args.steps})
     out = Path(args.out) if args.out else DEMO_PATH
     if out.resolve() != DEMO_PATH.resolve() and not out.exists():
-        import shutil
-
-        shutil.copytree(DEMO_PATH, out)
+        shutil.copytree(DEMO_PATH, out, ignore=shutil.ignore_patterns("rewriter"))
     start = time.perf_counter()
-    lm, tokenizer = train(DEMO_PATH, cfg, log=print)
+    lm, tokenizer = train(DEMO_PATH, cfg, log=lambda line: print(line, flush=True))
     print(f"trained in {time.perf_counter() - start:.0f} s")
-    held = pairs(cfg, held_out=True, rng=random.Random(cfg.seed + 1))
-    right = sum(
-        clean(generate_local(lm, tokenizer, prompt_text(t), Sampling(temperature=0, max_new_tokens=24), "cpu"))
-        == target
-        for t, target in held
-    )
-    print(f"held-out exact captions: {right}/{len(held)}")
-    save(lm, out)
-    print(f"wrote {out / 'text_encoder'}")
+    fresh = examples(100, random.Random(cfg.seed + 1))
+    sampling = Sampling(temperature=0, max_new_tokens=24)
+    right = sum(clean(generate_local(lm, tokenizer, prompt_text(t), sampling, "cpu")) == c for t, c in fresh)
+    print(f"fresh grammar requests, exact captions: {right}/{len(fresh)}")
+    save(lm, tokenizer, out / "rewriter")
+    print(f"wrote {out / 'rewriter'}")
 
 
-def save(lm, folder: Path) -> None:
-    """The text encoder's weights in the shipped dtype (bfloat16); frozen tensors are copied from the
-    file as they were, so they stay identical to the bit."""
-    import json
+def save(lm, tokenizer, folder: Path) -> None:
+    """The rewriter in bfloat16 with its tokenizer, written beside and then moved into place."""
+    import torch
 
-    from safetensors.torch import load_file, save_file
-
-    te = folder / "text_encoder"
-    files = sorted(te.glob("*.safetensors"))
-    old = {k: v for f in files for k, v in load_file(f).items()}
-    dtype = next(iter(old.values())).dtype
-    new = {k: v.detach().to(dtype).contiguous() for k, v in lm.state_dict().items()}
-    for key, value in old.items():
-        if key.startswith(("model.embed_tokens.", "model.layers.0.")):
-            new[key] = value  # frozen: exactly the bytes shipped before
-    for f in files:
-        f.unlink()
-    save_file(new, te / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((te / "config.json").read_text())
-    config["tie_word_embeddings"] = False
-    (te / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (te / "model.safetensors").chmod(0o644)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lm.to(torch.bfloat16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    # Qwen2Tokenizer rebuilds its own normaliser on load; the generic class reads tokenizer.json
+    # as written (with the space after each newline).
+    config_file = tmp / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ def rewrite(
 ):
     """Rewrite prompts with a rewriter template, by the model's own LM or a chat server.
 
-    The model's own text encoder rewrites (Qwen3 as a chat model, the same weights that encode),
+    The model's own text encoder rewrites (Qwen3 as a chat model, the same weights that encode;
+    where the model folder has a chat model of its own in rewriter/, as the demo does, that one),
     or any OpenAI-compatible chat server does (--api-url).
 
     Each rewritten prompt goes to stdout on its own line, so the output pipes into `encode -`:

@@ -54,6 +54,20 @@ class Silent:
         yield lambda done, total_, info="": None
 
 
+def _chat_model(handle):
+    """(model, tokenizer, device) that rewrite and chat: the folder's own rewriter when it has
+    one, else its text encoder as a causal LM (the same loaded weights keep serving `encode`)."""
+    from llmdit_cli import rewriting
+    from llmdit_cli.stages import run_device
+
+    own = handle.rewriter()
+    if own is not None:
+        lm, tokenizer = own
+        return lm, tokenizer, lm.device
+    pipe = handle.pipeline("tokenizer", "text_encoder")
+    return rewriting.causal_lm(pipe.text_encoder), pipe.tokenizer, run_device(pipe, pipe.text_encoder)
+
+
 def batch_key(req: GenerateRequest) -> str:
     """What requests batched together share: every value of the plan but the negative prompt
     (its embeddings are per image), and the input (txt2img only, or one and the same input)."""
@@ -130,11 +144,9 @@ class Engine:
     # -- rewrite -----------------------------------------------------------------------------------
 
     def rewrite(self, req, report: Reporter | None = None) -> list[str]:
-        """Each prompt rewritten by the model's text encoder as a chat model (`RewriteRequest`);
-        the same loaded weights keep serving `encode`."""
+        """Each prompt rewritten by the model's chat model (`RewriteRequest`; `_chat_model`)."""
         from llmdit_cli import rewriting
         from llmdit_cli.prompt_templates import find
-        from llmdit_cli.stages import run_device
 
         report = report or Silent()
         sampling = req.sampling or rewriting.Sampling()
@@ -147,20 +159,15 @@ class Engine:
             with lock:
                 return self._rewrite_from_image(req, r, t, handle, sampling, report)
         with lock, report.status(f"rewriting {len(req.prompts)} prompt(s) with {handle.ref}"):
-            pipe = handle.pipeline("tokenizer", "text_encoder")
-            lm = rewriting.causal_lm(pipe.text_encoder)
-            device = run_device(pipe, pipe.text_encoder)
-            replies = [
-                rewriting.generate_local(lm, pipe.tokenizer, fmt.format(p), sampling, device) for p in req.prompts
-            ]
+            lm, tokenizer, device = _chat_model(handle)
+            replies = [rewriting.generate_local(lm, tokenizer, fmt.format(p), sampling, device) for p in req.prompts]
         return [rewriting.clean(r, req.keep_thinking) for r in replies]
 
     def chat(self, req, report: Reporter | None = None) -> tuple[str, int, int]:
-        """The reply to a conversation (`ChatRequest`) by the model's text encoder as a chat
-        model, with the prompt's and the reply's token counts."""
+        """The reply to a conversation (`ChatRequest`) by the model's chat model (`_chat_model`),
+        with the prompt's and the reply's token counts."""
         from llmdit_cli import rewriting
         from llmdit_cli.prompts import chat_text
-        from llmdit_cli.stages import run_device
 
         report = report or Silent()
         sampling = req.sampling or rewriting.Sampling()
@@ -169,13 +176,11 @@ class Engine:
         handle, lock = self.model(req.settings)
         check_feature(handle.family, "rewrite", "model", handle.ref)
         with lock, report.status(f"chat reply with {handle.ref}"):
-            pipe = handle.pipeline("tokenizer", "text_encoder")
-            lm = rewriting.causal_lm(pipe.text_encoder)
-            device = run_device(pipe, pipe.text_encoder)
-            streamer = rewriting.TextPieces(pipe.tokenizer, req.on_text) if req.on_text else None
-            raw = rewriting.generate_local(lm, pipe.tokenizer, text, sampling, device, streamer, req.should_stop)
-            prompt_tokens = len(pipe.tokenizer(text).input_ids)
-            reply_tokens = len(pipe.tokenizer(raw).input_ids)
+            lm, tokenizer, device = _chat_model(handle)
+            streamer = rewriting.TextPieces(tokenizer, req.on_text) if req.on_text else None
+            raw = rewriting.generate_local(lm, tokenizer, text, sampling, device, streamer, req.should_stop)
+            prompt_tokens = len(tokenizer(text).input_ids)
+            reply_tokens = len(tokenizer(raw).input_ids)
         return rewriting.reply_text(raw), prompt_tokens, reply_tokens
 
     @staticmethod

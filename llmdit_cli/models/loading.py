@@ -112,6 +112,30 @@ class ModelHandle:
 
         return self.extra(("tokenizer",), load)
 
+    def rewriter(self):
+        """The folder's own chat model for `rewrite` and chat (`rewriter/`: a causal LM with its
+        tokenizer), as (model, tokenizer), loaded once; None when the folder has none (the text
+        encoder then rewrites). The demo ships one: its text encoder is too small to do both."""
+        folder = self.folder / "rewriter"
+        if not (folder / "config.json").is_file():
+            return None
+
+        def load():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            quiet_libraries()
+            with self.naming_its_setting():
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+                    lm = AutoModelForCausalLM.from_pretrained(
+                        folder, dtype=self.placement.torch_dtype(), local_files_only=True
+                    )
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise ModelError(f"{MODEL} {self.ref}: cannot load its rewriter ({first_line(exc)})") from None
+            return lm.to(self.placement.device_for("text_encoder")).eval(), tokenizer
+
+        return self.extra(("rewriter",), load)
+
     def extra(self, key: tuple, load):
         """A model that works beside the pipeline (a ControlNet), loaded once by `load()` and kept."""
         if key not in self._extras:

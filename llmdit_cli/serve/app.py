@@ -2,7 +2,7 @@
 
     GET  /health                   liveness, the model, the queue                 routes/info.py
     GET  /v1/models                the one model served                           routes/info.py
-    POST /v1/chat/completions      the text encoder as a chat model; SSE          routes/chat.py
+    POST /v1/chat/completions      the chat model (text encoder or rewriter/); SSE routes/chat.py
     POST /v1/llmdit/encode         prompts -> the embeds stage file (bytes)       routes/encode.py
     POST /v1/images/generations    prompt -> PNGs (b64_json) with their settings  routes/images.py
     POST /v1/images/edits          image + prompt -> PNGs (img2img; multipart)    routes/images.py
