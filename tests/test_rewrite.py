@@ -214,6 +214,20 @@ def test_the_rewriter_grammar_never_uses_the_words_of_the_unseen_phrasings():
         assert set(re.findall(r"[a-z]+", form)) & HELD_OUT_WORDS, form
 
 
+def test_the_demo_rewriters_tokenizer_reads_a_first_word_as_mid_sentence():
+    """Loaded the way `rewrite` loads it, the rewriter's tokenizer keeps its space after each
+    newline (transformers' Qwen2Tokenizer would drop the saved normaliser), so "blue" opening a
+    request is the one token it is mid-sentence; the demo's own tokenizer splits it."""
+    from transformers import AutoTokenizer
+
+    from llmdit_cli.models import DEMO_PATH
+
+    own = AutoTokenizer.from_pretrained(DEMO_PATH / "rewriter")
+    plain = AutoTokenizer.from_pretrained(DEMO_PATH / "tokenizer")
+    assert own.tokenize("user\nblue square")[-2:] == own.tokenize("a blue square")[-2:] == ["Ġblue", "Ġsquare"]
+    assert "Ġblue" not in plain.tokenize("user\nblue square")
+
+
 def test_a_folder_without_a_rewriter_rewrites_with_its_text_encoder(cli, tmp_path):
     import shutil
 
