@@ -1,5 +1,6 @@
 """`llmdit rewrite`: the text encoder's own language model (seeded, thinking stripped, one copy of
-the weights with encoding) and OpenAI-compatible chat servers (a real HTTP server on 127.0.0.1)."""
+the weights with encoding), a model folder's own `rewriter/` (the demo's), and OpenAI-compatible
+chat servers (a real HTTP server on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -235,7 +236,8 @@ def test_a_folder_without_a_rewriter_rewrites_with_its_text_encoder(cli, tmp_pat
 
     bare = tmp_path / "bare"
     shutil.copytree(DEMO_PATH, bare, ignore=shutil.ignore_patterns("rewriter"))
-    requests = _eval_rewriter().unseen_requests(_eval_rewriter().UNSEEN, 3)
+    ev = _eval_rewriter()
+    requests = ev.unseen_requests(ev.UNSEEN, 3)
     own = _rewrite_all(cli, requests, "--model", "demo")
     encoder = _rewrite_all(cli, requests, "--model", bare)
     assert [out for _, out, _ in own] != [out for _, out, _ in encoder]
