@@ -22,8 +22,9 @@ HELP = {
     "attention_backend": {
         "help": "auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, "
         "sage, xformers (diffusers' attention dispatch). auto takes the "
-        "first usable of flash_3, flash, sage, xformers (said once), else "
-        "sdpa.",
+        "first of flash_3, flash, sage, xformers that runs right here (each "
+        "tried once on a small input, compiled with --compile; said once), "
+        "else sdpa.",
         "panel": "Speed and memory",
     },
     "batch_size": {

@@ -224,17 +224,18 @@ def test_vae_tile_size_and_overlap_reach_the_vae(cli):
 
 
 def test_attention_auto_takes_the_first_usable_backend_by_priority(monkeypatch):
+    from llmdit_cli.errors import render
     from llmdit_cli.models import optimise
 
     usable = {"sage", "xformers"}
-    monkeypatch.setattr(optimise, "attention_backend_problem", lambda name, device: None if name in usable else "no")
-    assert optimise.auto_attention_backend("cuda") == "sage"  # before xformers
+    monkeypatch.setattr(
+        optimise, "attention_backend_problem", lambda name, *_: None if name in usable else f"{name} broke"
+    )
+    assert optimise.auto_attention_backend("cuda")[0] == "sage"  # before xformers
     usable.add("flash")
-    assert optimise.auto_attention_backend("cuda") == "flash"
+    assert optimise.auto_attention_backend("cuda") == ("flash", {"flash_3": "flash_3 broke"})
     usable.clear()
-    assert optimise.auto_attention_backend("cuda") is None  # diffusers' default (SDPA)
-    monkeypatch.undo()
-    assert optimise.auto_attention_backend("cpu") is None  # every faster backend needs CUDA
+    assert optimise.auto_attention_backend("cuda")[0] is None  # diffusers' default (SDPA)
 
     class Transformer:
         backend = None
@@ -243,5 +244,60 @@ def test_attention_auto_takes_the_first_usable_backend_by_priority(monkeypatch):
             self.backend = name
 
     t = Transformer()
+    usable.add("flash")
+    line = optimise.set_attention_backend(t, "auto", "cuda:0")  # what the run's log says, once
+    assert t.backend == "flash_varlen"
+    assert render(line) == "flash (optimization.attention_backend auto; flash_3: flash_3 broke)"
+    monkeypatch.undo()
+    assert optimise.auto_attention_backend("cpu")[0] is None  # every faster backend needs CUDA
+    t = Transformer()
     assert optimise.set_attention_backend(t, "auto", "cpu") is None and t.backend is None  # as stock
     assert optimise.set_attention_backend(t, "native", "cpu") is None and t.backend == "_native_math"
+
+
+def test_the_attention_probe_runs_a_backend_and_says_why_it_cannot_be_used():
+    import torch
+
+    from llmdit_cli.models import optimise
+
+    assert optimise.attention_backend_problem("sdpa", "cpu", torch.float32) is None
+    assert optimise.attention_backend_problem("native", "cpu", torch.bfloat16) is None
+    # flash-attn is not installed here: run anyway (past the CUDA check), its call fails in the probe.
+    problem = optimise._probe_problem("flash", "cpu", "float32", False)
+    assert problem.startswith("fails in float32 on cpu (") and "Error" not in problem
+    problem = optimise._probe_problem("flash", "cpu", "float32", True)
+    assert problem.startswith("fails under torch.compile on cpu (")
+    optimise._probe_problem.cache_clear()
+
+
+def test_the_attention_probe_catches_a_kernel_that_gives_wrong_results(monkeypatch):
+    import torch
+
+    from llmdit_cli.models import optimise
+
+    real = optimise._probe_attention
+    monkeypatch.setattr(optimise, "_probe_attention", lambda *a: (real(*a)[0] + 0.5, real(*a)[1]))
+    optimise._probe_problem.cache_clear()
+    try:
+        problem = optimise.attention_backend_problem("sdpa", "cpu", torch.float32)
+    finally:
+        optimise._probe_problem.cache_clear()
+    assert problem == "gives wrong results on cpu (off by 0.5 from PyTorch's attention)"
+
+
+def test_a_backend_that_fails_under_compile_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    from llmdit_cli.errors import UsageError
+    from llmdit_cli.models import optimise
+
+    # Past the CUDA check on a CPU are only PyTorch's own backends, which compile; so native is
+    # probed under compile here as a GPU backend would be, and its probe made to fail.
+    monkeypatch.setattr(optimise, "_PLAIN_TORCH", {"sdpa"})
+    monkeypatch.setattr(optimise, "_probe_problem", lambda *a: "fails under torch.compile on cpu (x)" if a[3] else None)
+    with pytest.raises(UsageError) as err:
+        optimise.check_attention_backend("native", "cpu", torch.float32, compile=True)
+    assert err.value.render() == (
+        "optimization.attention_backend native with optimization.compile: fails under torch.compile on cpu (x); "
+        "usable here: auto, sdpa"
+    )

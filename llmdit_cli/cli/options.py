@@ -560,7 +560,8 @@ AttentionBackendOpt = setting_option(
     Optional[str],
     "--attention-backend",
     help="auto, native (PyTorch math), sdpa (torch SDPA), flash, flash_3, sage, xformers (diffusers' attention "
-    "dispatch). auto takes the first usable of flash_3, flash, sage, xformers (said once), else sdpa.",
+    "dispatch). auto takes the first of flash_3, flash, sage, xformers that runs right here (each tried once on a "
+    "small input, compiled with --compile; said once), else sdpa.",
     rich_help_panel=G_SPEED,
 )
 CompileOpt = setting_option(

@@ -274,7 +274,7 @@ class Engine:
                 with report.status(f"loading {handle.ref}"):
                     handle.pipeline("transformer", "vae")
                 if fresh and handle.auto_attention:  # said once, when the transformer loads
-                    report.log(f"attention: {handle.auto_attention} ({setting('optimization.attention_backend')} auto)")
+                    report.log(f"attention: {handle.auto_attention}")
                 wf.run_jobs(handle, jobs, r, report, start, finished)
         return [[g for g, o in zip(made, owners) if o == n] for n in range(len(reqs))]
 

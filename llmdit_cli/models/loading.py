@@ -40,7 +40,7 @@ class ModelHandle:
     _keys: dict = field(default_factory=dict)
     _limits: Any = None
     _extras: dict = field(default_factory=dict)
-    auto_attention: str | None = None  # the backend `attention_backend auto` chose, if not the default
+    auto_attention: str | None = None  # on a GPU, what `attention_backend auto` chose and why
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -221,7 +221,7 @@ class ModelHandle:
             enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor, pl.vae_tile_size, pl.vae_tile_overlap)
         if "transformer" in new:
             self.auto_attention = set_attention_backend(
-                pipe.transformer, pl.attention_backend, pl.device_for("transformer")
+                pipe.transformer, pl.attention_backend, pl.device_for("transformer"), pl.torch_dtype(), pl.compile
             )
         if pl.cpu_offload == "model":
             pipe.enable_model_cpu_offload(device=pl.base_device())

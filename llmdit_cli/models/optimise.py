@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -38,8 +39,10 @@ def enable_vae_tiling(vae, scale_factor: int, size: int | None = None, overlap: 
         vae.tile_overlap_factor = overlap
 
 
-def attention_backend_problem(name: str, device: str) -> str | None:
-    """Why attention backend `name` cannot run on `device`, or None when it can."""
+def attention_backend_problem(name: str, device: str, dtype=None, compile: bool = False) -> str | None:
+    """Why attention backend `name` cannot run on `device` (in `dtype`, under torch.compile when
+    `compile`), or None when it can. Installed backends are probed by running them (see
+    `_probe_problem`), once per process for each combination."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 
     if name in _CUDA_ONLY_BACKENDS and not str(device).startswith("cuda"):
@@ -54,14 +57,75 @@ def attention_backend_problem(name: str, device: str) -> str | None:
             "xformers": "xformers",
         }.get(name, name)
         return f"{package} is not installed (or too old)"
+    if dtype is None:
+        return None
+    return _probe_problem(name, str(device), str(dtype).removeprefix("torch."), compile and name not in _PLAIN_TORCH)
+
+
+# PyTorch's own attention, which torch.compile is built around: not probed under compile (the probe
+# would cost a CPU run seconds of compiling for what the stock pipelines do anyway).
+_PLAIN_TORCH = {"native", "sdpa"}
+# Largest difference from float32 SDPA a working kernel shows on the probe's inputs (values of
+# size ~1): half-precision rounding and Sage's int8 quantization stay far below it; a broken kernel
+# (wrong layout, mask ignored, garbage under compile) is off by ~1.
+_PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.1}
+
+
+@functools.cache
+def _probe_problem(name: str, device: str, dtype: str, compile: bool) -> str | None:
+    """Run backend `name` once as Z-Image calls it (a padding mask, head size 128) and compare it
+    with float32 SDPA; what went wrong in one line, or None. A kernel can be installed and still
+    fail here: built for another GPU generation, refusing the dtype, or breaking under compile."""
+    import torch
+
+    try:
+        out, ref = _probe_attention(ATTENTION_BACKENDS[name], torch.device(device), getattr(torch, dtype), compile)
+    except Exception as exc:  # any failure of a third-party kernel means: do not use it
+        how = "under torch.compile" if compile else f"in {dtype}"
+        return f"fails {how} on {device} ({_exception_line(exc)})"
+    off = (out.float() - ref).abs().max().item()
+    if not off <= _PROBE_TOLERANCE.get(dtype, 0.1):
+        how = " under torch.compile" if compile else ""
+        return f"gives wrong results{how} on {device} (off by {off:.3g} from PyTorch's attention)"
     return None
 
 
-def check_attention_backend(name: str, device: str) -> None:
-    problem = attention_backend_problem(name, device)
+def _probe_attention(backend: str, device, dtype, compile: bool):
+    """The backend's output and float32 SDPA's, for two sequences of 64 tokens, the second padded."""
+    import torch
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 64, 2, 128, generator=g).to(device) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 64, dtype=torch.bool, device=device)
+    mask[1, ..., 40:] = False
+
+    def attend(q, k, v, mask):
+        return dispatch_attention_fn(q, k, v, attn_mask=mask, backend=AttentionBackendName(backend))
+
+    run = torch.compile(attend, fullgraph=False) if compile else attend
+    with torch.no_grad():
+        out = run(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+        ref = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask)
+    return out, ref.transpose(1, 2)
+
+
+def _exception_line(exc: BaseException) -> str:
+    """The first line of an exception's text, without its class name (users cannot act on it)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else "no message"
+
+
+def check_attention_backend(name: str, device: str, dtype=None, compile: bool = False) -> None:
+    problem = attention_backend_problem(name, device, dtype, compile)
     if problem:
-        usable = ", ".join(["auto", *(n for n in ATTENTION_BACKENDS if not attention_backend_problem(n, device))])
-        raise UsageError(f"{setting('optimization.attention_backend')} {name}: {problem}; usable here: {usable}")
+        usable = ", ".join(
+            ["auto", *(n for n in ATTENTION_BACKENDS if not attention_backend_problem(n, device, dtype, compile))]
+        )
+        with_compile = f" with {setting('optimization.compile')}" if compile and "torch.compile" in problem else ""
+        raise UsageError(
+            f"{setting('optimization.attention_backend')} {name}{with_compile}: {problem}; usable here: {usable}"
+        )
 
 
 # `auto`: the first of these that can run here; none (on CPU, or without the packages): diffusers'
@@ -69,17 +133,31 @@ def check_attention_backend(name: str, device: str) -> None:
 AUTO_PRIORITY = ("flash_3", "flash", "sage", "xformers")
 
 
-def auto_attention_backend(device: str) -> str | None:
-    """The backend `auto` picks on `device`, by `AUTO_PRIORITY`; None: diffusers' default."""
-    return next((name for name in AUTO_PRIORITY if attention_backend_problem(name, device) is None), None)
+def auto_attention_backend(device: str, dtype=None, compile: bool = False) -> tuple[str | None, dict[str, str]]:
+    """The backend `auto` picks on `device` by `AUTO_PRIORITY` (None: diffusers' default), and why
+    each backend before it was passed over."""
+    passed_over: dict[str, str] = {}
+    for name in AUTO_PRIORITY:
+        problem = attention_backend_problem(name, device, dtype, compile)
+        if problem is None:
+            return name, passed_over
+        passed_over[name] = problem
+    return None, passed_over
 
 
-def set_attention_backend(transformer, name: str, device: str) -> str | None:
-    """Set the transformer's attention backend; returns the one `auto` chose (None: the default)."""
-    chosen = auto_attention_backend(device) if name == "auto" else name
+def set_attention_backend(transformer, name: str, device: str, dtype=None, compile: bool = False) -> str | None:
+    """Set the transformer's attention backend; for `auto` on a GPU, returns a line saying what it
+    chose and why it passed over the backends before it (None on CPU, where nothing is tried)."""
+    if name != "auto":
+        transformer.set_attention_backend(ATTENTION_BACKENDS[name])
+        return None
+    chosen, passed_over = auto_attention_backend(device, dtype, compile)
     if chosen is not None:
         transformer.set_attention_backend(ATTENTION_BACKENDS[chosen])
-    return chosen if name == "auto" else None
+    if not str(device).startswith("cuda"):
+        return None
+    why = "".join(f"; {n}: {problem}" for n, problem in passed_over.items())
+    return f"{chosen or 'sdpa'} ({setting('optimization.attention_backend')} auto{why})"
 
 
 def check_compile(device: str) -> None:

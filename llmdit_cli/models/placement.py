@@ -57,7 +57,9 @@ class Placement:
                 check_device(value, setting(f"optimization.{name}"))
         self._validate_cuda_features()
         if self.attention_backend != "auto":
-            check_attention_backend(self.attention_backend, self.device_for("transformer"))
+            check_attention_backend(
+                self.attention_backend, self.device_for("transformer"), self.torch_dtype(), self.compile
+            )
         if self.compile:
             check_compile(self.device_for("transformer"))
         if self.transformer_file:
