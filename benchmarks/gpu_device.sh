@@ -10,7 +10,11 @@
 # (it keeps the model folder); build = only build that folder; train / train8 = 20 LoRA steps with
 # AdamW / 8-bit AdamW on it; quantize = full-size `generate --quantize 8bit|4bit` timings; check =
 # gpu_check.py on the demo model (GPU_CHECK_ONLY: comma-separated --only prefixes); probe4 =
-# bnb4_probe.py and the demo's `--quantize 4bit` with CUDA_LAUNCH_BLOCKING=1 and its traceback.
+# bnb4_probe.py and the demo's `--quantize 4bit` with CUDA_LAUNCH_BLOCKING=1 and its traceback;
+# attention = attention_probe.py (issue 27 item 7: each backend's probe, eager and compiled, and
+# what `auto` picks); offload = the `train` step with --gradient-checkpointing-offload (issue 26:
+# its peak memory beside train_adamw's). Still to run on a GPU (December 2026):
+#     GPU_DEVICE_STEPS="attention gpu_full train offload" bash benchmarks/gpu_device.sh
 #
 # Logs and results go to $OUT as summary.md and logs.tgz (env.log, gpu_full.log, gpu_full.json,
 # train_adamw.log, gpu_check.log, train_adamw8bit.log, summary.md). Every step runs under `timeout`,
@@ -85,11 +89,12 @@ run_step() {
     return "$rc"
 }
 
-train_step() {  # train_step OPTIMIZER SECONDS: 20 LoRA steps at $RES^2 on the full-size folder
-    local opt=$1 want=$2
-    run_step "train_$opt" "$want" python3 benchmarks/gpu_full.py --role train --result "$WORK/train_$opt.json" -- \
+train_step() {  # train_step NAME OPTIMIZER SECONDS [ARGS...]: 20 LoRA steps at $RES^2 on the full-size folder
+    local name=$1 opt=$2 want=$3
+    shift 3
+    run_step "train_$name" "$want" python3 benchmarks/gpu_full.py --role train --result "$WORK/train_$name.json" -- \
         --model "$FOLDER" --dataset "$WORK/data" --resolution "$RES" --max-steps 20 --mixed-precision bf16 \
-        --gradient-checkpointing --method lora --batch-size 1 --optimizer "$opt" --output "$WORK/run_$opt"
+        --gradient-checkpointing --method lora --batch-size 1 --optimizer "$opt" --output "$WORK/run_$name" "$@"
 }
 
 {
@@ -124,6 +129,7 @@ if want probe4; then
         "a red circle on a blue background" --model demo --device "$DEVICE" --quantize 4bit -o "$WORK/demo4.png"
 fi
 
+want attention && run_step attention 120 python3 benchmarks/attention_probe.py --device "$DEVICE"
 [ -n "${GPU_CHECK_ONLY:-}" ] && want check && gpu_check_step
 
 if want gpu_full; then
@@ -131,7 +137,7 @@ if want gpu_full; then
         --out "$OUT/gpu_full.json"
     FOLDER=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["folder"])' "$OUT/gpu_full.json" 2>/dev/null)
     PROMPT=""
-elif want build || want train || want train8 || want quantize; then
+elif want build || want train || want train8 || want offload || want quantize; then
     FOLDER=$WORK/z-image-turbo-random
     [ "$DRY" = 1 ] || FOLDER=/dev/shm/llmdit-gpu-full/z-image-turbo-random
     run_step build 150 python3 benchmarks/gpu_full.py "${TINY[@]}" --role build --folder "$FOLDER" \
@@ -141,21 +147,25 @@ fi
 HAVE_FOLDER=0
 [ -n "${FOLDER:-}" ] && [ -f "$FOLDER/model_index.json" ] && HAVE_FOLDER=1
 
-if [ "$HAVE_FOLDER" = 1 ] && { want train || want train8; }; then
+if [ "$HAVE_FOLDER" = 1 ] && { want train || want train8 || want offload; }; then
     python3 benchmarks/gpu_full.py --role dataset --dataset "$WORK/data" --resolution "$RES" --count 4 \
         2>&1 | tee -a "$OUT/env.log"
 fi
 if [ "$HAVE_FOLDER" = 1 ] && want train; then
-    train_step adamw 150
+    train_step adamw adamw 150
 elif want train; then
     STATUS+=("training: skipped (no model folder)")
+fi
+
+if [ "$HAVE_FOLDER" = 1 ] && want offload; then  # issue 26: peak memory beside train_adamw's
+    train_step offload adamw 150 --gradient-checkpointing-offload
 fi
 
 [ -z "${GPU_CHECK_ONLY:-}" ] && want check && gpu_check_step
 
 if [ "$HAVE_FOLDER" = 1 ] && want train8; then
     if python3 -c "import bitsandbytes" 2>/dev/null; then
-        train_step adamw8bit 120
+        train_step adamw8bit adamw8bit 120
     else
         STATUS+=("train_adamw8bit: skipped (bitsandbytes not importable)")
     fi
@@ -176,7 +186,8 @@ echo
 RESULT=$OUT/gpu_full.json
 [ -f "$RESULT" ] || RESULT=$OUT/quantize.json
 python3 benchmarks/gpu_full.py --role summary --result "$RESULT" --train "$WORK/train_adamw.json" \
-    --train "$WORK/train_adamw8bit.json" --check-log "$OUT/gpu_check.log" 2>&1 | tee "$OUT/summary.md"
+    --train "$WORK/train_adamw8bit.json" --train "$WORK/train_offload.json" --check-log "$OUT/gpu_check.log" \
+    2>&1 | tee "$OUT/summary.md"
 # At most 8 files come back from a device call: the logs and JSON travel as one archive.
 (cd "$OUT" && tar czf logs.tgz --remove-files -- *.log *.json 2>/dev/null)
 ls -la "$OUT"
