@@ -123,6 +123,20 @@ def test_from_png_repeats_a_controlnet_image_and_checks_its_control_image(stock,
     assert_one_line_error(r, "--from-png made.png", "control image", "differs", f"--control-image {edges}")
 
 
+def test_from_png_finds_a_relative_control_image_beside_the_png(cli, tmp_path, monkeypatch):
+    made = tmp_path / "made"
+    made.mkdir()
+    monkeypatch.chdir(made)
+    Image.new("RGB", (W, H), "white").save("edges.png")
+    args = ["--controlnet", "demo", "--control-image", "edges.png", "--seed", 8, "--steps", 2, "-W", W, "-H", H]
+    assert cli("generate", PROMPT, "--model", "demo", *args, "-o", "made.png").code == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: edges.png is not here, but beside the PNG
+    r = cli("generate", "--from-png", "made/made.png", "--model", "demo", "-o", "again.png")
+    assert r.code == 0, r.stderr
+    assert "its control image edges.png is not here; using made/edges.png, beside the PNG" in " ".join(r.stderr.split())
+    assert (pixels("made/made.png") == pixels("again.png")).all()
+
+
 def test_a_controlnet_folder_that_does_not_fit_is_refused_naming_both(cli, tmp_path):
     from llmdit_cli.tiny import TRANSFORMER, save_controlnet
 
@@ -131,6 +145,23 @@ def test_a_controlnet_folder_that_does_not_fit_is_refused_naming_both(cli, tmp_p
     Image.new("RGB", (W, H)).save(tmp_path / "edges.png")
     r = cli("generate", PROMPT, "--model", "demo", "--controlnet", other, "--control-image", tmp_path / "edges.png")
     assert_one_line_error(r, f"--controlnet {other}", "does not fit", "--model demo", "dim")
+
+
+def test_a_mask_with_a_controlnet_that_cannot_inpaint_is_refused_before_loading(cli, tmp_path, monkeypatch):
+    import json
+
+    from llmdit_cli.models import loading
+    from llmdit_cli.models.refs import DEMO_PATH
+    from llmdit_cli.tiny import save_controlnet
+
+    config = json.loads((DEMO_PATH / "transformer" / "config.json").read_text())
+    canny_only = save_controlnet(tmp_path / "cn16", config, control_in_dim=16)  # as the first Union model
+    Image.new("RGB", (W, H)).save("init.png")
+    Image.new("L", (W, H), 255).save("mask.png")
+    monkeypatch.setattr(loading.ModelHandle, "pipeline", lambda *a: pytest.fail("a model loaded"))
+    r = cli("img2img", PROMPT, "--image", "init.png", "--mask", "mask.png", "--controlnet", canny_only,
+            "--control-image", "init.png", "--model", "demo", "-o", "x.png")  # fmt: skip
+    assert_one_line_error(r, f"--controlnet {canny_only} takes 16 control channels; 33 are made", "inpainting")
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,12 @@ def test_checkpoints_hold_no_pickles_and_refuse_one(cli, red_data):
     (folder / "random_states_0.pkl").write_bytes(b"\x80\x04N.")
     r = cli(*train_args(red_data, "ck", *common, "--resume"))
     assert_one_line_error(r, "random_states_0.pkl", "pickle")
+    (folder / "random_states_0.pkl").unlink()
+    for name in ("EVIL.PKL", "state"):  # by name in any case, or by its first bytes
+        (folder / name).write_bytes(b"\x80\x04N.")
+        r = cli(*train_args(red_data, "ck", *common, "--resume"))
+        assert_one_line_error(r, name, "pickle")
+        (folder / name).unlink()
 
 
 def test_resume_takes_auto_or_nothing():

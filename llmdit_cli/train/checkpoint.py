@@ -28,9 +28,21 @@ from llmdit_cli.errors import InputError
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
 
 
+def _looks_pickled(path: Path) -> bool:
+    """A pickle-based file by its name (any case) or its first bytes: a pickle of protocol 2 or
+    later, or the zip that `torch.save` writes (pickles inside), whatever the file is called."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    if not path.is_file() or path.suffix.lower() in (".safetensors", ".json"):
+        return False
+    with path.open("rb") as f:
+        head = f.read(4)
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+
+
 def refuse_pickles(folder: Path) -> None:
     for path in sorted(folder.iterdir()):
-        if path.suffix in PICKLE_SUFFIXES:
+        if _looks_pickled(path):
             raise InputError(
                 f"--resume: {path} is a pickle-based file, which can run code when loaded; llmdit "
                 f"checkpoints are safetensors and JSON only (remove the checkpoint or train afresh)"

@@ -101,7 +101,7 @@ def check_control(r: Resolved, handle: ModelHandle, mode: str, report=None) -> N
             # ControlNet samples join between blocks, where a reusing pass has no blocks running.
             raise UsageError(f"{setting('optimization.step_cache')} does not combine with {setting('control.model')}")
         open_image(c.image, setting("control.image"))
-        handle.code.check_controlnet(c.model, handle.component_config("transformer"), handle.ref)
+        handle.code.check_controlnet(c.model, handle.component_config("transformer"), handle.ref, inpaint=bool(g.mask))
     if g.mask:
         check_feature(handle.family, "inpaint", "generation.mask", handle.ref)
         mask = open_image(g.mask, setting("generation.mask"))

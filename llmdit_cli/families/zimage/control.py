@@ -68,9 +68,10 @@ def _hub_controlnet(repo_id: str) -> Path:
         ) from None
 
 
-def check_controlnet(ref: str, transformer_config: dict, model_ref: str) -> None:
-    """A ControlNet whose config does not fit the transformer is refused before anything loads,
-    naming both; a single file is checked when it loads."""
+def check_controlnet(ref: str, transformer_config: dict, model_ref: str, inpaint: bool = False) -> None:
+    """A ControlNet whose config does not fit the transformer (or, with a mask, takes too few
+    control channels for inpainting) is refused before anything loads, naming both; a single file
+    without a config beside it is checked when it loads."""
     import json
 
     folder = controlnet_folder(ref)
@@ -93,6 +94,20 @@ def check_controlnet(ref: str, transformer_config: dict, model_ref: str) -> None
         raise ModelError(
             f"{setting('control.model')} {ref} does not fit the transformer of {setting('model')} {model_ref}: "
             f"its {what} is {ours}, the transformer's {theirs}"
+        )
+    _check_control_channels(ref, config.get("control_in_dim"), transformer_config.get("in_channels"), inpaint)
+
+
+def _check_control_channels(ref: str, in_dim: int | None, latent: int | None, inpaint: bool) -> None:
+    """The control input is the control image's latents, and with a mask also the mask and the
+    masked input's latents (`control_latents`): more than `control_in_dim` cannot run."""
+    if in_dim is None or latent is None:
+        return
+    made = 2 * latent + 1 if inpaint else latent
+    if made > in_dim:
+        raise InputError(
+            f"{setting('control.model')} {ref} takes {in_dim} control channels; {made} are made "
+            f"({'a mask needs an inpainting ControlNet (33)' if inpaint else 'the control image'})"
         )
 
 
