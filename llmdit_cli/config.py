@@ -1,7 +1,9 @@
 """Settings: built-in defaults < config-file profile < LLMDIT_* environment < command-line flags.
 
 The config file is TOML with one table per profile (`[default]`, `[low_vram]`, ...), each with the
-sections below. A non-default profile is applied on top of `[default]`. Every key is validated; an
+sections below. The default profile's settings may also stand at the top level (`model`,
+`[rewriter]`, ...), but not both ways for one section. A file without them sets no defaults; a
+profile named with --profile is applied on top of them and must exist. Every key is validated; an
 unknown key or a wrong type is an error that names the key and the file.
 """
 
@@ -84,7 +86,7 @@ class GenerationSettings(_Section):
     steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)
     cfg_normalization: float = 0.0
-    cfg_truncation: float = 1.0
+    cfg_truncation: float = Field(default=1.0, ge=0, le=1)
     negative_prompt: str | None = None
     strength: float = Field(default=0.6, ge=0, le=1)
     mask: str | None = None  # img2img: white repaints (inpainting)
@@ -131,7 +133,7 @@ class CacheSettings(_Section):
 
 
 class SchedulerSettings(_Section):
-    shift: float | None = None
+    shift: float | None = Field(default=None, gt=0)  # 0 or less: sigmas of 0, a black image
 
 
 class LoraSettings(_Section):
@@ -509,18 +511,14 @@ def resolve(
     explicit = config or os.environ.get(ENV_PREFIX + "CONFIG")
     path = Path(explicit) if explicit else default_config_path()
     profile = profile or os.environ.get(ENV_PREFIX + "PROFILE") or "default"
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     if explicit and not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     if path.is_file():
-        doc = load_toml(path)
-        if profile not in doc:
-            names = ", ".join(k for k, v in doc.items() if isinstance(v, dict)) or "none"
-            raise ConfigError(f"{path}: unknown profile '{profile}' (profiles in this file: {names})")
-        for name in dict.fromkeys(["default", profile]):
-            if name in doc:
-                for key, v in _flatten(doc[name], f"{path} [{name}]").items():
-                    values[key] = check_value(key, v, f"{path} [{name}]")
-                    sources[key] = f"{path} [{name}]"
+        for table, where in _profile_tables(load_toml(path), path, profile):
+            for key, v in _flatten(table, where).items():
+                values[key], sources[key] = check_value(key, v, where), where
     else:
         if profile != "default":
             raise ConfigError(f"unknown profile '{profile}': no config file at {path} (pass --config FILE)")
@@ -534,6 +532,36 @@ def resolve(
             values[key], sources[key] = check_value(key, v, stored_source), stored_source
     _apply_flags(values, sources, flags)
     return Resolved(values, sources, path, profile)
+
+
+def _profile_tables(doc: dict[str, Any], path: Path, profile: str) -> list[tuple[dict[str, Any], str]]:
+    """The tables of a config file that `profile` applies, lowest first, each with its name for
+    messages and sources. The default profile always exists, if only empty: a file need not hold
+    one to be usable, and top-level settings (`model`, `[rewriter]`) are its too."""
+    top = {k: v for k, v in doc.items() if k == "model" or k in SECTIONS}
+    profiles = {k: v for k, v in doc.items() if k not in top}
+    _check_top_level(top, profiles, path)
+    tables = [(top, str(path)), (profiles.get("default", {}), f"{path} [default]")]
+    if profile != "default":
+        if profile not in profiles:
+            names = ", ".join(profiles) or "none"
+            note = f"; [{profile}] is a settings section, not a profile" if profile in SECTIONS else ""
+            raise ConfigError(f"{path}: unknown profile '{profile}' (profiles in this file: {names}{note})")
+        tables.append((profiles[profile], f"{path} [{profile}]"))
+    return tables
+
+
+def _check_top_level(top: dict[str, Any], profiles: dict[str, Any], path: Path) -> None:
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"{path}: unknown key '{name}' (the top level holds model, sections like [generation], [PROFILE] tables)"
+            )
+    # Two places for one section would need a rule for which wins; one place is clearer.
+    clash = next((k for k in top if k in profiles.get("default", {})), None)
+    if clash:
+        here, there = ("model", "[default] model") if clash == "model" else (f"[{clash}]", f"[default.{clash}]")
+        raise ConfigError(f"{path}: {here} and {there} both set the default profile's {clash}: keep one")
 
 
 def resolve_defaults(flags: dict[str, Any] | None = None, keyed: dict[str, tuple[Any, str]] | None = None) -> Resolved:

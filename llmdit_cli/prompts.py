@@ -73,7 +73,13 @@ def collect_prompts(args: list[str] | None, file: str | None) -> list[str]:
 def _read_stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("prompt '-' reads stdin, but stdin is a terminal: pipe prompts in")
-    text = sys.stdin.read()
+    try:
+        # A terminal's stdin reads undecodable bytes as lone surrogates, which a tokenizer refuses
+        # later with an error that names no input; a strict stream raises here.
+        text = sys.stdin.read()
+        text.encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise InputError(f"stdin: cannot read as UTF-8 text (byte {exc.start} is not UTF-8)") from None
     if not text.strip():
         raise InputError("stdin is empty: expected prompts, one per line")
     return text

@@ -30,6 +30,8 @@ def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8: a binary file (an image given by mistake)
+        raise ConfigError(f"{path}: cannot read as UTF-8 TOML ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
@@ -42,7 +44,9 @@ def validation_error(exc: ValidationError, where: str, prefix: str = "") -> Conf
         return ConfigError(f"{where}: unknown key '{key}'")
     if not key:  # a rule across keys: its message names them
         return ConfigError(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
-    return ConfigError(f"{where}: bad value for '{key}': {err['msg']}")
+    value = err.get("input")
+    shown = f" ({value!r})" if isinstance(value, (str, int, float, bool)) else ""
+    return ConfigError(f"{where}: bad value for '{key}'{shown}: {err['msg']}")
 
 
 def validated(model: type[BaseModel], doc: dict[str, Any], where: str):

@@ -118,6 +118,9 @@ def test_cache_command(cli, tmp_path):
     assert "removed 2 entries" in cli("cache", "clear", "--cache-dir", folder).stderr
     assert json.loads(cli("cache", "info", "--cache-dir", folder, "--json").stdout)["entries"] == 0
     assert_one_line_error(cli("cache", "prune", "--max-size", "lots"), "--max-size lots: expected a size")
+    (tmp_path / "file").write_text("")
+    for command in ("info", "clear"):
+        assert_one_line_error(cli("cache", command, "--cache-dir", tmp_path / "file"), "--cache-dir", "not a folder")
 
 
 def test_a_cache_that_cannot_be_written_is_skipped_with_a_hint(cli, tmp_path):

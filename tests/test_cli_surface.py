@@ -175,10 +175,12 @@ def test_root_help_from_the_listing_equals_the_full_tree():
     assert listed.stdout == built.stdout and "sweep" in listed.stdout
 
 
-def test_a_closed_reader_is_not_an_error(tmp_path):
+@pytest.mark.parametrize("command", ["templates list", "--help", "generate --help"])
+def test_a_closed_reader_is_not_an_error(tmp_path, command):
     """`llmdit templates list | true`: the reader is gone before the first line is written; the
-    command ends quietly with status 0, as standard tools do, and the pipeline succeeds."""
-    script = f"set -o pipefail; {sys.executable} -m llmdit_cli templates list | true"
+    command ends quietly with status 0, as standard tools do, and the pipeline succeeds. Help
+    goes out through Rich, which exits 1 on a closed pipe unless told otherwise."""
+    script = f"set -o pipefail; {sys.executable} -m llmdit_cli {command} | true"
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -243,3 +245,119 @@ def test_a_mistyped_model_gets_the_closest_known_name(cli, model, needles):
 
     line = assert_one_line_error(cli("generate", "a cat", "--model", model, "-o", "x.png"), *needles)
     assert not re.search(r"\b[A-Z][a-z]+(Error|Exception)\b", line), line  # no exception class names
+
+
+def _every_command():
+    """(argv, command) for the root, every command, every group and each of its subcommands."""
+    import typer
+
+    from llmdit_cli.cli.app import app
+
+    found, todo = [], [([], typer.main.get_command(app))]
+    while todo:
+        argv, command = todo.pop(0)
+        found.append((argv, command))
+        todo += [([*argv, name], sub) for name, sub in getattr(command, "commands", {}).items()]
+    return found
+
+
+def _help_at(argv, columns=80):
+    from typer.testing import CliRunner
+
+    from llmdit_cli.cli.app import app
+
+    r = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": str(columns), "TERM": "dumb"})
+    assert r.exit_code == 0, (argv, r.output)
+    return r.stdout
+
+
+def test_every_help_text_flows_as_paragraphs():
+    """A command's description (its docstring) is wrapped to the terminal, never broken where the
+    source line happened to end. Wrapped text has a break only where the next word would not
+    fit, so two lines of one paragraph where the next line's first word fits on the line before
+    are a break kept from the source ("settings that made the" / "latents, so ..."). Indented
+    (code) lines and list items keep their own lines."""
+    import re
+
+    width = 80 - 2  # Typer pads the description by a column on each side
+    item = re.compile(r"(?:[-*\u2022]|\d+[.)])\s")
+    for argv, _ in _every_command():
+        out = _help_at(argv)
+        # the description: after the usage line, up to the first panel of options or commands
+        lines = [line.rstrip()[1:] for line in out.split("╭")[0].splitlines()]
+        assert max(map(len, lines)) <= width, argv
+        for a, b in zip(lines, lines[1:]):
+            if not a.strip() or not b.strip() or a.startswith(" ") or b.startswith(" ") or item.match(b):
+                continue
+            assert len(a) + 1 + len(b.split()[0]) > width, f"llmdit {' '.join(argv)} --help breaks: {a!r} / {b!r}"
+            assert "  " not in a.strip(), (argv, a)
+
+
+def test_help_shows_brackets_as_written():
+    """Help is plain text: `[rewriter]` is not taken for Rich markup and dropped ("the config's
+    template", with two spaces)."""
+    import re
+
+    checked = 0
+    for argv, command in _every_command():
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        words = {w for text in texts for w in re.findall(r"\[[^\]\s]+\]", text)}
+        if not words:
+            continue
+        out = _help_at(argv, columns=200)
+        for word in words:
+            assert word in out, (argv, word)
+            checked += 1
+    assert checked  # rewrite's --template and --api-url name the config's [rewriter] table
+    wide = " ".join(_help_at(["rewrite"], columns=200).split())
+    assert "the config's [rewriter] template" in wide and "config [rewriter] api_url" in wide
+
+
+@pytest.mark.parametrize(
+    "argv,command",
+    [
+        (["generate", "--steps", "x"], "llmdit generate --help"),
+        (["generate", "--bogus"], "llmdit generate --help"),
+        (["lora", "convert", "in.safetensors"], "llmdit lora convert --help"),
+        (["lora", "nope"], "llmdit lora --help"),
+        (["nope"], "llmdit --help"),
+    ],
+)
+def test_usage_errors_name_the_command_to_ask(argv, command):
+    """A usage error points to the help of the command that was given, not to a placeholder."""
+    r = subprocess.run([sys.executable, "-m", "llmdit_cli", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.rstrip("\n").endswith(f"(see `{command}`)") and "COMMAND" not in r.stderr, r.stderr
+
+
+def test_reflow_joins_paragraph_lines_but_keeps_lists_and_code():
+    from llmdit_cli.cli.helpfmt import reflow
+
+    doc = """Summary line.
+
+    A paragraph wrapped
+    in the source at some width.
+    --shard K/N starts a line but is prose.
+
+    Steps:
+    - one item
+      continued
+    - two
+
+    Run:
+
+        llmdit a |
+          llmdit b
+
+    \b
+    kept
+    as is
+    """
+    assert reflow(doc).split("\n\n") == [
+        "Summary line.",
+        "A paragraph wrapped in the source at some width. --shard K/N starts a line but is prose.",
+        "Steps:\n- one item continued\n- two",
+        "Run:",
+        "    llmdit a |\n      llmdit b",
+        "kept\nas is",
+    ]

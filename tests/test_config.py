@@ -174,3 +174,73 @@ def test_config_show_says_where_it_looked_for_a_config_file(cli, tmp_path, monke
     monkeypatch.setattr("llmdit_cli.config.default_config_path", lambda: tmp_path / "nowhere" / "config.toml")
     text = cli("config", "show").stdout
     assert f"# config file: none at {tmp_path / 'nowhere' / 'config.toml'}" in text.splitlines()[0]
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "[large.dype]\nenabled = true\n"])
+def test_a_file_without_a_default_profile_sets_no_defaults(cli, tmp_path, monkeypatch, text):
+    user = tmp_path / "user.toml"
+    user.write_text(text)
+    monkeypatch.setattr("llmdit_cli.config.default_config_path", lambda: user)
+    r = resolve()
+    assert r.config_path == user and r["model"] == "Tongyi-MAI/Z-Image-Turbo" and r.sources["model"] == "default"
+    assert resolve(None, "default")["dype"] is False
+    r = cli("config", "show", "--json")
+    assert r.code == 0, r.stderr
+    # Only a profile the user names must exist.
+    with pytest.raises(ConfigError, match=r"unknown profile 'huge'"):
+        resolve(None, "huge")
+    if "large" in text:
+        assert resolve(None, "large")["dype"] is True
+
+
+def test_top_level_sections_are_the_default_profiles(cli, tmp_path):
+    cfg = write(
+        tmp_path,
+        "model = 'demo'\n[rewriter]\napi_url = 'http://x/v1'\ntimeout = 5\n"
+        "[default.generation]\nsteps = 3\n[fast.rewriter]\ntimeout = 1\n",
+    )
+    r = resolve(cfg)
+    assert (r["model"], r.rewriter.api_url, r.rewriter.timeout, r["steps"]) == ("demo", "http://x/v1", 5.0, 3)
+    assert r.sources["rewriter.timeout"] == cfg and r.sources["generation.steps"] == f"{cfg} [default]"
+    assert resolve(cfg, "fast").rewriter.timeout == 1.0
+    shown = json.loads(cli("config", "show", "--config", "c.toml", "--json").stdout)["settings"]
+    assert shown["rewriter.api_url"] == {"value": "http://x/v1", "source": "c.toml"}
+    assert shown["model"] == {"value": "demo", "source": "c.toml"}
+    err = assert_one_line_error(cli("config", "show", "--config", "c.toml", "--profile", "rewriter"), "c.toml")
+    assert "unknown profile 'rewriter'" in err and "[rewriter] is a settings section" in err
+    with pytest.raises(ConfigError, match=r"bad value for 'rewriter\.timeout'"):
+        resolve(write(tmp_path, "[rewriter]\ntimeout = -1\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("[rewriter]\ntimeout = 5\n[default.rewriter]\napi_model = 'm'\n", ("[rewriter]", "[default.rewriter]")),
+        ("model = 'a'\n[default]\nmodel = 'b'\n", ("model and [default] model",)),
+        ("steps = 4\n", ("unknown key 'steps'",)),
+    ],
+)
+def test_top_level_settings_that_clash_or_are_no_setting(cli, tmp_path, text, needles):
+    write(tmp_path, text)
+    assert_one_line_error(cli("config", "show", "--config", "c.toml"), "c.toml", *needles)
+
+
+def test_example_config_leaves_the_rewriter_template_to_the_model_family(cli):
+    assert resolve(str(EXAMPLE)).rewriter.template is None
+    args = ["rewrite", "triangle, yellow, on black", "--model", "demo", "--temperature", 0, "--max-new-tokens", 24]
+    with_example, family = cli(*args, "--config", EXAMPLE), cli(*args, "--template", "demo-caption")
+    assert with_example.code == 0, with_example.stderr
+    assert with_example.stdout == family.stdout
+
+
+@pytest.mark.parametrize("command", [("config", "show", "--config"), ("sweep",), ("train",)])
+def test_a_binary_file_as_config_or_recipe_is_one_line(cli, tmp_path, command):
+    (tmp_path / "some.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    assert_one_line_error(cli(*command, "some.png"), "some.png: cannot read as UTF-8 TOML")
+
+
+def test_a_folder_as_config_says_so(cli, tmp_path, monkeypatch):
+    (tmp_path / "adir").mkdir()
+    assert_one_line_error(cli("config", "show", "--config", "adir"), "adir: is a folder")
+    monkeypatch.setenv("LLMDIT_CONFIG", "adir")
+    assert_one_line_error(cli("config", "show"), "adir: is a folder")

@@ -1,6 +1,7 @@
 """Bad input: one clear line on stderr naming the file or flag, non-zero exit, no output file."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,6 +97,23 @@ def test_hidden_size_mismatch(cli, tmp_path, embeds):
     hidden = demo_config("text_encoder")["hidden_size"]
     assert_one_line_error(r, embeds, f"hidden size {hidden}", "takes hidden size 48")
     no_outputs(tmp_path, embeds, "m48")
+
+
+def test_stdin_that_is_not_utf8_is_one_line(cli):
+    import os
+    import subprocess
+    import sys
+
+    r = cli("encode", "-", "--model", "demo", "-o", "e.safetensors", input=b"a\xffb\n")
+    assert_one_line_error(r, "stdin: cannot read as UTF-8 text (byte 1 is not UTF-8)")
+    # A real process reads the byte as a surrogate instead of failing
+    env = {**os.environ, "LC_ALL": "C.UTF-8"}
+    p = subprocess.run([sys.executable, "-m", "llmdit_cli", "rewrite", "-", "--model", "demo"], input=b"a\xffb\n",
+                       capture_output=True, env=env, timeout=120)  # fmt: skip
+    assert (
+        p.returncode != 0
+        and p.stderr.decode().strip() == "llmdit: error: stdin: cannot read as UTF-8 text (byte 1 is not UTF-8)"
+    )
 
 
 def test_empty_stdin(cli, tmp_path):
@@ -259,3 +277,34 @@ def test_bad_device(cli, tmp_path, flag, value, needle):
         pytest.skip("this machine has that GPU")
     assert_one_line_error(cli("generate", "a cat", "--model", "demo", flag, value, "-o", "x.png"), flag, needle)
     no_outputs(tmp_path)
+
+
+def test_a_known_model_that_is_not_downloaded_gets_no_suggestion(cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = cli("generate", "a cat", "--model", "Tongyi-MAI/Z-Image-Turbo", "-o", "x.png")
+    line = assert_one_line_error(r, "--model Tongyi-MAI/Z-Image-Turbo: not in the local Hugging Face cache")
+    assert "did you mean" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--shift", 0], ["--shift 0", "greater than 0"]),  # sigmas of 0: a black image
+        (["--cfg-truncation", 5], ["--cfg-truncation 5", "less than or equal to 1"]),
+    ],
+)
+def test_generation_values_out_of_range_are_refused(cli, args, needles):
+    assert_one_line_error(cli("generate", "a cat", "--model", "demo", *args, "-o", "x.png"), *needles)
+
+
+@pytest.mark.parametrize("flag", ["--max-steps", "--batch-size", "--grad-accum"])
+def test_training_counts_below_one_are_refused(cli, flag):
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo-shapes.toml"
+    r = cli("train", recipe, flag, 0, "--output", "run")
+    key = "train." + flag.removeprefix("--").replace("-", "_")
+    assert_one_line_error(r, f"flags: bad value for '{key}' (0): Input should be greater than or equal to 1")
+
+
+def test_a_folder_given_as_a_recipe_says_so(cli, tmp_path):
+    for command in ("train", "sweep"):
+        assert_one_line_error(cli(command, tmp_path), f"{tmp_path}: is a folder, not a recipe file")

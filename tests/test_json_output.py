@@ -98,3 +98,10 @@ def test_train_reports_its_result(cli, tmp_path):
     (rec,) = records(r.stdout)
     assert rec["kind"] == "lora" and Path(rec["path"]).is_file()
     assert rec["settings"]["lora"]["rank"] == 2 and rec["settings"]["method"] == "lora"
+
+
+def test_inspect_quotes_empty_text_as_its_json_does(cli):
+    assert cli("generate", "a red circle", "--model", "demo", "--steps", 1, "-o", "i.png").code == 0
+    shown, as_json = cli("inspect", "i.png").stdout, json.loads(cli("inspect", "i.png", "--json").stdout)
+    assert as_json["settings"]["negative_prompt"] == ""
+    assert '  negative_prompt: ""' in shown.splitlines()

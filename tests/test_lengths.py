@@ -3,6 +3,8 @@ commands on a tiny model whose caption limit is 224 tokens."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from helpers import assert_one_line_error
@@ -84,7 +86,8 @@ def test_a_long_prompt_is_truncated_with_a_hint_or_refused(cli, tiny_model):
     ]
     r = cli(*args, "-o", "t.png")
     assert r.code == 0, r.stderr
-    assert "more than the 224" in r.stderr and "--long-prompt-mode" in r.stderr
+    said = " ".join(r.stderr.split())
+    assert "more than the 224" in said and "--long-prompt-mode truncate keeps the first 224 and drops" in said
     assert_one_line_error(
         cli(*args, "--long-prompt-mode", "error", "-o", "e.png"), "takes at most 224", "--long-prompt-mode"
     )
@@ -142,3 +145,12 @@ def test_a_prompt_cut_at_max_length_is_said_or_refused(cli):
     assert_one_line_error(r, "the prompt is", "--max-length 64 would cut it", "--long-prompt-mode error")
     r = cli("encode", "a cat", "--model", "demo", "--max-length", 64, "-o", "short.embeds.safetensors")
     assert r.code == 0 and "keeps the first" not in r.stderr
+    # Past the transformer's own limit (the demo's 992): the counts, and the log says what the file holds
+    r = cli(
+        "encode", " ".join([long_prompt] * 4), "--model", "demo", "--max-length", 6000, "-o", "l.embeds.safetensors"
+    )
+    said = " ".join(r.stderr.split())
+    kept = re.search(r"a prompt has (\d+) tokens, more than the 992 --model demo takes; --long-prompt-mode truncate "
+                     r"keeps the first 992 and drops (\d+)", said)  # fmt: skip
+    assert kept and int(kept[1]) - 992 == int(kept[2]), said
+    assert f"encoded {kept[1]} tokens (992 in the file)" in said

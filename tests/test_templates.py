@@ -63,6 +63,27 @@ def test_list_and_show(cli):
     assert_one_line_error(
         cli("templates", "show", "concise-cleanupp"), "no such template; did you mean concise-cleanup"
     )
+    by_case = [cli("templates", "list", "-c", c, "--no-header").stdout for c in ("portrait", "Portrait")]
+    assert by_case[0] == by_case[1] and by_case[0]
+    r = cli("templates", "list", "--search", "zzzz")
+    assert r.code == 0 and "--search zzzz: no template" in r.stderr
+
+
+def test_show_prints_values_as_the_other_views_do(cli):
+    from llmdit_cli.cli.output import plain_value
+
+    shown = cli("templates", "show", "neon-night-portrait").stdout
+    assert "enable_thinking: " in shown and "True" not in shown and "False" not in shown
+    assert [plain_value(v) for v in ("", "true", "12", " a", "two\nlines", "a cat", None, False)] == [
+        '""',
+        '"true"',
+        '"12"',
+        '" a"',
+        '"two\\nlines"',
+        "a cat",
+        "null",
+        "false",
+    ]
 
 
 def test_a_user_folder_overrides_a_builtin_by_name(cli, tmp_path):

@@ -84,7 +84,9 @@ def _compact_help(group: typer.Typer) -> None:
     from llmdit_cli.cli.helpfmt import CompactHelp
 
     for info in group.registered_commands:
-        info.cls = info.cls or CompactHelp
+        # Typer fills in TyperCommand for a command registered without a class of its own.
+        if info.cls in (None, typer.core.TyperCommand):
+            info.cls = CompactHelp
 
 
 def _listed() -> None:
@@ -106,6 +108,16 @@ def _invoked(argv: list[str]) -> str | None:
     return None
 
 
+def _help_command(exc: BaseException) -> str:
+    """`llmdit generate --help` for an error in parsing `generate` (the root's for one of the root)."""
+    names = []
+    ctx = getattr(exc, "ctx", None)
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["llmdit", *reversed(names), "--help"])
+
+
 def main() -> None:
     """Entry point. Usage errors from parsing become one line, like every other llmdit error."""
     import sys
@@ -114,11 +126,16 @@ def main() -> None:
     tree = build_app(name) if name else build_app(listing=True)
     try:
         code = tree(standalone_mode=False)
+    except SystemExit as exc:
+        # Rich and Click exit 1 when help goes into a pipe whose reader is gone (`--help | head
+        # -1`); a closed reader is not an error for a command-line tool.
+        closed = exc.code == 1 and isinstance(exc.__context__, BrokenPipeError)
+        code = 0 if closed else exc.code
     except typer.Abort:
         print("llmdit: error: interrupted", file=sys.stderr)
         code = 130
     except typer.TyperException as exc:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"llmdit: error: {message} (see `llmdit COMMAND --help`)", file=sys.stderr)
+        print(f"llmdit: error: {message.rstrip('.')} (see `{_help_command(exc)}`)", file=sys.stderr)
         code = getattr(exc, "exit_code", 2)
     sys.exit(code if isinstance(code, int) else 0)

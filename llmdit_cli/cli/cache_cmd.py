@@ -18,8 +18,12 @@ def _cache(flag: str | None):
     """The cache folder: --cache-dir, else the config file's `cache.dir` / LLMDIT_CACHE_DIR, else the default."""
     from llmdit_cli.cli.common import settings
     from llmdit_cli.embed_cache import EmbedCache
+    from llmdit_cli.errors import UsageError, setting
 
-    return EmbedCache.at(settings(None, None, cache_dir=flag).settings.cache.dir)
+    cache = EmbedCache.at(settings(None, None, cache_dir=flag).settings.cache.dir)
+    if cache.root.exists() and not cache.root.is_dir():  # encoding skips such a cache; here it is the subject
+        raise UsageError(f"{setting('cache.dir')} {cache.root}: not a folder")
+    return cache
 
 
 @cache_app.command("info")

@@ -151,8 +151,9 @@ def encode(
     out.stdout_is_binary = target == "-"
     e = engine.encode(EncodeRequest(r, texts), out)
     write_embeds(target, handle, e)
-    for text, n in zip(texts, e.params["token_counts"]):
-        out.log(f"encoded {n} tokens: {text[:60]}")
+    for text, n, t in zip(texts, e.params["token_counts"], e.cond):
+        kept = f" ({t.shape[0]} in the file)" if t.shape[0] != n else ""
+        out.log(f"encoded {n} tokens{kept}: {text[:60]}")
     out.wrote(target, "embeds", prompt=texts, seed=None, settings=e.params)
 
 

@@ -52,14 +52,15 @@ def handle_errors(fn):
         if not debug:
             # Library warnings are for library developers; users get our one-line messages.
             warnings.filterwarnings("ignore")
+        import typer
+
         try:
             return fn(*args, **kwargs)
-        except SystemExit:
+        except (SystemExit, typer.Exit):  # a command's own exit status, already explained
             raise
         except BaseException as exc:  # noqa: BLE001 - this is the one place that maps them all
-            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            if isinstance(exc, BrokenPipeError) and quiet_closed_stdout():
                 # The reader went away (`| head`): not an error, as for any command-line tool.
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise SystemExit(0) from None
             if debug:
                 raise
@@ -70,6 +71,15 @@ def handle_errors(fn):
             raise SystemExit(code) from None
 
     return wrapper
+
+
+def quiet_closed_stdout() -> bool:
+    """Whether stdout's reader is gone; if so, stdout goes to /dev/null from now on, so that
+    what is still buffered cannot fail again at exit."""
+    if not _stdout_closed():
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
 
 
 def _stdout_closed() -> bool:

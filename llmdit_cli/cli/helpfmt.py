@@ -6,21 +6,87 @@ too little room at 80 columns and Rich cuts option names to `--gradient-checkpâ€
 registered with `CompactHelp` show the negative form in the switch's help instead, no type for a
 switch, and a list's element type (the help says to repeat the option). Only the help changes:
 the options parse as declared.
+
+Help is plain text, shown as written. Typer's Rich help keeps every single line break of a
+docstring's later paragraphs and then wraps each line again, so a docstring wrapped at 100
+columns came out at 80 as a line and a fragment, a line and a fragment; and it reads help as
+Rich markup, so `[rewriter]` vanished. `CompactHelp` hands Typer the docstring with each
+paragraph joined into one line (`reflow`: list items, indented code lines and `\b` paragraphs
+keep their lines) and every help text with its brackets escaped.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from contextlib import contextmanager
 
 import typer.core
 
+# A line that stays a line of its own: a list item ("- x", "* x", "1. x") ...
+_ITEM = re.compile(r"\s*(?:[-*\u2022]|\d+[.)])\s+\S")
+# ... or a code line: indented, or a shell prompt.
+_CODE = re.compile(r"\s|\$ ")
+
+
+def reflow(text: str) -> str:
+    """`text` (a docstring) with the lines of each paragraph joined into one, for the terminal to
+    wrap at its width. List items and code lines (indented, or starting `$ `) keep their lines (a
+    list item's indented continuation lines join it), and a paragraph whose first line is `\\b`
+    (Click's mark) is kept as written, without the mark. What follows a line `\\f` is dropped."""
+    text = inspect.cleandoc(text or "").partition("\f")[0]
+    paragraphs = []
+    for para in re.split(r"\n[ \t]*\n", text.strip("\n")):
+        if para.startswith("\b"):
+            paragraphs.append(para[1:].lstrip("\n"))
+            continue
+        lines: list[str] = []
+        kinds: list[str] = []
+        for line in para.splitlines():
+            kind = "item" if _ITEM.match(line) else "code" if _CODE.match(line) else "text"
+            joins = kinds and (
+                (kind == "text" and kinds[-1] != "code")
+                or (kind == "code" and kinds[-1] == "item" and line[:2] == "  ")
+            )
+            if joins:
+                lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
+            else:
+                lines.append(line.rstrip())
+                kinds.append(kind)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
 
 class CompactHelp(typer.core.TyperCommand):
-    """A command whose help table has no column for negative switches."""
+    """A command whose help table has no column for negative switches, and whose help text is
+    reflowed to the terminal's width and never read as Rich markup."""
 
     def format_help(self, ctx, formatter) -> None:
-        with _compacted(self.get_params(ctx), ctx):
+        params = self.get_params(ctx)
+        with _compacted(params, ctx), _plain(self, params):
             super().format_help(ctx, formatter)
+
+
+@contextmanager
+def _plain(command, params: list):
+    """While Typer's Rich help renders: the docstring reflowed, and no help text read as markup."""
+    if not (typer.core.HAS_RICH and command.rich_markup_mode == "rich"):
+        yield
+        return
+    from rich.markup import escape
+
+    saved = [(p, p.help) for p in params if getattr(p, "help", None)]
+    doc = command.help
+    try:
+        if doc:
+            command.help = escape(reflow(doc))
+        for p, help_text in saved:
+            p.help = escape(help_text)
+        yield
+    finally:
+        command.help = doc
+        for p, help_text in saved:
+            p.help = help_text
 
 
 @contextmanager

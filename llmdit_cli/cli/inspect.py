@@ -77,8 +77,8 @@ def _file_info(file: str) -> dict:
 
 
 def _lines(info: dict, indent: str = "") -> list[str]:
-    """YAML-like: nested tables indented, a list of tables as `- ` items, values as JSON spells
-    them (true, null, [1, 2]) and text as it is."""
+    """YAML-like: nested tables indented, a list of tables as `- ` items, values as
+    `plain_value` spells them."""
     lines = []
     for key, value in info.items():
         if isinstance(value, dict) and value:
@@ -96,6 +96,6 @@ def _lines(info: dict, indent: str = "") -> list[str]:
 
 
 def _value(value) -> str:
-    import json
+    from llmdit_cli.cli.output import plain_value
 
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return plain_value(value)

@@ -6,6 +6,22 @@ import sys
 from contextlib import contextmanager
 
 
+def plain_value(value) -> str:
+    """A value as the YAML-like views print it: JSON's spelling (true, null, [1, 2]), text as it
+    is unless it would read as something else there (empty, a JSON word or number, edge spaces,
+    several lines): then quoted."""
+    import json
+
+    if not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    try:
+        json.loads(value)
+        ambiguous = True  # "true", "12", "null", "[1]" would read as those values
+    except ValueError:
+        ambiguous = value != value.strip() or not value or "\n" in value
+    return json.dumps(value, ensure_ascii=False) if ambiguous else value
+
+
 def _flags(message: str) -> str:
     from llmdit_cli.cli.errors import in_flags
 

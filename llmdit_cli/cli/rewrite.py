@@ -139,7 +139,10 @@ def rewrite(
     or any OpenAI-compatible chat server does (--api-url).
 
     Each rewritten prompt goes to stdout on its own line, so the output pipes into `encode -`:
-    llmdit rewrite "a cat" --model demo | llmdit encode - --model demo | llmdit generate --from-embeds - --model demo -o cat.png
+
+        llmdit rewrite "a cat" --model demo |
+          llmdit encode - --model demo |
+          llmdit generate --from-embeds - --model demo -o cat.png
     """
     import os
     import random

@@ -39,13 +39,15 @@ def list_templates(
 
     out = Output()
     every = available(_folders(templates_dir))
-    found = [t for t in every.values() if category in (None, t.meta.category)]
+    found = [t for t in every.values() if category is None or category.lower() == t.meta.category.lower()]
     if category and not found:
         known = sorted({t.meta.category for t in every.values()})
         raise UsageError(f"--category {category}: no such category (there are: {', '.join(known)})")
     if search:
         needle = search.lower()
         found = [t for t in found if needle in t.name.lower() or needle in t.meta.description.lower()]
+        if not found:
+            out.hint(f"--search {search}: no template's name or description holds it")
     if json_out:
         rows = [
             {
@@ -74,13 +76,14 @@ def show(
 
     Example: llmdit templates show general-enhancer
     """
+    from llmdit_cli.cli.output import plain_value
     from llmdit_cli.prompt_templates import find
 
     t = find(name, _folders(templates_dir))
     out = Output()
     for key, value in t.meta.model_dump().items():
         if value is not None:
-            out.data(f"{key}: {value}")
+            out.data(f"{key}: {plain_value(value)}")
     out.data(f"source: {t.source}")
     out.data("")
     out.data(t.system)

@@ -261,9 +261,16 @@ class Engine:
             start = self._start_latents(reqs[0], handle)
             made: list[Generated] = []
 
+            kept = _kept_input(reqs[0])
+
             def finished(batch, latents) -> None:
                 # One VAE call per batch, as the stock pipelines decode theirs.
-                images = handle.code.decode_latents(handle.pipeline("vae"), latents) if reqs[0].decode else None
+                if not reqs[0].decode:
+                    images = None
+                elif kept is not None:
+                    images = [kept.copy() for _ in batch]
+                else:
+                    images = handle.code.decode_latents(handle.pipeline("vae"), latents)
                 for k, job in enumerate(batch):
                     made.append(Generated(latents[k : k + 1], job.settings, images[k] if images else None))
                     if each is not None:
@@ -439,3 +446,19 @@ class Engine:
     def _decode_all(handle, latents: list) -> list:
         pipe = handle.pipeline("vae")
         return [handle.code.decode_latents(pipe, lat)[0] for lat in latents]
+
+
+def _kept_input(req: GenerateRequest):
+    """img2img at strength 0 denoises nothing, and keeps the input image as it is (at the output
+    size) rather than its VAE round trip; None when the image is to be decoded. With a ControlNet
+    and a mask, the image is made from noise whatever the strength."""
+    r = req.settings
+    if req.mode != "img2img" or r.generation.strength != 0 or not wf.is_image(req.init):
+        return None
+    if r.generation.mask and r.control.model:
+        return None
+    from PIL import Image
+
+    size = (r.generation.width, r.generation.height)
+    image = req.init.convert("RGB")
+    return image if image.size == size else image.resize(size, Image.LANCZOS)

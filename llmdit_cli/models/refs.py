@@ -39,6 +39,8 @@ def _did_you_mean(ref: str) -> str:
     from llmdit_cli.families import REGISTRY
 
     known = [DEMO, *(repo for family in REGISTRY for repo in family.hub_variants)]
+    if ref in known:  # right, only not downloaded
+        return ""
     close = difflib.get_close_matches(ref, known, n=1, cutoff=0.5)
     return f"; did you mean {close[0]}?" if close else ""
 

@@ -131,6 +131,8 @@ def quick(recipe: Recipe, output: str | None = None) -> Recipe:
 def load(path: str, model: str | None = None, output: str | None = None) -> Recipe:
     """Read and check a recipe; `model` and `output` (command-line flags) override the file's."""
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a recipe file")
     if not file.is_file():
         raise ConfigError(f"{path}: recipe not found")
     doc = load_toml(file, "recipe")

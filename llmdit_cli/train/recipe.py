@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from llmdit_cli.config import DEFAULT_MODEL
 from llmdit_cli.errors import ConfigError
-from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validated
+from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validation_error
 
 _Section = StrictModel
 
@@ -56,17 +56,17 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     # sft: flow matching on the data's images; distill: guidance distillation ([distill]).
     objective: Literal["sft", "distill"] = "sft"
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_steps: int | None = 1000
-    epochs: int | None = None
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(1000, ge=1)
+    epochs: int | None = Field(None, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     # Checkpointed blocks' inputs kept in CPU memory until backward (torch's save_on_cpu).
     gradient_checkpointing_offload: bool = False
     seed: int = 0
     timestep_sampling: Literal["uniform", "logit_normal", "shifted"] = "shifted"
-    shift: float = 3.0
+    shift: float = Field(3.0, gt=0)
     logit_mean: float = 0.0
     logit_std: float = 1.0
     loss_weighting: Literal["none", "gaussian"] = "none"
@@ -164,12 +164,17 @@ def _set(doc: dict, dotted: str, value: Any) -> None:
 def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given)."""
     doc: dict[str, Any] = {}
-    where = path or "flags"
     if path:
+        if Path(path).is_dir():
+            raise ConfigError(f"{path}: is a folder, not a recipe file")
         if not Path(path).is_file():
             raise ConfigError(f"{path}: recipe not found")
         doc = load_toml(Path(path), "recipe")
-    for key, value in overrides.items():
-        if value is not None:
-            _set(doc, key, value)
-    return validated(Recipe, doc, where)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    for key, value in given.items():
+        _set(doc, key, value)
+    try:
+        return Recipe.model_validate(doc)
+    except ValidationError as exc:
+        key = ".".join(str(x) for x in exc.errors()[0]["loc"])
+        raise validation_error(exc, "flags" if key in given or not path else path) from None

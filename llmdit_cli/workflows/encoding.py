@@ -263,8 +263,14 @@ def check_embeds_fit(e: Embeds, handle: ModelHandle, out=None, r: Resolved | Non
         if out is not None:
             out.hint(
                 f"{e.source}: a prompt has {longest} tokens, more than the {limit} {model} {handle.ref} "
-                f"takes; brought within it by {mode} ({setting('encoder.long_prompt_mode')})"
+                f"takes; {setting('encoder.long_prompt_mode')} {mode} {_how_fitted(mode, longest, limit)}"
             )
+
+
+def _how_fitted(mode: str, tokens: int, limit: int) -> str:
+    if mode == "truncate":
+        return f"keeps the first {limit} and drops {tokens - limit}"
+    return f"brings all {tokens} into {limit}"
 
 
 def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) -> list:
@@ -278,8 +284,8 @@ def shape_lengths(tensors: list, r: Resolved, handle: ModelHandle, report=None) 
             if report is not None and enc.long_prompt_mode != "error":
                 report.hint(
                     f"a prompt has {t.shape[0]} tokens, more than the {limit} {setting('model')} "
-                    f"{handle.ref} takes; brought within it by {enc.long_prompt_mode} "
-                    f"({setting('encoder.long_prompt_mode')})"
+                    f"{handle.ref} takes; {setting('encoder.long_prompt_mode')} {enc.long_prompt_mode} "
+                    f"{_how_fitted(enc.long_prompt_mode, int(t.shape[0]), limit)}"
                 )
             t = fit_length(t, limit, enc.long_prompt_mode)
         if enc.caption_length:
