@@ -388,7 +388,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l json -d 'For each w
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l limit -d 'Run only the first N cells (of this shard)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l output -d 'Run folder (default: the recipes `output`, else runs/NAME)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l quick -d 'Smoke run: the first prompt and seed, every axis, at most 2 steps, into RUN-quick' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l quick -d 'Smoke run: the first prompt and seed, every axis, at most 2 steps (unless steps is an axis), into RUN-quick' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l shard -d 'Run shard K of N (K/N, K from 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from list' -l category -d 'Only this category (photography, portrait, rewriter, ' -r -F

@@ -183,7 +183,10 @@ def test_model_path_not_a_diffusers_folder(cli, tmp_path):
     assert_one_line_error(
         cli("generate", "a cat", "--model", "./missing_model", "-o", "x.png"), "./missing_model", "no such folder"
     )
-    no_outputs(tmp_path, "empty_model")
+    (tmp_path / "dit.safetensors").write_bytes(b"")
+    r = cli("generate", "a cat", "--model", "./dit.safetensors", "-o", "x.png")
+    assert_one_line_error(r, "--model ./dit.safetensors: a file, not a model folder", "--transformer-file")
+    no_outputs(tmp_path, "empty_model", "dit.safetensors")
 
 
 def test_uncached_hub_model_offline(cli, tmp_path, monkeypatch):
@@ -308,3 +311,30 @@ def test_training_counts_below_one_are_refused(cli, flag):
 def test_a_folder_given_as_a_recipe_says_so(cli, tmp_path):
     for command in ("train", "sweep"):
         assert_one_line_error(cli(command, tmp_path), f"{tmp_path}: is a folder, not a recipe file")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--template", "nosuch"], ["--template nosuch: no such template"]),
+        (["--vl-image", "missing.png"], ["--vl-image missing.png: no such file"]),
+    ],
+)
+def test_a_missing_template_or_vision_image_is_refused_before_loading(cli, monkeypatch, args, needles):
+    from llmdit_cli.models import loading
+
+    monkeypatch.setattr(loading.ModelHandle, "pipeline", lambda *a: pytest.fail("a model loaded"))
+    for command in ("generate", "encode"):
+        assert_one_line_error(cli(command, "a cat", "--model", "demo", *args, "-o", "x.out"), *needles)
+
+
+def test_an_option_taken_for_an_output_file_is_refused(tmp_path):
+    """`--save-latents -o x.png` (the value forgotten) would write a file named `-o`."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "llmdit_cli", "generate", "a", "--model", "demo", "--save-latents", "-o", "x.png"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--save-latents': '-o' looks like an option, not a file name" in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -317,6 +317,10 @@ def test_greedy_rewriting_prints_no_random_seed(cli):
     assert "random" not in greedy.stderr
     sampled = cli("rewrite", "red circle", "--model", "demo", "--max-new-tokens", 4)
     assert sampled.code == 0 and "(random; pass --seed to choose)" in sampled.stderr
+    for bad in (["--template", "nosuch"], ["--api-url", "http://127.0.0.1:9/v1"]):  # the error alone
+        r = cli("rewrite", "red circle", "--model", "demo", *bad)
+        assert_one_line_error(r, "--")
+        assert "random" not in r.stderr
 
 
 def test_the_rewriter_section_of_the_config_and_its_variables_apply(cli, server, tmp_path, monkeypatch):

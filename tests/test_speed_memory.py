@@ -219,6 +219,10 @@ def test_vae_tile_size_and_overlap_reach_the_vae(cli):
     r = cli("generate", PROMPT, "--model", "demo", "--vae-tiling", "--vae-tile-size", 256, "--vae-tile-overlap",
             0.125, "--steps", 2, "-o", "t.png")  # fmt: skip
     assert r.code == 0, r.stderr
+    r = cli("generate", PROMPT, "--model", "demo", "--vae-tile-size", 256, "--steps", 1, "-o", "u.png")
+    assert r.code == 0 and "--vae-tile-overlap shape the tiles of --vae-tiling; without it" in " ".join(
+        r.stderr.split()
+    )
     r = cli("generate", PROMPT, "--model", "demo", "--vae-tile-overlap", 0.9, "-o", "x.png")
     assert r.code != 0 and "--vae-tile-overlap 0.9: must be less than or equal to 0.5" in r.stderr
 

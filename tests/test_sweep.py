@@ -268,6 +268,13 @@ def test_cells_beyond_the_model_are_left_out_with_one_warning(cli, tmp_path):
     warnings = [line for line in r.stderr.splitlines() if "beyond model demo" in line]
     assert len(warnings) == 1 and "-21, -16, -12, -8, -6" in warnings[0], r.stderr
     assert {rec["axes"]["encoder.hidden_layer"] for rec in records(tmp_path / "runs" / "h")} == {-2}
+    r = cli("sweep", ROOT / "recipes" / "hidden-layers.toml", "--model", "demo", "-o", "runs/h2", "--dry-run")
+    listed = r.stdout.splitlines()
+    assert listed and all(
+        (" todo " in line) == ("encoder.hidden_layer=-2 " in line) and (" left out " in line) != (" todo " in line)
+        for line in listed
+    ), r.stdout
+    assert "sweep hidden-layers: " in r.stderr and not (tmp_path / "runs" / "h2").exists()
 
 
 def test_several_recipes_and_quick_smoke_runs(cli, tmp_path):

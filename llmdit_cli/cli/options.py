@@ -422,6 +422,15 @@ MaskOpt = setting_option(
     rich_help_panel=G_CONTROL,
 )
 
+
+def _a_file_name(value: str | None) -> str | None:
+    """An output path that starts with a dash is an option taken for the file name
+    (`--save-latents -o x.png`), not a file anyone means to write."""
+    if value and value != "-" and value.startswith("-"):
+        raise typer.BadParameter(f"'{value}' looks like an option, not a file name (write ./{value} to mean that file)")
+    return value
+
+
 OutputOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -429,6 +438,7 @@ OutputOpt = Annotated[
         "-o",
         help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.",
         rich_help_panel=G_OUT,
+        callback=_a_file_name,
     ),
 ]
 SaveLatentsOpt = Annotated[
@@ -437,6 +447,7 @@ SaveLatentsOpt = Annotated[
         "--save-latents",
         help="Also write the final latents to this .latents.safetensors file ('-' for stdout).",
         rich_help_panel=G_OUT,
+        callback=_a_file_name,
     ),
 ]
 G_REMOTE = "Remote encoder (an `llmdit serve`)"

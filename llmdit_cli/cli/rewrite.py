@@ -163,10 +163,9 @@ def rewrite(
         from llmdit_cli.vision import open_image
 
         open_image(image, "--image")  # a missing or broken file fails before anything loads
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-        if temperature > 0:  # greedy decoding (temperature 0) draws nothing: its seed is moot
-            out.log(f"seed {seed} (random; pass --seed to choose)")
+    # Greedy decoding (temperature 0) draws nothing: its seed is moot, and not said.
+    drawn = seed is None and temperature > 0
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
     sampling = rewriting.Sampling(temperature, top_p, top_k, min_p, max_new_tokens, seed)
     sampling.check()
     r = settings(
@@ -184,10 +183,12 @@ def rewrite(
     )
     rw = r.settings.rewriter
     template, api_url, api_model, timeout = rw.template, rw.api_url, rw.api_model, rw.timeout
+    if api_url and not api_model:
+        raise UsageError("--api-url needs --api-model (the model name the server knows)")
+    t = find(rewriting.template_for(r), r.templates.dir)
+    if drawn:  # said once the request is known to be good, not above a usage error
+        out.log(f"seed {seed} (random; pass --seed to choose)")
     if api_url:
-        if not api_model:
-            raise UsageError("--api-url needs --api-model (the model name the server knows)")
-        t = find(rewriting.template_for(r), r.templates.dir)
         key = os.environ.get(api_key_env)
         picture = rewriting.image_data_url(image) if image else None
         replies = [

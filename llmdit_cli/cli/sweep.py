@@ -18,7 +18,8 @@ QuickOpt = Annotated[
     bool,
     typer.Option(
         "--quick",
-        help="Smoke run: the first prompt and seed, every axis, at most 2 steps, into RUN-quick.",
+        help="Smoke run: the first prompt and seed, every axis, at most 2 steps (unless steps is an axis), "
+        "into RUN-quick.",
         rich_help_panel=G_SWEEP,
     ),
 ]
@@ -112,7 +113,10 @@ def _run_recipe(engine, r, out: Output, shard, limit, force: bool, dry_run: bool
     part, device = run.shard_for(shard, dict(os.environ))
     sel = run.select(r, part, limit, force, out.hint)
     if dry_run:
-        _list(out, sel.cells, sel.done)
+        out.log(f"sweep {r.name}: {len(sel.cells)} cell(s) -> {sel.folder}")
+        # What a run would leave out (values beyond the model: its configs, no weights) is said too.
+        kept = {c.id for c in run.fits_model(sel.todo, engine, r, device, out.hint)}
+        _list(out, sel.cells, sel.done, {c.id for c in sel.todo} - kept)
         return False
     with ExitStack() as stack:
         ticks = {"n": 0}
@@ -143,11 +147,11 @@ def _run_recipe(engine, r, out: Output, shard, limit, force: bool, dry_run: bool
     return outcome.failed > 0
 
 
-def _list(out, cells, done) -> None:
+def _list(out, cells, done, left_out: set[str]) -> None:
     import json
 
     for c in cells:
-        status = "done" if c.id in done else "todo"
+        status = "done" if c.id in done else "left out" if c.id in left_out else "todo"
         if out.json:
             out.data(
                 json.dumps(
@@ -165,7 +169,7 @@ def _list(out, cells, done) -> None:
             )
         else:
             axes = " ".join(f"{k}={json.dumps(v)}" for k, v in c.axes.items())
-            out.data(f"{c.index:5d} {c.id} {status:4s} seed={c.seed} {axes} prompt={json.dumps(c.prompt)}")
+            out.data(f"{c.index:5d} {c.id} {status:8s} seed={c.seed} {axes} prompt={json.dumps(c.prompt)}")
 
 
 def _summary(out, r, folder, o) -> None:

@@ -227,6 +227,12 @@ class Engine:
             if "control.model" in r.given("control"):
                 report.hint(f"{setting('control.model')} is not used without {setting('control.image')}")
             r = r.with_value("control_model", None, "default (no control image given)")
+        o = r.optimization
+        if not o.vae_tiling and (o.vae_tile_size is not None or o.vae_tile_overlap is not None):
+            report.hint(
+                f"{setting('optimization.vae_tile_size')} and {setting('optimization.vae_tile_overlap')} "
+                f"shape the tiles of {setting('optimization.vae_tiling')}; without it the VAE decodes whole"
+            )
         wf.validate(r, handle, report)
         wf.check_control(r, handle, req.mode, report)
         return replace(req, settings=r.as_prepared())

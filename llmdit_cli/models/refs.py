@@ -21,6 +21,11 @@ def resolve_folder(ref: str) -> tuple[Path, str | None]:
         return DEMO_PATH, None
     path = Path(ref).expanduser()
     if is_local(ref):
+        if path.is_file():
+            raise ModelError(
+                f"{MODEL} {ref}: a file, not a model folder (a single-file transformer goes in "
+                f"{setting('optimization.transformer_file')}, with a folder or Hub id as {MODEL})"
+            )
         if not path.is_dir():
             raise ModelError(f"{MODEL} {ref}: no such folder")
         if (path / "model" / "model_index.json").is_file():  # a `llmdit train --method full` run folder
