@@ -381,7 +381,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tile-overlap -d
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tile-size -d 'With --vae-tiling: tile size in pixels (default: the VAEs own, at least 256; smaller saves memory and shows more seams)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l vl-model -d 'Qwen3-VL Hub id or folder (demo: a tiny random one)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l dry-run -d 'List the cells (index, id, done or to do, axis values) and run nothing' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l dry-run -d 'List the cells (index, id, done, todo or left-out, axis values) and run nothing; left-out: beyond the model, checked on its configs where they are on this machine' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l force -d 'Use a run folder made by another (or a changed) recipe; finished cells that are still in the recipe are kept' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from sweep' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F

@@ -335,7 +335,7 @@ def check_value(key: str, value: Any, where: str) -> Any:
         setattr(obj, field, value)
         return getattr(obj, field)
     except ValidationError as exc:
-        msg = _in_words(exc.errors()[0])
+        msg = in_words(exc.errors()[0])
         if where == setting(key):  # a flag: `--max-length 0: must be greater than or equal to 1`
             raise ConfigError(f"{where} {value}: {msg}") from None
         raise ConfigError(f"{where}: bad value for '{key}' ({value!r}): {msg}") from None
@@ -350,7 +350,7 @@ _BOUNDS = {
 }
 
 
-def _in_words(error: dict) -> str:
+def in_words(error: dict) -> str:
     bound = _BOUNDS.get(error["type"])
     return "must be " + bound.format(**error["ctx"]) if bound else error["msg"]
 
@@ -552,11 +552,18 @@ def _profile_tables(doc: dict[str, Any], path: Path, profile: str) -> list[tuple
 
 
 def _check_top_level(top: dict[str, Any], profiles: dict[str, Any], path: Path) -> None:
+    import difflib
+
     for name, table in profiles.items():
         if not isinstance(table, dict):
             raise ConfigError(
                 f"{path}: unknown key '{name}' (the top level holds model, sections like [generation], [PROFILE] tables)"
             )
+        try:  # every profile, used or not: a misspelt section (`[rewritter]`) reads as one
+            _flatten(table, f"{path} [{name}]")
+        except ConfigError as exc:
+            close = difflib.get_close_matches(name, list(SECTIONS), n=1)
+            raise ConfigError(f"{exc}; did you mean the section [{close[0]}]?" if close else str(exc)) from None
     # Two places for one section would need a rule for which wins; one place is clearer.
     clash = next((k for k in top if k in profiles.get("default", {})), None)
     if clash:

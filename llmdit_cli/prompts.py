@@ -73,13 +73,15 @@ def collect_prompts(args: list[str] | None, file: str | None) -> list[str]:
 def _read_stdin() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UsageError("prompt '-' reads stdin, but stdin is a terminal: pipe prompts in")
+    # The bytes, decoded strictly here: under a C or POSIX locale Python's text stdin turns bad
+    # bytes into lone surrogates, which a tokenizer refuses later naming no input.
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read() if stream is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
     try:
-        # A terminal's stdin reads undecodable bytes as lone surrogates, which a tokenizer refuses
-        # later with an error that names no input; a strict stream raises here.
-        text = sys.stdin.read()
-        text.encode("utf-8")
-    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
-        raise InputError(f"stdin: cannot read as UTF-8 text (byte {exc.start} is not UTF-8)") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"stdin: line {line} is not UTF-8 text (byte {exc.start + 1} of the input)") from None
     if not text.strip():
         raise InputError("stdin is empty: expected prompts, one per line")
     return text

@@ -107,7 +107,7 @@ def test_two_processes_writing_the_same_entries_leave_whole_files(tmp_path):
         assert load_file(entry)["prompt_embeds.0"].ndim == 2
 
 
-def test_cache_command(cli, tmp_path):
+def test_cache_command(cli, tmp_path, monkeypatch):
     folder = tmp_path / "elsewhere"
     assert cli("encode", PROMPT, "--model", "demo", "--cache-dir", folder, "-o", "e.embeds.safetensors").code == 0
     info = json.loads(cli("cache", "info", "--cache-dir", folder, "--json").stdout)
@@ -121,6 +121,8 @@ def test_cache_command(cli, tmp_path):
     (tmp_path / "file").write_text("")
     for command in ("info", "clear"):
         assert_one_line_error(cli("cache", command, "--cache-dir", tmp_path / "file"), "--cache-dir", "not a folder")
+    monkeypatch.setenv("LLMDIT_CACHE_DIR", str(tmp_path / "file"))
+    assert_one_line_error(cli("cache", "info"), "cache.dir (", "not a folder")
 
 
 def test_a_cache_that_cannot_be_written_is_skipped_with_a_hint(cli, tmp_path):

@@ -343,6 +343,7 @@ def test_reflow_joins_paragraph_lines_but_keeps_lists_and_code():
     - one item
       continued
     - two
+        a block under it
 
     Run:
 
@@ -356,8 +357,9 @@ def test_reflow_joins_paragraph_lines_but_keeps_lists_and_code():
     assert reflow(doc).split("\n\n") == [
         "Summary line.",
         "A paragraph wrapped in the source at some width. --shard K/N starts a line but is prose.",
-        "Steps:\n- one item continued\n- two",
+        "Steps:\n- one item continued\n- two\n    a block under it",
         "Run:",
         "    llmdit a |\n      llmdit b",
         "kept\nas is",
     ]
+    assert reflow("\b\nfirst\nparagraph\n\nnext").startswith("\b\nfirst\nparagraph")  # Typer's own mark

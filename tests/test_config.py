@@ -218,6 +218,11 @@ def test_top_level_sections_are_the_default_profiles(cli, tmp_path):
         ("[rewriter]\ntimeout = 5\n[default.rewriter]\napi_model = 'm'\n", ("[rewriter]", "[default.rewriter]")),
         ("model = 'a'\n[default]\nmodel = 'b'\n", ("model and [default] model",)),
         ("steps = 4\n", ("unknown key 'steps'",)),
+        (
+            "[rewritter]\napi_url = 'http://x/v1'\n",
+            ("[rewritter]: unknown key 'api_url'", "did you mean the section [rewriter]?"),
+        ),
+        ("[large.generation]\nstepz = 4\n", ("[large]: unknown key 'generation.stepz'",)),  # checked, though not used
     ],
 )
 def test_top_level_settings_that_clash_or_are_no_setting(cli, tmp_path, text, needles):

@@ -133,7 +133,12 @@ def test_from_png_finds_a_relative_control_image_beside_the_png(cli, tmp_path, m
     monkeypatch.chdir(tmp_path)  # elsewhere: edges.png is not here, but beside the PNG
     r = cli("generate", "--from-png", "made/made.png", "--model", "demo", "-o", "again.png")
     assert r.code == 0, r.stderr
-    assert "its control image edges.png is not here; using made/edges.png, beside the PNG" in " ".join(r.stderr.split())
+    assert "its control image edges.png is not found from the current folder; using made/edges.png" in " ".join(
+        r.stderr.split()
+    )
+    Image.new("RGB", (W, H), "black").save("other.png")
+    r = cli("generate", "--from-png", "made/made.png", "--model", "demo", "--control-image", "other.png", "-o", "o.png")
+    assert r.code == 0 and "not found from the current folder" not in " ".join(r.stderr.split())
     assert (pixels("made/made.png") == pixels("again.png")).all()
 
 
@@ -161,7 +166,7 @@ def test_a_mask_with_a_controlnet_that_cannot_inpaint_is_refused_before_loading(
     monkeypatch.setattr(loading.ModelHandle, "pipeline", lambda *a: pytest.fail("a model loaded"))
     r = cli("img2img", PROMPT, "--image", "init.png", "--mask", "mask.png", "--controlnet", canny_only,
             "--control-image", "init.png", "--model", "demo", "-o", "x.png")  # fmt: skip
-    assert_one_line_error(r, f"--controlnet {canny_only} takes 16 control channels; 33 are made", "inpainting")
+    assert_one_line_error(r, f"--controlnet {canny_only} takes 16 control channels; --mask needs 33 (an inpainting")
 
 
 @pytest.mark.parametrize(

@@ -317,9 +317,11 @@ def test_greedy_rewriting_prints_no_random_seed(cli):
     assert "random" not in greedy.stderr
     sampled = cli("rewrite", "red circle", "--model", "demo", "--max-new-tokens", 4)
     assert sampled.code == 0 and "(random; pass --seed to choose)" in sampled.stderr
-    for bad in (["--template", "nosuch"], ["--api-url", "http://127.0.0.1:9/v1"]):  # the error alone
-        r = cli("rewrite", "red circle", "--model", "demo", *bad)
-        assert_one_line_error(r, "--")
+    bad = {"--template nosuch: no such template": ["--template", "nosuch"],
+           "--api-url needs --api-model": ["--api-url", "http://127.0.0.1:9/v1"]}  # fmt: skip
+    for said, args in bad.items():  # the error alone, no seed line above it
+        r = cli("rewrite", "red circle", "--model", "demo", *args)
+        assert_one_line_error(r, said)
         assert "random" not in r.stderr
 
 

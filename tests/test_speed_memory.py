@@ -252,6 +252,10 @@ def test_attention_auto_takes_the_first_usable_backend_by_priority(monkeypatch):
     line = optimise.set_attention_backend(t, "auto", "cuda:0")  # what the run's log says, once
     assert t.backend == "flash_varlen"
     assert render(line) == "flash (optimization.attention_backend auto; flash_3: flash_3 broke)"
+    usable.clear()
+    monkeypatch.setattr(optimise, "attention_backend_problem", lambda name, *_: f"{name} is not installed (or too old)")
+    line = optimise.set_attention_backend(t, "auto", "cuda:0")  # the missing ones in one clause
+    assert render(line) == "sdpa (optimization.attention_backend auto; not installed: flash_3, flash, sage, xformers)"
     monkeypatch.undo()
     assert optimise.auto_attention_backend("cpu")[0] is None  # every faster backend needs CUDA
     t = Transformer()
@@ -264,14 +268,18 @@ def test_the_attention_probe_runs_a_backend_and_says_why_it_cannot_be_used():
 
     from llmdit_cli.models import optimise
 
-    assert optimise.attention_backend_problem("sdpa", "cpu", torch.float32) is None
-    assert optimise.attention_backend_problem("native", "cpu", torch.bfloat16) is None
-    # flash-attn is not installed here: run anyway (past the CUDA check), its call fails in the probe.
-    problem = optimise._probe_problem("flash", "cpu", "float32", False)
-    assert problem.startswith("fails in float32 on cpu (") and "Error" not in problem
-    problem = optimise._probe_problem("flash", "cpu", "float32", True)
-    assert problem.startswith("fails under torch.compile on cpu (")
-    optimise._probe_problem.cache_clear()
+    try:
+        assert optimise.attention_backend_problem("sdpa", "cpu", torch.float32) is None
+        assert optimise.attention_backend_problem("native", "cpu", torch.bfloat16) is None
+        # The compiled probe runs (llmdit skips it for PyTorch's own backends; a GPU kernel takes it).
+        assert optimise._probe_problem("native", "cpu", "float32", True) is None
+        # flash-attn is not installed here: run anyway (past the CUDA check), its call fails in the probe.
+        problem = optimise._probe_problem("flash", "cpu", "float32", False)
+        assert problem.startswith("fails in float32 on cpu (") and "Error" not in problem
+        problem = optimise._probe_problem("flash", "cpu", "float32", True)
+        assert problem.startswith("fails under torch.compile on cpu (")
+    finally:
+        optimise._probe_problem.cache_clear()
 
 
 def test_the_attention_probe_catches_a_kernel_that_gives_wrong_results(monkeypatch):

@@ -271,10 +271,14 @@ def test_cells_beyond_the_model_are_left_out_with_one_warning(cli, tmp_path):
     r = cli("sweep", ROOT / "recipes" / "hidden-layers.toml", "--model", "demo", "-o", "runs/h2", "--dry-run")
     listed = r.stdout.splitlines()
     assert listed and all(
-        (" todo " in line) == ("encoder.hidden_layer=-2 " in line) and (" left out " in line) != (" todo " in line)
+        (" todo " in line) == ("encoder.hidden_layer=-2 " in line) and (" left-out " in line) != (" todo " in line)
         for line in listed
     ), r.stdout
     assert "sweep hidden-layers: " in r.stderr and not (tmp_path / "runs" / "h2").exists()
+    # A model that is not on this machine is not fetched for a dry run: its cells stay todo
+    r = cli("sweep", ROOT / "recipes" / "hidden-layer-cfg-quick.toml", "-o", "runs/q", "--dry-run")
+    assert r.code == 0 and r.stdout.count(" todo ") == 6, r.stdout + r.stderr
+    assert "Tongyi-MAI/Z-Image-Turbo is not on this machine" in " ".join(r.stderr.split())
 
 
 def test_several_recipes_and_quick_smoke_runs(cli, tmp_path):

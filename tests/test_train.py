@@ -214,8 +214,8 @@ def test_checkpoints_hold_no_pickles_and_refuse_one(cli, red_data):
     r = cli(*train_args(red_data, "ck", *common, "--resume"))
     assert_one_line_error(r, "random_states_0.pkl", "pickle")
     (folder / "random_states_0.pkl").unlink()
-    for name in ("EVIL.PKL", "state"):  # by name in any case, or by its first bytes
-        (folder / name).write_bytes(b"\x80\x04N.")
+    for name, data in (("EVIL.PKL", b"not a pickle header"), ("state", b"\x80\x04N."), ("blob", b"PK\x03\x04zip")):
+        (folder / name).write_bytes(data)  # by its name in any case, or by its first bytes
         r = cli(*train_args(red_data, "ck", *common, "--resume"))
         assert_one_line_error(r, name, "pickle")
         (folder / name).unlink()

@@ -128,9 +128,12 @@ def main() -> None:
         code = tree(standalone_mode=False)
     except SystemExit as exc:
         # Rich and Click exit 1 when help goes into a pipe whose reader is gone (`--help | head
-        # -1`); a closed reader is not an error for a command-line tool.
-        closed = exc.code == 1 and isinstance(exc.__context__, BrokenPipeError)
-        code = 0 if closed else exc.code
+        # -1`); a closed reader is not an error for a command-line tool. Any other exit (ours
+        # raise theirs `from None`) stands as it is.
+        broken = isinstance(exc.__context__, BrokenPipeError) and not exc.__suppress_context__
+        if not (exc.code == 1 and broken):
+            raise
+        code = 0
     except typer.Abort:
         print("llmdit: error: interrupted", file=sys.stderr)
         code = 130

@@ -20,9 +20,12 @@ def _cache(flag: str | None):
     from llmdit_cli.embed_cache import EmbedCache
     from llmdit_cli.errors import UsageError, setting
 
-    cache = EmbedCache.at(settings(None, None, cache_dir=flag).settings.cache.dir)
+    r = settings(None, None, cache_dir=flag)
+    cache = EmbedCache.at(r.settings.cache.dir)
     if cache.root.exists() and not cache.root.is_dir():  # encoding skips such a cache; here it is the subject
-        raise UsageError(f"{setting('cache.dir')} {cache.root}: not a folder")
+        source = r.sources.get("cache.dir", "flag")
+        where = setting("cache.dir") if source == "flag" else f"cache.dir ({source})"
+        raise UsageError(f"{where} {cache.root}: not a folder")
     return cache
 
 

@@ -323,7 +323,7 @@ def _render(mode: str, o: dict) -> None:
     texts = collect_prompts(o["prompts"], o["file"])
     stored: dict = {}
     if o["from_png"]:
-        png = _inputs_found_beside(_png_settings(o["from_png"]), o["from_png"], out)
+        png = _inputs_found_beside(_png_settings(o["from_png"]), o["from_png"], flags, out)
         if flags.get("vl_image") is None and flags.get("vl_alpha") != 0:
             _check_vl_image_unchanged(o["from_png"], png.get("vl") or {})
         if flags.get("control_image") is None:
@@ -445,11 +445,11 @@ def _png_settings(path: str) -> dict:
     return stored
 
 
-def _inputs_found_beside(png: dict, path: str, out: Output) -> dict:
+def _inputs_found_beside(png: dict, path: str, flags: dict, out: Output) -> dict:
     """The PNG's settings with each input file it names by a relative path (the control image, the
     vision image) taken from the PNG's folder when it is not there from here: the path was relative
     to where the image was made, which is often where the PNG went. The SHA-256 checks that follow
-    make sure it is the same file."""
+    make sure it is the same file. An image given again by its flag is not looked for."""
     from pathlib import Path
 
     def beside(name: str | None, what: str) -> str | None:
@@ -458,11 +458,12 @@ def _inputs_found_beside(png: dict, path: str, out: Output) -> dict:
         there = Path(path).parent / name
         if not there.is_file():
             return name
-        out.hint(f"--from-png {path}: its {what} image {name} is not here; using {there}, beside the PNG")
+        out.hint(f"--from-png {path}: its {what} image {name} is not found from the current folder; using {there}")
         return str(there)
 
-    png = {**png, "control_image": beside(png.get("control_image"), "control")}
-    if (png.get("vl") or {}).get("image"):
+    if flags.get("control_image") is None:
+        png = {**png, "control_image": beside(png.get("control_image"), "control")}
+    if flags.get("vl_image") is None and flags.get("vl_alpha") != 0 and (png.get("vl") or {}).get("image"):
         png["vl"] = {**png["vl"], "image": beside(png["vl"]["image"], "vision")}
     return png
 

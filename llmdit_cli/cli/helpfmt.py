@@ -38,23 +38,34 @@ def reflow(text: str) -> str:
     paragraphs = []
     for para in re.split(r"\n[ \t]*\n", text.strip("\n")):
         if para.startswith("\b"):
-            paragraphs.append(para[1:].lstrip("\n"))
+            # Typer reflows the first paragraph itself unless it keeps the mark.
+            paragraphs.append(para if not paragraphs else para[1:].lstrip("\n"))
             continue
-        lines: list[str] = []
-        kinds: list[str] = []
-        for line in para.splitlines():
-            kind = "item" if _ITEM.match(line) else "code" if _CODE.match(line) else "text"
-            joins = kinds and (
-                (kind == "text" and kinds[-1] != "code")
-                or (kind == "code" and kinds[-1] == "item" and line[:2] == "  ")
-            )
-            if joins:
-                lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
-            else:
-                lines.append(line.rstrip())
-                kinds.append(kind)
-        paragraphs.append("\n".join(lines))
+        paragraphs.append(_joined(para))
     return "\n\n".join(paragraphs)
+
+
+def _joined(para: str) -> str:
+    """One paragraph's lines joined: prose into one line, a list item's continuation (indented to
+    its text) into the item; code lines and a deeper-indented block under an item stay."""
+    lines: list[str] = []
+    kinds: list[str] = []
+    text_at = 0  # where the last item's text starts
+    for line in para.splitlines():
+        item = _ITEM.match(line)
+        kind = "item" if item else "code" if _CODE.match(line) else "text"
+        indent = len(line) - len(line.lstrip())
+        joins = kinds and (
+            (kind == "text" and kinds[-1] != "code") or (kind == "code" and kinds[-1] == "item" and indent == text_at)
+        )
+        if joins:
+            lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"
+            continue
+        lines.append(line.rstrip())
+        kinds.append(kind)
+        if item:
+            text_at = item.end() - 1
+    return "\n".join(lines)
 
 
 class CompactHelp(typer.core.TyperCommand):

@@ -112,7 +112,7 @@ def _train(overrides: dict, recipe, resume, cache_only: bool, stop_at, quiet: bo
     first = _first_rank()
     out = Output(quiet or not first, json_out and first)
     resume, recipe = _resume_mode(resume, recipe)
-    r = load_recipe(recipe, overrides)
+    r = load_recipe(recipe, overrides, {key: "--" + flag.replace("_", "-") for flag, key in OVERRIDES.items()})
     run = Run(r, Path(r.output.dir), out.log, _progress(out))
     result = run_training(run, resume=resume, cache_only=cache_only, stop_at=stop_at)
     kind = (

@@ -227,8 +227,8 @@ class Engine:
             if "control.model" in r.given("control"):
                 report.hint(f"{setting('control.model')} is not used without {setting('control.image')}")
             r = r.with_value("control_model", None, "default (no control image given)")
-        o = r.optimization
-        if not o.vae_tiling and (o.vae_tile_size is not None or o.vae_tile_overlap is not None):
+        tiles = {"optimization.vae_tile_size", "optimization.vae_tile_overlap"} & set(r.given("optimization"))
+        if tiles and not r.optimization.vae_tiling:  # given now, not a config's standing choice
             report.hint(
                 f"{setting('optimization.vae_tile_size')} and {setting('optimization.vae_tile_overlap')} "
                 f"shape the tiles of {setting('optimization.vae_tiling')}; without it the VAE decodes whole"

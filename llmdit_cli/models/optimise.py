@@ -56,18 +56,21 @@ def attention_backend_problem(name: str, device: str, dtype=None, compile: bool 
             "sage": "sageattention",
             "xformers": "xformers",
         }.get(name, name)
-        return f"{package} is not installed (or too old)"
+        return f"{package} {_NOT_INSTALLED}"
     if dtype is None:
         return None
     return _probe_problem(name, str(device), str(dtype).removeprefix("torch."), compile and name not in _PLAIN_TORCH)
 
 
+KEY = "optimization.attention_backend"
+_NOT_INSTALLED = "is not installed (or too old)"
 # PyTorch's own attention, which torch.compile is built around: not probed under compile (the probe
 # would cost a CPU run seconds of compiling for what the stock pipelines do anyway).
 _PLAIN_TORCH = {"native", "sdpa"}
-# Largest difference from float32 SDPA a working kernel shows on the probe's inputs (values of
-# size ~1): half-precision rounding and Sage's int8 quantization stay far below it; a broken kernel
-# (wrong layout, mask ignored, garbage under compile) is off by ~1.
+# Largest difference from float32 SDPA a working kernel may show on the probe's inputs (values of
+# size ~1; bf16 rounding alone is ~1e-2). Sage's int8 quantization is expected below it but not
+# yet measured (no GPU with sageattention so far); a broken kernel (wrong layout, mask ignored,
+# garbage under compile) is off by ~1.
 _PROBE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.1}
 
 
@@ -81,6 +84,8 @@ def _probe_problem(name: str, device: str, dtype: str, compile: bool) -> str | N
     try:
         out, ref = _probe_attention(ATTENTION_BACKENDS[name], torch.device(device), getattr(torch, dtype), compile)
     except Exception as exc:  # any failure of a third-party kernel means: do not use it
+        # (A kernel that corrupts the CUDA context cannot be survived in-process: later CUDA
+        # calls fail too. The error then names CUDA; `--attention-backend sdpa` avoids the kernels.)
         how = "under torch.compile" if compile else f"in {dtype}"
         return f"fails {how} on {device} ({_exception_line(exc)})"
     off = (out.float() - ref).abs().max().item()
@@ -123,9 +128,7 @@ def check_attention_backend(name: str, device: str, dtype=None, compile: bool = 
             ["auto", *(n for n in ATTENTION_BACKENDS if not attention_backend_problem(n, device, dtype, compile))]
         )
         with_compile = f" with {setting('optimization.compile')}" if compile and "torch.compile" in problem else ""
-        raise UsageError(
-            f"{setting('optimization.attention_backend')} {name}{with_compile}: {problem}; usable here: {usable}"
-        )
+        raise UsageError(f"{setting(KEY)} {name}{with_compile}: {problem}; usable here: {usable}")
 
 
 # `auto`: the first of these that can run here; none (on CPU, or without the packages): diffusers'
@@ -156,8 +159,10 @@ def set_attention_backend(transformer, name: str, device: str, dtype=None, compi
         transformer.set_attention_backend(ATTENTION_BACKENDS[chosen])
     if not str(device).startswith("cuda"):
         return None
-    why = "".join(f"; {n}: {problem}" for n, problem in passed_over.items())
-    return f"{chosen or 'sdpa'} ({setting('optimization.attention_backend')} auto{why})"
+    missing = [n for n, problem in passed_over.items() if problem.endswith(_NOT_INSTALLED)]
+    why = [f"{n}: {problem}" for n, problem in passed_over.items() if n not in missing]
+    why += [f"not installed: {', '.join(missing)}"] if missing else []
+    return f"{chosen or 'sdpa'} ({'; '.join([f'{setting(KEY)} auto', *why])})"
 
 
 def check_compile(device: str) -> None:

@@ -50,6 +50,19 @@ def _did_you_mean(ref: str) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def on_this_machine(ref: str) -> bool:
+    """Whether `ref` opens without a download: `demo`, a folder, or a Hub id in the local cache."""
+    if is_local(ref):
+        return True
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(ref, allow_patterns=["model_index.json"], local_files_only=True)
+    except Exception:  # not cached (or no such repo): either way, not here
+        return False
+    return True
+
+
 def is_local(ref: str) -> bool:
     """Whether `ref` names a folder rather than a Hub repo."""
     return ref == DEMO or Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1

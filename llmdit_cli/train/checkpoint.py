@@ -30,13 +30,17 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
 
 def _looks_pickled(path: Path) -> bool:
     """A pickle-based file by its name (any case) or its first bytes: a pickle of protocol 2 or
-    later, or the zip that `torch.save` writes (pickles inside), whatever the file is called."""
+    later, or the zip that `torch.save` writes (pickles inside), whatever the file is called.
+    (Protocols 0 and 1 start with no mark; only their names give them away.)"""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return True
     if not path.is_file() or path.suffix.lower() in (".safetensors", ".json"):
         return False
-    with path.open("rb") as f:
-        head = f.read(4)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise InputError(f"--resume: {path}: cannot read ({exc.strerror or exc})") from None
     return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
 
 

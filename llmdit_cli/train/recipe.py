@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from llmdit_cli.config import DEFAULT_MODEL
+from llmdit_cli.config import DEFAULT_MODEL, in_words
 from llmdit_cli.errors import ConfigError
 from llmdit_cli.tomlfiles import StrictModel, dump_toml, load_toml, validation_error
 
@@ -161,8 +161,9 @@ def _set(doc: dict, dotted: str, value: Any) -> None:
     doc[last] = value
 
 
-def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
-    """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given)."""
+def load_recipe(path: str | None, overrides: dict[str, Any], names: dict[str, str] | None = None) -> Recipe:
+    """Read RECIPE.toml (optional) and apply `overrides` ({'optim.lr': 1e-4, ...}; None = not given).
+    A bad override is named as `names` says (the CLI's flags), else by its key."""
     doc: dict[str, Any] = {}
     if path:
         if Path(path).is_dir():
@@ -176,5 +177,8 @@ def load_recipe(path: str | None, overrides: dict[str, Any]) -> Recipe:
     try:
         return Recipe.model_validate(doc)
     except ValidationError as exc:
-        key = ".".join(str(x) for x in exc.errors()[0]["loc"])
-        raise validation_error(exc, "flags" if key in given or not path else path) from None
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        if key in given and err["type"] != "extra_forbidden":
+            raise ConfigError(f"{(names or {}).get(key, key)} {given[key]}: {in_words(err)}") from None
+        raise validation_error(exc, path or "flags") from None

@@ -105,10 +105,10 @@ def _check_control_channels(ref: str, in_dim: int | None, latent: int | None, in
         return
     made = 2 * latent + 1 if inpaint else latent
     if made > in_dim:
-        raise InputError(
-            f"{setting('control.model')} {ref} takes {in_dim} control channels; {made} are made "
-            f"({'a mask needs an inpainting ControlNet (33)' if inpaint else 'the control image'})"
+        need = (
+            f"{setting('generation.mask')} needs {made} (an inpainting ControlNet)" if inpaint else f"it needs {made}"
         )
+        raise InputError(f"{setting('control.model')} {ref} takes {in_dim} control channels; {need}")
 
 
 def _same(value: Any) -> Any:
