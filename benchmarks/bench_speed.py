@@ -1,6 +1,7 @@
 """Issue 24's speed figures on the demo model, as ratios measured in one run (A B A B ..., medians).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large ...] [--rounds 5]
+        [--serve-requests 96]
 
 - batch: `llmdit generate --num-images 48` at 32 px, `--batch-size 1` / `--batch-size 8`, in
   marginal time: a run minus a one-image run of the same command (start-up and loading left out).
@@ -16,8 +17,9 @@
 - png-large: the same at 1024 px, where the PNG matters (an H200 makes such an image in ~1.4 s).
   Denoising 1024² on a CPU would take the demo many minutes an image, so each image is
   `img2img --strength 0 --vae-tiling --vae-tile-size 128` of a 1024² photo-like input (no
-  denoising step: the VAE encodes and decodes it, ~30 s an image here), 2 images a round, which
-  writes the same 1024² PNG with its settings.
+  denoising step: the VAE encodes it, ~30 s an image here; since 2026-12-04 strength 0 gives the
+  input itself, so nothing is decoded), 2 images a round, which writes the same 1024² PNG with its
+  settings.
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
 """
@@ -267,12 +269,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large"])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--serve-requests", type=int, default=96, help="requests per serve measurement (clients x rounds of requests)"
+    )
     args = p.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     benches = {
         "batch": lambda: bench_batch(args.rounds, out),
         "cache": lambda: bench_cache(args.rounds, out),
-        "serve": lambda: bench_serve(args.rounds),
+        "serve": lambda: bench_serve(args.rounds, args.serve_requests),
         "png": lambda: bench_png(args.rounds, out),
         "png-large": lambda: bench_png(args.rounds, out, size=1024, images=2, through_img2img=True),
     }

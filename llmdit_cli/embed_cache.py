@@ -7,14 +7,18 @@ Entries are written atomically (temporary file, then rename), so processes shari
 never see half an entry, and two writing the same entry leave one whole file.
 
 `stats.json` beside the entries counts hits, misses and evictions (entries `prune` removed) since
-the cache was made or cleared, updated under a file lock by every process that uses the cache.
+the cache was made or cleared, updated under a file lock by every process that uses the cache: a
+process writes its counts at most once a second, when it reads them, and when it ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,19 @@ from typing import Any
 SUBDIR = "embeds"
 STATS = "stats.json"
 COUNTERS = ("hits", "misses", "evictions")
+FLUSH_EVERY_S = 1.0
+# Counts not yet written, by cache folder, and when each was last written (monotonic seconds).
+_PENDING: dict[Path, dict[str, int]] = {}
+_FLUSHED: dict[Path, float] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def _flush_all() -> None:
+    for root in list(_PENDING):
+        EmbedCache(root).flush()
+
+
+atexit.register(_flush_all)
 
 
 def default_dir() -> Path:
@@ -113,6 +130,8 @@ class EmbedCache:
 
     def clear(self) -> int:
         removed = self._remove([p for p, _, _ in self.stats()])
+        with _PENDING_LOCK:
+            _PENDING.pop(self.root, None)
         (self.root / STATS).unlink(missing_ok=True)  # the counts start again with the cache
         return removed
 
@@ -131,7 +150,9 @@ class EmbedCache:
         return removed, total
 
     def counters(self) -> dict[str, Any]:
-        """{hits, misses, evictions, since}: zeros (since None) before the first use."""
+        """{hits, misses, evictions, since}: zeros (since None) before the first use; this
+        process's counts not yet written included."""
+        self.flush()
         try:
             data = json.loads((self.root / STATS).read_text())
         except (OSError, ValueError):
@@ -141,21 +162,40 @@ class EmbedCache:
         return out
 
     def count(self, **deltas: int) -> None:
-        """Add to the counters, under a lock (processes share the cache); a cache that cannot be
-        written keeps no counts, and that is all."""
-        import fcntl
-        import time
-
+        """Add to the counters. They gather in the process and are written at most once every
+        `FLUSH_EVERY_S` (a server's lookups would otherwise each pay a locked file update), when
+        read, and when the process ends."""
         if not any(deltas.values()):
+            return
+        with _PENDING_LOCK:
+            pending = _PENDING.setdefault(self.root, dict.fromkeys(COUNTERS, 0))
+            for k, v in deltas.items():
+                pending[k] += v
+            due = time.monotonic() - _FLUSHED.get(self.root, -FLUSH_EVERY_S) >= FLUSH_EVERY_S
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write this process's gathered counts, under a lock (processes share the cache); a cache
+        that cannot be written keeps no counts, and that is all."""
+        import fcntl
+
+        with _PENDING_LOCK:
+            deltas = _PENDING.pop(self.root, None)
+            _FLUSHED[self.root] = time.monotonic()
+        if not deltas or not any(deltas.values()):
             return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with open(self.root / ".stats.lock", "a") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-                data = self.counters()
-                for k, v in deltas.items():
-                    data[k] += v
-                data["since"] = data["since"] or time.strftime("%Y-%m-%dT%H:%M:%S")
+                try:
+                    data = json.loads((self.root / STATS).read_text())
+                except (OSError, ValueError):
+                    data = {}
+                for k in COUNTERS:
+                    data[k] = (data.get(k) if isinstance(data.get(k), int) else 0) + deltas.get(k, 0)
+                data["since"] = data.get("since") or time.strftime("%Y-%m-%dT%H:%M:%S")
                 tmp = self.root / f".{STATS}.{os.getpid()}.tmp"
                 tmp.write_text(json.dumps(data))
                 os.replace(tmp, self.root / STATS)

@@ -190,9 +190,35 @@ class History:
     ) -> Entry:
         """Record one piece of work with its files (bytes, written as `ID-N.png`); returns the entry
         once it is committed whole."""
-        with self.recording(task, model, family, settings, len(files), prompt, seed, result, parent, suffix) as entry:
-            for name, data in zip(entry.files, files):
-                write_synced(self.files / name, data)
+        entry = self.new_entry(task, model, family, settings, len(files), prompt, seed, result, parent, suffix)
+        return self.add_many([(entry, list(files))])[0]
+
+    def add_many(self, items: list[tuple[Entry, list[bytes]]]) -> list[Entry]:
+        """Record several entries (`new_entry`) with their files as `add` records one, in one
+        transaction to begin and one to end (a served batch's images: 2 commits, not 2 each)."""
+        with self.recording_many([entry for entry, _ in items]):
+            for entry, files in items:
+                for name, data in zip(entry.files, files):
+                    write_synced(self.files / name, data)
+        return [entry for entry, _ in items]
+
+    @staticmethod
+    def new_entry(
+        task: str,
+        model: str,
+        family: str,
+        settings: dict[str, Any],
+        n_files: int = 0,
+        prompt: str = "",
+        seed: int | None = None,
+        result: str | None = None,
+        parent: str | None = None,
+        suffix: str = ".png",
+    ) -> Entry:
+        """An entry not yet recorded: its id, and the names of its `n_files` files."""
+        now = time.time()
+        entry = Entry(new_id(now), now, task, model, family, prompt, seed, settings, result, parent)
+        entry.files = [f"{entry.id}-{i}{suffix}" for i in range(n_files)]
         return entry
 
     @contextmanager
@@ -212,24 +238,34 @@ class History:
         """An entry, committed as `writing` on entry to the block (its id names its files and its
         layer folder, `stack_dir`), `done` when the block ends; removed with what it wrote when
         the block fails. The block may change `entry.settings` and `entry.result`."""
-        now = time.time()
-        entry = Entry(new_id(now), now, task, model, family, prompt, seed, settings, result, parent)
-        entry.files = [f"{entry.id}-{i}{suffix}" for i in range(n_files)]
-        with self._transaction() as db:
-            if parent is not None and db.execute("SELECT 1 FROM entries WHERE id=?", (parent,)).fetchone() is None:
-                entry.parent = None  # deleted meanwhile: the entry stands alone
-            row = (entry.id, now, task, model, family, prompt, seed, json.dumps(settings), result, entry.parent)
-            db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,'writing',?)", (*row, os.getpid()))
-            db.executemany("INSERT INTO files (entry, name) VALUES (?,?)", [(entry.id, n) for n in entry.files])
-        try:
+        entry = self.new_entry(task, model, family, settings, n_files, prompt, seed, result, parent, suffix)
+        with self.recording_many([entry]):
             yield entry
+
+    @contextmanager
+    def recording_many(self, entries: list[Entry]) -> Iterator[list[Entry]]:
+        """`recording` for several entries at once, each transaction holding them all."""
+        with self._transaction() as db:
+            for entry in entries:
+                if (
+                    entry.parent is not None
+                    and not db.execute("SELECT 1 FROM entries WHERE id=?", (entry.parent,)).fetchone()
+                ):
+                    entry.parent = None  # deleted meanwhile: the entry stands alone
+                row = (entry.id, entry.created, entry.task, entry.model, entry.family, entry.prompt, entry.seed)
+                row += (json.dumps(entry.settings), entry.result, entry.parent)
+                db.execute("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,'writing',?)", (*row, os.getpid()))
+                db.executemany("INSERT INTO files (entry, name) VALUES (?,?)", [(entry.id, n) for n in entry.files])
+        try:
+            yield entries
         except BaseException:
-            self._forget(entry.id, entry.files)
+            for entry in entries:
+                self._forget(entry.id, entry.files)
             raise
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE entries SET state='done', writer=NULL, settings=?, result=? WHERE id=?",
-                (json.dumps(entry.settings), entry.result, entry.id),
+                [(json.dumps(e.settings), e.result, e.id) for e in entries],
             )
 
     def stack_dir(self, entry_id: str) -> Path:

@@ -149,3 +149,21 @@ def test_cache_info_counts_hits_misses_and_evictions(cli):
     assert info()["evictions"] == 2
     text = cli("cache", "info").stdout
     assert "hits 2, misses 2 (hit rate 50%), evictions 2 since " in text
+
+
+def test_counts_gather_in_the_process_and_are_written_when_read_or_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from llmdit_cli.embed_cache import EmbedCache
+
+    cache = EmbedCache.at(str(tmp_path))
+    written = lambda: json.loads((tmp_path / "stats.json").read_text())  # noqa: E731
+    cache.count(hits=1)  # the first count of a process is written at once
+    assert written()["hits"] == 1
+    cache.count(hits=2, misses=1)  # within the second: gathered, not yet written
+    assert (written()["hits"], written()["misses"]) == (1, 0)
+    assert (cache.counters()["hits"], cache.counters()["misses"]) == (3, 1) and written()["hits"] == 3
+    code = f"from llmdit_cli.embed_cache import EmbedCache as C; c = C.at({str(tmp_path)!r}); c.count(hits=1); c.count(hits=5)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert written()["hits"] == 9  # the second count waited for the process to end

@@ -383,6 +383,29 @@ def test_opening_the_history_removes_what_a_killed_writer_left(tmp_path):
     assert h.integrity() == "ok"
 
 
+def test_a_batch_is_recorded_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A served batch's entries go in with one transaction to begin and one to end; a failure
+    while writing their files leaves none of them."""
+    from llmdit_cli import history as hist
+
+    h = hist.History(tmp_path)
+    items = [
+        (h.new_entry("generate", "demo", "z-image", {"seed": k}, 1, prompt=f"p{k}", seed=k), [b"png"]) for k in range(3)
+    ]
+    commits = []
+    real = h._transaction
+    monkeypatch.setattr(h, "_transaction", lambda: commits.append(1) or real())
+    made = h.add_many(items)
+    assert len(commits) == 2 and sorted(e.prompt for e in h.list()) == ["p0", "p1", "p2"]
+    assert sorted(p.name for p in h.files.iterdir()) == sorted(e.files[0] for e in made)
+    broken = [(h.new_entry("generate", "demo", "z-image", {}, 1, prompt=f"q{k}"), [b"png"]) for k in range(2)]
+    monkeypatch.setattr(hist, "write_synced", lambda path, data: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        h.add_many(broken)
+    assert sorted(e.prompt for e in h.list()) == ["p0", "p1", "p2"] and h.integrity() == "ok"
+    assert sorted(p.name for p in h.files.iterdir()) == sorted(e.files[0] for e in made)
+
+
 def test_the_history_schema_is_versioned(tmp_path):
     from llmdit_cli.errors import LlmditError
     from llmdit_cli.history import SCHEMA_VERSION, History

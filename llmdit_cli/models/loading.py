@@ -77,12 +77,17 @@ class ModelHandle:
         return self.family.defaults(self.variant)
 
     def identity(self, component: str) -> dict[str, Any]:
-        return {
-            "model": self.ref,
-            "revision": self.revision,
-            f"{component}_config": config_hash(self.folder, component),
-            f"{component}_weights": weights_fingerprint(self.folder, component),
-        }
+        """What a stage file records of the component that made it; read once per handle (it
+        hashes a MiB of weights, and a server asks per request)."""
+        key = f"identity/{component}"
+        if key not in self._keys:
+            self._keys[key] = {
+                "model": self.ref,
+                "revision": self.revision,
+                f"{component}_config": config_hash(self.folder, component),
+                f"{component}_weights": weights_fingerprint(self.folder, component),
+            }
+        return dict(self._keys[key])
 
     def weights_key(self, component: str) -> str:
         """A stricter identity of a component's weights and tokenizer for caches: every weights

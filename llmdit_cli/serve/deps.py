@@ -32,8 +32,18 @@ class ServerState:
 
     def record(self, task: str, settings: dict[str, Any], files: list[bytes] = (), **fields: Any):
         """Add an entry to the history (the served model, its family), committed before the client hears of it."""
-        handle = self.engine.model(self.cfg.settings.base())[0]
-        return self.history.add(task, self.cfg.model, handle.family.name, settings, files, **fields)
+        return self.record_many([(task, settings, list(files), fields)])[0]
+
+    def record_many(self, items: list[tuple[str, dict[str, Any], list[bytes], dict[str, Any]]]) -> list:
+        """`record` for several entries (task, settings, files, fields) in one history write."""
+        family = self.engine.model(self.cfg.settings.base())[0].family.name
+        new = self.history.new_entry
+        return self.history.add_many(
+            [
+                (new(task, self.cfg.model, family, settings, len(files), **fields), files)
+                for task, settings, files, fields in items
+            ]
+        )
 
 
 def server(request: Request) -> ServerState:

@@ -18,7 +18,7 @@ from llmdit_cli.serve.checks import check_llmdit, check_prompts, pop_seed
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.deps import ServerState, documented, form_body, holding, json_body, run_job
 from llmdit_cli.serve.settings import GENERATE_EXTRA, GENERATE_SECTIONS, ApiError, parse_image_size
-from llmdit_cli.serve.work import GroupReport, Job, JobReport
+from llmdit_cli.serve.work import Cancelled, GroupReport, Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
 router = APIRouter()
@@ -139,18 +139,13 @@ class ImageWork:
         self.batch_key = batch_key(req) if req.mode == "txt2img" else None
 
     def __call__(self, job: Job):
-        return self.finish(job, self.make([self], JobReport(job, log.info))[0])
+        kind, value = self.finish([job], self.make([self], JobReport(job, log.info)))[0]
+        if kind == "exception":
+            raise value
+        return value
 
     def run_together(self, jobs: list[Job]) -> list[tuple[str, Any]]:
-        works = [job.work for job in jobs]
-        made = self.make(works, GroupReport(jobs, log.info))
-        outcomes: list[tuple[str, Any]] = []
-        for job, w, results in zip(jobs, works, made):
-            try:
-                outcomes.append(("result", w.finish(job, results)))
-            except BaseException as exc:  # noqa: BLE001 - this request gets it; the others go on
-                outcomes.append(("exception", exc))
-        return outcomes
+        return self.finish(jobs, self.make([job.work for job in jobs], GroupReport(jobs, log.info)))
 
     def make(self, works: list[ImageWork], report) -> list[list]:
         state = self.state
@@ -161,20 +156,36 @@ class ImageWork:
         keep_few_lora_models(state, self.req.settings)
         return made
 
-    def finish(self, job: Job, results: list) -> Any:
-        """Record the request's images in the history; a job cancelled by now records nothing."""
+    def finish(self, jobs: list[Job], made: list[list]) -> list[tuple[str, Any]]:
+        """Record the jobs' images in the history, in one write for them all, and give each job its
+        reply ("result", ...) or ("exception", ...); a job cancelled by now records nothing."""
         from llmdit_cli.pngmeta import png_bytes
 
-        job.check()
-        cfg = self.state.cfg
-        task = "img2img" if self.req.mode == "img2img" else "generate"
-        made = []
-        for g in results:
-            record = cfg.settings.client_record(g.settings)
-            png = png_bytes(g.image, record)
-            entry = self.state.record(task, record, [png], prompt=g.prompt, seed=g.seed, parent=self.parent)
-            made.append({"png": png, "seed": g.seed, "settings": record, "history": entry.id, "file": entry.files[0]})
-        return self.wrap(made)
+        outcomes: list[tuple[str, Any] | None] = [None] * len(jobs)
+        items, owners = [], []
+        for n, (job, results) in enumerate(zip(jobs, made)):
+            if job.cancelled.is_set():
+                outcomes[n] = ("exception", Cancelled(job.label))
+                continue
+            w = job.work
+            task = "img2img" if w.req.mode == "img2img" else "generate"
+            for g in results:
+                record = w.state.cfg.settings.client_record(g.settings)
+                fields = {"prompt": g.prompt, "seed": g.seed, "parent": w.parent}
+                items.append((task, record, [png_bytes(g.image, record)], fields))
+                owners.append((n, g))
+        try:
+            entries = self.state.record_many(items) if items else []
+        except BaseException as exc:  # noqa: BLE001 - every request of the write gets it
+            return [o or ("exception", exc) for o in outcomes]
+        replies: dict[int, list] = {n: [] for n, o in enumerate(outcomes) if o is None}
+        for (n, g), entry, (_, record, files, _) in zip(owners, entries, items):
+            replies[n].append(
+                {"png": files[0], "seed": g.seed, "settings": record, "history": entry.id, "file": entry.files[0]}
+            )
+        for n, made_n in replies.items():
+            outcomes[n] = ("result", jobs[n].work.wrap(made_n))
+        return outcomes
 
 
 def remote_embeds(cfg: ServeConfig, req, engine):
