@@ -156,9 +156,9 @@ def test_prompts_only_data(tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--teacher-guidance-scale", 0], "distill.guidance_scale"),
-        (["--trajectories", 0], "distill.trajectories"),
-        (["--objective", "teach"], "train.objective"),
+        (["--teacher-guidance-scale", 0], "--teacher-guidance-scale 0.0: must be greater than 0"),
+        (["--trajectories", 0], "--trajectories 0: must be greater than or equal to 1"),
+        (["--objective", "teach"], "--objective teach: Input should be 'sft' or 'distill'"),
     ],
 )
 def test_bad_distillation_settings(cli, prompts, extra, message):
