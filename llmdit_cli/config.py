@@ -201,7 +201,7 @@ class OptimizationSettings(_Section):
     quantize: Literal["none", "8bit", "4bit"] = "none"
     transformer_file: str | None = None
     step_cache: Literal["none", "first-block"] = "none"
-    step_cache_threshold: float = Field(default=0.08, gt=0, le=1)
+    step_cache_threshold: float = Field(default=0.12, gt=0, le=1)
 
     def placement(self) -> dict[str, Any]:
         """The fields that say how a model loads and runs (`models.Placement`), without the ones

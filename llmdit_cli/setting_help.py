@@ -227,7 +227,7 @@ HELP = {
     },
     "step_cache_threshold": {
         "help": "With --step-cache: the first block's relative change under "
-        "which a step reuses the cache (default 0.08); higher is faster "
+        "which a step reuses the cache (default 0.12); higher is faster "
         "and further from uncached.",
         "panel": "Speed and memory",
     },

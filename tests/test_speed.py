@@ -282,3 +282,16 @@ generation.steps = [2, 3]
     r = cli("sweep", str(tmp_path / "b4.toml"), "-q")
     assert r.code == 0, r.stderr
     assert len((tmp_path / "runs" / "b4" / "manifest.jsonl").read_text().splitlines()) == 12
+
+
+def test_a_reusing_pass_moves_the_kept_residual_along_its_last_change():
+    import torch
+
+    from llmdit_cli.stages.step_cache import EXTRAPOLATION, _extrapolated, _PassState
+
+    state = _PassState(rest_residual=torch.full((2,), 2.0), since=1, gap=2)
+    assert torch.equal(_extrapolated(state), state.rest_residual)  # one full pass only: as kept
+    state.earlier_rest = torch.full((2,), 1.0)  # it grew by 1 over the 2 passes between the full ones
+    assert torch.allclose(_extrapolated(state), torch.full((2,), 2.0 + EXTRAPOLATION * 0.5))
+    state.earlier_rest = torch.ones(3)  # a batch of another shape (CFG truncated): as kept
+    assert torch.equal(_extrapolated(state), state.rest_residual)

@@ -48,7 +48,7 @@ FACTS = {
     "rewriter_timeout": {"default": 120.0},
     "slg": {"default": False},
     "step_cache": {"choices": ["none", "first-block"], "default": "none"},
-    "step_cache_threshold": {"default": 0.08},
+    "step_cache_threshold": {"default": 0.12},
     "strength": {"default": 0.6},
     "vae_tiling": {"default": False},
     "vl_alpha": {"default": 0.3},

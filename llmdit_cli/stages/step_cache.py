@@ -8,8 +8,11 @@ compared with the one of the last pass that ran every block:
     change = mean |r0 - r0_kept| / mean |r0_kept|
 
 Below `threshold` the other blocks return their input and the last adds the residual they made on
-that kept pass (its output - the first block's output); at or above it every block runs and both
-residuals are kept. The loop names its passes (`StepCache.pass_named`: the conditional batch, the
+that kept pass (its output - the first block's output), moved along its change since the kept pass
+before (`EXTRAPOLATION` of the way a straight line would go); at or above it every block runs and
+both residuals are kept. On the demo (30 steps, 64 px, 8 held-out images) the extrapolation took
+the worst image from 29.1 to 35.5 dB PSNR at the same passes reused (56%), and let threshold 0.12
+reuse 67% at 36.9 dB (docs/speed.md). The loop names its passes (`StepCache.pass_named`: the conditional batch, the
 negative one, the SLG pass), and each has its own kept residuals; a pass whose batch changes
 shape (CFG truncated) starts afresh.
 
@@ -30,11 +33,14 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 HOOK_NAME = "llmdit_step_cache"
 EPS = 1e-12
+# How far a reusing pass moves the kept residual along its last change (1: the straight line).
+# Damped, as the change slows over a flow-matching schedule; 0.5-0.7 measured best on the demo.
+EXTRAPOLATION = 0.7
 
 
 @dataclass(frozen=True)
 class StepCacheConfig:
-    threshold: float = 0.08
+    threshold: float = 0.12
 
     @classmethod
     def from_settings(cls, optimization) -> StepCacheConfig | None:
@@ -61,6 +67,9 @@ class _PassState:
     first_output: Any = None
     rest_residual: Any = None  # what the other blocks added on that pass
     reuse: bool = False
+    earlier_rest: Any = None  # the rest residual of the full pass before that one
+    since: int = 0  # passes since the last full one
+    gap: int = 1  # passes between the last two full ones
 
 
 @dataclass
@@ -92,10 +101,14 @@ class StepCache:
         residual = hidden_out - hidden_in
         kept = state.first_residual
         state.reuse = kept is not None and state.rest_residual is not None and self._close(residual, kept)
+        state.since += 1
         if state.reuse:
             self.reused += 1
         else:
             self.computed += 1
+            if state.rest_residual is not None:
+                state.earlier_rest, state.gap = state.rest_residual, state.since
+            state.since = 0
             state.first_residual, state.first_output, state.rest_residual = residual, hidden_out, None
         self.state = state
 
@@ -129,11 +142,19 @@ class LaterBlockHook(ModelHook):
         state = cache.state
         if state.reuse:
             hidden = io.hidden(args, kwargs)
-            return io.skipped(args, kwargs, hidden + state.rest_residual if self.last else hidden)
+            return io.skipped(args, kwargs, hidden + _extrapolated(state) if self.last else hidden)
         out = self.fn_ref.original_forward(*args, **kwargs)
         if self.last:
             state.rest_residual = io.output_hidden(out) - state.first_output
         return out
+
+
+def _extrapolated(state: _PassState):
+    """The kept rest residual, moved along its change between the last two full passes."""
+    rest, earlier = state.rest_residual, state.earlier_rest
+    if earlier is None or earlier.shape != rest.shape:
+        return rest
+    return rest + (rest - earlier) * (EXTRAPOLATION * state.since / state.gap)
 
 
 @contextmanager
