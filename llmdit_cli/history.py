@@ -222,24 +222,12 @@ class History:
         return entry
 
     @contextmanager
-    def recording(
-        self,
-        task: str,
-        model: str,
-        family: str,
-        settings: dict[str, Any],
-        n_files: int = 0,
-        prompt: str = "",
-        seed: int | None = None,
-        result: str | None = None,
-        parent: str | None = None,
-        suffix: str = ".png",
-    ) -> Iterator[Entry]:
-        """An entry, committed as `writing` on entry to the block (its id names its files and its
-        layer folder, `stack_dir`), `done` when the block ends; removed with what it wrote when
-        the block fails. The block may change `entry.settings` and `entry.result`."""
-        entry = self.new_entry(task, model, family, settings, n_files, prompt, seed, result, parent, suffix)
-        with self.recording_many([entry]):
+    def recording(self, *args: Any, **fields: Any) -> Iterator[Entry]:
+        """An entry (`new_entry`'s arguments), committed as `writing` on entry to the block (its id
+        names its files and its layer folder, `stack_dir`), `done` when the block ends; removed
+        with what it wrote when the block fails. The block may change `entry.settings` and
+        `entry.result`."""
+        with self.recording_many([self.new_entry(*args, **fields)]) as (entry,):
             yield entry
 
     @contextmanager
