@@ -1,6 +1,7 @@
 """Issue 24's speed figures on the demo model, as ratios measured in one run (A B A B ..., medians).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large ...] [--rounds 5]
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large|png-encode ...]
+        [--rounds 5]
         [--serve-requests 96]
 
 - batch: `llmdit generate --num-images 48` at 32 px, `--batch-size 1` / `--batch-size 8`, in
@@ -20,6 +21,8 @@
   denoising step: the VAE encodes it, ~30 s an image here; since 2026-12-04 strength 0 gives the
   input itself, so nothing is decoded), 2 images a round, which writes the same 1024² PNG with its
   settings.
+- png-encode: one 1024² PNG with its settings, PIL's encoder / `llmdit_cli/pngwrite.py` (on every
+  core, and on one), interleaved: time and bytes.
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
 """
@@ -253,6 +256,45 @@ def bench_png(rounds: int, out: Path, size: int = 256, images: int = 4, through_
     }
 
 
+def bench_png_encode(rounds: int, size: int = 1024) -> dict:
+    """One PNG with its settings: PIL's encoder (one thread, as `png_bytes` used) / `pngwrite`
+    (bands on every core), interleaved; medians, the ratio and both sizes. Also the run on one
+    thread (the pool limited to one worker), the slowest case of `pngwrite`."""
+    from llmdit_cli import pngwrite
+    from llmdit_cli.pngmeta import pil_png_bytes
+
+    image = _photo_like(size)
+    texts = [("llmdit", json.dumps({"prompt": PROMPT, "seed": 0})), ("parameters", PROMPT)]
+
+    def pil() -> bytes:
+        return pil_png_bytes(image, texts)
+
+    def ours() -> bytes:
+        return pngwrite.encode_png(image, texts)
+
+    def one_thread() -> bytes:
+        with pngwrite.threads_limited(1):
+            return ours()
+
+    cases = {"pil": pil, "pngwrite": ours, "pngwrite_1_thread": one_thread}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    sizes = {k: len(fn()) for k, fn in cases.items()}  # also the warm-up
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "size": size,
+        "threads": pngwrite.workers(),
+        "median_s": med,
+        "speedup": med["pil"] / med["pngwrite"],
+        "speedup_1_thread": med["pil"] / med["pngwrite_1_thread"],
+        "bytes": sizes,
+    }
+
+
 def _photo_like(size: int):
     """A deterministic image with smooth regions, edges and fine texture, as PNG-hard as a photo."""
     import numpy as np
@@ -267,7 +309,7 @@ def _photo_like(size: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large"])
+    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large", "png-encode"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument(
         "--serve-requests", type=int, default=96, help="requests per serve measurement (clients x rounds of requests)"
@@ -280,6 +322,7 @@ def main() -> None:
         "serve": lambda: bench_serve(args.rounds, args.serve_requests),
         "png": lambda: bench_png(args.rounds, out),
         "png-large": lambda: bench_png(args.rounds, out, size=1024, images=2, through_img2img=True),
+        "png-encode": lambda: bench_png_encode(max(args.rounds, 9)),
     }
     for name in args.what:
         result = benches[name]()

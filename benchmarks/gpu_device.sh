@@ -13,8 +13,12 @@
 # bnb4_probe.py and the demo's `--quantize 4bit` with CUDA_LAUNCH_BLOCKING=1 and its traceback;
 # attention = attention_probe.py (issue 27 item 7: each backend's probe, eager and compiled, and
 # what `auto` picks); offload = the `train` step with --gradient-checkpointing-offload (issue 26:
-# its peak memory beside train_adamw's). Still to run on a GPU (December 2026):
-#     GPU_DEVICE_STEPS="attention gpu_full train offload" bash benchmarks/gpu_device.sh
+# its peak memory beside train_adamw's). Run on an H200 on 2026-12-04 (benchmarks/README.md):
+#     GPU_DEVICE_STEPS="attention gpu_full train offload" bash benchmarks/gpu_device.sh   (483 s)
+#     GPU_DEVICE_DEADLINE=225 GPU_DEVICE_STEPS=gpu_full \
+#         GPU_FULL_ARGS="--roles stock,llmdit --no-backends --budget 175" bash benchmarks/gpu_device.sh  (168 s)
+# Next on a GPU: the same gpu_full call plus the compile and speed roles (default `generate` vs
+# stock after the parallel PNG encoder, ~1.01x there; --batch-size 4 with it).
 #
 # Logs and results go to $OUT as summary.md and logs.tgz (env.log, gpu_full.log, gpu_full.json,
 # train_adamw.log, gpu_check.log, train_adamw8bit.log, summary.md). Every step runs under `timeout`,
@@ -129,12 +133,14 @@ if want probe4; then
         "a red circle on a blue background" --model demo --device "$DEVICE" --quantize 4bit -o "$WORK/demo4.png"
 fi
 
-want attention && run_step attention 120 python3 benchmarks/attention_probe.py --device "$DEVICE"
+want attention && run_step attention 120 python3 benchmarks/attention_probe.py --device "$DEVICE" --cli
 [ -n "${GPU_CHECK_ONLY:-}" ] && want check && gpu_check_step
 
 if want gpu_full; then
+    # GPU_FULL_ARGS: more gpu_full.py options, e.g. "--roles stock,llmdit --no-backends"
+    read -r -a FULL_ARGS <<<"${GPU_FULL_ARGS:-}"
     run_step gpu_full 360 python3 benchmarks/gpu_full.py "${TINY[@]}" --keep --repeats 2 --budget 350 \
-        --out "$OUT/gpu_full.json"
+        --out "$OUT/gpu_full.json" "${FULL_ARGS[@]}"
     FOLDER=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["folder"])' "$OUT/gpu_full.json" 2>/dev/null)
     PROMPT=""
 elif want build || want train || want train8 || want offload || want quantize; then

@@ -587,7 +587,9 @@ class MemoModel:
     def open(self, r):
         from llmdit_cli.config import OptimizationSettings
 
-        key = repr([r[f] for f in ("model", "loras", *OptimizationSettings.model_fields)])
+        # Settings that act per run (the step cache) share the loaded model, as in `llmdit serve`.
+        fields = [f for f in OptimizationSettings.model_fields if f not in OptimizationSettings.reapplied]
+        key = repr([r[f] for f in ("model", "loras", *fields)])
         if key not in self.cache:
             self.cache[key] = self.original(r)
         return self.cache[key]
@@ -621,15 +623,28 @@ class Tee(io.TextIOBase):
         self.stream.flush()
 
 
+COMMANDS: dict = {}
+
+
+def cli_command(name: str):
+    """The click command tree of `llmdit NAME`, built once per process as the `llmdit` script
+    builds it once per run (building the whole tree on every call would add ~0.1 s an image)."""
+    if name not in COMMANDS:
+        import typer
+
+        from llmdit_cli.cli.app import build_app
+
+        COMMANDS[name] = typer.main.get_command(build_app(name))
+    return COMMANDS[name]
+
+
 def run_cli(argv: list[str], quiet_stdout: bool = True) -> None:
     """`llmdit ARGV` in this process; its one-line error becomes the exception text."""
-    from llmdit_cli.cli.app import app
-
     err = Tee(sys.stderr)
     out = io.StringIO() if quiet_stdout else sys.stdout  # generate's stdout is just the written path
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            app(args=argv, standalone_mode=False)
+            cli_command(argv[0]).main(args=argv, standalone_mode=False)
     except SystemExit as exc:
         if exc.code not in (0, None):
             lines = [ln for ln in err.text.getvalue().splitlines() if ln.strip()]
@@ -711,11 +726,22 @@ def role_llmdit(args) -> dict:
         make = lambda s: run_cli(generate_argv(args, spec, device, s, png, extra))  # noqa: E731
         return lambda: {**timed_images(make, args.repeats, device), "image": str(png)}
 
+    def per_image(png: Path, extra: list[str], images: int):
+        """Seconds per image of calls that make `images` each."""
+        make = lambda s: run_cli(generate_argv(args, spec, device, s, png, extra))  # noqa: E731
+
+        def measure():
+            timed = timed_images(make, args.repeats, device)
+            scaled = [t / images for t in timed["seconds"]]
+            return {**timed, "seconds": scaled, "median_s": statistics.median(scaled), "images_per_call": images}
+
+        return measure
+
     if args.role == "compile":
         add("llmdit generate --compile", cli(work / "llmdit_compile.png", ["--compile"]))
         return {"rows": rows}
     if args.role == "speed":
-        return role_speed(args, spec, device, work, add)
+        return role_speed(args, work, add, per_image)
     if args.role == "quantize":  # loads twice more: bitsandbytes quantizes while loading
         for bits in ("8bit", "4bit"):
             memo.release()  # each variant's peak memory without the other's weights
@@ -723,6 +749,7 @@ def role_llmdit(args) -> dict:
         return {"rows": rows}
     if not add("llmdit generate (sdpa)", cli(work / "llmdit.png", [])):
         return {"rows": rows}
+    add("llmdit generate --num-images 4 (per image)", per_image(work / "many-{index}.png", ["--num-images", "4"], 4))
     r = stage_settings(args, spec, device, memo)
     add(
         "llmdit stages (sdpa, no PNG)",
@@ -737,28 +764,21 @@ def role_llmdit(args) -> dict:
 
         return measure
 
-    for backend in DIFFUSERS_BACKENDS:
+    for backend in () if args.no_backends else DIFFUSERS_BACKENDS:
         add(f"llmdit generate + diffusers {backend}", on_backend(backend))
     return {"rows": rows}
 
 
-def role_speed(args, spec: Spec, device: str, work: Path, add) -> dict:
+def role_speed(args, work: Path, add, per_image) -> dict:
     """Issue 24 on the GPU: `--batch-size 4` (seconds per image of 4 made together), and Z-Image
     Base's settings (50 steps, CFG 4) without and with `--step-cache first-block` (PSNR between)."""
-
-    def per_image(png: Path, extra: list[str], images: int):
-        make = lambda s: run_cli(generate_argv(args, spec, device, s, png, extra))  # noqa: E731
-        timed = timed_images(make, args.repeats, device)
-        scaled = [t / images for t in timed["seconds"]]
-        return {**timed, "seconds": scaled, "median_s": statistics.median(scaled), "images_per_call": images}
-
     batch = ["--num-images", "4", "--batch-size", "4"]
-    add("llmdit generate --batch-size 4 (per image)", lambda: per_image(work / "batch4-{index}.png", batch, 4))
+    add("llmdit generate --batch-size 4 (per image)", per_image(work / "batch4-{index}.png", batch, 4))
     base = ["--steps", "50", "--guidance-scale", "4"]
     plain, cached = work / "base.png", work / "base-cached.png"
-    add("llmdit generate, Z-Image Base settings", lambda: per_image(plain, base, 1))
+    add("llmdit generate, Z-Image Base settings", per_image(plain, base, 1))
     cache = [*base, "--step-cache", "first-block"]
-    if add("llmdit generate, Base settings --step-cache first-block", lambda: per_image(cached, cache, 1)):
+    if add("llmdit generate, Base settings --step-cache first-block", per_image(cached, cache, 1)):
         rows = json.loads(Path(args.result).read_text())["rows"]
         rows[-1]["psnr_vs_uncached"] = psnr(str(plain), str(cached))
         write_json(args.result, {"rows": rows})
@@ -870,6 +890,7 @@ def run_role(role: str, args, work: Path, timeout: float, extra: list[str]) -> d
         "--repeats",
         str(args.repeats),
         *(["--tiny"] if args.tiny else []),
+        *(["--no-backends"] if args.no_backends else []),
         *extra,
     ]
     print(f"\n## {role} (timeout {timeout:.0f} s)", flush=True)
@@ -935,7 +956,7 @@ def best_attention(report: dict) -> dict | None:
 
 
 # Rows of other settings than the attention comparison's (compile, issue 24's batch and Base runs).
-SPEED_ROWS = re.compile(r"--compile|--batch-size|Base settings")
+SPEED_ROWS = re.compile(r"--compile|--batch-size|--num-images|Base settings")
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -1016,7 +1037,8 @@ def bench(args) -> dict:
         report["rows"].append({"name": "build", "ok": False, "error": f"no model folder ({report['roles']['build']})"})
     else:
         common = ["--folder", str(folder), "--prompt", build["prompt"]]
-        for role in ("stock", "llmdit", "speed", *(() if args.skip_compile else ("compile",))):
+        roles = [r for r in args.roles.split(",") if not (r == "compile" and args.skip_compile)]
+        for role in roles:
             if left(role) < 20:
                 report["rows"].append({"name": role, "ok": False, "error": "skipped: out of time budget"})
                 continue
@@ -1067,10 +1089,10 @@ def summary(args) -> None:
         if best:
             lines.append(f"| fastest llmdit attention | {best['name']} |")
         cached = next((r for r in report["rows"] if r.get("psnr_vs_uncached") is not None), None)
-    if cached:
-        print(f"--step-cache first-block vs uncached at Base settings: PSNR {cached['psnr_vs_uncached']:.1f} dB")
-    if report.get("psnr_stock_llmdit_db") is not None:
-        lines.append(f"| stock vs llmdit image, same seed | PSNR {report['psnr_stock_llmdit_db']:.1f} dB |")
+        if cached:
+            lines.append(f"| --step-cache vs uncached at Base settings | PSNR {cached['psnr_vs_uncached']:.1f} dB |")
+        if report.get("psnr_stock_llmdit_db") is not None:
+            lines.append(f"| stock vs llmdit image, same seed | PSNR {report['psnr_stock_llmdit_db']:.1f} dB |")
     else:
         lines.append("| gpu_full | no result file |")
     for path in args.train or []:
@@ -1111,6 +1133,8 @@ def parse(argv: list[str]):
     p.add_argument("--folder", help="where to save the model folder (default: /dev/shm or a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the model folder (for the training probe)")
     p.add_argument("--skip-compile", action="store_true", help="leave out the --compile variant")
+    p.add_argument("--roles", default="stock,llmdit,speed,compile", help="the timed steps after the build, in order")
+    p.add_argument("--no-backends", action="store_true", help="(llmdit) leave out diffusers' own attention backends")
     p.add_argument(
         "--role",
         default="bench",

@@ -7,6 +7,7 @@ import io
 import json
 from typing import Any
 
+from llmdit_cli import pngwrite
 from llmdit_cli.errors import InputError
 
 CHUNK = "llmdit"
@@ -33,11 +34,21 @@ def a1111_parameters(s: dict[str, Any]) -> str:
 
 
 def png_bytes(image, settings: dict[str, Any]) -> bytes:
+    """The image as PNG with its settings in two text chunks (encoded on every core where the mode
+    allows: `pngwrite`)."""
+    texts = [(CHUNK, json.dumps(settings, sort_keys=True)), ("parameters", a1111_parameters(settings))]
+    if pngwrite.encodable(image):
+        return pngwrite.encode_png(image, texts)
+    return pil_png_bytes(image, texts)
+
+
+def pil_png_bytes(image, texts: list[tuple[str, str]]) -> bytes:
+    """The image as PNG through PIL's encoder (any mode, its info chunks), with `texts`."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(CHUNK, json.dumps(settings, sort_keys=True))
-    info.add_text("parameters", a1111_parameters(settings))
+    for key, text in texts:
+        info.add_text(key, text)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()

@@ -244,6 +244,8 @@ def decode_latents(pipe, latents) -> list:
 
     vae = pipe.vae
     z = common.denormalise(vae, latents[:, :, None].to(run_device(pipe, vae), vae.dtype))
+    from llmdit_cli.stages.pixels import decoded_to_pil
+
     with torch.no_grad():
         pixels = vae.decode(z, return_dict=False)[0][:, :, 0]
-    return pipe.image_processor.postprocess(pixels, output_type="pil")
+    return decoded_to_pil(pixels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmdit_cli.stages import run_device
+from llmdit_cli.stages.pixels import decoded_to_pil
 
 
 def image_processor(pipe):
@@ -42,4 +43,4 @@ def decode_latents(pipe, latents) -> list:
     z = denormalise(vae, latents, run_device(pipe, vae))
     with torch.no_grad():
         pixels = vae.decode(z, return_dict=False)[0]
-    return image_processor(pipe).postprocess(pixels, output_type="pil")
+    return decoded_to_pil(pixels)
