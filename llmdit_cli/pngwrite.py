@@ -3,10 +3,11 @@
 PIL compresses a PNG on one thread; a 1024x1024 image took 0.20 s of an H200 machine's 1.66 s per
 `llmdit generate` image (benchmarks/README.md). Here bands of scanlines get PNG's Paeth filter
 (vectorised) and are deflated in parallel, each band primed with the 32 KiB before it, so that they
-join into one zlib stream (the method of pigz). Files come out 4-8% larger than PIL's (which picks
-a filter per line); the time at 1024² on 2 cores is 0.4 of PIL's, on one 0.65 (`bench_speed.py
-png-encode`). The bytes do not depend on the number of threads. Other modes (palette, 16-bit,
-1-bit) are left to PIL.
+join into one zlib stream (the method of pigz). Files of photographs and noisy images come out
+4-13% larger than PIL's (which picks a filter per line), smooth or flat ones about the same; at
+1024² on 2 cores it took 0.4 of PIL's time, on one 0.65 (`bench_speed.py png-encode`). The bytes do
+not depend on the number of threads. Other modes (palette, 16-bit, 1-bit), empty images and images
+carrying a colour profile or transparency are left to PIL.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ BAND_BYTES = 256 * 1024  # filtered bytes per parallel piece (about); smaller on
 WINDOW = 32 * 1024  # deflate's history: each band is primed with this much of the data before it
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0  # the process the pool's threads belong to
 _limit: int | None = None
 _pool_lock = threading.Lock()
 
 
-# Image info PIL would write as chunks of their own; such an image is left to PIL.
-PIL_CHUNKS = {"icc_profile", "transparency", "gamma", "dpi", "srgb", "chromaticity", "exif"}
+# Image info PIL's PNG encoder writes as chunks of its own (iCCP, tRNS); such an image is left to it.
+PIL_CHUNKS = {"icc_profile", "transparency"}
 
 
 def encodable(image) -> bool:
-    return image.mode in COLOUR_TYPES and not PIL_CHUNKS & set(image.info)
+    """Whether `encode_png` takes this image: 8-bit L, RGB or RGBA, not empty, no PIL_CHUNKS."""
+    return image.mode in COLOUR_TYPES and image.width > 0 and image.height > 0 and not PIL_CHUNKS & set(image.info)
 
 
 def encode_png(image, texts: list[tuple[str, str]] = ()) -> bytes:
@@ -100,30 +103,32 @@ def _deflate_band(band: bytes, primer: bytes, last: bool) -> bytes:
 
 
 def _threads() -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="png")
+        # A pool made before a fork has no threads in the child: the child makes its own.
+        if _pool is None or _pool_pid != os.getpid():
+            _pool, _pool_pid = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="png"), os.getpid()
         return _pool
 
 
 def workers() -> int:
-    """Threads the encoder uses: the cores this process may run on, at most 16."""
-    return _limit or min(16, _cores())
+    """Threads the encoder uses: the cores this process may run on, at most 16 (or the number
+    `threads_limited` sets)."""
+    return _limit if _limit is not None else min(16, _cores())
 
 
 @contextmanager
 def threads_limited(n: int):
-    """Encode with at most `n` threads inside the block (benchmarks; not thread-safe)."""
-    global _pool, _limit
-    before, previous = _pool, _limit
-    _pool, _limit = None, n
+    """Encode with `n` threads (at least 1) inside the block (benchmarks; not thread-safe)."""
+    global _pool, _pool_pid, _limit
+    saved = _pool, _pool_pid, _limit
+    _pool, _limit = None, max(1, n)
     try:
         yield
     finally:
-        if _pool is not None:
+        if _pool is not None and _pool_pid == os.getpid():
             _pool.shutdown()
-        _pool, _limit = before, previous
+        _pool, _pool_pid, _limit = saved
 
 
 def _cores() -> int:
@@ -135,8 +140,10 @@ def _cores() -> int:
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has the parent's pool object but none of its threads
+    global _pool, _pool_lock
+    # A forked child has the parent's pool object but none of its threads, and the lock as it was
+    # at the fork (held, if another thread had it then).
+    _pool, _pool_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)

@@ -363,3 +363,7 @@ def test_reflow_joins_paragraph_lines_but_keeps_lists_and_code():
         "kept\nas is",
     ]
     assert reflow("\b\nfirst\nparagraph\n\nnext").startswith("\b\nfirst\nparagraph")  # Typer's own mark
+    # An unindented line after a list goes on with the paragraph, not with the last item.
+    assert (
+        reflow("Ways:\n- one\n  more\n- two\nThen prose\ngoes on.") == "Ways:\n- one more\n- two\nThen prose goes on."
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import select
 import zlib
 
 import numpy as np
@@ -140,3 +141,47 @@ def test_same_bytes_whatever_the_thread_count():
         one = pngwrite.encode_png(image, [("k", "v")])
     assert one == many
     assert pngwrite.workers() >= 1
+
+
+def test_empty_images_are_left_to_pil():
+    for size in ((5, 0), (0, 5), (0, 0)):
+        assert not pngwrite.encodable(Image.new("RGB", size))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_child_forked_inside_a_thread_limit_encodes_after_it():
+    """Leaving `threads_limited` in a forked child must not hand it back the parent's pool."""
+    image = Image.fromarray(photo_like(600, 500, 3))
+    pngwrite.encode_png(image)
+    read, write = os.pipe()
+    with pngwrite.threads_limited(2):
+        pid = os.fork()
+    if pid == 0:  # the child: encode after the block, report, and leave without pytest's cleanup
+        try:
+            ok = np.array_equal(np.asarray(decoded(pngwrite.encode_png(image))), np.asarray(image))
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], 60)
+    answer = os.read(read, 1) if ready else b""
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+
+
+def test_decoded_pixels_nan_grey_and_rgba_as_diffusers():
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    from llmdit_cli.stages.pixels import decoded_to_pil
+
+    processor = VaeImageProcessor(vae_scale_factor=16)
+    for channels in (1, 4):
+        pixels = torch.rand(2, channels, 6, 9, generator=torch.Generator().manual_seed(channels)) * 2 - 1
+        ours, theirs = decoded_to_pil(pixels), processor.postprocess(pixels, output_type="pil")
+        assert [im.mode for im in ours] == [im.mode for im in theirs]
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, theirs))
+    nan = torch.full((1, 3, 4, 4), float("nan"))
+    assert np.asarray(decoded_to_pil(nan)[0]).max() == 0

@@ -294,6 +294,11 @@ def test_several_recipes_and_quick_smoke_runs(cli, tmp_path):
     assert len(quick_a) == 4 and {x["prompt"] for x in quick_a} == {"x"} and {x["seed"] for x in quick_a} == {1}
     assert len(quick_b) == 2 and {x["settings"]["steps"] for x in quick_b} == {2}  # steps: no axis, at most 2
     assert not (tmp_path / "runs" / "a").exists()
+    # Rerunning a quick run from the recipe it saved finds the same folder (not a-quick-quick).
+    again = cli("sweep", tmp_path / "runs" / "a-quick" / "recipe.toml", "--quick", "-q")
+    assert again.code == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-quick", "b-quick"]
+    assert len(records(tmp_path / "runs" / "a-quick")) == 4
     assert_one_line_error(cli("sweep", a, b, "-o", "one"), "-o names one run folder")
     assert_one_line_error(cli("sweep", a, tmp_path / "missing.toml"), "missing.toml")
     assert not (tmp_path / "runs" / "a").exists()  # every recipe is read before anything runs

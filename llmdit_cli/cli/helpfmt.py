@@ -55,8 +55,10 @@ def _joined(para: str) -> str:
         item = _ITEM.match(line)
         kind = "item" if item else "code" if _CODE.match(line) else "text"
         indent = len(line) - len(line.lstrip())
+        # Prose joins prose; an item takes only lines indented to its text (an unindented line
+        # after a list is the paragraph going on, not the last item).
         joins = kinds and (
-            (kind == "text" and kinds[-1] != "code") or (kind == "code" and kinds[-1] == "item" and indent == text_at)
+            (kind == "text" and kinds[-1] == "text") or (kind == "code" and kinds[-1] == "item" and indent == text_at)
         )
         if joins:
             lines[-1] = f"{lines[-1].rstrip()} {line.strip()}"

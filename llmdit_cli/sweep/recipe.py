@@ -117,15 +117,19 @@ def quick(recipe: Recipe, output: str | None = None) -> Recipe:
     base = dict(recipe.base)
     if "generation.steps" not in recipe.grid and "generation.steps" not in recipe.zip:
         base["generation.steps"] = min(base.get("generation.steps") or QUICK_STEPS, QUICK_STEPS)
-    name = f"{recipe.name}-quick"
     return replace(
         recipe,
-        name=name,
+        name=_quick_name(recipe.name),
         prompts=recipe.prompts[:1],
         seeds=recipe.seeds[:1],
         base=base,
-        output=output or f"{recipe.output.rstrip('/')}-quick",
+        output=output or _quick_name(recipe.output.rstrip("/")),
     )
+
+
+def _quick_name(name: str) -> str:
+    """NAME-quick; a quick run's own saved recipe (`runs/NAME-quick/recipe.toml`) keeps its name."""
+    return name if name.endswith("-quick") else f"{name}-quick"
 
 
 def load(path: str, model: str | None = None, output: str | None = None) -> Recipe:
