@@ -25,6 +25,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from llmdit_cli import pngwrite
 from llmdit_cli.artifacts import _umask, write_bytes_atomic
 from llmdit_cli.errors import InputError, UsageError
 
@@ -49,6 +50,10 @@ def sha256_of(data: bytes) -> str:
 
 
 def plain_png_bytes(image) -> bytes:
+    """The image as PNG without settings: on every core where `pngwrite` takes it (layers are
+    RGBA), else through PIL."""
+    if pngwrite.encodable(image):
+        return pngwrite.encode_png(image)
     buf = BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
