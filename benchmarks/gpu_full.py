@@ -324,6 +324,34 @@ def timed_images(make, repeats: int, device: str) -> dict:
     return {"ok": True, "seconds": seconds, "median_s": statistics.median(seconds), "peak_gib": peak_gib(device)}
 
 
+def print_profile(name: str, make, seed: int, device: str) -> None:
+    """`make(seed)` once more under cProfile and torch.profiler: where the host's time goes (the
+    Python functions) and the device's (the kernels), printed for the log (`--profile`)."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    sync(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        make(seed)
+        sync(device)
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(f"\n## profile: {name}, torch.profiler by {key}\n{prof.key_averages().table(sort_by=key, row_limit=20)}")
+    host = cProfile.Profile()
+    sync(device)
+    host.enable()
+    make(seed)
+    sync(device)
+    host.disable()
+    text = io.StringIO()
+    pstats.Stats(host, stream=text).sort_stats("tottime").print_stats(25)
+    print(f"## profile: {name}, Python functions by own time\n{text.getvalue()}", flush=True)
+
+
 def failure(exc: BaseException) -> dict:
     lines = str(exc).strip().splitlines()
     text = (lines[0] if lines else type(exc).__name__).replace(" (set LLMDIT_DEBUG=1 for the traceback)", "")
@@ -569,6 +597,8 @@ def role_stock(args) -> dict:
     images["last"].save(png)
     row.update(name="stock ZImagePipeline", image=str(png), png_s=time.perf_counter() - start)
     row["pngwrite_s"] = pngwrite_seconds(images["last"])
+    if args.profile:  # after the image is saved: it is compared with llmdit's of the same seed
+        print_profile("stock ZImagePipeline", make, 9, device)
     return {"rows": [row]}
 
 
@@ -766,6 +796,9 @@ def role_llmdit(args) -> dict:
         return {"rows": rows}
     if not add("llmdit generate (sdpa)", cli(work / "llmdit.png", [])):
         return {"rows": rows}
+    if args.profile:
+        make = lambda s: run_cli(generate_argv(args, spec, device, s, work / "profiled.png", []))  # noqa: E731
+        print_profile("llmdit generate", make, 9, device)
     add("llmdit generate --num-images 4 (per image)", per_image(work / "many-{index}.png", ["--num-images", "4"], 4))
     r = stage_settings(args, spec, device, memo)
     add(
@@ -908,6 +941,7 @@ def run_role(role: str, args, work: Path, timeout: float, extra: list[str]) -> d
         str(args.repeats),
         *(["--tiny"] if args.tiny else []),
         *(["--no-backends"] if args.no_backends else []),
+        *(["--profile"] if args.profile else []),
         *extra,
     ]
     print(f"\n## {role} (timeout {timeout:.0f} s)", flush=True)
@@ -1155,6 +1189,7 @@ def parse(argv: list[str]):
     p.add_argument("--skip-compile", action="store_true", help="leave out the --compile variant")
     p.add_argument("--roles", default="stock,llmdit,speed,compile", help="the timed steps after the build, in order")
     p.add_argument("--no-backends", action="store_true", help="(llmdit) leave out diffusers' own attention backends")
+    p.add_argument("--profile", action="store_true", help="(stock, llmdit) print where one more image's time goes")
     p.add_argument(
         "--role",
         default="bench",

@@ -33,6 +33,7 @@ def tiny_run(tmp_path_factory):
         str(tmp / "work"),
         "--out",
         str(out),
+        "--profile",
     ]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -43,12 +44,21 @@ def test_prints_its_table(tiny_run):
     stdout, _ = tiny_run
     assert "| variant | s / image | peak GiB | vs stock | util (datasheet) | util (measured) |" in stdout
     assert "| stock ZImagePipeline |" in stdout and "| llmdit generate (sdpa) |" in stdout
+    # --profile: one more image of each under torch.profiler and cProfile, for the log
+    for name in ("stock ZImagePipeline", "llmdit generate"):
+        assert f"## profile: {name}, torch.profiler" in stdout and f"## profile: {name}, Python functions" in stdout
+    assert "writing one such image as PNG with PIL" in stdout and "llmdit's encoder" in stdout
 
 
 def test_stock_and_llmdit_make_images_with_sane_numbers(tiny_run):
     _, report = tiny_run
     rows = {row["name"]: row for row in report["rows"]}
-    for name in ("stock ZImagePipeline", "llmdit generate (sdpa)", "llmdit stages (sdpa, no PNG)"):
+    for name in (
+        "stock ZImagePipeline",
+        "llmdit generate (sdpa)",
+        "llmdit generate --num-images 4 (per image)",
+        "llmdit stages (sdpa, no PNG)",
+    ):
         row = rows[name]
         assert row["ok"], row
         assert row["median_s"] > 0 and row["peak_gib"] > 0 and len(row["seconds"]) == 1
