@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import tempfile
 import time
 
@@ -56,7 +57,7 @@ def cli_row(argv: list[str], device: str) -> str:
             code, err = "exception", io.StringIO(f"{type(exc).__name__}: {exc}")
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     said = next((ln for ln in lines if ln.startswith("attention:")), lines[-1] if lines else "(nothing on stderr)")
-    return f"| {' '.join(argv)} | {code} | {time.perf_counter() - start:.1f} s | {said[:160]} |"
+    return f"| {' '.join(argv)} | {code} | {time.perf_counter() - start:.1f} s | {said[:300]} |"
 
 
 def main() -> None:
@@ -85,6 +86,7 @@ def main() -> None:
         why = "; ".join(f"{n}: {render(p)}" for n, p in passed_over.items())
         print(f"auto{' with --compile' if compile else ''}: {chosen or 'sdpa (the default)'} ({why})")
     if args.cli:
+        os.environ["COLUMNS"] = "400"  # llmdit's log lines unwrapped (Rich wraps at 80 off a terminal)
         print("\n| llmdit generate --model demo ... | exit | took | attention line or last line |")
         print("| --- | --- | --- | --- |")
         # auto; each optional backend that passed its probes (it must run); one that failed (it
