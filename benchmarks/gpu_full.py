@@ -602,13 +602,11 @@ def role_stock(args) -> dict:
     return {"rows": [row]}
 
 
-def pngwrite_seconds(image) -> float | None:
+def pngwrite_seconds(image) -> float:
     """Median of 3: the same image with llmdit's settings chunks through `pngmeta.png_bytes` (the
     parallel encoder), as every `llmdit generate` row writes it."""
-    try:
-        from llmdit_cli.pngmeta import png_bytes
-    except ImportError:
-        return None
+    from llmdit_cli.pngmeta import png_bytes
+
     settings = {"prompt": "x" * 1000, "seed": 0, "steps": 8, "width": image.width, "height": image.height}
     times = []
     for _ in range(3):

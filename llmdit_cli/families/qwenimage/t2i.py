@@ -241,11 +241,10 @@ def decode_latents(pipe, latents) -> list:
     import torch
 
     from llmdit_cli.stages import run_device
+    from llmdit_cli.stages.pixels import decoded_to_pil
 
     vae = pipe.vae
     z = common.denormalise(vae, latents[:, :, None].to(run_device(pipe, vae), vae.dtype))
-    from llmdit_cli.stages.pixels import decoded_to_pil
-
     with torch.no_grad():
         pixels = vae.decode(z, return_dict=False)[0][:, :, 0]
     return decoded_to_pil(pixels)
