@@ -1,6 +1,6 @@
 """Issue 24's speed figures on the demo model, as ratios measured in one run (A B A B ..., medians).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large|png-encode ...]
+    OMP_NUM_THREADS=1 python benchmarks/bench_speed.py [batch|cache|serve|png|png-large|png-encode|fp8 ...]
         [--rounds 5]
         [--serve-requests 96]
 
@@ -23,6 +23,11 @@
   settings.
 - png-encode: one 1024² PNG with its settings, PIL's encoder / `llmdit_cli/pngwrite.py` (on every
   core, and on one), interleaved: time and bytes.
+- fp8: what `--quantize fp8` costs in pixels and saves in memory (its speed needs a GPU with float8
+  tensor cores: `gpu_full.py --roles ...,fp8`). The demo, 8 seeds: PSNR against the float32 image
+  of `--dtype bfloat16` (what a GPU runs, for scale), of `--quantize fp8`, and of both against
+  bfloat16 alone; and the bytes of the full-size Z-Image DiT's weights in bf16 and with float8
+  blocks (built on the meta device, nothing allocated).
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
 """
@@ -295,6 +300,53 @@ def bench_png_encode(rounds: int, size: int = 1024) -> dict:
     }
 
 
+def bench_fp8(out: Path, seeds: int = 8) -> dict:
+    base = ["generate", PROMPT, "--model", "demo", "--seed", "1", "--num-images", str(seeds), "-q"]
+    variants = {
+        "float32": [],
+        "bfloat16": ["--dtype", "bfloat16"],
+        "fp8": ["--quantize", "fp8"],
+        "fp8 bfloat16": ["--quantize", "fp8", "--dtype", "bfloat16"],
+    }
+    for k, flags in enumerate(variants.values()):
+        run_cli(*base, *flags, "-o", str(out / f"f{k}" / "{index}.png"))
+
+    def psnrs(a: int, b: int) -> dict:
+        values = [psnr(out / f"f{a}" / f"{i}.png", out / f"f{b}" / f"{i}.png") for i in range(seeds)]
+        return {"median": statistics.median(values), "min": min(values)}
+
+    return {
+        "psnr_db": {
+            "bfloat16 vs float32": psnrs(0, 1),
+            "fp8 vs float32": psnrs(0, 2),
+            "fp8 bfloat16 vs bfloat16": psnrs(1, 3),
+        },
+        "full_size_dit_gib": _full_size_dit_gib(),
+    }
+
+
+def _full_size_dit_gib() -> dict:
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from llmdit_cli.models.float8 import quantize_float8
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gpu_full import full_spec
+
+    def gib(model) -> float:
+        tensors = [*model.parameters(), *model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16, as loaded for a GPU
+    with torch.device("meta"):
+        dit = ZImageTransformer2DModel(**full_spec().transformer)
+    torch.set_default_dtype(torch.float32)
+    bf16 = gib(dit)
+    layers = quantize_float8(dit)
+    return {"bfloat16": bf16, "fp8 blocks": gib(dit), "layers in float8": layers}
+
+
 def _photo_like(size: int):
     """A deterministic image with smooth regions, edges and fine texture, as PNG-hard as a photo."""
     import numpy as np
@@ -309,7 +361,7 @@ def _photo_like(size: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large", "png-encode"])
+    p.add_argument("what", nargs="*", default=["batch", "cache", "serve", "png", "png-large", "png-encode", "fp8"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument(
         "--serve-requests", type=int, default=96, help="requests per serve measurement (clients x rounds of requests)"
@@ -323,6 +375,7 @@ def main() -> None:
         "png": lambda: bench_png(args.rounds, out),
         "png-large": lambda: bench_png(args.rounds, out, size=1024, images=2, through_img2img=True),
         "png-encode": lambda: bench_png_encode(max(args.rounds, 9)),
+        "fp8": lambda: bench_fp8(out),
     }
     for name in args.what:
         result = benches[name]()

@@ -17,10 +17,12 @@
 #     GPU_DEVICE_STEPS="attention gpu_full train offload" bash benchmarks/gpu_device.sh   (483 s)
 #     GPU_DEVICE_DEADLINE=225 GPU_DEVICE_STEPS=gpu_full \
 #         GPU_FULL_ARGS="--roles stock,llmdit --no-backends --budget 175" bash benchmarks/gpu_device.sh  (168 s)
-# Next on a GPU: the same gpu_full call plus the compile and speed roles and --profile (default
+# Next on a GPU: the same gpu_full call plus the compile and fp8 roles and --profile (default
 # `generate` was 1.01x stock after the parallel PNG encoder; --profile prints where one more image's
-# host and kernel time goes, for stock and llmdit, to find the rest):
-#     GPU_DEVICE_STEPS=gpu_full GPU_FULL_ARGS="--roles stock,llmdit,compile --no-backends --profile" \
+# host and kernel time goes, for stock and llmdit, to find the rest; fp8 times `--quantize fp8`,
+# eager and compiled, the candidate for the best configuration, with its PSNR against bf16):
+#     GPU_DEVICE_DEADLINE=420 GPU_DEVICE_STEPS=gpu_full \
+#         GPU_FULL_ARGS="--roles stock,llmdit,compile,fp8 --no-backends --profile" \
 #         bash benchmarks/gpu_device.sh
 #
 # Logs and results go to $OUT as summary.md and logs.tgz (env.log, gpu_full.log, gpu_full.json,

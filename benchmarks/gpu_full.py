@@ -30,6 +30,8 @@ Steps, each in its own process under a timeout (a crash or a hung kernel loses o
    the lent machines, so `sdpa` is the best that `--attention-backend` offers there.
 4. compile: the same CLI call with `--compile` (regional torch.compile of the repeated blocks);
    the warm-up image pays the compilation.
+5. fp8 (in --roles when asked for): `--quantize fp8` (float8 weights and matmuls in the DiT's
+   blocks), eager and with `--compile`, each with its PSNR against the bf16 `llmdit generate` image.
 
 Each timed variant makes one warm-up image, then --repeats images (median reported). Peak memory is
 torch.cuda.max_memory_allocated() from just before the variant's warm-up, so it includes the
@@ -174,7 +176,7 @@ def full_spec() -> Spec:
         steps=8,
         caption_tokens=256,
         approx_bytes=21 * 10**9,
-        timeouts=dict(build=240, stock=180, llmdit=240, speed=240, compile=300),
+        timeouts=dict(build=240, stock=180, llmdit=240, speed=240, compile=300, fp8=360),
     )
 
 
@@ -192,7 +194,7 @@ def tiny_spec() -> Spec:
         steps=2,
         caption_tokens=64,
         approx_bytes=10**7,
-        timeouts=dict(build=120, stock=120, llmdit=180, speed=120, compile=300),
+        timeouts=dict(build=120, stock=120, llmdit=180, speed=120, compile=300, fp8=300),
     )
 
 
@@ -787,11 +789,8 @@ def role_llmdit(args) -> dict:
         return {"rows": rows}
     if args.role == "speed":
         return role_speed(args, work, add, per_image)
-    if args.role == "quantize":  # loads twice more: bitsandbytes quantizes while loading
-        for bits in ("8bit", "4bit"):
-            memo.release()  # each variant's peak memory without the other's weights
-            add(f"llmdit generate --quantize {bits}", cli(work / f"llmdit_{bits}.png", ["--quantize", bits]))
-        return {"rows": rows}
+    if args.role in ("fp8", "quantize"):
+        return role_quantized(args, work, add, cli, memo)
     if not add("llmdit generate (sdpa)", cli(work / "llmdit.png", [])):
         return {"rows": rows}
     if args.profile:
@@ -831,6 +830,28 @@ def role_speed(args, work: Path, add, per_image) -> dict:
         rows[-1]["psnr_vs_uncached"] = psnr(str(plain), str(cached))
         write_json(args.result, {"rows": rows})
     return json.loads(Path(args.result).read_text())
+
+
+def role_quantized(args, work: Path, add, cli, memo) -> dict:
+    """quantize: bitsandbytes `--quantize 8bit` and `4bit` (each loads again: bitsandbytes quantizes
+    while loading). fp8: `--quantize fp8` (float8 blocks), eager and with `--compile`. Each with
+    its PSNR against the bf16 image of the llmdit role (same seed)."""
+    if args.role == "quantize":
+        variants = [["--quantize", "8bit"], ["--quantize", "4bit"]]
+    else:
+        variants = [["--quantize", "fp8"], *([] if args.skip_compile else [["--quantize", "fp8", "--compile"]])]
+    images = {}
+    for extra in variants:
+        memo.release()  # each variant's peak memory without the other's weights
+        name = "llmdit generate " + " ".join(extra)
+        images[name] = work / ("llmdit_" + "_".join(e.lstrip("-") for e in extra[1:]) + ".png")
+        add(name, cli(images[name], extra))
+    rows = json.loads(Path(args.result).read_text())["rows"]
+    for row in rows:
+        if row.get("ok") and row["name"] in images:
+            row["psnr_vs_bf16"] = psnr(str(work / "llmdit.png"), str(images[row["name"]]))
+    write_json(args.result, {"rows": rows})
+    return {"rows": rows}
 
 
 # -- role: train -----------------------------------------------------------------------------------
@@ -939,6 +960,7 @@ def run_role(role: str, args, work: Path, timeout: float, extra: list[str]) -> d
         str(args.repeats),
         *(["--tiny"] if args.tiny else []),
         *(["--no-backends"] if args.no_backends else []),
+        *(["--skip-compile"] if args.skip_compile else []),
         *(["--profile"] if args.profile else []),
         *extra,
     ]
@@ -1005,7 +1027,7 @@ def best_attention(report: dict) -> dict | None:
 
 
 # Rows of other settings than the attention comparison's (compile, issue 24's batch and Base runs).
-SPEED_ROWS = re.compile(r"--compile|--batch-size|--num-images|Base settings")
+SPEED_ROWS = re.compile(r"--compile|--batch-size|--num-images|Base settings|--quantize")
 
 
 def fmt(value, spec: str = ".3f") -> str:
@@ -1057,6 +1079,8 @@ def print_report(report: dict) -> None:
     cached = next((r for r in report["rows"] if r.get("psnr_vs_uncached") is not None), None)
     if cached:
         print(f"--step-cache first-block vs uncached at Base settings: PSNR {cached['psnr_vs_uncached']:.1f} dB")
+    for row in (r for r in report["rows"] if r.get("psnr_vs_bf16") is not None):
+        print(f"{row['name']} vs the bf16 `llmdit generate` image: PSNR {row['psnr_vs_bf16']:.1f} dB")
     if report.get("psnr_stock_llmdit_db") is not None:
         print(f"stock vs llmdit image, same seed: PSNR {report['psnr_stock_llmdit_db']:.1f} dB")
 
@@ -1143,6 +1167,8 @@ def summary(args) -> None:
         cached = next((r for r in report["rows"] if r.get("psnr_vs_uncached") is not None), None)
         if cached:
             lines.append(f"| --step-cache vs uncached at Base settings | PSNR {cached['psnr_vs_uncached']:.1f} dB |")
+        for row in (r for r in report["rows"] if r.get("psnr_vs_bf16") is not None):
+            lines.append(f"| {row['name']} vs the bf16 image | PSNR {row['psnr_vs_bf16']:.1f} dB |")
         if report.get("psnr_stock_llmdit_db") is not None:
             lines.append(f"| stock vs llmdit image, same seed | PSNR {report['psnr_stock_llmdit_db']:.1f} dB |")
     else:
@@ -1184,14 +1210,26 @@ def parse(argv: list[str]):
     p.add_argument("--budget", type=float, help="seconds for the whole benchmark; later steps are skipped")
     p.add_argument("--folder", help="where to save the model folder (default: /dev/shm or a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the model folder (for the training probe)")
-    p.add_argument("--skip-compile", action="store_true", help="leave out the --compile variant")
+    p.add_argument("--skip-compile", action="store_true", help="leave out the --compile variants")
     p.add_argument("--roles", default="stock,llmdit,speed,compile", help="the timed steps after the build, in order")
     p.add_argument("--no-backends", action="store_true", help="(llmdit) leave out diffusers' own attention backends")
     p.add_argument("--profile", action="store_true", help="(stock, llmdit) print where one more image's time goes")
     p.add_argument(
         "--role",
         default="bench",
-        choices=["bench", "build", "stock", "llmdit", "compile", "speed", "quantize", "train", "dataset", "summary"],
+        choices=[
+            "bench",
+            "build",
+            "stock",
+            "llmdit",
+            "compile",
+            "speed",
+            "fp8",
+            "quantize",
+            "train",
+            "dataset",
+            "summary",
+        ],
     )
     p.add_argument("--result", help="(roles) JSON result file; (summary) the benchmark's JSON")
     p.add_argument("--work", help="folder for the images and per-step results (default: a temp dir)")
@@ -1216,6 +1254,7 @@ def main() -> None:
         "llmdit": role_llmdit,
         "compile": role_llmdit,
         "speed": role_llmdit,
+        "fp8": role_llmdit,
         "quantize": role_llmdit,
         "dataset": role_dataset,
     }

@@ -198,7 +198,7 @@ class OptimizationSettings(_Section):
     vae_tiling: bool = False
     vae_tile_size: int | None = Field(default=None, ge=64)  # pixels; None: the VAE's own (at least 256)
     vae_tile_overlap: float | None = Field(default=None, ge=0, le=0.5)  # None: diffusers' 0.25
-    quantize: Literal["none", "8bit", "4bit"] = "none"
+    quantize: Literal["none", "8bit", "4bit", "fp8"] = "none"
     transformer_file: str | None = None
     step_cache: Literal["none", "first-block"] = "none"
     step_cache_threshold: float = Field(default=0.12, gt=0, le=1)

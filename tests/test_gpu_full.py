@@ -5,6 +5,7 @@ that runs on a lent GPU has been exercised before it gets there."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ def tiny_run(tmp_path_factory):
         str(ROOT / "benchmarks" / "gpu_full.py"),
         "--tiny",
         "--skip-compile",
+        "--roles",
+        "stock,llmdit,speed,fp8",
         "--repeats",
         "1",
         "--folder",
@@ -68,6 +71,17 @@ def test_stock_and_llmdit_make_images_with_sane_numbers(tiny_run):
         assert rows[name]["image_std"] > 0
     # Same seed, same arithmetic: llmdit reproduces the stock pipeline's image.
     assert report["psnr_stock_llmdit_db"] > 40
+
+
+def test_fp8_row_has_its_distance_from_the_bf16_image(tiny_run):
+    stdout, report = tiny_run
+    rows = {row["name"]: row for row in report["rows"]}
+    row = rows["llmdit generate --quantize fp8"]
+    assert row["ok"], row
+    # float8 changes the image a little, not into another one
+    assert 25 < row["psnr_vs_bf16"] < math.inf
+    assert "llmdit generate --quantize fp8 --compile" not in rows  # --skip-compile
+    assert "llmdit generate --quantize fp8 vs the bf16 `llmdit generate` image: PSNR" in stdout
 
 
 def test_flop_count_matches_the_formula(tiny_run):

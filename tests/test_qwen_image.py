@@ -204,3 +204,13 @@ def test_readme_block_runs_as_written(cli, qwen_t2i, tmp_path):
         assert r.code == 0, (command, r.stderr[-2000:])
     assert max_diff("qwen.png", "qwen-again.png") == 0
     assert max_diff("qwen.png", "one-pass.png") > 0
+
+
+def test_fp8_runs_on_qwen_image_and_stays_close(cli, qwen_t2i):
+    """--quantize fp8 on a Qwen-Image transformer: every block layer but the modulation in float8
+    (tests/test_float8.py checks which), the image close to the unquantized one."""
+    from helpers import psnr
+
+    generate(cli, qwen_t2i, "plain.png")
+    generate(cli, qwen_t2i, "f8.png", "--quantize", "fp8")
+    assert 25 < psnr("plain.png", "f8.png") < float("inf")

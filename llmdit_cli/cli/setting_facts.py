@@ -44,7 +44,7 @@ FACTS = {
         "default": "truncate",
     },
     "max_length": {"default": 512},
-    "quantize": {"choices": ["none", "8bit", "4bit"], "default": "none"},
+    "quantize": {"choices": ["none", "8bit", "4bit", "fp8"], "default": "none"},
     "rewriter_timeout": {"default": 120.0},
     "slg": {"default": False},
     "step_cache": {"choices": ["none", "first-block"], "default": "none"},

@@ -1,5 +1,5 @@
 """Models by concern: `refs` (references, Hub lookup, identities), `placement` (dtype, devices,
-offload), `optimise` (attention backends, compile, VAE tiling, quantization), `lora_stack`
+offload), `optimise` (attention backends, compile, VAE tiling, quantization), `float8` (`--quantize fp8`), `lora_stack`
 (LoRA specs), `loading` (`ModelHandle`: components loaded on first use). Families and their
 defaults are in `llmdit_cli.families`."""
 

@@ -222,6 +222,12 @@ class ModelHandle:
 
     def _place(self, pipe, new: set) -> None:
         pl = self.placement
+        if "transformer" in new and pl.quantize == "fp8":
+            from llmdit_cli.models.float8 import quantize_float8
+
+            # Before offload hooks wrap the layers; straight on the GPU when it is the transformer's
+            # home, so the full-precision weights never sit there whole.
+            quantize_float8(pipe.transformer, "cpu" if pl.cpu_offload != "none" else pl.device_for("transformer"))
         if "vae" in new and pl.vae_tiling:
             enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor, pl.vae_tile_size, pl.vae_tile_overlap)
         if "transformer" in new:

@@ -184,8 +184,9 @@ BNB4_WIDTH_MULTIPLE = 8
 
 def quantization_config(quantize: str, dtype, targets: list[str], transformer_skip: list[str] = ()) -> dict[str, Any]:
     """from_pretrained arguments that load `targets` with bitsandbytes 8-bit or 4-bit (NF4) weights;
-    the transformer's modules named in `transformer_skip` are left unquantized."""
-    if quantize == "none" or not targets:
+    the transformer's modules named in `transformer_skip` are left unquantized. (fp8 is applied
+    after loading: `models.float8`.)"""
+    if quantize not in ("8bit", "4bit") or not targets:
         return {}
     from diffusers.quantizers import PipelineQuantizationConfig
 

@@ -76,7 +76,9 @@ class Placement:
                 f"{setting('optimization.cpu_offload')} {self.cpu_offload}: needs a CUDA GPU (it moves "
                 f"components between CPU and GPU); none is in use here, so leave it at none"
             )
-        if self.quantize != "none":
+        if self.quantize == "fp8":
+            self._validate_float8()
+        elif self.quantize != "none":
             flag = setting("optimization.quantize")
             if not cuda:
                 raise UsageError(
@@ -84,6 +86,25 @@ class Placement:
                 )
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise UsageError(f"{flag} {self.quantize}: needs bitsandbytes (pip install 'llmdit[quant]')")
+
+    def _validate_float8(self) -> None:
+        """float8 matmuls must run where the transformer runs (tried once on a small layer)."""
+        from llmdit_cli.models.float8 import float8_problem
+
+        flag = setting("optimization.quantize")
+        if self.transformer_file and self.transformer_file.lower().endswith(".gguf"):
+            raise UsageError(
+                f"{flag} fp8: the transformer comes from a GGUF file ({self.transformer_file}), which is "
+                f"already quantized; leave one of them out"
+            )
+        # With CPU offload the layers are converted on the CPU, but they run on the GPU.
+        device = self.device_for("transformer")
+        problem = float8_problem(device, self.torch_dtype())
+        if problem:
+            raise UsageError(
+                f"{flag} fp8: float8 matmuls do not run on {device} here ({problem}); they need an "
+                f"NVIDIA GPU of compute capability 8.9 or newer, or the CPU"
+            )
 
 
 def check_device(value: str, name: str) -> None:

@@ -1,0 +1,119 @@
+"""Float8 weights and matmuls for the transformer's blocks (`--quantize fp8`).
+
+Every Linear layer inside a model's repeated blocks (diffusers' `_repeated_blocks`: Z-Image's and
+Qwen-Image's transformer blocks) keeps its weight in float8 e4m3 with one scale per output
+channel. At run time its input is scaled per row (one scale per token) and `torch._scaled_mm`
+multiplies the two in float8 (tensor cores on NVIDIA GPUs of compute capability 8.9 and newer;
+the CPU runs it too), giving the compute dtype back. Half the bf16 weight memory, and on Hopper
+about twice the matmul rate; the price is float8's 3-bit mantissa on both operands.
+
+Left in the compute dtype: the layers that turn the timestep into modulation (a path part ending
+in `mod` or `modulation`: Z-Image's `adaLN_modulation`, Qwen-Image's `img_mod`/`txt_mod`), which
+see one row and scale every token; widths that are not a multiple of 16 (the kernel's rule); and
+LoRA's own A/B layers (a LoRA-wrapped layer's base layer is converted, its LoRA stays exact).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+ALIGN = 16  # torch._scaled_mm needs both widths to be multiples of this
+# A zero row keeps a positive scale (its float8 values are all zero either way).
+AMAX_FLOOR = 1e-12
+_KEPT_PART = re.compile(r"(^|_)mod(ulation)?$|^lora_")
+
+
+def rowwise_float8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` (2-D) as float8 e4m3 and the float32 scale of each row (rows ~= q * scale).
+
+    Scaled in the rows' own dtype where its range allows (bf16, float32: three passes over the
+    input where a float32 copy would take five in eager mode); the scale returned is the exact
+    inverse of the factor used, so rounding that factor costs nothing. Overshoot from rounding
+    it (< 0.4% in bf16) still rounds to 448, float8's largest value."""
+    work = rows if rows.dtype in (torch.bfloat16, torch.float32) else rows.float()
+    amax = torch.linalg.vector_norm(work, ord=float("inf"), dim=-1, keepdim=True).float()
+    factor = (E4M3_MAX / amax.clamp(min=AMAX_FLOOR)).to(work.dtype)
+    return (work * factor).to(torch.float8_e4m3fn), 1.0 / factor.float()
+
+
+class Float8Linear(torch.nn.Module):
+    """A Linear layer with a float8 weight (one scale per output channel) and a float8 matmul.
+
+    The weight is held as uint8 bytes so that a dtype cast of the whole model (`.to(bfloat16)`)
+    leaves it alone; CPU offload still moves it, as a parameter."""
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = torch.nn.Parameter(weight.view(torch.uint8), requires_grad=False)
+        self.register_buffer("weight_scale", scale.reshape(1, -1).float())
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, device=None) -> Float8Linear:
+        """Quantize `linear`'s weight (on `device`, default where it is)."""
+        w = linear.weight.detach().to(device or linear.weight.device)
+        q, scale = rowwise_float8(w)
+        bias = None if linear.bias is None else linear.bias.detach().to(w.device)
+        return cls(q, scale, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, scale = rowwise_float8(x.reshape(-1, self.in_features))
+        # CUDA's row-wise float8 kernels give bfloat16; the CPU gives any float dtype.
+        out_dtype = x.dtype if x.dtype == torch.bfloat16 or not x.is_cuda else torch.bfloat16
+        out = torch._scaled_mm(
+            q,
+            self.weight.view(torch.float8_e4m3fn).t(),
+            scale_a=scale,
+            scale_b=self.weight_scale.float(),
+            out_dtype=out_dtype,
+        ).to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def float8_eligible(path: str, module: torch.nn.Module) -> bool:
+    """Whether the layer at `path` (inside a block) gets a float8 weight (see the module doc)."""
+    return (
+        type(module) is torch.nn.Linear
+        and module.in_features % ALIGN == 0
+        and module.out_features % ALIGN == 0
+        and not any(_KEPT_PART.search(part) for part in path.split("."))
+    )
+
+
+def quantize_float8(model: torch.nn.Module, device=None) -> int:
+    """Swap the eligible Linear layers of `model`'s repeated blocks for `Float8Linear`, each
+    quantized on `device` (default: where its weight is); returns how many were swapped."""
+    kinds = set(getattr(model, "_repeated_blocks", ()))
+    swapped = 0
+    for block in [m for m in model.modules() if type(m).__name__ in kinds]:
+        for path, module in list(block.named_modules()):
+            if path and float8_eligible(path, module):
+                parent, _, leaf = path.rpartition(".")
+                setattr(block.get_submodule(parent), leaf, Float8Linear.from_linear(module, device))
+                swapped += 1
+    return swapped
+
+
+def float8_problem(device: str, dtype) -> str | None:
+    """Why float8 matmuls cannot run on `device` with inputs in `dtype`, or None when they can:
+    one small layer is converted and run there, and checked against the exact product."""
+    try:
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(2 * ALIGN, ALIGN, bias=False).to(device)
+        x = torch.randn(3, 2 * ALIGN, device=device, dtype=dtype)
+        got = Float8Linear.from_linear(linear)(x).float()
+        want = x.float() @ linear.weight.float().t()
+    except Exception as exc:  # any failure of the kernel is the answer
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    err = ((got - want).norm() / want.norm()).item()
+    # float8's rounding gives a few percent here; a wrong kernel gives ~100% or NaN.
+    return None if err < 0.2 else f"wrong results (relative error {err:.2f})"
