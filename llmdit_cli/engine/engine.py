@@ -288,6 +288,8 @@ class Engine:
                     handle.pipeline("transformer", "vae")
                 if fresh and handle.auto_attention:  # said once, when the transformer loads
                     report.log(f"attention: {handle.auto_attention}")
+                if fresh and handle.float8_layers is not None:
+                    report.log(f"fp8: {handle.float8_layers} Linear layers of the transformer's blocks in float8")
                 wf.run_jobs(handle, jobs, r, report, start, finished)
         return [[g for g, o in zip(made, owners) if o == n] for n in range(len(reqs))]
 

@@ -42,14 +42,16 @@ def rowwise_float8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Float8Linear(torch.nn.Module):
     """A Linear layer with a float8 weight (one scale per output channel) and a float8 matmul.
 
-    The weight is held as uint8 bytes so that a dtype cast of the whole model (`.to(bfloat16)`)
-    leaves it alone; CPU offload still moves it, as a parameter."""
+    The weight is held as uint8 bytes and its float32 scales as int32 bits, so that a dtype cast
+    of the whole model (`.to(bfloat16)`) leaves both alone; CPU offload still moves the weight, a
+    parameter. On CUDA the product comes back in bf16 (the row-wise kernel's only output), then
+    in the input's dtype."""
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = torch.nn.Parameter(weight.view(torch.uint8), requires_grad=False)
-        self.register_buffer("weight_scale", scale.reshape(1, -1).float())
+        self.register_buffer("weight_scale_bits", scale.reshape(1, -1).float().contiguous().view(torch.int32))
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
@@ -61,14 +63,15 @@ class Float8Linear(torch.nn.Module):
         return cls(q, scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, scale = rowwise_float8(x.reshape(-1, self.in_features))
+        # CUDA's kernel wants row-major rows; the CPU's does not check.
+        q, scale = rowwise_float8(x.reshape(-1, self.in_features).contiguous())
         # CUDA's row-wise float8 kernels give bfloat16; the CPU gives any float dtype.
         out_dtype = x.dtype if x.dtype == torch.bfloat16 or not x.is_cuda else torch.bfloat16
         out = torch._scaled_mm(
             q,
             self.weight.view(torch.float8_e4m3fn).t(),
             scale_a=scale,
-            scale_b=self.weight_scale.float(),
+            scale_b=self.weight_scale_bits.view(torch.float32),
             out_dtype=out_dtype,
         ).to(x.dtype)
         if self.bias is not None:
@@ -103,15 +106,22 @@ def quantize_float8(model: torch.nn.Module, device=None) -> int:
     return swapped
 
 
+def dora_adapters(model: torch.nn.Module) -> set[str]:
+    """Names of the LoRA adapters in `model` that use DoRA: its magnitude term reads the base
+    layer's weight as numbers, which a float8 layer does not hold."""
+    return {name for m in model.modules() for name, on in (getattr(m, "use_dora", None) or {}).items() if on}
+
+
 def float8_problem(device: str, dtype) -> str | None:
     """Why float8 matmuls cannot run on `device` with inputs in `dtype`, or None when they can:
-    one small layer is converted and run there, and checked against the exact product."""
+    one small layer is converted and run there, and checked against the exact product. (Its own
+    generator: the process's random state is left as it was.)"""
     try:
-        torch.manual_seed(0)
-        linear = torch.nn.Linear(2 * ALIGN, ALIGN, bias=False).to(device)
-        x = torch.randn(3, 2 * ALIGN, device=device, dtype=dtype)
-        got = Float8Linear.from_linear(linear)(x).float()
-        want = x.float() @ linear.weight.float().t()
+        g = torch.Generator().manual_seed(0)
+        weight = torch.randn(ALIGN, 2 * ALIGN, generator=g).to(device)
+        x = torch.randn(3, 2 * ALIGN, generator=g).to(device, dtype)
+        got = Float8Linear(*rowwise_float8(weight), None)(x).float()
+        want = x.float() @ weight.t()
     except Exception as exc:  # any failure of the kernel is the answer
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     err = ((got - want).norm() / want.norm()).item()

@@ -89,21 +89,28 @@ class Placement:
 
     def _validate_float8(self) -> None:
         """float8 matmuls must run where the transformer runs (tried once on a small layer)."""
+        import torch
+
         from llmdit_cli.models.float8 import float8_problem
 
         flag = setting("optimization.quantize")
         if self.transformer_file and self.transformer_file.lower().endswith(".gguf"):
             raise UsageError(
-                f"{flag} fp8: the transformer comes from a GGUF file ({self.transformer_file}), which is "
-                f"already quantized; leave one of them out"
+                f"{flag} fp8: {setting('optimization.transformer_file')} {self.transformer_file} is a GGUF "
+                f"file, already quantized; leave one of them out"
             )
         # With CPU offload the layers are converted on the CPU, but they run on the GPU.
         device = self.device_for("transformer")
         problem = float8_problem(device, self.torch_dtype())
         if problem:
+            needs = (
+                "a newer PyTorch (row-wise float8 matmuls on the CPU)"
+                if str(device).startswith("cpu")
+                else "an NVIDIA GPU of compute capability 8.9 or newer"
+            )
             raise UsageError(
-                f"{flag} fp8: float8 matmuls do not run on {device} here ({problem}); they need an "
-                f"NVIDIA GPU of compute capability 8.9 or newer, or the CPU"
+                f"{flag} fp8: float8 matmuls do not run on {device} with torch {torch.__version__} "
+                f"({problem}); they need {needs}"
             )
 
 
