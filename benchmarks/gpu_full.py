@@ -32,6 +32,8 @@ Steps, each in its own process under a timeout (a crash or a hung kernel loses o
    the warm-up image pays the compilation.
 5. fp8 (in --roles when asked for): `--quantize fp8` (float8 weights and matmuls in the DiT's
    blocks), eager and with `--compile`, each with its PSNR against the bf16 `llmdit generate` image.
+   The build step also times an 8192^3 float8 matmul with row-wise scales, the ceiling of the
+   float8 layers (utilisation columns stay against the bf16 peaks).
 
 Each timed variant makes one warm-up image, then --repeats images (median reported). Peak memory is
 torch.cuda.max_memory_allocated() from just before the variant's warm-up, so it includes the
@@ -520,6 +522,35 @@ def matmul_tflops(device: str, n: int = 8192, reps: int = 10) -> float | None:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
+def float8_matmul_tflops(device: str, n: int = 8192, reps: int = 10) -> float | None:
+    """The card's float8 rate with row-wise scales (what `--quantize fp8` runs), or None where
+    float8 matmuls do not run: the ceiling of the fp8 rows' linear layers."""
+    import torch
+
+    from llmdit_cli.models.float8 import rowwise_float8
+
+    if not device.startswith("cuda"):
+        return None
+    try:
+        (qa, sa), (qb, sb) = (rowwise_float8(torch.randn(n, n, device=device, dtype=torch.bfloat16)) for _ in "ab")
+        sb = sb.reshape(1, -1).contiguous()
+
+        def mm():
+            return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+
+        for _ in range(3):
+            mm()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            mm()
+        torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - no float8 on this card is a result
+        print(f"float8 matmul: {exc}", flush=True)
+        return None
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
@@ -565,7 +596,11 @@ def role_build(args) -> dict:
         "save_s": saved - saving,
         "params": {"transformer": param_count(dit), "text_encoder": param_count(te), "vae": param_count(vae)},
         "flops": flops,
-        "peak_tflops": {"datasheet": datasheet_tflops(name), "measured": matmul_tflops(device)},
+        "peak_tflops": {
+            "datasheet": datasheet_tflops(name),
+            "measured": matmul_tflops(device),
+            "measured_float8": float8_matmul_tflops(device),
+        },
         "peak_gib": peak_gib(device),
     }
 
@@ -1054,7 +1089,8 @@ def print_report(report: dict) -> None:
         )
     print(
         f"bf16 peak: datasheet {fmt(peaks.get('datasheet'), '.1f')} TFLOP/s, measured matmul "
-        f"{fmt(peaks.get('measured'), '.1f')} TFLOP/s; model folder {fmt(report.get('folder_gib'), '.1f')} GiB"
+        f"{fmt(peaks.get('measured'), '.1f')} TFLOP/s; float8 row-wise matmul "
+        f"{fmt(peaks.get('measured_float8'), '.1f')} TFLOP/s; model folder {fmt(report.get('folder_gib'), '.1f')} GiB"
     )
     print("\n| variant | s / image | peak GiB | vs stock | util (datasheet) | util (measured) |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -1149,7 +1185,7 @@ def summary(args) -> None:
                 f"| FLOPs per image | {f['per_image']:.3e} (DiT forward counted "
                 f"{f['dit_forward_counted']:.4e}, formula {f['dit_forward_analytic']:.4e}); bf16 peak "
                 f"{fmt(peaks.get('datasheet'), '.0f')} datasheet / {fmt(peaks.get('measured'), '.0f')} "
-                f"measured TFLOP/s |"
+                f"measured TFLOP/s, float8 {fmt(peaks.get('measured_float8'), '.0f')} measured |"
             )
         for row in report.get("rows", []):
             if row.get("ok"):
