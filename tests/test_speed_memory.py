@@ -92,6 +92,51 @@ def test_single_file_transformer_gives_the_same_image(cli, baseline, style):
     assert max_diff(baseline, "f.png") == 0
 
 
+def _comfy_float8(path, per_row=False, uint8=False, formats=None, legacy=True):
+    """The demo transformer as a ComfyUI float8 file with scales: the older "scaled fp8" layout
+    (`scaled_fp8` marker, `X.scale_weight`, `X.scale_input`) or the newer one (`X.weight_scale`,
+    `X.input_scale`, `_quantization_metadata` in the header, float8 bytes in a uint8 container)."""
+    import torch
+    from safetensors.torch import save_file
+
+    state, out, layers = original_zimage_keys({k: v.float() for k, v in _demo_transformer_state().items()}), {}, {}
+    for key, value in state.items():
+        if value.ndim != 2 or not key.endswith(".weight") or "embedder" in key:
+            out[key] = value
+            continue
+        scale = value.abs().amax(dim=1 if per_row else None) / 448
+        q = (value / (scale[:, None] if per_row else scale)).to(torch.float8_e4m3fn)
+        name = key[: -len(".weight")]
+        out[key] = q.view(torch.uint8) if uint8 else q
+        out[f"{name}.scale_weight" if legacy else f"{key}_scale"] = scale.reshape(-1) if per_row else scale.reshape(())
+        out[f"{name}.scale_input" if legacy else f"{name}.input_scale"] = torch.tensor(1.0)
+        layers[name] = {"format": (formats or {}).get(name, "float8_e4m3fn")}
+    if legacy:
+        out["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    meta = {} if legacy else {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    save_file(out, path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{}, {"per_row": True}, {"legacy": False, "uint8": True}, {"legacy": False, "per_row": True}],
+    ids=["scaled_fp8", "scaled_fp8-per-row", "quantization-metadata-uint8", "quantization-metadata-per-row"],
+)
+def test_comfyui_float8_files_load_with_their_scales(cli, baseline, layout):
+    """Read without their scales these make noise (PSNR ~7 dB on the demo); dequantized, float8 close."""
+    r = gen(cli, "c.png", "--transformer-file", _comfy_float8("dit.safetensors", **layout))
+    assert r.code == 0, r.stderr
+    assert 35 < psnr(baseline, "c.png") < float("inf")
+
+
+def test_comfyui_blockwise_files_are_one_line(cli):
+    _comfy_float8("dit.safetensors", legacy=False, formats={"layers.0.attention.qkv": "int8_blockwise"})
+    assert_one_line_error(
+        gen(cli, "o.png", "--transformer-file", "dit.safetensors"), "--transformer-file", "int8_blockwise"
+    )
+
+
 def test_gguf_transformer_loads_and_stays_close(cli, baseline):
     write_gguf(original_zimage_keys({k: v.float() for k, v in _demo_transformer_state().items()}), "dit.gguf")
     r = gen(cli, "g.png", "--transformer-file", "dit.gguf")

@@ -11,6 +11,9 @@ Left in the compute dtype: the layers that turn the timestep into modulation (a 
 in `mod` or `modulation`: Z-Image's `adaLN_modulation`, Qwen-Image's `img_mod`/`txt_mod`), which
 see one row and scale every token; widths that are not a multiple of 16 (the kernel's rule); and
 LoRA's own A/B layers (a LoRA-wrapped layer's base layer is converted, its LoRA stays exact).
+
+Also here: reading single-file checkpoints whose float8 weights carry per-layer scales
+(`scaled_checkpoint`, for `--transformer-file`).
 """
 
 from __future__ import annotations
@@ -127,3 +130,52 @@ def float8_problem(device: str, dtype) -> str | None:
     err = ((got - want).norm() / want.norm()).item()
     # float8's rounding gives a few percent here; a wrong kernel gives ~100% or NaN.
     return None if err < 0.2 else f"wrong results (relative error {err:.2f})"
+
+
+# -- float8 checkpoints with scales (ComfyUI's "scaled fp8" and its quantization metadata format) --
+
+# Per-layer scale keys: ComfyUI's older "scaled fp8" files (`scaled_fp8` marker, `X.scale_weight`,
+# `X.scale_input`) and its newer format (`X.weight_scale`, `X.input_scale`, `X.comfy_quant`, and a
+# `_quantization_metadata` header entry). The input scales serve float8 activations, unused here.
+_WEIGHT_SCALES = (".scale_weight", ".weight_scale")
+_DROPPED = (".scale_input", ".input_scale", ".comfy_quant")
+_UNSUPPORTED_SCALES = (".weight_scale_2", ".pre_quant_scale")
+
+
+def scaled_checkpoint(path: str, dtype) -> dict[str, torch.Tensor] | None:
+    """The state dict of a single-file checkpoint whose float8 weights carry scales, dequantized to
+    `dtype` (weight x scale), without the scale keys; None when the file has no such weights (it
+    then loads as it is: plain float8 casts need no scale). ValueError for layouts this cannot
+    dequantize (block-wise or double-scaled formats)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata() or {}
+        if not any(k.endswith(_WEIGHT_SCALES) for k in keys):
+            return None
+        formats = json.loads(meta.get("_quantization_metadata", "{}") or "{}").get("layers", {})
+        other = sorted({c.get("format") for c in formats.values() if c.get("format") != "float8_e4m3fn"})
+        if other or any(k.endswith(_UNSUPPORTED_SCALES) for k in keys):
+            raise ValueError(f"quantized as {other[0] if other else 'double-scaled float8'}, which llmdit cannot read")
+        return {k: _dequantized(f, k, keys, dtype) for k in sorted(keys) if _kept(k)}
+
+
+def _kept(key: str) -> bool:
+    return key != "scaled_fp8" and not key.endswith(_WEIGHT_SCALES + _DROPPED)
+
+
+def _dequantized(f, key: str, keys: set[str], dtype) -> torch.Tensor:
+    tensor = f.get_tensor(key)
+    scale_key = next((s for s in (key[: -len(".weight")] + ".scale_weight", key + "_scale") if s in keys), None)
+    if scale_key is None or not key.endswith(".weight"):
+        return tensor
+    if tensor.dtype == torch.uint8:  # ComfyUI may store float8 bytes in a uint8 container
+        tensor = tensor.view(torch.float8_e4m3fn)
+    scale = f.get_tensor(scale_key).float()
+    if scale.numel() not in (1, tensor.shape[0]):
+        raise ValueError(f"{scale_key} has shape {tuple(scale.shape)}: not one scale per tensor or per row")
+    scale = scale.reshape(-1, *([1] * (tensor.dim() - 1))) if scale.numel() > 1 else scale.reshape(())
+    return (tensor.float() * scale).to(dtype)

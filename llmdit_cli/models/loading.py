@@ -315,14 +315,28 @@ def load_transformer_file(transformer_class, path: str, folder: Path, dtype):
 
     check_transformer_file(path)
     extra = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if path.endswith(".gguf") else {}
+    source = path if path.endswith(".gguf") else _scaled_float8(path, dtype) or path
     try:
         return transformer_class.from_single_file(
-            path, config=str(folder), subfolder="transformer", torch_dtype=dtype, local_files_only=True, **extra
+            source, config=str(folder), subfolder="transformer", torch_dtype=dtype, local_files_only=True, **extra
         )
     except Exception as exc:
         raise ModelError(
             f"{TRANSFORMER_FILE} {path}: cannot load as this model's transformer ({first_line(exc)})"
         ) from None
+
+
+def _scaled_float8(path: str, dtype) -> dict | None:
+    """A float8 file with per-layer scales (ComfyUI's scaled fp8), dequantized; None otherwise.
+    Read as it is, its weights would load without their scales: a wrong model, silently."""
+    from llmdit_cli.models.float8 import scaled_checkpoint
+
+    try:
+        return scaled_checkpoint(path, dtype)
+    except ValueError as exc:
+        raise InputError(f"{TRANSFORMER_FILE} {path}: {exc}") from None
+    except Exception:  # a file safetensors cannot open: from_single_file's error says why
+        return None
 
 
 def quiet_libraries() -> None:
