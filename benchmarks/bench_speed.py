@@ -26,8 +26,8 @@
 - fp8: what `--quantize fp8` costs in pixels and saves in memory (its speed needs a GPU with float8
   tensor cores: `gpu_full.py --roles ...,fp8`). The demo, 2 prompts x 8 seeds: PSNR against the float32 image
   of `--dtype bfloat16` (what a GPU runs, for scale), of `--quantize fp8`, and of both against
-  bfloat16 alone; and the bytes of the full-size Z-Image DiT's weights in bf16 and with float8
-  blocks (built on the meta device, nothing allocated).
+  bfloat16 alone; and the bytes of the full-size Z-Image DiT's and text encoder's weights in bf16
+  and with float8 blocks (built on the meta device, nothing allocated).
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
 """
@@ -328,13 +328,16 @@ def bench_fp8(out: Path, seeds: int = 8) -> dict:
             "fp8 vs float32": psnrs(0, 2),
             "fp8 bfloat16 vs bfloat16": psnrs(1, 3),
         },
-        "full_size_dit_gib": _full_size_dit_gib(),
+        "full_size_gib": _full_size_gib(),
     }
 
 
-def _full_size_dit_gib() -> dict:
+def _full_size_gib() -> dict:
+    """Weight GiB of the full-size Z-Image DiT and its Qwen3-4B text encoder, in bf16 and with
+    their blocks in float8 (built on the meta device: nothing allocated)."""
     import torch
     from diffusers import ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from llmdit_cli.models.float8 import quantize_float8
 
@@ -342,16 +345,24 @@ def _full_size_dit_gib() -> dict:
     from gpu_full import full_spec
 
     def gib(model) -> float:
-        tensors = [*model.parameters(), *model.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+        # a tied embedding is one tensor: count each storage once
+        tensors = {
+            t.data_ptr() if t.device.type != "meta" else id(t): t for t in [*model.parameters(), *model.buffers()]
+        }
+        return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**30
 
+    spec, found = full_spec(), {}
     torch.set_default_dtype(torch.bfloat16)  # built in bf16, as loaded for a GPU
     with torch.device("meta"):
-        dit = ZImageTransformer2DModel(**full_spec().transformer)
+        models = {
+            "transformer": ZImageTransformer2DModel(**spec.transformer),
+            "text_encoder": Qwen3ForCausalLM(Qwen3Config(**spec.text_encoder)),
+        }
     torch.set_default_dtype(torch.float32)
-    bf16 = gib(dit)
-    layers = quantize_float8(dit)
-    return {"bfloat16": bf16, "fp8 blocks": gib(dit), "layers in float8": layers}
+    for name, model in models.items():
+        bf16 = gib(model)
+        found[name] = {"bfloat16": bf16, "layers in float8": quantize_float8(model), "fp8 blocks": gib(model)}
+    return found
 
 
 def _photo_like(size: int):

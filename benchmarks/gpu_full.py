@@ -30,8 +30,9 @@ Steps, each in its own process under a timeout (a crash or a hung kernel loses o
    the lent machines, so `sdpa` is the best that `--attention-backend` offers there.
 4. compile: the same CLI call with `--compile` (regional torch.compile of the repeated blocks);
    the warm-up image pays the compilation.
-5. fp8 (in --roles when asked for): `--quantize fp8` (float8 weights and matmuls in the DiT's
-   blocks), eager and with `--compile`, each with its PSNR against the bf16 `llmdit generate` image.
+5. fp8 (in --roles when asked for): `--quantize fp8` (float8 weights and matmuls in the text
+   encoder's and the DiT's blocks), eager and with `--compile`, each with its PSNR against the
+   bf16 `llmdit generate` image.
    The build step also times an 8192^3 float8 matmul with row-wise scales, the ceiling of the
    float8 layers (utilisation columns stay against the bf16 peaks).
 

@@ -114,7 +114,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-cache -d 'Reuse
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quantize -d '8bit or 4bit: bitsandbytes weights for the text encoder and transformer (CUDA GPU)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quantize -d 'Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l show-format -d 'Print the formatted chat text and token count; load no model weights' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l system-prompt -d 'System turn put before the prompt' -r -F
@@ -179,7 +179,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from generate' -l no-vae-tiling -d
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l num-images -d 'Images per prompt, with seeds SEED, SEED+1, ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from generate' -l quantize -d '8bit or 4bit: bitsandbytes weights for the text encoder and transformer (CUDA GPU)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from generate' -l quantize -d 'Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l save-latents -d 'Also write the final latents to this ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from generate' -l seed -d 'Seed; repeat for several images' -r -F
@@ -275,7 +275,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l no-vae-tiling -d 
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l num-images -d 'Images per prompt, with seeds SEED, SEED+1, ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l quantize -d '8bit or 4bit: bitsandbytes weights for the text encoder and transformer (CUDA GPU)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l quantize -d 'Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l save-latents -d 'Also write the final latents to this ' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from img2img' -l seed -d 'Seed; repeat for several images' -r -F
@@ -371,7 +371,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from serve' -l no-compile -d 'torc
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l port -d 'Port to listen on' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from serve' -l quantize -d '8bit or 4bit: bitsandbytes weights for the text encoder and transformer (CUDA GPU)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from serve' -l quantize -d 'Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l templates-dir -d 'A folder of your own templates (*' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from serve' -l text-encoder-device -d 'Device for the text encoder (default: --device)' -r -F

@@ -199,9 +199,9 @@ HELP = {
         "panel": "Prompt formatting",
     },
     "quantize": {
-        "help": "8bit or 4bit: bitsandbytes weights for the text encoder and transformer "
-        "(CUDA GPU). fp8: float8 weights and matmuls in the transformer's blocks "
-        "(GPU of compute capability 8.9+, or CPU). Default none.",
+        "help": "Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes "
+        "(CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute "
+        "capability 8.9+, or CPU). Default none.",
         "panel": "Speed and memory",
     },
     "shift": {"help": "Scheduler shift (model default: 3.0).", "panel": "Generation"},

@@ -166,8 +166,8 @@ def test_generate_fp8_is_close_recorded_and_repeatable(cli):
     assert gen(cli, "base.png").code == 0
     r = gen(cli, "f8.png", "--quantize", "fp8")
     assert r.code == 0, r.stderr
-    # 4 + 1 + 1 blocks x q, k, v, out (the 341-wide feed-forward stays)
-    assert "fp8: 24 Linear layers of the transformer's blocks in float8" in r.stderr
+    # 4 + 1 + 1 blocks x q, k, v, out (the 341-wide feed-forward stays); 2 decoder layers x 7
+    assert "fp8: Linear layers in float8: 14 in the text encoder, 24 in the transformer" in r.stderr
     assert 25 < psnr("base.png", "f8.png") < math.inf
     from llmdit_cli.pngmeta import settings_of
 
@@ -209,16 +209,22 @@ def test_a_dora_lora_is_refused_with_fp8(cli, tmp_path):
     assert_one_line_error(r, "--quantize fp8", "d.safetensors", "DoRA")
 
 
-def test_encode_refuses_fp8_asked_for_and_ignores_it_from_settings(cli, monkeypatch):
-    assert_one_line_error(
-        cli("encode", PROMPT, "--model", "demo", "--quantize", "fp8", "-o", "e.safetensors"), "encode"
-    )
-    r = cli("serve", "--model", "demo", "--components", "encoder", "--quantize", "fp8", "--port", 1)
-    assert_one_line_error(r, "--quantize fp8", "--components encoder runs only the text encoder")
-    monkeypatch.setenv("LLMDIT_OPTIMIZATION_QUANTIZE", "fp8")
-    monkeypatch.setattr("llmdit_cli.models.float8.float8_problem", lambda *_: "would fail")
-    r = cli("encode", PROMPT, "--model", "demo", "-o", "e.safetensors")
-    assert r.code == 0, r.stderr
+def test_the_text_encoder_runs_in_float8_too(cli):
+    """encode --quantize fp8: the text encoder's decoder layers in float8, the embeddings close to
+    and not equal to the unquantized ones, and cached apart from them."""
+    from llmdit_cli.models import ModelHandle, Placement
+    from llmdit_cli.workflows import read_embeds
+
+    te = ModelHandle("demo", Placement(quantize="fp8")).pipeline("tokenizer", "text_encoder").text_encoder
+    f8 = {n for n, m in te.named_modules() if isinstance(m, Float8Linear)}
+    assert len(f8) == 2 * 7 and all(n.startswith("model.layers.") for n in f8)  # q k v o gate up down
+    assert type(te.lm_head) is torch.nn.Linear
+    for name, extra in (("plain", []), ("f8", ["--quantize", "fp8"]), ("again", ["--quantize", "fp8"])):
+        r = cli("encode", PROMPT, "--model", "demo", "-o", f"{name}.safetensors", *extra)
+        assert r.code == 0, r.stderr
+    (plain,), (f8,), (again,) = (read_embeds(f"{n}.safetensors").cond for n in ("plain", "f8", "again"))
+    assert torch.equal(f8, again) and not torch.equal(f8, plain)
+    assert ((f8 - plain).norm() / plain.norm()).item() < 0.1
 
 
 def test_a_device_without_float8_matmuls_is_one_line(cli, monkeypatch):

@@ -40,20 +40,3 @@ def encoder_flags(system_prompt, thinking_content, enable_thinking, assistant_co
         hidden_layer=hidden_layer,
         max_length=max_length,
     )
-
-
-def text_encoder_only(r, what: str):
-    """Settings for a run that loads only the text encoder (`what`: encode, an encoder server).
-    fp8 is for the transformer's blocks: asked for by flag it is refused; from a config profile
-    or the environment, shared with `generate`, it leaves the text encoder as it is (and no
-    float8 check runs on this device)."""
-    from llmdit_cli.errors import UsageError, setting
-
-    if r.settings.optimization.quantize != "fp8":
-        return r
-    if r.sources.get("optimization.quantize") == "flag":
-        raise UsageError(
-            f"{setting('optimization.quantize')} fp8: float8 is for the transformer's blocks and {what} "
-            f"runs only the text encoder (8bit or 4bit quantize it)"
-        )
-    return r.with_value("quantize", "none", f"{r.origin('quantize')}; fp8 leaves the text encoder as it is")

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from llmdit_cli.cli.common import encoder_flags, model_flags, settings, text_encoder_only
+from llmdit_cli.cli.common import encoder_flags, model_flags, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     G_PROMPT,
@@ -135,7 +135,6 @@ def encode(
         vl_tokens=vl_tokens,
         vl_device=vl_device,
     )
-    r = text_encoder_only(r, "encode")
     texts = collect_prompts(prompts, file)
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")

@@ -636,9 +636,9 @@ QuantizeOpt = setting_option(
     "quantize",
     Optional[str],
     "--quantize",
-    help="8bit or 4bit: bitsandbytes weights for the text encoder and transformer (CUDA GPU). fp8: "
-    "float8 weights and matmuls in the transformer's blocks (GPU of compute capability 8.9+, or "
-    "CPU). Default {default}.",
+    help="Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); "
+    "fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8.9+, or CPU). "
+    "Default {default}.",
     rich_help_panel=G_SPEED,
 )
 TransformerFileOpt = setting_option(

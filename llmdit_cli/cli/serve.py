@@ -185,7 +185,7 @@ def serve(
     import os
     from pathlib import Path
 
-    from llmdit_cli.cli.common import model_flags, settings, text_encoder_only
+    from llmdit_cli.cli.common import model_flags, settings
     from llmdit_cli.errors import UsageError
 
     out = Output(quiet)
@@ -241,8 +241,6 @@ def serve(
         control_model=controlnet,
     )
     r = settings(config, profile, **flags)
-    if components == "encoder":
-        r = text_encoder_only(r, "--components encoder")
     engine = Engine()
     handle, _ = engine.model(r)
     needed = {"encoder": ("tokenizer", "text_encoder"), "dit": ("transformer", "vae")}

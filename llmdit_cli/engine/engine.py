@@ -288,8 +288,9 @@ class Engine:
                     handle.pipeline("transformer", "vae")
                 if fresh and handle.auto_attention:  # said once, when the transformer loads
                     report.log(f"attention: {handle.auto_attention}")
-                if fresh and handle.float8_layers is not None:
-                    report.log(f"fp8: {handle.float8_layers} Linear layers of the transformer's blocks in float8")
+                if fresh and handle.float8_layers:
+                    counts = ", ".join(f"{n} in the {c.replace('_', ' ')}" for c, n in handle.float8_layers.items())
+                    report.log(f"fp8: Linear layers in float8: {counts}")
                 wf.run_jobs(handle, jobs, r, report, start, finished)
         return [[g for g, o in zip(made, owners) if o == n] for n in range(len(reqs))]
 

@@ -1,7 +1,8 @@
-"""Float8 weights and matmuls for the transformer's blocks (`--quantize fp8`).
+"""Float8 weights and matmuls for the text encoder's and the transformer's blocks (`--quantize fp8`).
 
 Every Linear layer inside a model's repeated blocks (diffusers' `_repeated_blocks`: Z-Image's and
-Qwen-Image's transformer blocks) keeps its weight in float8 e4m3 with one scale per output
+Qwen-Image's transformer blocks; transformers' `_no_split_modules`: the text encoder's decoder
+layers, and Qwen2.5-VL's vision blocks) keeps its weight in float8 e4m3 with one scale per output
 channel. At run time its input is scaled per row (one scale per token) and `torch._scaled_mm`
 multiplies the two in float8 (tensor cores on NVIDIA GPUs of compute capability 8.9 and newer;
 the CPU runs it too), giving the compute dtype back. Half the bf16 weight memory, and on Hopper
@@ -98,7 +99,7 @@ def float8_eligible(path: str, module: torch.nn.Module) -> bool:
 def quantize_float8(model: torch.nn.Module, device=None) -> int:
     """Swap the eligible Linear layers of `model`'s repeated blocks for `Float8Linear`, each
     quantized on `device` (default: where its weight is); returns how many were swapped."""
-    kinds = set(getattr(model, "_repeated_blocks", ()))
+    kinds = set(getattr(model, "_repeated_blocks", None) or getattr(model, "_no_split_modules", None) or ())
     swapped = 0
     for block in [m for m in model.modules() if type(m).__name__ in kinds]:
         for path, module in list(block.named_modules()):

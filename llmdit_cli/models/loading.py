@@ -41,7 +41,7 @@ class ModelHandle:
     _limits: Any = None
     _extras: dict = field(default_factory=dict)
     auto_attention: str | None = None  # on a GPU, what `attention_backend auto` chose and why
-    float8_layers: int | None = None  # with `--quantize fp8`: how many layers were converted
+    float8_layers: dict = field(default_factory=dict)  # `--quantize fp8`: layers converted per component
 
     def __post_init__(self):
         from llmdit_cli.families import identify
@@ -223,8 +223,10 @@ class ModelHandle:
 
     def _place(self, pipe, new: set) -> None:
         pl = self.placement
-        if "transformer" in new and pl.quantize == "fp8":
-            self._to_float8(pipe.transformer)
+        if pl.quantize == "fp8":
+            for name in ("text_encoder", "transformer"):
+                if name in new:
+                    self._to_float8(name, getattr(pipe, name))
         if "vae" in new and pl.vae_tiling:
             enable_vae_tiling(pipe.vae, self.limits().vae_scale_factor, pl.vae_tile_size, pl.vae_tile_overlap)
         if "transformer" in new:
@@ -244,13 +246,13 @@ class ModelHandle:
             # Regional compilation: the repeated blocks compile once and are reused.
             pipe.transformer.compile_repeated_blocks(fullgraph=False)
 
-    def _to_float8(self, transformer) -> None:
+    def _to_float8(self, name: str, model) -> None:
         """`--quantize fp8`: the blocks' Linear layers to float8 (`models.float8`), before offload
-        hooks wrap them; straight on the GPU when that is the transformer's home, so its
+        hooks wrap them; straight on the GPU when that is the component's home, so its
         full-precision weights never sit there whole."""
         from llmdit_cli.models.float8 import dora_adapters, quantize_float8
 
-        dora = sorted(dora_adapters(transformer))
+        dora = sorted(dora_adapters(model))
         if dora:
             # apply_loras names adapters lora_<index into self.loras>
             path = self.loras[int(dora[0].rsplit("_", 1)[-1])] if dora[0].startswith("lora_") else dora[0]
@@ -259,9 +261,7 @@ class ModelHandle:
                 f"reads the transformer's weights as numbers; use it without fp8"
             )
         pl = self.placement
-        self.float8_layers = quantize_float8(
-            transformer, "cpu" if pl.cpu_offload != "none" else pl.device_for("transformer")
-        )
+        self.float8_layers[name] = quantize_float8(model, "cpu" if pl.cpu_offload != "none" else pl.device_for(name))
 
     def _load_kwargs(self, want: set) -> dict[str, Any]:
         """Extra from_pretrained arguments: a single-file transformer, quantization."""

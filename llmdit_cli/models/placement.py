@@ -88,7 +88,8 @@ class Placement:
                 raise UsageError(f"{flag} {self.quantize}: needs bitsandbytes (pip install 'llmdit[quant]')")
 
     def _validate_float8(self) -> None:
-        """float8 matmuls must run where the transformer runs (tried once on a small layer)."""
+        """float8 matmuls must run where the text encoder and the transformer run (tried once on a
+        small layer on each device)."""
         import torch
 
         from llmdit_cli.models.float8 import float8_problem
@@ -100,18 +101,18 @@ class Placement:
                 f"file, already quantized; leave one of them out"
             )
         # With CPU offload the layers are converted on the CPU, but they run on the GPU.
-        device = self.device_for("transformer")
-        problem = float8_problem(device, self.torch_dtype())
-        if problem:
-            needs = (
-                "a newer PyTorch (row-wise float8 matmuls on the CPU)"
-                if str(device).startswith("cpu")
-                else "an NVIDIA GPU of compute capability 8.9 or newer"
-            )
-            raise UsageError(
-                f"{flag} fp8: float8 matmuls do not run on {device} with torch {torch.__version__} "
-                f"({problem}); they need {needs}"
-            )
+        for device in dict.fromkeys(self.device_for(c) for c in ("text_encoder", "transformer")):
+            problem = float8_problem(device, self.torch_dtype())
+            if problem:
+                needs = (
+                    "a newer PyTorch (row-wise float8 matmuls on the CPU)"
+                    if str(device).startswith("cpu")
+                    else "an NVIDIA GPU of compute capability 8.9 or newer"
+                )
+                raise UsageError(
+                    f"{flag} fp8: float8 matmuls do not run on {device} with torch {torch.__version__} "
+                    f"({problem}); they need {needs}"
+                )
 
 
 def check_device(value: str, name: str) -> None:

@@ -132,8 +132,7 @@ def encode_cached(handle: ModelHandle, texts: list[str], r: Resolved, report=Non
     identity = {**handle.identity("text_encoder"), "text_encoder_weights": handle.weights_key("text_encoder")}
     pl = handle.placement
     # What else changes the numbers: the dtype really used, the device kind, quantization.
-    quantized = pl.quantize if pl.quantize in ("8bit", "4bit") else "none"  # fp8 leaves the encoder as it is
-    variant = f"{pl.torch_dtype()}|{str(pl.device_for('text_encoder')).split(':')[0]}|{quantized}"
+    variant = f"{pl.torch_dtype()}|{str(pl.device_for('text_encoder')).split(':')[0]}|{pl.quantize}"
     keys = [cache.key(identity, t, enc.hidden_layer, enc.max_length, variant) for t in texts] if cache else []
     found = [cache.get(k) for k in keys] if cache else [None] * len(texts)
     missing = [i for i, hit in enumerate(found) if hit is None]
