@@ -207,10 +207,15 @@ def test_readme_block_runs_as_written(cli, qwen_t2i, tmp_path):
 
 
 def test_fp8_runs_on_qwen_image_and_stays_close(cli, qwen_t2i):
-    """--quantize fp8 on a Qwen-Image transformer: every block layer but the modulation in float8
-    (tests/test_float8.py checks which), the image close to the unquantized one."""
+    """--quantize fp8 on Qwen-Image: the Qwen2.5-VL text encoder's blocks and the transformer's
+    (all but the modulation: tests/test_float8.py checks which) in float8, the image close to the
+    unquantized one."""
+    import re
+
     from helpers import psnr
 
     generate(cli, qwen_t2i, "plain.png")
-    generate(cli, qwen_t2i, "f8.png", "--quantize", "fp8")
+    r = generate(cli, qwen_t2i, "f8.png", "--quantize", "fp8")
+    counts = re.search(r"fp8: Linear layers in float8: (\d+) in the text encoder, (\d+) in the transformer", r.stderr)
+    assert counts and int(counts[1]) > 0 and int(counts[2]) > 0, r.stderr
     assert 25 < psnr("plain.png", "f8.png") < float("inf")

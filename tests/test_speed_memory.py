@@ -92,49 +92,96 @@ def test_single_file_transformer_gives_the_same_image(cli, baseline, style):
     assert max_diff(baseline, "f.png") == 0
 
 
-def _comfy_float8(path, per_row=False, uint8=False, formats=None, legacy=True):
+def _comfy_float8(path, per_row=False, uint8=False, formats=None, legacy=True, fmt="float8_e4m3fn", header=True):
     """The demo transformer as a ComfyUI float8 file with scales: the older "scaled fp8" layout
     (`scaled_fp8` marker, `X.scale_weight`, `X.scale_input`) or the newer one (`X.weight_scale`,
-    `X.input_scale`, `_quantization_metadata` in the header, float8 bytes in a uint8 container)."""
+    `X.input_scale`, each layer's format in the header's `_quantization_metadata` or, without
+    `header`, in `X.comfy_quant` JSON tensors; float8 bytes in a uint8 container with `uint8`).
+    Returns the path and the tensors written, for tests that spoil one."""
     import torch
     from safetensors.torch import save_file
 
+    dtype, top = getattr(torch, fmt), torch.finfo(getattr(torch, fmt)).max
     state, out, layers = original_zimage_keys({k: v.float() for k, v in _demo_transformer_state().items()}), {}, {}
     for key, value in state.items():
         if value.ndim != 2 or not key.endswith(".weight") or "embedder" in key:
             out[key] = value
             continue
-        scale = value.abs().amax(dim=1 if per_row else None) / 448
-        q = (value / (scale[:, None] if per_row else scale)).to(torch.float8_e4m3fn)
+        scale = value.abs().amax(dim=1 if per_row else None) / top
+        q = (value / (scale[:, None] if per_row else scale)).to(dtype)
         name = key[: -len(".weight")]
         out[key] = q.view(torch.uint8) if uint8 else q
         out[f"{name}.scale_weight" if legacy else f"{key}_scale"] = scale.reshape(-1) if per_row else scale.reshape(())
         out[f"{name}.scale_input" if legacy else f"{name}.input_scale"] = torch.tensor(1.0)
-        layers[name] = {"format": (formats or {}).get(name, "float8_e4m3fn")}
+        layers[name] = {"format": (formats or {}).get(name, fmt)}
+        if not (legacy or header):
+            out[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(layers[name]).encode()), dtype=torch.uint8)
     if legacy:
         out["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
-    meta = {} if legacy else {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})}
+    described = not legacy and header
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers})} if described else {}
     save_file(out, path, metadata=meta)
-    return path
+    return path, out
 
 
 @pytest.mark.parametrize(
-    "layout",
-    [{}, {"per_row": True}, {"legacy": False, "uint8": True}, {"legacy": False, "per_row": True}],
-    ids=["scaled_fp8", "scaled_fp8-per-row", "quantization-metadata-uint8", "quantization-metadata-per-row"],
+    ("layout", "floor"),
+    [
+        ({}, 35),
+        ({"per_row": True}, 35),
+        ({"legacy": False, "uint8": True}, 35),
+        ({"legacy": False, "per_row": True}, 35),
+        ({"legacy": False, "uint8": True, "header": False, "fmt": "float8_e5m2"}, 30),  # 2-bit mantissa
+    ],
+    ids=["scaled_fp8", "scaled_fp8-per-row", "metadata-uint8", "metadata-per-row", "comfy_quant-e5m2-uint8"],
 )
-def test_comfyui_float8_files_load_with_their_scales(cli, baseline, layout):
+def test_comfyui_float8_files_load_with_their_scales(cli, baseline, layout, floor):
     """Read without their scales these make noise (PSNR ~7 dB on the demo); dequantized, float8 close."""
-    r = gen(cli, "c.png", "--transformer-file", _comfy_float8("dit.safetensors", **layout))
+    path, _ = _comfy_float8("dit.safetensors", **layout)
+    r = gen(cli, "c.png", "--transformer-file", path)
     assert r.code == 0, r.stderr
-    assert 35 < psnr(baseline, "c.png") < float("inf")
+    assert floor < psnr(baseline, "c.png") < float("inf")
 
 
-def test_comfyui_blockwise_files_are_one_line(cli):
-    _comfy_float8("dit.safetensors", legacy=False, formats={"layers.0.attention.qkv": "int8_blockwise"})
-    assert_one_line_error(
-        gen(cli, "o.png", "--transformer-file", "dit.safetensors"), "--transformer-file", "int8_blockwise"
-    )
+def _spoiled(change):
+    """A newer-layout ComfyUI file with `change(tensors, metadata)` applied before saving."""
+    from safetensors.torch import save_file
+
+    _, tensors = _comfy_float8("dit.safetensors", legacy=False)
+    meta = {"_quantization_metadata": json.dumps({"layers": {}})}
+    change(tensors, meta)
+    save_file(tensors, "dit.safetensors", metadata=meta)
+    return "dit.safetensors"
+
+
+def _one_scale_of_shape_3(tensors, meta):
+    import torch
+
+    key = next(k for k in tensors if k.endswith(".weight_scale"))
+    tensors[key] = torch.ones(3)
+
+
+def _second_scales(tensors, meta):
+    key = next(k for k in tensors if k.endswith(".weight_scale"))
+    tensors[key + "_2"] = tensors[key].clone()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            lambda t, m: m.update(_quantization_metadata='{"layers": {"a": {"format": "int8_blockwise"}}}'),
+            "int8_blockwise",
+        ),
+        (lambda t, m: m.update(_quantization_metadata='{"layers": [1, 2]}'), "unreadable quantization metadata"),
+        (_one_scale_of_shape_3, "not one scale per tensor or per row"),
+        (_second_scales, "two scales per weight"),
+    ],
+    ids=["blockwise", "malformed-metadata", "scale-shape", "double-scaled"],
+)
+def test_comfyui_files_this_cannot_read_are_one_line(cli, change, needle):
+    path = _spoiled(change)
+    assert_one_line_error(gen(cli, "o.png", "--transformer-file", path), "--transformer-file", needle)
 
 
 def test_gguf_transformer_loads_and_stays_close(cli, baseline):

@@ -136,47 +136,77 @@ def float8_problem(device: str, dtype) -> str | None:
 # -- float8 checkpoints with scales (ComfyUI's "scaled fp8" and its quantization metadata format) --
 
 # Per-layer scale keys: ComfyUI's older "scaled fp8" files (`scaled_fp8` marker, `X.scale_weight`,
-# `X.scale_input`) and its newer format (`X.weight_scale`, `X.input_scale`, `X.comfy_quant`, and a
-# `_quantization_metadata` header entry). The input scales serve float8 activations, unused here.
+# `X.scale_input`) and its newer format (`X.weight_scale`, `X.input_scale`, a per-layer
+# `X.comfy_quant` JSON tensor and/or a `_quantization_metadata` header entry naming each layer's
+# format). The input scales serve float8 activations, unused here.
 _WEIGHT_SCALES = (".scale_weight", ".weight_scale")
 _DROPPED = (".scale_input", ".input_scale", ".comfy_quant")
 _UNSUPPORTED_SCALES = (".weight_scale_2", ".pre_quant_scale")
+_FORMATS = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+
+
+class CheckpointError(ValueError):
+    """A float8 checkpoint with scales that this reader cannot dequantize (the message says why)."""
 
 
 def scaled_checkpoint(path: str, dtype) -> dict[str, torch.Tensor] | None:
     """The state dict of a single-file checkpoint whose float8 weights carry scales, dequantized to
-    `dtype` (weight x scale), without the scale keys; None when the file has no such weights (it
-    then loads as it is: plain float8 casts need no scale). ValueError for layouts this cannot
-    dequantize (block-wise or double-scaled formats)."""
-    import json
-
+    `dtype` (weight x scale), without the scale keys; None when the file has no such weights or
+    cannot be opened as safetensors (it then loads, or fails to, as it is: plain float8 casts
+    need no scale). CheckpointError for what cannot be dequantized: block-wise, double-scaled or
+    unknown formats, malformed metadata, scales of the wrong shape."""
     from safetensors import safe_open
 
-    with safe_open(path, "pt") as f:
-        keys = set(f.keys())
-        meta = f.metadata() or {}
+    try:
+        handle = safe_open(path, "pt")
+    except Exception:  # not readable as safetensors: the caller's loader says why
+        return None
+    with handle as f:
+        keys, meta = set(f.keys()), f.metadata() or {}
         if not any(k.endswith(_WEIGHT_SCALES) for k in keys):
             return None
-        formats = json.loads(meta.get("_quantization_metadata", "{}") or "{}").get("layers", {})
-        other = sorted({c.get("format") for c in formats.values() if c.get("format") != "float8_e4m3fn"})
-        if other or any(k.endswith(_UNSUPPORTED_SCALES) for k in keys):
-            raise ValueError(f"quantized as {other[0] if other else 'double-scaled float8'}, which llmdit cannot read")
-        return {k: _dequantized(f, k, keys, dtype) for k in sorted(keys) if _kept(k)}
+        if any(k.endswith(_UNSUPPORTED_SCALES) for k in keys):
+            raise CheckpointError("quantized with two scales per weight (e.g. nvfp4), which llmdit cannot read")
+        formats = _layer_formats(f, keys, meta)
+        return {k: _dequantized(f, k, keys, formats, dtype) for k in sorted(keys) if _kept(k)}
+
+
+def _layer_formats(f, keys: set[str], meta: dict) -> dict[str, str]:
+    """Each quantized layer's format, from the header's `_quantization_metadata` and the
+    `X.comfy_quant` tensors; only float8 formats are accepted."""
+    import json
+
+    found: dict[str, str] = {}
+    try:
+        layers = json.loads(meta.get("_quantization_metadata") or "{}").get("layers", {})
+        found.update({name: str(conf.get("format")) for name, conf in layers.items()})
+        for key in (k for k in keys if k.endswith(".comfy_quant")):
+            conf = json.loads(bytes(f.get_tensor(key).to(torch.uint8).tolist()).decode())
+            found[key[: -len(".comfy_quant")]] = str(conf.get("format"))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"unreadable quantization metadata ({exc})") from None
+    other = sorted({fmt for fmt in found.values() if fmt not in _FORMATS})
+    if other:
+        raise CheckpointError(f"quantized as {other[0]}, which llmdit cannot read (float8 only)")
+    return found
 
 
 def _kept(key: str) -> bool:
     return key != "scaled_fp8" and not key.endswith(_WEIGHT_SCALES + _DROPPED)
 
 
-def _dequantized(f, key: str, keys: set[str], dtype) -> torch.Tensor:
+def _dequantized(f, key: str, keys: set[str], formats: dict[str, str], dtype) -> torch.Tensor:
     tensor = f.get_tensor(key)
-    scale_key = next((s for s in (key[: -len(".weight")] + ".scale_weight", key + "_scale") if s in keys), None)
-    if scale_key is None or not key.endswith(".weight"):
+    layer = key[: -len(".weight")] if key.endswith(".weight") else None
+    scale_key = next((s for s in (f"{layer}.scale_weight", f"{key}_scale") if layer and s in keys), None)
+    if scale_key is None:
         return tensor
-    if tensor.dtype == torch.uint8:  # ComfyUI may store float8 bytes in a uint8 container
-        tensor = tensor.view(torch.float8_e4m3fn)
+    if tensor.dtype == torch.uint8:  # float8 bytes in a uint8 container: the format says which
+        tensor = tensor.view(_FORMATS[formats.get(layer, "float8_e4m3fn")])
+    if tensor.dim() == 0 or not tensor.dtype.is_floating_point:
+        raise CheckpointError(f"{key} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, not a float8 weight")
     scale = f.get_tensor(scale_key).float()
     if scale.numel() not in (1, tensor.shape[0]):
-        raise ValueError(f"{scale_key} has shape {tuple(scale.shape)}: not one scale per tensor or per row")
+        raise CheckpointError(f"{scale_key} has shape {tuple(scale.shape)}: not one scale per tensor or per row")
     scale = scale.reshape(-1, *([1] * (tensor.dim() - 1))) if scale.numel() > 1 else scale.reshape(())
     return (tensor.float() * scale).to(dtype)

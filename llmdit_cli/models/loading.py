@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llmdit_cli.errors import InputError, ModelError, UsageError, setting
-from llmdit_cli.models.lora_stack import apply_loras, check_lora_files
+from llmdit_cli.models.lora_stack import apply_loras, check_lora_files, parse_lora_spec
 from llmdit_cli.models.optimise import (
     bnb4_unsafe_linears,
     enable_vae_tiling,
@@ -255,7 +255,8 @@ class ModelHandle:
         dora = sorted(dora_adapters(model))
         if dora:
             # apply_loras names adapters lora_<index into self.loras>
-            path = self.loras[int(dora[0].rsplit("_", 1)[-1])] if dora[0].startswith("lora_") else dora[0]
+            spec = self.loras[int(dora[0].rsplit("_", 1)[-1])] if dora[0].startswith("lora_") else dora[0]
+            path = parse_lora_spec(spec)[0]
             raise UsageError(
                 f"{setting('optimization.quantize')} fp8: {setting('lora.loras')} {path} is a DoRA, which "
                 f"reads the transformer's weights as numbers; use it without fp8"
@@ -329,14 +330,12 @@ def load_transformer_file(transformer_class, path: str, folder: Path, dtype):
 def _scaled_float8(path: str, dtype) -> dict | None:
     """A float8 file with per-layer scales (ComfyUI's scaled fp8), dequantized; None otherwise.
     Read as it is, its weights would load without their scales: a wrong model, silently."""
-    from llmdit_cli.models.float8 import scaled_checkpoint
+    from llmdit_cli.models.float8 import CheckpointError, scaled_checkpoint
 
     try:
         return scaled_checkpoint(path, dtype)
-    except ValueError as exc:
+    except CheckpointError as exc:
         raise InputError(f"{TRANSFORMER_FILE} {path}: {exc}") from None
-    except Exception:  # a file safetensors cannot open: from_single_file's error says why
-        return None
 
 
 def quiet_libraries() -> None:
