@@ -24,9 +24,9 @@
 - png-encode: one 1024² PNG with its settings, PIL's encoder / `llmdit_cli/pngwrite.py` (on every
   core, and on one), interleaved: time and bytes.
 - fp8: what `--quantize fp8` costs in pixels and saves in memory (its speed needs a GPU with float8
-  tensor cores: `gpu_full.py --roles ...,fp8`). The demo, 2 prompts x 8 seeds: PSNR against the float32 image
-  of `--dtype bfloat16` (what a GPU runs, for scale), of `--quantize fp8`, and of both against
-  bfloat16 alone; and the bytes of the full-size Z-Image DiT's and text encoder's weights in bf16
+  tensor cores: `gpu_full.py --roles ...,fp8`). The demo, 2 prompts x 8 seeds: PSNR against the
+  float32 image of `--dtype bfloat16` (what a GPU runs, for scale), of `--quantize fp8`, and of
+  both against bfloat16 alone; and the bytes of the full-size Z-Image DiT's and text encoder's weights in bf16
   and with float8 blocks (built on the meta device, nothing allocated).
 
 Commands run as subprocesses (`python -m llmdit_cli`), so what is timed is what a user runs.
@@ -344,12 +344,8 @@ def _full_size_gib() -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from gpu_full import full_spec
 
-    def gib(model) -> float:
-        # a tied embedding is one tensor: count each storage once
-        tensors = {
-            t.data_ptr() if t.device.type != "meta" else id(t): t for t in [*model.parameters(), *model.buffers()]
-        }
-        return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**30
+    def gib(model) -> float:  # parameters() yields a tied embedding once
+        return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**30
 
     spec, found = full_spec(), {}
     torch.set_default_dtype(torch.bfloat16)  # built in bf16, as loaded for a GPU

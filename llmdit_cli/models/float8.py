@@ -23,6 +23,8 @@ import re
 
 import torch
 
+from llmdit_cli.models.refs import first_line
+
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 ALIGN = 16  # torch._scaled_mm needs both widths to be multiples of this
 # A zero row keeps a positive scale (its float8 values are all zero either way).
@@ -127,7 +129,7 @@ def float8_problem(device: str, dtype) -> str | None:
         got = Float8Linear(*rowwise_float8(weight), None)(x).float()
         want = x.float() @ weight.t()
     except Exception as exc:  # any failure of the kernel is the answer
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(exc)
     err = ((got - want).norm() / want.norm()).item()
     # float8's rounding gives a few percent here; a wrong kernel gives ~100% or NaN.
     return None if err < 0.2 else f"wrong results (relative error {err:.2f})"
