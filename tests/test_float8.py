@@ -114,6 +114,61 @@ def test_zimage_blocks_swap_attention_and_feed_forward_layers_only():
     assert 0 < ((got - want).norm() / want.norm()).item() < 0.1
 
 
+def _tiny_fp8_dit():
+    from diffusers import ZImageTransformer2DModel
+
+    from llmdit_cli.tiny import TRANSFORMER
+
+    torch.manual_seed(0)
+    dit = ZImageTransformer2DModel(**{**TRANSFORMER, "dim": 96, "n_heads": 6, "n_kv_heads": 6}).eval()
+    quantize_float8(dit)
+    inputs = ([torch.randn(16, 1, 4, 4)], torch.tensor([0.4]), [torch.randn(7, TRANSFORMER["cap_feat_dim"])])
+    return dit, inputs
+
+
+def test_layers_reading_one_input_scale_it_once_with_the_same_result(monkeypatch):
+    """q/k/v read one tensor, as do the feed-forward's w1/w3: 4 scalings a block, not 7."""
+    import llmdit_cli.models.float8 as f8
+
+    dit, inputs = _tiny_fp8_dit()
+    calls = []
+    real = f8.rowwise_float8
+    monkeypatch.setattr(f8, "rowwise_float8", lambda rows: calls.append(rows.shape) or real(rows))
+    with torch.no_grad():
+        got = dit(*inputs, return_dict=False)[0][0]
+    blocks = sum(1 for m in dit.modules() if type(m).__name__ == "ZImageTransformerBlock")
+    assert len(calls) == 4 * blocks
+    # each layer scaling its own copy of the input: the same numbers
+    monkeypatch.setattr(f8, "_scaled_rows", lambda x, width: real(x.reshape(-1, width).contiguous()))
+    with torch.no_grad():
+        want = dit(*inputs, return_dict=False)[0][0]
+    assert torch.equal(got, want)
+
+
+def test_an_input_changed_in_place_is_scaled_again_and_a_freed_one_lets_go():
+    import gc
+
+    import llmdit_cli.models.float8 as f8
+
+    layer = Float8Linear.from_linear(_linear())
+    x = torch.randn(5, 64)
+    first = layer(x)
+    x.mul_(-3)
+    assert torch.allclose(layer(x), layer(x.clone()))
+    assert not torch.allclose(layer(x), first)
+    with torch.inference_mode():  # inference tensors have no version counter: never reused
+        y = torch.randn(5, 64)
+        layer(y)
+        y.mul_(2)
+        assert torch.equal(layer(y), layer(y.clone()))
+    z = torch.randn(5, 64)
+    layer(z)
+    assert f8._last.scaled is not None
+    del z
+    gc.collect()
+    assert f8._last.scaled is None
+
+
 def test_full_size_zimage_has_every_block_layer_in_float8():
     """On the meta device (no memory): 30 + 2 + 2 blocks x (q, k, v, out, w1, w2, w3)."""
     from diffusers import ZImageTransformer2DModel

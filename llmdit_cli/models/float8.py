@@ -19,7 +19,10 @@ Also here: reading single-file checkpoints whose float8 weights carry per-layer 
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
+import weakref
 
 import torch
 
@@ -43,6 +46,40 @@ def rowwise_float8(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = torch.linalg.vector_norm(work, ord=float("inf"), dim=-1, keepdim=True).float()
     factor = (E4M3_MAX / amax.clamp(min=AMAX_FLOOR)).to(work.dtype)
     return (work * factor).to(torch.float8_e4m3fn), 1.0 / factor.float()
+
+
+class _LastInput(threading.local):
+    """The last input a float8 layer scaled on this thread, and its float8 rows: attention's
+    q/k/v projections (and a gated feed-forward's two input layers) read one tensor, which eager
+    mode would otherwise scale once per layer. Held by a weak reference and checked against the
+    tensor's version counter, so a modified input is never reused; the rows go with the input."""
+
+    def __init__(self) -> None:
+        self.ref, self.version, self.scaled = None, -1, None
+
+
+_last = _LastInput()
+
+
+def _scaled_rows(x: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rowwise_float8` of `x` as rows of `width`, computed once per input tensor."""
+    # CUDA's kernel wants row-major rows; the CPU's does not check.
+    if torch.compiler.is_compiling() or x.is_inference():  # compiled: shared by the compiler;
+        return rowwise_float8(x.reshape(-1, width).contiguous())  # inference: no version counter
+    memo = _last
+    if memo.ref is not None and memo.ref() is x and memo.version == x._version:
+        return memo.scaled
+    scaled = rowwise_float8(x.reshape(-1, width).contiguous())
+    memo.ref = weakref.ref(x, functools.partial(_forget, memo.__dict__))
+    memo.version, memo.scaled = x._version, scaled
+    return scaled
+
+
+def _forget(state: dict, ref: weakref.ref) -> None:
+    """The input is gone: let its float8 rows go too (the memo is per thread, the collector is
+    not, hence the thread's own state rather than `_last`)."""
+    if state.get("ref") is ref:
+        state["scaled"] = None
 
 
 class Float8Linear(torch.nn.Module):
@@ -69,8 +106,7 @@ class Float8Linear(torch.nn.Module):
         return cls(q, scale, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # CUDA's kernel wants row-major rows; the CPU's does not check.
-        q, scale = rowwise_float8(x.reshape(-1, self.in_features).contiguous())
+        q, scale = _scaled_rows(x, self.in_features)
         # CUDA's row-wise float8 kernels give bfloat16; the CPU gives any float dtype.
         out_dtype = x.dtype if x.dtype == torch.bfloat16 or not x.is_cuda else torch.bfloat16
         out = torch._scaled_mm(
