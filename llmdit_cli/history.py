@@ -113,6 +113,18 @@ def is_id(text: str) -> bool:
     return len(text) == 20 and all(c in "0123456789abcdef" for c in text)
 
 
+def _older_than(db, cursor: str) -> tuple[str, list]:
+    """The SQL condition (and its values) for entries listed after `cursor`, an entry's id."""
+    row = db.execute("SELECT created FROM entries WHERE id=?", (cursor,)).fetchone()
+    if row is not None:
+        return "(created, id) < (?, ?)", [row[0], cursor]
+    if not is_id(cursor):
+        return "0", []
+    # Deleted since the page was read: its id still tells its time, to the millisecond.
+    ms = int(cursor[:12], 16)
+    return "(created < ? OR (created < ? AND id < ?))", [ms / 1000, (ms + 1) / 1000, cursor]
+
+
 class History:
     """The history of one data folder. Each thread keeps one connection (threads and processes
     share the folder safely); a call made while its thread's connection is busy opens its own."""
@@ -344,8 +356,10 @@ class History:
         """Newest first; `before` is the id of the last entry of the previous page (a cursor)."""
         where, args = ["state='done'"], []
         if before is not None:
-            where.append("(created, id) < (SELECT created, id FROM entries WHERE id=?)")
-            args.append(before)
+            with self._connect() as db:
+                clause, values = _older_than(db, before)
+            where.append(clause)
+            args += values
         if task:
             where.append("task=?")
             args.append(task)

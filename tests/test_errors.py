@@ -173,6 +173,30 @@ def test_input_image_not_an_image(cli, tmp_path):
     no_outputs(tmp_path, "fake.png")
 
 
+def test_an_input_image_smaller_than_the_model_makes_is_one_line(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 40)).save("small.png")
+    r = cli("img2img", "a cat", "--image", "small.png", "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, "small.png: 8x40 pixels", "16 a side")
+    no_outputs(tmp_path, "small.png")
+
+
+@pytest.mark.parametrize(
+    ("seeds", "needle"),
+    [
+        (["--seed", str(2**64 - 1), "--num-images", "2"], "the last seed, 18446744073709551616, is over 2^64-1"),
+        (["--seed", str(2**64)], "out of range"),
+        (["--seed", "1", "--seed", str(-(2**63) - 1)], "out of range"),
+    ],
+)
+def test_seeds_out_of_range_are_one_line_before_any_image(cli, tmp_path, seeds, needle):
+    """torch takes seeds from -2^63 to 2^64-1; SEED+1... past that failed after the first image."""
+    r = cli("generate", "a cat", "--model", "demo", *seeds, "-o", "out/")
+    assert_one_line_error(r, "--seed", needle)
+    no_outputs(tmp_path)
+
+
 def test_model_path_not_a_diffusers_folder(cli, tmp_path):
     (tmp_path / "empty_model").mkdir()
     assert_one_line_error(

@@ -201,6 +201,9 @@ def test_history_pages_filters_and_deletes(server, data_dir):
     assert status == 200 and [e["id"] for e in page["data"]] == made[::-1][:2]
     status, rest = server.json("GET", f"/v1/llmdit/history?limit=2&q=page%20test&before={page['next']}")
     assert [e["id"] for e in rest["data"]] == made[:1] and rest["next"] is None
+    assert page["next"] == made[1] and server.json("DELETE", f"/v1/llmdit/history/{made[1]}")[0] == 200
+    status, rest = server.json("GET", f"/v1/llmdit/history?limit=2&q=page%20test&before={page['next']}")
+    assert [e["id"] for e in rest["data"]] == made[:1]  # a cursor whose entry is gone still pages on
     tasks = {e["task"] for e in server.json("GET", "/v1/llmdit/history?task=rewrite&limit=200")[1]["data"]}
     assert tasks <= {"rewrite"}
     files = server.json("GET", f"/v1/llmdit/history/{made[0]}")[1]["files"]

@@ -219,6 +219,11 @@ class Engine:
             r = r.with_defaults({"height": height, "width": width}, "latents file")
         elif req.init is not None:
             step = lim.size_multiple
+            if min(req.init.size) < step:
+                raise InputError(
+                    f"{req.init_source or 'input image'}: {req.init.width}x{req.init.height} pixels, "
+                    f"less than the {step} a side this model needs"
+                )
             size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
             r = r.with_defaults(size, "input image")
         r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 
-from llmdit_cli.serve import schemas
+from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.config import WEB, ServeConfig, ServerLimits
 from llmdit_cli.serve.errors import describe, error_body, status_for
 
@@ -80,15 +80,41 @@ def create_app(cfg: ServeConfig, engine=None):
     app.state.llmdit = state
     app.mount("/static", StaticFiles(directory=WEB), name="static")
     if cfg.trusted_hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         # Without a token on a loopback address: refuse other Host names (DNS rebinding).
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.trusted_hosts)
+        app.add_middleware(HostsOnly, hosts=cfg.trusted_hosts)
     install_handlers(app, cfg.settings)
     for module in (info, encode, images, chat, studio, history, layers):
         app.include_router(module.router)
     app.openapi = lambda: openapi(app)
     return app
+
+
+class HostsOnly:
+    """Refuses (400, the API's JSON error) an HTTP request whose Host header names none of `hosts`."""
+
+    def __init__(self, app, hosts: list[str]) -> None:
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            from starlette.datastructures import Headers
+            from starlette.responses import JSONResponse
+
+            raw = Headers(scope=scope).get("host", "")
+            if host_name(raw) not in self.hosts:
+                message = f"Host {raw[:100]!r}: this server answers {', '.join(sorted(self.hosts))} only"
+                response = JSONResponse(error_body(message, "invalid_request_error", "Host"), status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def host_name(header: str) -> str:
+    """The host of a Host header, without its port: `[::1]:8000` -> `[::1]`, `localhost:80` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def openapi(app) -> dict:
@@ -98,12 +124,27 @@ def openapi(app) -> dict:
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         found = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in BODIES:
+        for model in (*BODIES, replies.ErrorReply):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             found.update(body.pop("$defs", {}))
             found[model.__name__] = body
+        _real_errors(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _real_errors(schema: dict) -> None:
+    """The errors as the server gives them: no FastAPI 422 (every body and parameter is checked
+    by llmdit's own code, which answers 400), and the error body on every 4xx and 5xx."""
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            answers = operation.setdefault("responses", {})
+            answers.pop("422", None)
+            answers["4XX"] = {"description": "Refused: the message says why, `param` names the field", **error}
+            answers["5XX"] = {"description": "The server failed, or is busy (503)", **error}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
 
 
 def _version() -> str:

@@ -13,15 +13,17 @@ from llmdit_cli.serve.settings import ApiError
 IMAGE_SETTINGS = ("vl_image", "control_image", "mask")
 
 
-async def read_limited(request, limit: int) -> bytes:
+async def read_limited(request, limit: int, images: int = 0) -> bytes:
+    """The body, refused (413) past `limit` bytes: --max-body-bytes plus room for `images` images."""
+    flags = "--max-body-bytes" + (f" + {images} x --max-image-bytes" if images else "")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit} (--max-body-bytes)")
+        raise ApiError(413, f"request body of {declared} bytes is over the limit of {limit} ({flags})")
     data = bytearray()
     async for part in request.stream():
         data += part
         if len(data) > limit:
-            raise ApiError(413, f"request body is over the limit of {limit} bytes (--max-body-bytes)")
+            raise ApiError(413, f"request body is over the limit of {limit} bytes ({flags})")
     return bytes(data)
 
 
@@ -35,6 +37,8 @@ def parse_json(data: bytes) -> Any:
     try:
         raw = json.loads(data, parse_constant=refuse)
     except (ValueError, UnicodeDecodeError) as exc:
+        if "integer string conversion" in str(exc):  # Python's guard on huge integers
+            raise ApiError(400, "the request body holds a number of thousands of digits") from None
         raise ApiError(400, f"the request body is not JSON ({exc})") from None
     except RecursionError:
         raise ApiError(400, "the request body is nested too deeply") from None
@@ -64,15 +68,27 @@ def parse_body(model: type, raw: Any):
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        union_tags = {"str", "int", "float", "bool", "list", "dict", "TextPart", "ImagePart"}
-        parts = [str(x) for x in err["loc"] if str(x) not in union_tags and "[" not in str(x) and "-" not in str(x)]
-        where = ".".join(parts) or "body"
-        if err["type"] == "extra_forbidden":
-            raise ApiError(400, f"unknown field: {where}", where) from None
+        # The deepest error: where a union's members all fail, the one the value came closest to
+        # (a list of parts with a bad part, rather than "should be a string").
+        err = max(exc.errors(), key=lambda e: len(e["loc"]))
+        loc = [str(x) for x in err["loc"]]
+        if err["type"] == "extra_forbidden":  # the last part is the client's own name, as sent
+            where = ".".join([*_field_path(loc[:-1]), loc[-1]])
+            hint = " (send `llmdit` as one field holding a JSON object)" if loc[-1].startswith("llmdit[") else ""
+            raise ApiError(400, f"unknown field: {where}{hint}", where) from None
+        where = ".".join(_field_path(loc)) or "body"
         if err["type"] == "missing":
             raise ApiError(400, f"missing field: {where}", where) from None
         raise ApiError(400, f"{where}: {err['msg']}", where) from None
+
+
+def _field_path(loc: list[str]) -> list[str]:
+    """A pydantic error location without the union members' names and tags in it (`str`,
+    `list[...]`, `function-after[...]`)."""
+    union_tags = {"str", "int", "float", "bool", "list", "dict", "TextPart", "ImagePart"}
+    parts = [x for x in loc if x not in union_tags and "[" not in x and "-" not in x]
+    # A tagged union (chat content parts) names the member by its tag: `0.text.text` is `0.text`.
+    return [x for i, x in enumerate(parts) if i == 0 or x != parts[i - 1]]
 
 
 def check_llmdit(settings: dict[str, Any], limits: ServerLimits) -> None:
@@ -92,13 +108,18 @@ def check_llmdit(settings: dict[str, Any], limits: ServerLimits) -> None:
             raise ApiError(400, f"llmdit.{name}: {value}, over the limit of {limit}", f"llmdit.{name}")
 
 
-def pop_seed(settings: dict[str, Any]) -> list[int] | None:
-    """A request's `llmdit.seed`, taken out of its settings: [seed], or None when it names none."""
+def pop_seed(settings: dict[str, Any], images: int = 1) -> list[int] | None:
+    """A request's `llmdit.seed`, taken out of its settings: [seed], or None when it names none.
+    Its `images` images take seed, seed+1, ...: all of them below 2^63 (the history's integers)."""
     seed = settings.pop("seed", None)
     if seed is None:
         return None
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63):
-        raise ApiError(400, "llmdit.seed: a whole number from 0", "llmdit.seed")
+        raise ApiError(400, "llmdit.seed: a whole number from 0 to 2^63-1", "llmdit.seed")
+    if seed + images > 2**63:
+        raise ApiError(
+            400, f"llmdit.seed: with n={images} the last seed, {seed + images - 1}, is over 2^63-1", "llmdit.seed"
+        )
     return [seed]
 
 

@@ -75,19 +75,64 @@ def holding(component: str, forwarded: bool = False):
     return check
 
 
-def json_body(model: type):
+def serving(key: str, flag: str, what: str):
+    """A dependency refusing (404) a DiT-server route whose model setting `key` the server was not
+    given (its `flag` or the config file): a request must not make it load, or download, a
+    model by the default name."""
+
+    def check(state: ServerState = Depends(holding("dit"))) -> ServerState:
+        if state.cfg.settings.base().sources.get(key, "default") == "default":
+            raise ApiError(404, f"this server serves no {what} (start it with {flag})", kind="not_found")
+        return state
+
+    return check
+
+
+def json_body(model: type, images: int = 0):
     """A dependency giving the body as `model`: JSON only (415; a browser sends text/plain across
-    sites without asking, JSON needs a preflight), within --max-body-bytes (413), finite numbers,
-    and a 400 naming the first field at fault."""
+    sites without asking, JSON needs a preflight), within --max-body-bytes plus room for `images`
+    data URLs of --max-image-bytes each (413; each image's own bound is checked where it is read,
+    naming its field), finite numbers, and a 400 naming the first field at fault."""
 
     async def parse(request: Request, state: ServerState = Depends(authorized)):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json":
             raise ApiError(415, f"Content-Type must be application/json, not {kind or 'none'!r}")
-        data = await read_limited(request, state.cfg.limits.max_body_bytes)
-        return parse_body(model, parse_json(data))
+        limits = state.cfg.limits
+        data = await read_limited(
+            request, limits.max_body_bytes + images * data_url_chars(limits.max_image_bytes), images
+        )
+        raw = parse_json(data)
+        rest = len(data) - sum(sorted(data_url_lengths(raw), reverse=True)[:images])
+        if rest > limits.max_body_bytes:  # the room was for images, not for anything else
+            raise ApiError(
+                413,
+                f"request body of {rest} bytes besides its images is over the limit of "
+                f"{limits.max_body_bytes} (--max-body-bytes)",
+            )
+        return parse_body(model, raw)
 
     return parse
+
+
+def data_url_chars(image_bytes: int) -> int:
+    """The most characters a data URL of an image of `image_bytes` bytes takes (base64: 4 per 3)."""
+    return 4 * -(-image_bytes // 3) + 64
+
+
+def data_url_lengths(body: Any) -> list[int]:
+    """The lengths of the data URLs (strings starting `data:`) anywhere in a parsed JSON body
+    (walked without recursion: a body may nest as deep as the JSON parser allows)."""
+    found, todo = [], [body]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str) and value.startswith("data:"):
+            found.append(len(value))
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+    return found
 
 
 def form_body(model: type, files: tuple[str, ...]):
@@ -101,8 +146,9 @@ def form_body(model: type, files: tuple[str, ...]):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise ApiError(415, f"Content-Type must be multipart/form-data, not {kind or 'none'!r}")
+        refuse_other_sites(request)
         limits = state.cfg.limits
-        data = await read_limited(request, limits.max_body_bytes + 2 * limits.max_image_bytes)
+        data = await read_limited(request, limits.max_body_bytes + 2 * limits.max_image_bytes, 2)
 
         async def stream():
             yield data
@@ -122,11 +168,32 @@ def form_body(model: type, files: tuple[str, ...]):
                 if name not in files:
                     raise ApiError(400, f"{name}: not a file field here", name)
                 uploads[name] = await value.read()
+            elif name in files:
+                raise ApiError(400, f"{name}: send it as a file upload, not as a text field", name)
             else:
                 fields[name] = value
         return parse_body(model, fields), uploads
 
     return parse
+
+
+def refuse_other_sites(request: Request) -> None:
+    """A browser posts a multipart form to any site without asking first (no preflight), so a page
+    elsewhere could make a tokenless server on this machine work: a form whose Origin is not this
+    server is refused. The studio's own page sends this server's Origin; API clients send none."""
+    from urllib.parse import urlsplit
+
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        netloc = ""
+    # Behind a proxy that rewrites Host, its X-Forwarded-Host (which a form cannot set) counts.
+    hosts = {request.headers.get(name, "").lower() for name in ("host", "x-forwarded-host")}
+    if not netloc or netloc not in hosts:
+        raise ApiError(403, f"Origin {origin[:100]}: forms from other sites are refused", kind="permission_error")
 
 
 def documented(model: type, files: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -136,6 +203,8 @@ def documented(model: type, files: tuple[str, ...] = ()) -> dict[str, Any]:
     if not files:
         return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
     schema = model.model_json_schema()
+    if "llmdit" in schema["properties"]:  # a form field holds text: the settings arrive as JSON text
+        schema["properties"]["llmdit"] = {"type": "string", "description": "a JSON object of settings, as text"}
     schema["properties"].update({name: {"type": "string", "format": "binary"} for name in files})
     schema["required"] = [files[0], *schema.get("required", [])]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}

@@ -72,7 +72,9 @@ def install_handlers(app, settings: ServerSettings) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), exc.status_code)
+        # Starlette's own headers (405's Allow, which methods the path takes) go with the error.
+        headers = getattr(exc, "headers", None)
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc: Exception):

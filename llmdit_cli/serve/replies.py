@@ -78,7 +78,8 @@ class ImageExtra(BaseModel):
 
 
 class ImageItem(BaseModel):
-    b64_json: str
+    b64_json: str | None = None  # response_format b64_json (the default)
+    url: str | None = None  # response_format url
     llmdit: ImageExtra
 
 
@@ -113,6 +114,16 @@ class JobError(BaseModel):
     message: str
     type: str
     param: str | None
+
+
+class ErrorDetail(JobError):
+    code: str | None = None
+
+
+class ErrorReply(BaseModel):
+    """Every refused request's body (OpenAI's shape): `param` names the field at fault."""
+
+    error: ErrorDetail
 
 
 class JobState(BaseModel):

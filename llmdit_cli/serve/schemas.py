@@ -3,7 +3,7 @@ OpenAI fields clients send by default accepted where they change nothing."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,7 +30,7 @@ class ImagePart(Strict):
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart | ImagePart]
+    content: str | list[Annotated[TextPart | ImagePart, Field(discriminator="type")]]
     name: str | None = None
 
 
@@ -73,8 +73,10 @@ class ImagesBody(Strict):
     prompt: str = Field(min_length=1)
     model: str | None = None
     n: int = Field(1, ge=1)
-    size: str | None = None
-    response_format: Literal["b64_json"] = "b64_json"
+    size: str | None = None  # WIDTHxHEIGHT, or "auto" (the model's default)
+    # url: the image's address on this server (/v1/llmdit/files/NAME, with this server's token)
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    output_format: Literal["png"] = "png"
     user: str | None = None
     llmdit: dict[str, Any] = Field(default_factory=dict)
 

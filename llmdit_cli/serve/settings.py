@@ -8,6 +8,7 @@ config file) are the base and a request cannot change them. Library messages nam
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ NOT_SETTABLE = (
 )
 # Settings that name an image: a request sends it (a data URL or `upload:NAME`), never a path.
 IMAGE_FIELDS = ("vl_image", "control_image", "mask")
+# Settings a request may also give as text, converted by `converted`: one LoRA name, SLG layers as "7,8".
+LOOSE_FIELDS = ("loras", "slg_layers")
 ENCODE_EXTRA = ("generation.negative_prompt",)
 SIZE_KEYS = ("generation.width", "generation.height")
 # Request names of the settings, where they differ from the setting's flag name: the server's own
@@ -90,10 +93,21 @@ class ServerSettings:
 
     def message(self, exc: Exception) -> tuple[str, str | None]:
         """An llmdit error's message with settings named as request fields, and the first one."""
-        raw = str(exc.args[0]) if exc.args else ""
+        raw = self.without_paths(str(exc.args[0]) if exc.args else "")
         keys = marked_keys(raw)
         param = self.field_name(keys[0]).split(" ")[0] if keys else None
         return render(raw, self.field_name), param
+
+    def without_paths(self, text: str) -> str:
+        """`text` with the server's LoRA folder left out of the paths it names: a client names a
+        LoRA by its name in that folder and never learns where the folder is."""
+        import os
+
+        if self.lora_dir is None:
+            return text
+        for folder in {str(self.lora_dir.resolve()), str(self.lora_dir)}:
+            text = text.replace(folder.rstrip(os.sep) + os.sep, "")
+        return text
 
     def resolve(self, llmdit: dict[str, Any], sections: tuple[str, ...], extra: tuple[str, ...] = ()):
         """The server's settings (`base`) with the request's `llmdit` settings on top (checked)."""
@@ -109,12 +123,26 @@ class ServerSettings:
                 raise ApiError(400, f"unknown or not settable here: llmdit.{name}", f"llmdit.{name}")
             if isinstance(value, bool) and not _is_bool_setting(key):
                 raise ApiError(400, f"llmdit.{name}: {value} is not a value for this setting", f"llmdit.{name}")
+            problem = None if field_ in LOOSE_FIELDS and isinstance(value, str) else _type_problem(key, value)
+            if problem:
+                raise ApiError(400, f"llmdit.{name}: {json.dumps(value)[:80]}: {problem}", f"llmdit.{name}")
             flags[field_] = self.converted(field_, value, f"llmdit.{name}")
         try:
             return self.base().with_flags(flags)
         except LlmditError as exc:
             message, param = self.message(exc)
             raise ApiError(400, message, param) from None
+
+    def check_template(self, r) -> None:
+        """The request's template (`llmdit.template`) exists here: a bad name is a 400 before the
+        request waits its turn, not a failed job after."""
+        from llmdit_cli.prompt_templates import find
+
+        if r.encoder.template:
+            try:
+                find(r.encoder.template, r.templates.dir)
+            except LlmditError as exc:
+                raise ApiError(400, *self.message(exc)) from None
 
     def converted(self, field_: str, value: Any, where: str) -> Any:
         """A request's value as the setting takes it: LoRA names as files in --lora-dir, SLG
@@ -183,6 +211,21 @@ class ServerSettings:
         return {**record, "loras": names}
 
 
+def _type_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the type of a request's `value` for setting `key` (JSON has types: "8"
+    is not a number of steps, nor 1 a switch), or None."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from llmdit_cli.config import SECTIONS
+
+    section, _, name = key.partition(".")
+    try:
+        TypeAdapter(SECTIONS[section].model_fields[name].annotation).validate_python(value, strict=True)
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"].lower()
+    return None
+
+
 def _is_bool_setting(key: str) -> bool:
     from llmdit_cli.config import SECTIONS
 
@@ -191,12 +234,13 @@ def _is_bool_setting(key: str) -> bool:
 
 
 def parse_image_size(size: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (width, height); the engine checks the multiple the model needs and names `size`."""
+    """'WxH' -> (width, height), 'auto' -> None (the model's default); the engine checks the
+    multiple the model needs and names `size`."""
     import re
 
-    if size is None:
+    if size is None or size.strip() == "auto":
         return None
     m = re.fullmatch(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*", size)
     if not m:
-        raise ApiError(400, f"size {size!r}: expected WIDTHxHEIGHT, e.g. 1024x1024", "size")
+        raise ApiError(400, f"size {size!r}: expected WIDTHxHEIGHT (e.g. 1024x1024) or auto", "size")
     return int(m.group(1)), int(m.group(2))

@@ -34,6 +34,10 @@ def data_url_bytes(text: str, field: str, limit: int) -> bytes:
         raise ApiError(400, f"{field}: the data URL is not valid base64", field) from None
 
 
+# A few bytes of PNG can hold a huge flat image: decoded, 12000x12000 would take ~430 MB.
+MAX_UPLOAD_PIXELS = 8192 * 8192
+
+
 def open_image(data: bytes, field: str, limit: int):
     """(PIL image, file suffix) of uploaded bytes, or a 413 / 400 naming `field`."""
     from PIL import Image, UnidentifiedImageError
@@ -41,7 +45,13 @@ def open_image(data: bytes, field: str, limit: int):
     if len(data) > limit:
         raise ApiError(413, f"{field}: the image is over the limit of {limit} bytes (--max-image-bytes)", field)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only: the size is known before decoding
+        if img.width * img.height > MAX_UPLOAD_PIXELS:
+            raise ApiError(
+                413,
+                f"{field}: {img.width}x{img.height} pixels, over the {MAX_UPLOAD_PIXELS:,} an upload may have",
+                field,
+            )
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ApiError(400, f"{field}: not an image ({type(exc).__name__})", field) from None

@@ -9,15 +9,32 @@ from typing import Any
 
 from llmdit_cli import __version__
 from llmdit_cli.config import Resolved
+from llmdit_cli.errors import UsageError
 from llmdit_cli.models import ModelHandle
 from llmdit_cli.workflows.encoding import Embeds
 
+SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed takes
+
 
 def seeds_for(r_seeds: list[int] | None, num_images: int) -> list[int]:
+    """Each seed of `r_seeds` followed by the next ones up to `num_images` (SEED, SEED+1, ...), or
+    `num_images` seeds from a random one."""
     if r_seeds:
+        _check_seeds(r_seeds, num_images)
         return list(r_seeds) if num_images == 1 else [s + k for s in r_seeds for k in range(num_images)]
     base = random.SystemRandom().randrange(2**32)
     return [base + k for k in range(num_images)]
+
+
+def _check_seeds(seeds: list[int], num_images: int) -> None:
+    low, high = SEED_RANGE
+    for seed in seeds:
+        if not low <= seed < high:
+            raise UsageError(f"--seed {seed}: out of range (seeds go from -2^63 to 2^64-1)")
+        if seed + num_images > high:
+            raise UsageError(
+                f"--seed {seed} with --num-images {num_images}: the last seed, {seed + num_images - 1}, is over 2^64-1"
+            )
 
 
 @dataclass

@@ -33,6 +33,8 @@ async def encode(
     check_prompts(body.prompts, "prompts", cfg.limits)
     check_llmdit(body.llmdit, cfg.limits)
     r = await asyncio.to_thread(cfg.settings.resolve, body.llmdit, ENCODE_SECTIONS, ENCODE_EXTRA)
+    if r.encoder.template and cfg.components != "dit":  # (a DiT server's encoder server looks it up)
+        await asyncio.to_thread(cfg.settings.check_template, r)
 
     def work(job: Job) -> bytes:
         from llmdit_cli.engine import EncodeRequest

@@ -17,7 +17,7 @@ from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.checks import check_llmdit, check_prompts, pop_seed
 from llmdit_cli.serve.config import ServeConfig
 from llmdit_cli.serve.deps import ServerState, documented, form_body, holding, json_body, run_job
-from llmdit_cli.serve.settings import GENERATE_EXTRA, GENERATE_SECTIONS, ApiError, parse_image_size
+from llmdit_cli.serve.settings import GENERATE_EXTRA, GENERATE_SECTIONS, IMAGE_FIELDS, ApiError, parse_image_size
 from llmdit_cli.serve.work import Cancelled, GroupReport, Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
@@ -29,11 +29,11 @@ EDIT_FILES = ("image", "mask")
 async def images(
     request: Request,
     state: ServerState = Depends(holding("dit")),
-    body: schemas.ImagesBody = Depends(json_body(schemas.ImagesBody)),
+    body: schemas.ImagesBody = Depends(json_body(schemas.ImagesBody, images=len(IMAGE_FIELDS))),
 ):
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine)
     made = await run_job(request, state, f"generate {len(req.seeds)} image(s)", ImageWork(state, req))
-    return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
+    return images_reply(made, body, request)
 
 
 @router.post(
@@ -52,7 +52,7 @@ async def edits(
         body.llmdit = {**body.llmdit, "mask": await asyncio.to_thread(openai_mask, files["mask"], state)}
     req = await asyncio.to_thread(image_request, body, state.cfg, state.engine, init)
     made = await run_job(request, state, f"img2img {len(req.seeds)} image(s)", ImageWork(state, req))
-    return {"created": int(time.time()), "data": [openai_item(m) for m in made]}
+    return images_reply(made, body, request)
 
 
 def openai_mask(data: bytes, state: ServerState) -> str:
@@ -80,9 +80,20 @@ def uploaded_image(state: ServerState, data: bytes, field: str):
     return image.convert("RGB")
 
 
-def openai_item(made: dict[str, Any]) -> dict[str, Any]:
-    extra = {"seed": made["seed"], "settings": made["settings"], "history": made["history"]}
-    return {"b64_json": base64.b64encode(made["png"]).decode(), "llmdit": extra}
+def images_reply(made: list[dict[str, Any]], body, request: Request) -> dict[str, Any]:
+    """OpenAI's images reply: each PNG as base64, or with `response_format` url as its address
+    in the history (`/v1/llmdit/files/NAME`, absolute, as this request reached the server)."""
+    base = str(request.base_url).rstrip("/") if body.response_format == "url" else None
+    data = []
+    for m in made:
+        extra = {"seed": m["seed"], "settings": m["settings"], "history": m["history"]}
+        image = (
+            {"url": f"{base}/v1/llmdit/files/{m['file']}"}
+            if base
+            else {"b64_json": base64.b64encode(m["png"]).decode()}
+        )
+        data.append({**image, "llmdit": extra})
+    return {"created": int(time.time()), "data": data}
 
 
 def image_request(body, cfg: ServeConfig, engine, init=None):
@@ -93,13 +104,15 @@ def image_request(body, cfg: ServeConfig, engine, init=None):
 
     check_image_body(body, cfg)
     settings = dict(body.llmdit)
-    seeds = pop_seed(settings)
+    seeds = pop_seed(settings, body.n)
     size = parse_image_size(body.size)
     if size and max(size) > cfg.limits.max_side:
         raise ApiError(400, f"size {body.size}: a side over {cfg.limits.max_side} pixels", "size")
     if size:
         settings.update(width=size[0], height=size[1])
     r = cfg.settings.resolve(settings, GENERATE_SECTIONS, GENERATE_EXTRA)
+    if not cfg.encoder_url:  # (a DiT server's encoder server looks its templates up)
+        cfg.settings.check_template(r)
     # Images per forward are the server's choice (--max-batch): the same pixels at any size.
     r = r.with_value("batch_size", cfg.limits.max_batch, "server (--max-batch)")
     req = GenerateRequest(r, seeds=seeds_for(seeds, body.n), prompts=[body.prompt])
@@ -109,6 +122,8 @@ def image_request(body, cfg: ServeConfig, engine, init=None):
         req = engine.prepare(req)
     except LlmditError as exc:
         message, param = cfg.settings.message(exc)
+        if param is None and init is not None and message.startswith(f"{req.init_source}:"):
+            param = req.init_source  # the input image's own fault (too small, say)
         raise ApiError(400, message, param) from None
     g = req.settings.generation
     if g.width * g.height > cfg.limits.max_pixels:

@@ -25,7 +25,15 @@ from fastapi.responses import FileResponse
 
 from llmdit_cli.errors import LlmditError
 from llmdit_cli.serve import replies, schemas
-from llmdit_cli.serve.deps import ServerState, authorized, documented, form_body, holding, json_body, submit
+from llmdit_cli.serve.deps import (
+    ServerState,
+    authorized,
+    documented,
+    form_body,
+    json_body,
+    serving,
+    submit,
+)
 from llmdit_cli.serve.settings import ApiError
 from llmdit_cli.serve.work import Job, JobReport
 
@@ -42,7 +50,7 @@ EXPORT_TYPES = {"ora": "image/openraster", "tiff": "image/tiff", "zip": "applica
     openapi_extra=documented(schemas.DecomposeBody, ("image",)),
 )
 async def decompose(
-    state: ServerState = Depends(holding("dit")),
+    state: ServerState = Depends(serving("layered.model", "--layered-model", "layer decomposition")),
     form=Depends(form_body(schemas.DecomposeBody, ("image",))),
 ):
     """Split an uploaded image into RGBA layers; the finished job's result names the stack."""
@@ -203,7 +211,7 @@ async def stack_source(stack_id: str, state: ServerState = Depends(authorized)):
 )
 async def edit(
     stack_id: str,
-    state: ServerState = Depends(holding("dit")),
+    state: ServerState = Depends(serving("layered.edit_model", "--edit-model", "layer editing")),
     body: schemas.EditLayerBody = Depends(json_body(schemas.EditLayerBody)),
 ):
     """Edit one layer by an instruction; the old file stays as a version."""

@@ -22,7 +22,7 @@ from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.deps import ServerState, authorized, documented, holding, json_body, run_job, submit
 from llmdit_cli.serve.errors import describe
 from llmdit_cli.serve.routes.images import ImageWork, image_request, uploaded_image
-from llmdit_cli.serve.settings import ApiError
+from llmdit_cli.serve.settings import IMAGE_FIELDS, ApiError
 from llmdit_cli.serve.work import Job, JobReport
 
 log = logging.getLogger("llmdit.serve")
@@ -52,7 +52,7 @@ def describe_catalog(state: ServerState) -> list[dict[str, Any]]:
 )
 async def generate(
     state: ServerState = Depends(holding("dit")),
-    body: schemas.StudioImagesBody = Depends(json_body(schemas.StudioImagesBody)),
+    body: schemas.StudioImagesBody = Depends(json_body(schemas.StudioImagesBody, images=1 + len(IMAGE_FIELDS))),
 ):
     """Start making images (img2img from `image`, a data URL, or `parent`, a history entry);
     follow the job at /v1/llmdit/jobs/{id}."""
@@ -144,7 +144,7 @@ def describe_job(job: Job, state: ServerState) -> dict[str, Any]:
 async def rewrite(
     request: Request,
     state: ServerState = Depends(holding("encoder")),
-    body: schemas.RewriteBody = Depends(json_body(schemas.RewriteBody)),
+    body: schemas.RewriteBody = Depends(json_body(schemas.RewriteBody, images=1)),
 ):
     """Each prompt rewritten with a rewriter template (= `llmdit rewrite` with the same options)."""
     from llmdit_cli.serve.checks import check_prompts
