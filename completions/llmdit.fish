@@ -34,7 +34,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from decode' -l device -d 'auto, c
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l dtype -d 'auto, float32, bfloat16 or float16; auto is bfloat16 on GPU, float32 on CPU (default auto)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from decode' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from decode' -l model -d 'Hub id, local diffusers folder, or demo' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l no-vae-tiling -d 'Decode (and encode) in overlapping tiles: less memory for large images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from decode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
@@ -112,7 +112,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from encode' -l model -d 'Hub id, 
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l negative-prompt -d 'Negative prompt, used when guidance is on (default: the model familys; none for Z-Image)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-cache -d 'Reuse prompt embeddings from the on-disk cache and store new ones (default on; `llmdit cache info`)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l no-enable-thinking -d 'Qwen3 thinking switch; --no-enable-thinking adds the empty think block' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'PNG path, a folder, - (stdout), or a pattern with {index}, {seed}, {slug}, e' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from encode' -l output -d 'Embeds file (' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l profile -d 'Profile (table) of the config file to use (env LLMDIT_PROFILE)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quantize -d 'Weights of the text encoder and transformer: 8bit or 4bit with bitsandbytes (CUDA GPU); fp8: float8 weights and matmuls in their blocks (GPU of compute capability 8' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from encode' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
@@ -401,46 +401,46 @@ complete -c llmdit -n '__fish_seen_subcommand_from show' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from show' -l templates-dir -d 'A folder of your own templates (*' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l alpha -d 'LoRA alpha; the update is scaled by alpha/rank while training (default: the rank, i' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l assistant-lora -d 'Training-adapter LoRA merged while training and left out of the result (for distilled models)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l batch-size -d 'Examples per process per micro-batch' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l batch-size -d 'Examples per process per micro-batch (default 4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l cache-dir -d 'Folder for cached embeds/latents stage files' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l cache-only -d 'Fill the embeds/latents cache and stop' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l caption-dropout -d 'Fraction of examples trained on the empty caption' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l checkpoint-every -d 'Steps between checkpoints' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l checkpoint-every -d 'Steps between checkpoints (default 500)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l dataset -d 'Image folder with metadata' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l epochs -d 'Epochs (when --max-steps is not set)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l grad-accum -d 'Micro-batches per optimiser step' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l grad-accum -d 'Micro-batches per optimiser step (default 1)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l gradient-checkpointing -d 'Recompute activations to save memory' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l gradient-checkpointing-offload -d 'Checkpointing, with the saved activations in CPU memory until backward (less GPU memory)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l help -d 'Show help'
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l json -d 'For each written file print one JSON object (path, kind, prompt, seed, settings) on stdout instead of its path' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l loss-weighting -d 'none, or gaussian: weight each examples loss by its sigma' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l lr -d 'Peak learning rate' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l max-steps -d 'Optimiser steps' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l method -d 'lora or full' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l mixed-precision -d 'no, fp16 or bf16' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l lr -d 'Peak learning rate (default 0' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l max-steps -d 'Optimiser steps (default 1000)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l method -d 'lora or full (default lora)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l mixed-precision -d 'no, fp16 or bf16 (default no)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l model -d 'Hub id, local diffusers folder, or demo (tiny offline model)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing -d 'Recompute activations to save memory' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-gradient-checkpointing-offload -d 'Checkpointing, with the saved activations in CPU memory until backward (less GPU memory)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l no-tensorboard -d 'Log loss and lr to TensorBoard' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l objective -d 'sft (flow matching on images) or distill (guidance distillation; prompts only)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l optimizer -d 'adamw or adamw8bit (bitsandbytes)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l optimizer -d 'adamw or adamw8bit (bitsandbytes; default adamw)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l output -d 'Run folder (checkpoints, result, logs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l rank -d 'LoRA rank (default 32)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l resolution -d 'Training resolution (bucket area = resolution^2)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l resolution -d 'Training resolution (bucket area = resolution^2; default 1024; the demo trains at 32)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l resume -d 'Continue the run in --output from its latest checkpoint' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l schedule -d 'constant, linear or cosine' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l seed -d 'Seed of data order, noise and timesteps' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l schedule -d 'constant, linear or cosine (default cosine)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l seed -d 'Seed of data order, noise and timesteps (default 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l stop-at -d 'Save a checkpoint and stop after this step (time-sliced jobs); continue with --resume' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l target -d 'LoRA target module name; repeat (default: attention projections)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher -d 'Distill: the teacher model (default: the model being trained, before training)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher-guidance-scale -d 'Distill: the teachers CFG scale (4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l teacher-steps -d 'Distill: the steps the student will run (default: the familys)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l tensorboard -d 'Log loss and lr to TensorBoard' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l timestep-sampling -d 'uniform, logit_normal or shifted' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l timestep-sampling -d 'uniform, logit_normal or shifted (default shifted)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l trajectories -d 'Distill: teacher trajectories (seeds) per prompt (4)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validate-every -d 'Steps between validation images' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l validation-prompt -d 'Prompt for validation images; repeat' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l warmup-steps -d 'Linear warm-up steps' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l warmup-steps -d 'Linear warm-up steps (default 0)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l weighting-center -d 'With --loss-weighting gaussian: the sigma weighted most (0' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l weighting-width -d 'With --loss-weighting gaussian: its width in sigma (0' -r -F

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmdit_cli.errors import InputError, UsageError
+from llmdit_cli.errors import InputError, UsageError, WriteError
 
 SCHEMA = 1
 KINDS = ("embeds", "latents", "layered-latents")
@@ -282,9 +282,45 @@ def stage_metadata(kind: str, identity: dict[str, Any], params: dict[str, Any]) 
 
 
 def check_binary_target(path: str) -> None:
-    """Refuse to write binary data to a terminal before any work is done."""
-    if path == STDIO and sys.stdout.isatty():
-        raise UsageError("refusing to write binary data to a terminal: redirect stdout or give -o FILE")
+    """Before any work is done: refuse to write binary data to a terminal, and a file `path` that
+    cannot be written (`check_writable`)."""
+    if path == STDIO:
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write binary data to a terminal: redirect stdout or give -o FILE")
+        return
+    check_writable(path)
+
+
+_writable_folders: set[str] = set()  # folders a file was made in by `check_writable` (this process)
+
+
+def check_writable(path: str) -> None:
+    """That a file can be written at `path`, checked before the work that makes it: not a folder,
+    device or pipe (a write replaces the file at the path), under a folder (or one that can be
+    made) where this process can make files, as tried by making and removing one."""
+    target = Path(path)
+    _check_replaceable(target, path)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{path}: cannot write there ({folder} is a file, not a folder)")
+    if str(folder) in _writable_folders:
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".llmdit-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
+    _writable_folders.add(str(folder))
+
+
+def _check_replaceable(target: Path, path: str) -> None:
+    if target.is_dir():
+        raise InputError(f"{path}: is a folder; cannot write a file there")
+    if target.exists() and not target.is_file():
+        raise InputError(f"{path}: not a regular file (a device, pipe or socket); give a file's name, or - for stdout")
 
 
 def write_bytes_atomic(path: str, data: bytes, tag: str = "") -> None:
@@ -296,16 +332,23 @@ def write_bytes_atomic(path: str, data: bytes, tag: str = "") -> None:
         sys.stdout.buffer.flush()
         return
     target = Path(path)
-    if target.is_dir():
-        raise InputError(f"{path}: is a folder; cannot write a file there")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=target.parent)
+    _check_replaceable(target, path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.{tag + '.' if tag else ''}", suffix=".tmp", dir=target.parent
+        )
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         # mkstemp makes the file private (0600); a written file gets what `cp` would give it
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)
+    except OSError as exc:  # a full disk, a folder that went read-only
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

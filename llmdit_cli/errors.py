@@ -52,6 +52,11 @@ class InputError(LlmditError):
     """An input file or stream is missing, unreadable or of the wrong kind."""
 
 
+class WriteError(InputError, OSError):
+    """A file could not be written (its path named in the message); still an OSError, so code that
+    goes on without a file it could not write (a cache) goes on as before."""
+
+
 class ConfigError(LlmditError):
     """The config file or environment holds a bad value."""
 

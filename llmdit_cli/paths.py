@@ -16,6 +16,8 @@ FOLDER_PATTERN = "{index:03d}_{seed}_{slug}.png"
 def plan_paths(output: str | None, items: list[tuple[int, int, str]]) -> list[str]:
     """One path per (index, seed, prompt); checks everything before any work is done."""
     n = len(items)
+    if output is not None and not output.strip():
+        raise UsageError(f"-o {output!r}: give a file name, a folder or a pattern")
     if output == STDIO:
         if n != 1:
             raise UsageError(f"-o -: {n} images cannot go to stdout; give a pattern or a folder")
@@ -30,11 +32,17 @@ def plan_paths(output: str | None, items: list[tuple[int, int, str]]) -> list[st
     elif n > 1:
         raise UsageError(f"-o {output}: {n} images need a folder or a pattern with {{index}}, {{seed}} or {{slug}}")
     else:
-        return [output]
+        return _writable([output])
     try:
         paths = [pattern.format(index=i, seed=s, slug=slug(p)) for i, s, p in items]
     except (KeyError, IndexError, ValueError) as exc:
         raise UsageError(f"-o {pattern}: bad pattern ({exc}); use {{index}}, {{seed}}, {{slug}}") from None
     if len(set(paths)) != len(paths):
         raise UsageError(f"-o {pattern}: several images would get the same name; add {{index}}")
+    return _writable(paths)
+
+
+def _writable(paths: list[str]) -> list[str]:
+    for path in paths:
+        check_binary_target(path)
     return paths

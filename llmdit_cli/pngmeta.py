@@ -59,9 +59,13 @@ def image_from_bytes(data: bytes, name: str):
 
     try:
         img = Image.open(io.BytesIO(data))
-        img.load()
     except (UnidentifiedImageError, OSError, ValueError):
         raise InputError(f"{name}: not an image (cannot identify the image format)") from None
+    try:
+        img.load()
+    except (OSError, ValueError) as exc:  # the header read, the pixels did not
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{name}: a truncated or corrupt {img.format} image ({why})") from None
     return img
 
 

@@ -18,6 +18,8 @@ from llmdit_cli.errors import InputError, ModelError, UsageError
 _RNG = threading.Lock()  # sampling seeds torch's global generator: one sampler at a time
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")
+# Control characters (a terminal's escape sequences among them): never part of a prompt.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 DEFAULT_TEMPLATE = "general-enhancer"
 
 
@@ -53,8 +55,8 @@ def clean(reply: str, keep_thinking: bool = False) -> str:
     """The rewritten prompt alone, on one line."""
     text = reply.split("<|im_end|>")[0]
     if not keep_thinking:
-        text = _THINK.sub(" ", text)
-    text = _SPECIAL.sub(" ", text)
+        text = _THINK.sub(" ", text).rpartition("</think>")[2]  # a close without its open: all before is thinking
+    text = _CONTROL.sub(" ", _SPECIAL.sub(" ", text))
     text = " ".join(text.split())
     return text.strip().strip('"').strip("'").strip()
 

@@ -17,7 +17,7 @@ from llmdit_cli.errors import ConfigError
 class StrictModel(BaseModel):
     """A TOML table: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:

@@ -54,7 +54,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(artifacts.WriteError, match="x.bin: cannot write .disk full"):  # one line, the file named
         artifacts.write_bytes_atomic(str(target), b"new data")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]

@@ -117,6 +117,15 @@ def test_inspect_png(cli):
     assert max(len(line) for line in lines) < 200 and "params:" in lines  # not one 1,000-character line
 
 
+def test_a_random_seed_is_printed_and_recorded(cli):
+    r = cli("generate", "a cat", "--model", "demo", "-o", "r.png")
+    assert r.code == 0, r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if "(random; pass --seed to choose)" in ln)
+    seed = line.split()[1]
+    assert f"seed: {seed}" in cli("inspect", "r.png").stdout
+    assert "random;" not in cli("generate", "a cat", "--model", "demo", "--seed", 3, "-o", "s.png").stderr
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
@@ -367,3 +376,29 @@ def test_reflow_joins_paragraph_lines_but_keeps_lists_and_code():
     assert (
         reflow("Ways:\n- one\n  more\n- two\nThen prose\ngoes on.") == "Ways:\n- one more\n- two\nThen prose goes on."
     )
+
+
+def test_train_help_gives_the_recipe_defaults():
+    """`train`'s flags override a recipe, so their own default is None: the help says the recipe's,
+    and must keep saying the true one."""
+    import re
+
+    import typer
+
+    from llmdit_cli.cli.app import build_app
+    from llmdit_cli.cli.train import OVERRIDES
+    from llmdit_cli.train.recipe import Recipe
+
+    recipe = Recipe().model_dump()
+    command = typer.main.get_command(build_app("train"))
+    train = command.commands["train"] if hasattr(command, "commands") else command
+    checked = 0
+    for param in train.params:
+        m = re.search(r"\(.*?default (\S+?)[;,)]", param.help or "")
+        if m and param.name in OVERRIDES:
+            value = recipe
+            for part in OVERRIDES[param.name].split("."):
+                value = value[part]
+            assert str(value) == m.group(1), (param.name, value, m.group(1))
+            checked += 1
+    assert checked >= 12

@@ -359,3 +359,104 @@ def test_an_option_taken_for_an_output_file_is_refused(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--save-latents': '-o' looks like an option, not a file name" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "parent file", "no write", "empty"])
+def test_an_output_that_cannot_take_the_file_is_refused_before_the_work(cli, tmp_path, kind):
+    """A write replaces the file at the path (atomically), so a pipe or device would be swapped for
+    a plain file; a folder that cannot be written fails before the model loads, not after."""
+    (tmp_path / "text.txt").write_text("x")
+    target, needle = {
+        "fifo": ("pipe.png", "not a regular file"),
+        "device": ("/dev/null", "not a regular file"),
+        "parent file": ("text.txt/a.png", "text.txt is a file, not a folder"),
+        "no write": ("/proc/llmdit-test/a.png", "cannot write"),
+        "empty": ("", "give a file name"),
+    }[kind]
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.png")
+    r = cli("generate", "a cat", "--model", "demo", "--seed", 1, "-o", target)
+    assert_one_line_error(r, needle)
+    assert "loading" not in r.stderr and "unexpected" not in r.stderr
+    if kind == "fifo":
+        assert (tmp_path / "pipe.png").is_fifo()
+    assert Path("/dev/null").is_char_device()
+    no_outputs(tmp_path, "text.txt", "pipe.png")
+
+
+def test_writing_fails_in_one_line_naming_the_file(tmp_path):
+    from llmdit_cli.artifacts import write_bytes_atomic
+    from llmdit_cli.errors import InputError
+
+    (tmp_path / "file").write_text("x")
+    for path, needle in ((tmp_path / "file" / "a.png", "cannot write"), ("/dev/null", "not a regular file")):
+        with pytest.raises(InputError, match=needle) as caught:
+            write_bytes_atomic(str(path), b"data")
+        assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--shift", "inf"], "--shift inf"),
+        (["--guidance-scale", "inf"], "--guidance-scale inf"),
+        (["--slg-scale", "inf"], "--slg-scale inf"),
+        (["--no-slg", "--slg-scale", "2"], "--no-slg with --slg-scale 2"),
+    ],
+)
+def test_non_finite_and_contradictory_numbers_are_refused(cli, tmp_path, args, needle):
+    assert_one_line_error(cli("generate", "a cat", "--model", "demo", *args, "-o", "x.png"), needle)
+    no_outputs(tmp_path)
+
+
+def test_lora_specs_name_what_is_wrong(cli, tmp_path):
+    from helpers import make_lora
+
+    from llmdit_cli.models import DEMO_PATH
+
+    lora = tmp_path / "l.safetensors"
+    make_lora(DEMO_PATH, lora)
+    (tmp_path / "adir").mkdir()
+    for spec, needle in (
+        (f"{lora}:nan", "finite"),
+        (f"{lora}:abc", "the scale 'abc' is not a number"),
+        ("adir", "is a folder"),
+    ):
+        r = cli("generate", "a cat", "--model", "demo", "--lora", spec, "-o", "x.png")
+        assert_one_line_error(r, f"--lora {spec}", needle)
+    r = cli("lora", "convert", lora, lora, "--to", "kohya")
+    assert_one_line_error(r, "is the file being converted")
+    no_outputs(tmp_path, "l.safetensors", "adir")
+
+
+def test_a_switched_on_slg_with_scale_0_says_the_scale_is_why(cli):
+    r = cli("generate", "a cat", "--model", "demo", "--seed", 1, "--slg", "--slg-scale", 0, "-o", "x.png")
+    assert r.code == 0 and "switch it on with --slg-scale > 0" in " ".join(r.stderr.split())
+    r = cli("generate", "a cat", "--model", "demo", "--seed", 1, "--no-slg", "-o", "y.png")
+    assert r.code == 0 and "hint" not in r.stderr  # a switch given as off is not left unused
+
+
+def test_train_refuses_a_bad_rank_before_any_work(cli, tmp_path):
+    r = cli("train", "--model", "demo", "--dataset", "data", "--rank", "-4", "-o", "run")
+    assert_one_line_error(r, "--rank -4", "greater than or equal to 1")
+    no_outputs(tmp_path)
+
+
+def test_a_truncated_png_is_called_truncated(cli, tmp_path):
+    assert cli("generate", "a cat", "--model", "demo", "--seed", 1, "-o", "whole.png").code == 0
+    Path("cut.png").write_bytes(Path("whole.png").read_bytes()[:-200])
+    assert_one_line_error(cli("generate", "--from-png", "cut.png"), "cut.png: a truncated or corrupt PNG image")
+    r = cli("img2img", "a cat", "--image", "cut.png", "--model", "demo", "-o", "x.png")
+    assert_one_line_error(r, "--image cut.png", "truncated")
+    no_outputs(tmp_path, "whole.png", "cut.png")
+
+
+def test_img2img_says_when_the_input_size_is_cut(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (33, 47)).save("odd.png")
+    r = cli("img2img", "a cat", "--image", "odd.png", "--model", "demo", "--seed", 1, "-o", "o.png")
+    assert r.code == 0 and "odd.png is 33x47; made at 32x32" in " ".join(r.stderr.split()), r.stderr
+    Image.new("RGB", (32, 48)).save("even.png")
+    r = cli("img2img", "a cat", "--image", "even.png", "--model", "demo", "--seed", 1, "-o", "e.png")
+    assert r.code == 0 and "made at" not in r.stderr

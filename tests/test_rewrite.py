@@ -69,6 +69,10 @@ def test_thinking_is_stripped_unless_kept():
     assert clean(reply) == "A red circle on a black background"
     assert clean(reply, keep_thinking=True).startswith("<think> red, round </think>")
     assert clean("<think>never closed") == ""
+    # a close without its open (the template opened it): what came before is thinking
+    assert clean("red, round\n</think>\n\na red circle") == "a red circle"
+    # control characters (terminal escapes) never reach the printed prompt
+    assert clean("a \x1b[31mred\x13 circle\x9b") == "a [31mred circle"
 
 
 class ChatServer:

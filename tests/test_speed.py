@@ -6,6 +6,7 @@ while the next image is made come out in order, whole."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -192,13 +193,24 @@ def test_images_written_while_the_next_is_made_keep_their_order(cli):
     assert one.code == 0 and max_diff(pixels("out/2-3.png"), pixels("three.png")) <= 2
 
 
-def test_a_failed_write_stops_with_one_line_and_nothing_half_written(cli, tmp_path):
+def test_a_failed_write_stops_with_one_line_and_nothing_half_written(cli, tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "1-2.png").mkdir()  # the second image's path is taken by a folder
     r = cli(*BASE, "--seed", "1", "--num-images", "4", "-o", "out/{index}-{seed}.png")
-    assert_one_line_error(r, "1-2.png: is a folder")
-    assert (tmp_path / "out" / "0-1.png").is_file()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0-1.png", "1-2.png"]
+    assert_one_line_error(r, "1-2.png: is a folder")  # seen before any image is made
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1-2.png"]
+    real = os.replace
+
+    def full_disk_at_the_second(src, dst):  # a write that fails while the images are being made
+        if str(dst).endswith("1-2.png"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    (tmp_path / "out" / "1-2.png").rmdir()
+    monkeypatch.setattr(os, "replace", full_disk_at_the_second)
+    r = cli(*BASE, "--seed", "1", "--num-images", "4", "-o", "out/{index}-{seed}.png")
+    assert_one_line_error(r, "1-2.png: cannot write (No space left on device)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0-1.png"]  # no temporary files left
 
 
 def test_the_server_batches_waiting_requests_and_each_gets_its_own_pixels(cli):

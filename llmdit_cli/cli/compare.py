@@ -130,6 +130,7 @@ def compare(
     """
     from pathlib import Path
 
+    from llmdit_cli.artifacts import check_binary_target
     from llmdit_cli.compare import build
     from llmdit_cli.compare import runs as runs_mod
     from llmdit_cli.errors import UsageError
@@ -156,6 +157,8 @@ def compare(
     else:
         grids = [build.grid_for(items, lay, g, chosen, mode, diff_mode, ref, scores) for g in lay.groups]
     paths = _paths(output, len(grids))
+    for path in [*paths, *([html] if html else [])]:  # before any grid is written
+        check_binary_target(path)
     _write_grids(out, grids, paths)
     table = build.metric_rows(runs_mod.matching(items, chosen), ref, scores) if (ref or scores) else []
     if table:

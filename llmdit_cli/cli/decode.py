@@ -8,10 +8,10 @@ from llmdit_cli.cli.common import model_flags, settings
 from llmdit_cli.cli.errors import handle_errors
 from llmdit_cli.cli.options import (
     ConfigOpt,
+    DecodeModelOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
-    ModelOpt,
     OutputOpt,
     ProfileOpt,
     QuietOpt,
@@ -34,7 +34,7 @@ LatentsArg = Annotated[
 def decode(
     latents: LatentsArg,
     output: OutputOpt = None,
-    model: ModelOpt = None,
+    model: DecodeModelOpt = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     vae_device: VaeDeviceOpt = None,

@@ -292,11 +292,15 @@ def img2img(
 def _setting_flags(o: dict) -> dict:
     """The options that are settings, by setting name (None = not given)."""
     from llmdit_cli.config import FLAG_KEY, parse_layers
+    from llmdit_cli.errors import UsageError
 
     flags = {k: v for k, v in o.items() if k in FLAG_KEY or k == "model"}
     flags["loras"] = o["loras"] or None  # an empty list is "not given"
     flags["templates_dir"] = o["templates_dir"] or None
     flags["slg_layers"] = parse_layers(o["slg_layers"])
+    if o["slg"] is False and (o["slg_scale"] or 0) > 0:
+        # A scale above 0 switches SLG on (so a config can), which --no-slg would silently lose to.
+        raise UsageError(f"--no-slg with --slg-scale {o['slg_scale']:g}: a scale above 0 switches SLG on; give one")
     return flags
 
 
@@ -364,7 +368,7 @@ def _render(mode: str, o: dict) -> None:
     paths = plan_paths(
         output, [(i * len(req.seeds) + k, s, names[i]) for i in range(len(names)) for k, s in enumerate(req.seeds)]
     )
-    if seed is None:
+    if not seed:  # (Typer gives an empty list when --seed is not given)
         out.log(f"seed {req.seeds[0]} (random; pass --seed to choose)")
     req.decode = not save_latents  # finished latents are on disk before decoding can fail (memory)
     if save_latents:
@@ -492,7 +496,7 @@ def _check_image_unchanged(path: str, image: str | None, digest: str | None, wha
 def _init_source(mode, image, from_latents) -> dict:
     """The img2img input as request fields: a PIL image, or a latents file's tensor and size."""
     from llmdit_cli.artifacts import read_bytes, read_stage
-    from llmdit_cli.errors import UsageError
+    from llmdit_cli.errors import InputError, UsageError
     from llmdit_cli.pngmeta import image_from_bytes
 
     if mode == "txt2img":
@@ -500,7 +504,10 @@ def _init_source(mode, image, from_latents) -> dict:
     if bool(image) == bool(from_latents):
         raise UsageError("img2img needs exactly one of --image or --from-latents")
     if image:
-        data, name = read_bytes(image, "an image")
+        try:
+            data, name = read_bytes(image, "an image")
+        except InputError as exc:  # name the flag, as --vl-image and --mask do
+            raise InputError(f"--image {exc.args[0]}") from None
         return {"init": image_from_bytes(data, f"--image {name}").convert("RGB"), "init_source": name}
     stage = read_stage(from_latents, expect="latents")  # checked: one 4-D 'latents' tensor
     size = (stage.meta_int("height"), stage.meta_int("width"))

@@ -92,6 +92,7 @@ def convert(
     out = Output(quiet, json_out)
     out.stdout_is_binary = dst == "-"
     keys.check_format(to)  # before reading anything
+    _check_destination(src, dst)
     lora = keys.read_lora(src)
     record = {
         "converted_from": lora.layout,
@@ -120,3 +121,19 @@ def _keys():
     from llmdit_cli.families import DEFAULT_FAMILY, by_name
 
     return by_name(DEFAULT_FAMILY).lora_code()
+
+
+def _check_destination(src, dst: str) -> None:
+    """The converted file must not replace the one it is read from, and must be writable."""
+    import os
+
+    from llmdit_cli.artifacts import check_binary_target
+    from llmdit_cli.errors import UsageError
+
+    try:
+        same = dst != "-" and os.path.exists(dst) and os.path.samefile(src, dst)
+    except OSError:
+        same = False
+    if same:
+        raise UsageError(f"{dst}: is the file being converted; give another output name")
+    check_binary_target(dst)

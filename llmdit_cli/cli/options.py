@@ -115,6 +115,16 @@ ModelOpt = setting_option(
     help="Hub id, local diffusers folder, or 'demo' (tiny offline model). Default: Tongyi-MAI/Z-Image-Turbo.",
     rich_help_panel=G_MODEL,
 )
+# `decode`'s: a latents file names the model that made it.
+DecodeModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id, local diffusers folder, or 'demo'. Default: the model the latents file names.",
+        rich_help_panel=G_MODEL,
+    ),
+]
 DtypeOpt = setting_option(
     "dtype",
     Optional[str],
@@ -437,6 +447,16 @@ OutputOpt = Annotated[
         "--output",
         "-o",
         help="PNG path, a folder, '-' (stdout), or a pattern with {index}, {seed}, {slug}, e.g. out/{index}_{seed}.png.",
+        rich_help_panel=G_OUT,
+        callback=_a_file_name,
+    ),
+]
+EmbedsOutputOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Embeds file (.embeds.safetensors) to write, or '-' for stdout (the default).",
         rich_help_panel=G_OUT,
         callback=_a_file_name,
     ),

@@ -168,9 +168,13 @@ def train(
             help="Image folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME; distill: also a .txt of prompts.",
         ),
     ] = None,
-    method: Annotated[Optional[str], _opt("--method", help="lora or full.")] = None,
+    method: Annotated[Optional[str], _opt("--method", help="lora or full (default lora).")] = None,
     resolution: Annotated[
-        Optional[int], _opt("--resolution", help="Training resolution (bucket area = resolution^2).")
+        Optional[int],
+        _opt(
+            "--resolution",
+            help="Training resolution (bucket area = resolution^2; default 1024; the demo trains at 32).",
+        ),
     ] = None,
     caption_dropout: Annotated[
         Optional[float], _opt("--caption-dropout", help="Fraction of examples trained on the empty caption.")
@@ -189,15 +193,21 @@ def train(
     targets: Annotated[
         Optional[list[str]], _opt("--target", help="LoRA target module name; repeat (default: attention projections).")
     ] = None,
-    optimizer: Annotated[Optional[str], _opt("--optimizer", help="adamw or adamw8bit (bitsandbytes).")] = None,
-    lr: Annotated[Optional[float], _opt("--lr", help="Peak learning rate.")] = None,
-    schedule: Annotated[Optional[str], _opt("--schedule", help="constant, linear or cosine.")] = None,
-    warmup_steps: Annotated[Optional[int], _opt("--warmup-steps", help="Linear warm-up steps.")] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", help="Examples per process per micro-batch.")] = None,
-    grad_accum: Annotated[Optional[int], _opt("--grad-accum", help="Micro-batches per optimiser step.")] = None,
-    max_steps: Annotated[Optional[int], _opt("--max-steps", help="Optimiser steps.")] = None,
+    optimizer: Annotated[
+        Optional[str], _opt("--optimizer", help="adamw or adamw8bit (bitsandbytes; default adamw).")
+    ] = None,
+    lr: Annotated[Optional[float], _opt("--lr", help="Peak learning rate (default 0.0001).")] = None,
+    schedule: Annotated[Optional[str], _opt("--schedule", help="constant, linear or cosine (default cosine).")] = None,
+    warmup_steps: Annotated[Optional[int], _opt("--warmup-steps", help="Linear warm-up steps (default 0).")] = None,
+    batch_size: Annotated[
+        Optional[int], _opt("--batch-size", help="Examples per process per micro-batch (default 4).")
+    ] = None,
+    grad_accum: Annotated[
+        Optional[int], _opt("--grad-accum", help="Micro-batches per optimiser step (default 1).")
+    ] = None,
+    max_steps: Annotated[Optional[int], _opt("--max-steps", help="Optimiser steps (default 1000).")] = None,
     epochs: Annotated[Optional[int], _opt("--epochs", help="Epochs (when --max-steps is not set).")] = None,
-    mixed_precision: Annotated[Optional[str], _opt("--mixed-precision", help="no, fp16 or bf16.")] = None,
+    mixed_precision: Annotated[Optional[str], _opt("--mixed-precision", help="no, fp16 or bf16 (default no).")] = None,
     gradient_checkpointing: Annotated[
         Optional[bool],
         _opt("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."),
@@ -219,12 +229,14 @@ def train(
     weighting_width: Annotated[
         Optional[float], _opt("--weighting-width", help="With --loss-weighting gaussian: its width in sigma (0.3).")
     ] = None,
-    seed: Annotated[Optional[int], _opt("--seed", help="Seed of data order, noise and timesteps.")] = None,
+    seed: Annotated[Optional[int], _opt("--seed", help="Seed of data order, noise and timesteps (default 0).")] = None,
     timestep_sampling: Annotated[
-        Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted.")
+        Optional[str], _opt("--timestep-sampling", help="uniform, logit_normal or shifted (default shifted).")
     ] = None,
     output: Annotated[Optional[str], _opt("--output", "-o", help="Run folder (checkpoints, result, logs).")] = None,
-    checkpoint_every: Annotated[Optional[int], _opt("--checkpoint-every", help="Steps between checkpoints.")] = None,
+    checkpoint_every: Annotated[
+        Optional[int], _opt("--checkpoint-every", help="Steps between checkpoints (default 500).")
+    ] = None,
     validate_every: Annotated[Optional[int], _opt("--validate-every", help="Steps between validation images.")] = None,
     validation_prompt: Annotated[
         Optional[list[str]], _opt("--validation-prompt", help="Prompt for validation images; repeat.")

@@ -225,6 +225,14 @@ class Engine:
                     f"less than the {step} a side this model needs"
                 )
             size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
+            if (size["width"], size["height"]) != req.init.size and not {"generation.width", "generation.height"} & set(
+                r.given("generation")
+            ):
+                report.hint(
+                    f"{req.init_source or 'the input image'} is {req.init.width}x{req.init.height}; made at "
+                    f"{size['width']}x{size['height']} (sides in multiples of {step}; {setting('generation.width')}/"
+                    f"{setting('generation.height')} choose)"
+                )
             r = r.with_defaults(size, "input image")
         r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)
         if r.control.model and not r.control.image:

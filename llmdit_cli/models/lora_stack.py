@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from llmdit_cli.errors import InputError, setting
+from llmdit_cli.errors import InputError, UsageError, setting
 from llmdit_cli.models.refs import first_line
 
 LORA = setting("lora.loras")
@@ -26,8 +27,15 @@ def check_lora_files(specs: list[str]) -> None:
     from llmdit_cli.artifacts import parse_header, read_bytes
 
     for spec in specs:
-        path, _ = parse_lora_spec(spec)
+        path, scale = parse_lora_spec(spec)
+        if not math.isfinite(scale):
+            raise UsageError(f"{LORA} {spec}: the scale must be a finite number")
+        if Path(path).is_dir():
+            raise InputError(f"{LORA} {path}: is a folder; give the LoRA's .safetensors file")
         if not Path(path).is_file():
+            head, sep, tail = spec.rpartition(":")
+            if sep and Path(head).is_file():
+                raise UsageError(f"{LORA} {spec}: the scale {tail!r} is not a number")
             raise InputError(f"{LORA} {path}: no such file")
         try:
             parse_header(read_bytes(path, "a LoRA file")[0], path)

@@ -21,9 +21,9 @@ class DataConfig(_Section):
     path: str = ""  # folder with metadata.jsonl, a .json/.jsonl/.csv file, or hf:NAME for `datasets`
     image_column: str = "file_name"
     caption_column: str = "text"
-    resolution: int = 1024  # bucket area is resolution**2; sides are multiples of 16
+    resolution: int = Field(1024, ge=16)  # bucket area is resolution**2; sides are multiples of 16
     buckets: bool = True  # aspect-ratio buckets; False = centre-crop squares
-    caption_dropout: float = 0.0  # fraction of steps trained on the empty caption (enables CFG)
+    caption_dropout: float = Field(0.0, ge=0, le=1)  # fraction of steps trained on the empty caption (enables CFG)
     cache_dir: str | None = None  # default: <data folder>/.llmdit-cache
     synthetic: Literal["shapes"] | None = None  # write this generated dataset to `path` if it is missing
     synthetic_size: int = 32
@@ -31,8 +31,8 @@ class DataConfig(_Section):
 
 
 class LoraConfig(_Section):
-    rank: int = 32
-    alpha: float | None = None  # None: the rank (scale alpha/rank = 1), resolved when the recipe loads
+    rank: int = Field(32, ge=1)
+    alpha: float | None = Field(None, gt=0)  # None: the rank (scale alpha/rank = 1), resolved when the recipe loads
     targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
 
     @model_validator(mode="after")
@@ -44,12 +44,12 @@ class LoraConfig(_Section):
 
 class OptimConfig(_Section):
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    lr: float = 1e-4
+    lr: float = Field(1e-4, ge=0)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float = 1.0
 
 

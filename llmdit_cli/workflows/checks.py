@@ -139,7 +139,7 @@ def check_guidance(r: Resolved, handle: ModelHandle, out=None) -> None:
     if out is None:
         return
     g, d = r.generation, r.dype
-    _hint_unused(r, out, "slg", "SLG", slg.enabled, f"{setting('slg.enabled')} or {setting('slg.scale')} > 0")
+    _hint_unused(r, out, "slg", "SLG", slg.enabled, _slg_switch(r))
     _hint_unused(r, out, "dype", "DyPE", dype is not None, setting("dype.enabled"))
     if slg.enabled and not any(slg.active_at(i, g.steps) for i in range(g.steps)):
         out.hint(
@@ -174,7 +174,17 @@ def _check_features(r: Resolved, handle: ModelHandle) -> None:
             check_feature(handle.family, feature, key, handle.ref)
 
 
+def _slg_switch(r: Resolved) -> str:
+    """How SLG would be on, said for what was given: the switch, or its scale."""
+    if r.slg.enabled:  # switched on, but the scale (given, or the family's) is 0
+        return f"{setting('slg.scale')} > 0"
+    if r.sources.get("slg.enabled", "default") != "default":
+        return f"{setting('slg.enabled')}, which was switched off"
+    return f"{setting('slg.enabled')} or {setting('slg.scale')} > 0"
+
+
 def _hint_unused(r: Resolved, out, section: str, label: str, on: bool, switch: str) -> None:
-    given = r.given(section)
+    # A switch given as off is not a setting left unused: it did what it says.
+    given = [k for k in r.given(section) if not (k == f"{section}.enabled" and r.values[k] is False)]
     if given and not on:
         out.hint(f"{', '.join(setting(k) for k in given)} given, but {label} is off; switch it on with {switch}")
