@@ -299,11 +299,15 @@ def check_writable(path: str) -> None:
     device or pipe (a write replaces the file at the path), under a folder (or one that can be
     made) where this process can make files, as tried by making and removing one."""
     target = Path(path)
-    _check_replaceable(target, path)
-    folder = target.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
+    try:  # (a folder this process may not search fails the stat calls themselves)
+        _check_replaceable(target, path)
+        folder = target.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        is_folder = folder.is_dir()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+    if not is_folder:
         raise InputError(f"{path}: cannot write there ({folder} is a file, not a folder)")
     if str(folder) in _writable_folders:
         return

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llmdit_cli import pngwrite
-from llmdit_cli.artifacts import _umask, write_bytes_atomic
-from llmdit_cli.errors import InputError, UsageError
+from llmdit_cli.artifacts import _umask, check_writable, write_bytes_atomic
+from llmdit_cli.errors import InputError, UsageError, WriteError
 
 LAYERS_JSON = "layers.json"
 COMPOSITE = "composite.png"
@@ -242,6 +242,7 @@ def check_target_folder(folder: str) -> Path:
         raise UsageError(f"-o {folder}: already holds layers ({LAYERS_JSON}); choose another folder or remove it")
     if path.is_dir() and any(path.iterdir()):
         raise UsageError(f"-o {folder}: not empty; give a new or empty folder for the layers")
+    check_writable(str(path / LAYERS_JSON))  # before the work, not after it
     return path
 
 
@@ -249,8 +250,11 @@ def write_new_folder(folder: str, layers: list, record: dict) -> Path:
     """The layer files, their composite and layers.json, written to a temporary folder beside
     `folder` and renamed into place: the folder appears whole or not at all."""
     target = check_target_folder(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot write ({exc.strerror or exc})") from None
     try:
         for i, image in enumerate(layers):
             write_bytes_atomic(str(tmp / layer_file(i)), plain_png_bytes(image))

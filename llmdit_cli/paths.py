@@ -25,7 +25,7 @@ def plan_paths(output: str | None, items: list[tuple[int, int, str]]) -> list[st
         return [STDIO]
     if output is None:
         pattern = DEFAULT_PATTERN
-    elif output.endswith(("/", "\\")) or Path(output).is_dir():
+    elif output.endswith(("/", "\\")) or _is_dir(output):
         pattern = str(Path(output) / FOLDER_PATTERN)
     elif "{" in output:
         pattern = output
@@ -46,3 +46,10 @@ def _writable(paths: list[str]) -> list[str]:
     for path in paths:
         check_binary_target(path)
     return paths
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except OSError:  # not searchable: `check_binary_target` says so, naming the path
+        return False

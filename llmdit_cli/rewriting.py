@@ -18,8 +18,8 @@ from llmdit_cli.errors import InputError, ModelError, UsageError
 _RNG = threading.Lock()  # sampling seeds torch's global generator: one sampler at a time
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _SPECIAL = re.compile(r"<\|[^|>]*\|>")
-# Control characters (a terminal's escape sequences among them): never part of a prompt.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters and a terminal's escape sequences (CSI, OSC): never part of a prompt.
+_CONTROL = re.compile(r"(\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(\x07|\x1b\\)?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 DEFAULT_TEMPLATE = "general-enhancer"
 
 

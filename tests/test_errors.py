@@ -180,6 +180,19 @@ def test_an_input_image_smaller_than_the_model_makes_is_one_line(cli, tmp_path):
     r = cli("img2img", "a cat", "--image", "small.png", "--model", "demo", "-o", "x.png")
     assert_one_line_error(r, "small.png: 8x40 pixels", "16 a side")
     no_outputs(tmp_path, "small.png")
+    # with a size given, the input is resized to it, as before
+    r = cli("img2img", "a cat", "--image", "small.png", "--model", "demo", "-W", 32, "-H", 32, "-o", "x.png")
+    assert r.code == 0, r.stderr
+
+
+def test_decompose_checks_its_layer_folder_before_the_work(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save("in.png")
+    Path("text.txt").write_text("x")
+    r = cli("decompose", "in.png", "-o", "text.txt/layers")
+    assert_one_line_error(r, "text.txt is a file, not a folder")
+    no_outputs(tmp_path, "in.png", "text.txt")
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ def test_thinking_is_stripped_unless_kept():
     # a close without its open (the template opened it): what came before is thinking
     assert clean("red, round\n</think>\n\na red circle") == "a red circle"
     # control characters (terminal escapes) never reach the printed prompt
-    assert clean("a \x1b[31mred\x13 circle\x9b") == "a [31mred circle"
+    assert clean("a \x1b[31mred\x1b[0m\x13 circle\x9b2J \x1b]0;title\x07now") == "a red circle now"
 
 
 class ChatServer:

@@ -73,7 +73,7 @@ def test_another_host_name_gets_the_json_error(server):
 
 def test_a_form_from_another_site_is_refused_and_the_studios_own_is_taken(server):
     image = png(Image.new("RGB", (32, 32), (200, 30, 30)))
-    fields = {"prompt": PROMPT, "llmdit": json.dumps(FAST)}
+    fields = {"prompt": "origin test", "llmdit": json.dumps(FAST)}
     status, reply = post_form(server, "/v1/images/edits", fields, {"image": image}, Origin="http://evil.example")
     assert status == 403 and "evil.example" in reply["error"]["message"], reply
     for origin in ("null", f"http://evil.example:{server.port}"):
@@ -82,7 +82,7 @@ def test_a_form_from_another_site_is_refused_and_the_studios_own_is_taken(server
     for headers in ({"Origin": server.url}, {}, proxied):
         status, reply = post_form(server, "/v1/images/edits", fields, {"image": image}, **headers)
         assert status == 200, reply
-    history = server.json("GET", "/v1/llmdit/history?limit=50")[1]["data"]
+    history = server.json("GET", "/v1/llmdit/history?limit=50&q=origin%20test")[1]["data"]
     assert len(history) == 3  # the refused forms made nothing
 
 
@@ -103,6 +103,7 @@ def test_decompose_without_a_layered_model_is_404_at_once(server):
         ({"prompt": PROMPT, "image": "notafile"}, None, "image", "file upload"),
         ({"prompt": PROMPT}, "tiny", "image", "8x8 pixels"),
         ({"prompt": PROMPT}, "huge", "image", "9000x9000 pixels"),
+        ({"prompt": PROMPT}, "bomb", "image", "pixels an upload may have"),  # past PIL's own guard
     ],
 )
 def test_multipart_mistakes_name_the_field(server, fields, files, param, needle):
@@ -110,6 +111,7 @@ def test_multipart_mistakes_name_the_field(server, fields, files, param, needle)
         "image": png(Image.new("RGB", (32, 32))),
         "tiny": png(Image.new("RGB", (8, 8))),
         "huge": png(Image.new("1", (9000, 9000))),  # a few KiB of PNG, 81 megapixels decoded
+        "bomb": png(Image.new("1", (14000, 14000))) if files == "bomb" else b"",
     }
     status, reply = post_form(server, "/v1/images/edits", fields, {"image": images[files]} if files else {})
     message, got = error_of(reply)
@@ -183,3 +185,43 @@ def test_the_schema_gives_the_errors_the_server_sends(server):
     assert form["properties"]["llmdit"]["type"] == "string"
     items = schema["components"]["schemas"]["ImagesBody"]["properties"]["response_format"]
     assert set(items["enum"]) == {"b64_json", "url"}
+
+
+def test_the_origin_check_is_for_tokenless_servers_and_knows_proxies():
+    """Unit: with a token a form cannot authenticate, so any Origin passes; without one, the
+    scheme's default port and a proxy's first X-Forwarded-Host are this server."""
+    from starlette.requests import Request
+
+    from llmdit_cli.serve.deps import refuse_other_sites
+    from llmdit_cli.serve.settings import ApiError
+
+    def state(token):
+        return type("State", (), {"cfg": type("Cfg", (), {"token": token})()})()
+
+    def refused(token, **headers) -> bool:
+        scope = {"type": "http", "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+        try:
+            refuse_other_sites(Request(scope), state(token))
+        except ApiError as exc:
+            return exc.status == 403
+        return False
+
+    assert not refused("t", origin="http://evil.example", host="127.0.0.1:8000")
+    assert refused(None, origin="http://evil.example", host="127.0.0.1:8000")
+    assert refused(None, origin="http://127.0.0.1:9999", host="127.0.0.1:8000")
+    assert not refused(None, origin="http://example.com", host="example.com:80")
+    proxied = {"origin": "https://studio.example", "host": "127.0.0.1:8000"}
+    assert not refused(None, **proxied, x_forwarded_host="studio.example:443")
+    assert not refused(None, **proxied, x_forwarded_host="studio.example, inner")
+    assert refused(None, **proxied)
+
+
+def test_a_failed_write_on_the_server_is_its_own_500_without_the_path():
+    from llmdit_cli.errors import WriteError
+    from llmdit_cli.serve.errors import describe, status_for
+    from llmdit_cli.serve.settings import ServerSettings
+
+    message, kind, param = describe(
+        WriteError("/srv/data/stacks/x/layer_00.png: cannot write (disk full)"), ServerSettings({})
+    )
+    assert status_for(kind) == 500 and "/srv" not in message and param is None

@@ -138,6 +138,8 @@ def encode(
     texts = collect_prompts(prompts, file)
     if not texts:
         raise UsageError("no prompt: give prompts as arguments, with --file, or '-' for stdin")
+    if output is not None and not output.strip():
+        raise UsageError(f"-o {output!r}: give a file name, or - for stdout")
     if api_url:
         _encode_remote(api_url, texts, r, api_key_env, timeout, output or "-", show_format, out)
         return

@@ -218,21 +218,7 @@ class Engine:
             height, width = req.init_size or (int(req.init.shape[-2]) * f, int(req.init.shape[-1]) * f)
             r = r.with_defaults({"height": height, "width": width}, "latents file")
         elif req.init is not None:
-            step = lim.size_multiple
-            if min(req.init.size) < step:
-                raise InputError(
-                    f"{req.init_source or 'input image'}: {req.init.width}x{req.init.height} pixels, "
-                    f"less than the {step} a side this model needs"
-                )
-            size = {"height": req.init.height // step * step, "width": req.init.width // step * step}
-            if (size["width"], size["height"]) != req.init.size and not {"generation.width", "generation.height"} & set(
-                r.given("generation")
-            ):
-                report.hint(
-                    f"{req.init_source or 'the input image'} is {req.init.width}x{req.init.height}; made at "
-                    f"{size['width']}x{size['height']} (sides in multiples of {step}; {setting('generation.width')}/"
-                    f"{setting('generation.height')} choose)"
-                )
+            size = _size_from_image(r, req, lim.size_multiple, report)
             r = r.with_defaults(size, "input image")
         r = wf.fill_family_defaults(r, handle.defaults(), handle.variant)
         if r.control.model and not r.control.image:
@@ -484,3 +470,24 @@ def _kept_input(req: GenerateRequest):
     size = (r.generation.width, r.generation.height)
     image = req.init.convert("RGB")
     return image if image.size == size else image.resize(size, Image.LANCZOS)
+
+
+def _size_from_image(r: Resolved, req: GenerateRequest, step: int, report: Reporter) -> dict[str, int]:
+    """The sides the plan leaves unset, from the img2img input image (cut to the model's multiple;
+    a hint says so): a side given by a flag, config or record resizes the input instead."""
+    source = req.init_source or "the input image"
+    pixels = {"width": req.init.width, "height": req.init.height}
+    unset = {side: n // step * step for side, n in pixels.items() if r[side] is None}
+    seen = f"{pixels['width']}x{pixels['height']}"
+    if 0 in unset.values():
+        raise InputError(
+            f"{source}: {seen} pixels, less than the {step} a side this model needs "
+            f"(or give {setting('generation.width')} and {setting('generation.height')})"
+        )
+    if any(n != pixels[side] for side, n in unset.items()):
+        final = {side: unset.get(side, r[side]) for side in pixels}
+        report.hint(
+            f"{source} is {seen}; made at {final['width']}x{final['height']} (sides in multiples of "
+            f"{step}; {setting('generation.width')}/{setting('generation.height')} choose)"
+        )
+    return unset

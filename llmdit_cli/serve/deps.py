@@ -146,7 +146,7 @@ def form_body(model: type, files: tuple[str, ...]):
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise ApiError(415, f"Content-Type must be multipart/form-data, not {kind or 'none'!r}")
-        refuse_other_sites(request)
+        refuse_other_sites(request, state)
         limits = state.cfg.limits
         data = await read_limited(request, limits.max_body_bytes + 2 * limits.max_image_bytes, 2)
 
@@ -177,23 +177,33 @@ def form_body(model: type, files: tuple[str, ...]):
     return parse
 
 
-def refuse_other_sites(request: Request) -> None:
+def refuse_other_sites(request: Request, state: ServerState) -> None:
     """A browser posts a multipart form to any site without asking first (no preflight), so a page
-    elsewhere could make a tokenless server on this machine work: a form whose Origin is not this
-    server is refused. The studio's own page sends this server's Origin; API clients send none."""
+    elsewhere could make a tokenless server on this machine work: without a token, a form whose
+    Origin is not this server is refused. (With one, a form cannot send the Authorization header.)
+    The studio's own page sends this server's Origin; API clients send none."""
     from urllib.parse import urlsplit
 
     origin = request.headers.get("origin")
-    if origin is None:
+    if origin is None or state.cfg.token is not None:
         return
     try:
-        netloc = urlsplit(origin).netloc.lower()
+        parts = urlsplit(origin)
+        theirs = _netloc(parts.netloc, parts.scheme)
     except ValueError:
-        netloc = ""
+        theirs = ""
     # Behind a proxy that rewrites Host, its X-Forwarded-Host (which a form cannot set) counts.
-    hosts = {request.headers.get(name, "").lower() for name in ("host", "x-forwarded-host")}
-    if not netloc or netloc not in hosts:
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0]
+    ours = {_netloc(h, parts.scheme if theirs else "") for h in (request.headers.get("host", ""), forwarded)}
+    if not theirs or theirs not in ours:
         raise ApiError(403, f"Origin {origin[:100]}: forms from other sites are refused", kind="permission_error")
+
+
+def _netloc(netloc: str, scheme: str) -> str:
+    """`host[:port]` in lower case, without the scheme's default port (browsers leave it out)."""
+    netloc = netloc.strip().lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    return netloc.removesuffix(default) if default else netloc
 
 
 def documented(model: type, files: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from llmdit_cli.errors import LlmditError, ModelError
+from llmdit_cli.errors import LlmditError, ModelError, WriteError
 from llmdit_cli.remote import RemoteError
 from llmdit_cli.serve.settings import ApiError, ServerSettings
 from llmdit_cli.serve.work import Cancelled
@@ -24,6 +24,8 @@ def describe(exc: BaseException, settings: ServerSettings) -> tuple[str, str, st
         return exc.message, exc.kind, exc.param
     if isinstance(exc, RemoteError):
         return f"the encoder server failed: {exc}", "upstream_error", None
+    if isinstance(exc, WriteError):  # the server's disk, not the request: its path stays in the log
+        return "the server could not write a file (its log says which, and why)", "server_error", None
     if isinstance(exc, ModelError):
         message, param = settings.message(exc)
         return message, "server_error", param

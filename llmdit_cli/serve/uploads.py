@@ -53,7 +53,9 @@ def open_image(data: bytes, field: str, limit: int):
                 field,
             )
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # PIL's own guard, far above ours: the size is not known
+        raise ApiError(413, f"{field}: over the {MAX_UPLOAD_PIXELS:,} pixels an upload may have", field) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ApiError(400, f"{field}: not an image ({type(exc).__name__})", field) from None
     suffix = FORMATS.get(img.format or "")
     if suffix is None:

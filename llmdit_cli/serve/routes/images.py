@@ -122,7 +122,7 @@ def image_request(body, cfg: ServeConfig, engine, init=None):
         req = engine.prepare(req)
     except LlmditError as exc:
         message, param = cfg.settings.message(exc)
-        if param is None and init is not None and message.startswith(f"{req.init_source}:"):
+        if init is not None and message.startswith(f"{req.init_source}:"):
             param = req.init_source  # the input image's own fault (too small, say)
         raise ApiError(400, message, param) from None
     g = req.settings.generation

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import FileResponse
 
-from llmdit_cli.errors import LlmditError
+from llmdit_cli.errors import LlmditError, WriteError
 from llmdit_cli.serve import replies, schemas
 from llmdit_cli.serve.deps import (
     ServerState,
@@ -297,6 +297,8 @@ def apply_revert(stack, body) -> None:
         raise ApiError(400, f"layer: {body.layer}, but the stack has layers 0 to {stack.count - 1}", "layer")
     try:
         revert_layer(stack, body.layer, body.version)
+    except WriteError:
+        raise  # the server's own failure: a 500, logged (`errors.describe`)
     except LlmditError as exc:
         raise ApiError(400, f"version: {exc}", "version") from None
 
@@ -312,6 +314,8 @@ def change_stack(state: ServerState, stack_id: str, change) -> dict[str, Any]:
             stack = read_stack(str(stack.folder))
             change(stack)
             stack.write_composite()
+    except WriteError:
+        raise
     except LlmditError as exc:  # the lock is another process's
         raise ApiError(409, str(exc), None, "conflict") from None
     return stack_json(state, stack_id, stack)
