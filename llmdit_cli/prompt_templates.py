@@ -94,7 +94,9 @@ def folders(extra: list[str] | None = None) -> list[Path]:
     for folder in extra or []:
         path = Path(folder).expanduser()
         if not path.is_dir():
-            raise UsageError(f"{setting('templates.dir')} {folder}: no such folder")
+            raise UsageError(
+                f"{setting('templates.dir')} {folder}: {'not a folder' if path.exists() else 'no such folder'}"
+            )
         out.append(path)
     return [*out, BUILTIN]
 

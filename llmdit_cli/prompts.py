@@ -61,7 +61,7 @@ def collect_prompts(args: list[str] | None, file: str | None) -> list[str]:
     if file:
         path = Path(file)
         if not path.is_file():
-            raise InputError(f"--file {file}: no such file")
+            raise InputError(f"--file {file}: {'is a folder; give a text file' if path.is_dir() else 'no such file'}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

@@ -130,6 +130,7 @@ def test_a_random_seed_is_printed_and_recorded(cli):
     "argv,needle",
     [
         (["generate", "x", "--steps", "abc"], "'--steps'"),
+        (["rewrite", "x", "--seed", str(10**20)], "'--seed'"),
         (["generate", "--bogus"], "No such option: --bogus"),
         (["nope"], "No such command 'nope'"),
     ],

@@ -473,3 +473,16 @@ def test_img2img_says_when_the_input_size_is_cut(cli, tmp_path):
     Image.new("RGB", (32, 48)).save("even.png")
     r = cli("img2img", "a cat", "--image", "even.png", "--model", "demo", "--seed", 1, "-o", "e.png")
     assert r.code == 0 and "made at" not in r.stderr
+
+
+def test_messages_name_what_was_given(cli, tmp_path):
+    Path("adir").mkdir()
+    Path("text.txt").write_text("x")
+    assert_one_line_error(cli("generate", "--file", "adir", "--model", "demo"), "--file adir: is a folder")
+    assert_one_line_error(cli("templates", "list", "--templates-dir", "text.txt"), "text.txt: not a folder")
+    r = cli("templates", "show", "nope")
+    assert_one_line_error(r, "template nope: no such template")
+    assert "--template" not in r.stderr  # a positional name, not the flag
+    assert cli("generate", "a cat", "--model", "demo", "--seed", 1, "-o", "a.png").code == 0
+    r = cli("generate", "--from-png", "a.png", "--from-embeds", "x.embeds.safetensors")
+    assert_one_line_error(r, "give --from-png or --from-embeds, not both")

@@ -342,7 +342,8 @@ def _render(mode: str, o: dict) -> None:
     if output == "-" and save_latents == "-":
         raise UsageError("-o - and --save-latents - cannot both use stdout")
     if texts and o["from_embeds"]:
-        raise UsageError("give prompts or --from-embeds, not both")
+        given = "--from-png" if o["from_png"] and not (o["prompts"] or o["file"]) else "prompts"
+        raise UsageError(f"give {given} or --from-embeds, not both")
     if not texts and not o["from_embeds"]:
         raise UsageError("no prompt: give prompts as arguments, with --file, '-' for stdin, or --from-embeds")
     init = _init_source(mode, o["image"], o["from_latents"])

@@ -63,6 +63,8 @@ RewriteSeedOpt = Annotated[
         "--seed",
         help="Seed of the sampling (the same seed gives the same text). Default: random, printed.",
         rich_help_panel=G_SAMPLE,
+        min=0,
+        max=2**63 - 1,  # what a chat server (llmdit serve's, OpenAI's) takes
     ),
 ]
 KeepThinkingOpt = Annotated[

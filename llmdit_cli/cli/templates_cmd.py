@@ -77,9 +77,13 @@ def show(
     Example: llmdit templates show general-enhancer
     """
     from llmdit_cli.cli.output import plain_value
+    from llmdit_cli.errors import UsageError
     from llmdit_cli.prompt_templates import find
 
-    t = find(name, _folders(templates_dir))
+    try:
+        t = find(name, _folders(templates_dir))
+    except UsageError as exc:  # the name is this command's argument, not a --template flag
+        raise UsageError(exc.render(lambda key: "template")) from None
     out = Output()
     for key, value in t.meta.model_dump().items():
         if value is not None:
