@@ -427,7 +427,7 @@ complete -c llmdit -n '__fish_seen_subcommand_from train' -l optimizer -d 'adamw
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l output -d 'Run folder (checkpoints, result, logs)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l quiet -d 'No logs or progress on stderr (errors still show)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l rank -d 'LoRA rank (default 32)' -r -F
-complete -c llmdit -n '__fish_seen_subcommand_from train' -l resolution -d 'Training resolution (bucket area = resolution^2; default 1024; the demo trains at 32)' -r -F
+complete -c llmdit -n '__fish_seen_subcommand_from train' -l resolution -d 'Training resolution (bucket area = resolution^2; default: the models image size, 1024 for Z-Image, 32 for the demo)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l resume -d 'Continue the run in --output from its latest checkpoint' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l schedule -d 'constant, linear or cosine (default cosine)' -r -F
 complete -c llmdit -n '__fish_seen_subcommand_from train' -l seed -d 'Seed of data order, noise and timesteps (default 0)' -r -F

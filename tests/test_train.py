@@ -515,3 +515,21 @@ def test_datasets_dataset_and_tensorboard(cli, tmp_path):
     assert list(Path("tb").rglob("events.out.tfevents.*"))
     with pytest.raises(Exception, match="no column 'caption'"):
         load_items(f"hf:{tmp_path / 'ds'}", caption_column="caption")
+
+
+def test_a_recipe_without_a_resolution_trains_at_the_models_image_size(cli, red_data):
+    """The demo makes 32 px images: without --resolution it trains at 32, not 1024 (which took the
+    demo minutes just to encode its data); --resolution still chooses."""
+    import tomllib
+
+    args = ["train", "--model", "demo", "--dataset", red_data, "--batch-size", 4, "--rank", 4, "--max-steps", 1]
+    sides = {}
+    for name, extra in (("own", []), ("given", ["--resolution", 64])):
+        r = cli(*args, *extra, "--cache-dir", f"cache-{name}", "-o", f"run-{name}")
+        assert r.code == 0, r.stderr
+        sides[name] = tomllib.loads((Path(f"run-{name}") / "recipe.resolved.toml").read_text())["data"]["resolution"]
+        shapes = {tuple(latents_of(p).shape[-2:]) for p in (Path(f"cache-{name}") / "latents").glob("*")}
+        sides[name + " latents"] = shapes.pop()
+        assert not shapes
+    assert sides["own"] == 32 and sides["given"] == 64
+    assert [2 * n for n in sides["own latents"]] == list(sides["given latents"])  # trained at that size

@@ -173,7 +173,7 @@ def train(
         Optional[int],
         _opt(
             "--resolution",
-            help="Training resolution (bucket area = resolution^2; default 1024; the demo trains at 32).",
+            help="Training resolution (bucket area = resolution^2; default: the model's image size, 1024 for Z-Image, 32 for the demo).",
         ),
     ] = None,
     caption_dropout: Annotated[

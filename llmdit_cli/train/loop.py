@@ -51,6 +51,15 @@ def train(run: Run, resume: bool | str = False, cache_only: bool = False, stop_a
         raise
 
 
+def _resolution_of_model(r, handle, log) -> None:
+    """A recipe that names no resolution trains at the model's own image size (Z-Image's 1024, the
+    demo's 32), not at 1024 for every model."""
+    side = handle.defaults().get("width")
+    if "resolution" not in r.data.model_fields_set and side and side != r.data.resolution:
+        r.data.resolution = side
+        log(f"training at {side} px, the model's image size (--resolution to choose)")
+
+
 def _remove_if_empty(folder: Path) -> None:
     try:  # another rank may be removing it too
         if not any(folder.iterdir()):
@@ -79,6 +88,7 @@ def _train(run: Run, resume: bool | str, cache_only: bool, stop_at: int | None) 
     torch.manual_seed(r.train.seed)
 
     handle = _base_model(r, run.output, acc, log)
+    _resolution_of_model(r, handle, log)
     prepared = _inputs(run, handle, acc, log, cache_only)
     if prepared is None:
         return Path(_cache_dir(r))
