@@ -8,6 +8,7 @@ config file) are the base and a request cannot change them. Library messages nam
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -214,16 +215,24 @@ class ServerSettings:
 def _type_problem(key: str, value: Any) -> str | None:
     """What is wrong with the type of a request's `value` for setting `key` (JSON has types: "8"
     is not a number of steps, nor 1 a switch), or None."""
-    from pydantic import TypeAdapter, ValidationError
+    from pydantic import ValidationError
+
+    try:
+        _adapter(key).validate_python(value, strict=True)
+    except ValidationError as exc:
+        return exc.errors()[0]["msg"].lower()
+    return None
+
+
+@functools.cache
+def _adapter(key: str):
+    """The validator of setting `key`'s type (built once: a request may name many settings)."""
+    from pydantic import TypeAdapter
 
     from llmdit_cli.config import SECTIONS
 
     section, _, name = key.partition(".")
-    try:
-        TypeAdapter(SECTIONS[section].model_fields[name].annotation).validate_python(value, strict=True)
-    except ValidationError as exc:
-        return exc.errors()[0]["msg"].lower()
-    return None
+    return TypeAdapter(SECTIONS[section].model_fields[name].annotation)
 
 
 def _is_bool_setting(key: str) -> bool:
